@@ -1,0 +1,201 @@
+//! The MQTT contract between bridges and gateways.
+//!
+//! - Records: `{prefix}/bridges/{bridge_id}/devices/{device_id}/records`, QoS 1, one JSON
+//!   [`Batch`] per message.
+//! - Acks: `{prefix}/bridges/{bridge_id}/acks`, one JSON [`Ack`] per committed batch. A bridge
+//!   deletes a batch from its outbox only on this ack, never on PUBACK: brokers lose QoS-1
+//!   messages when they crash.
+//!
+//! The prefix defaults to `phr/v1`; deployments (and tests sharing one broker) may change it.
+
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::record::Record;
+use crate::validate::Reason;
+
+/// The envelope version this crate writes and accepts.
+pub const ENVELOPE_VERSION: &str = "1.0";
+/// The default topic prefix.
+pub const DEFAULT_PREFIX: &str = "phr/v1";
+
+/// One batch of records from one device through one bridge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    pub schema_version: String,
+    pub bridge_id: String,
+    pub device_id: String,
+    pub batch_id: Uuid,
+    pub records: Vec<Record>,
+}
+
+impl Batch {
+    pub fn new(bridge_id: &str, device_id: &str, batch_id: Uuid, records: Vec<Record>) -> Self {
+        Self {
+            schema_version: ENVELOPE_VERSION.to_owned(),
+            bridge_id: bridge_id.to_owned(),
+            device_id: device_id.to_owned(),
+            batch_id,
+            records,
+        }
+    }
+}
+
+/// A batch as the gateway first reads it: the envelope typed, each record left raw so that one
+/// malformed record is rejected alone instead of failing the whole batch.
+#[derive(Debug, Deserialize)]
+pub struct RawBatch<'a> {
+    pub schema_version: String,
+    pub bridge_id: String,
+    pub device_id: String,
+    pub batch_id: Uuid,
+    #[serde(borrow)]
+    pub records: Vec<&'a RawValue>,
+}
+
+/// What happened to one record of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordOutcome {
+    Stored,
+    Duplicate,
+    /// Valid, but no binding covers its measured time: kept apart, attributed to nobody.
+    Quarantined,
+    Rejected,
+}
+
+/// One rejected record: its position in the batch, its id if it had one, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub index: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_id: Option<Uuid>,
+    pub reason: Reason,
+    /// A short, data-free explanation (for malformed records: the parser's message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The gateway's answer to a batch, sent once the batch's effects are durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Ack {
+    /// `None` only when the batch was too broken to read its id.
+    pub batch_id: Option<Uuid>,
+    pub stored: u32,
+    pub duplicate: u32,
+    pub quarantined: u32,
+    pub rejected: Vec<Rejection>,
+    /// Set when the whole batch was refused; then every record counts as rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_error: Option<Reason>,
+    pub acked_at: Option<DateTime<FixedOffset>>,
+}
+
+/// Topic names under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Topics {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn records(&self, bridge_id: &str, device_id: &str) -> String {
+        format!(
+            "{}/bridges/{bridge_id}/devices/{device_id}/records",
+            self.prefix
+        )
+    }
+
+    /// The filter a gateway subscribes to.
+    pub fn records_filter(&self) -> String {
+        format!("{}/bridges/+/devices/+/records", self.prefix)
+    }
+
+    pub fn acks(&self, bridge_id: &str) -> String {
+        format!("{}/bridges/{bridge_id}/acks", self.prefix)
+    }
+
+    /// `(bridge_id, device_id)` of a records topic, or `None` if the topic is not one.
+    pub fn parse_records<'t>(&self, topic: &'t str) -> Option<(&'t str, &'t str)> {
+        let rest = topic
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("/bridges/")?;
+        let mut parts = rest.split('/');
+        let bridge = parts.next()?;
+        let devices = parts.next()?;
+        let device = parts.next()?;
+        let records = parts.next()?;
+        if devices != "devices" || records != "records" || parts.next().is_some() {
+            return None;
+        }
+        (is_valid_id(bridge) && is_valid_id(device)).then_some((bridge, device))
+    }
+}
+
+/// Bridge and device ids appear in topics: 1 to 64 characters of `A-Z a-z 0-9 . _ : -`, so
+/// never a topic separator or wildcard.
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_topic_round_trips() {
+        let t = Topics::default();
+        let topic = t.records("bridge-1", "AA:BB:CC:DD:EE:FF");
+        assert_eq!(
+            topic,
+            "phr/v1/bridges/bridge-1/devices/AA:BB:CC:DD:EE:FF/records"
+        );
+        assert_eq!(
+            t.parse_records(&topic),
+            Some(("bridge-1", "AA:BB:CC:DD:EE:FF"))
+        );
+    }
+
+    #[test]
+    fn foreign_or_malformed_topics_are_not_records_topics() {
+        let t = Topics::new("phr/v1/");
+        for bad in [
+            "phr/v1/bridges/b/devices/d/acks",
+            "phr/v1/bridges/b/devices/d/records/x",
+            "phr/v2/bridges/b/devices/d/records",
+            "phr/v1/bridges//devices/d/records",
+            "phr/v1/bridges/b/devices/d+/records",
+            "phr/v1/bridges/b",
+        ] {
+            assert_eq!(t.parse_records(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_exclude_wildcards_and_separators() {
+        assert!(is_valid_id("sim-band-0001"));
+        for bad in ["", "a/b", "a+b", "#", &"x".repeat(65), "é"] {
+            assert!(!is_valid_id(bad), "{bad}");
+        }
+    }
+}

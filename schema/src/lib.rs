@@ -1,0 +1,25 @@
+//! The PHR lifelog schema: what a record is, how it is identified, when it is valid, how it
+//! travels over MQTT and how it looks as Open mHealth. Pure data and functions: no I/O, no
+//! clock (callers pass `now`), no tokio.
+//!
+//! # Layout
+//! - [`record`]: the normalised record (`step-count`, `sleep-episode`, `heart-rate`) as it
+//!   travels from bridge to gateway and back out of the API.
+//! - [`id`]: the natural key of a record and its deterministic UUIDv5 `record_id`.
+//! - [`validate`]: total validation of records and batches, each rejection a named [`Reason`].
+//! - [`envelope`]: the MQTT contract: topics, the batch envelope, the gateway's ack.
+//! - [`omh`]: Open mHealth (IEEE 1752.1 family) data points, header 1.2.
+
+pub mod envelope;
+pub mod id;
+pub mod omh;
+pub mod record;
+pub mod validate;
+
+pub use envelope::{Ack, Batch, RecordOutcome, Topics, ENVELOPE_VERSION};
+pub use id::{record_id, RecordKey};
+pub use record::{
+    Body, HeartRate, Modality, Provenance, Record, RecordType, SleepEpisode, SleepStage,
+    SleepStageKind, StepCount, TimeInterval, UnitValue,
+};
+pub use validate::{Limits, Reason};
