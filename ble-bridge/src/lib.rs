@@ -1,1 +1,40 @@
-//! placeholder
+//! The BLE bridge: turns what wearables send over GATT into normalised records and delivers
+//! them to the gateway over MQTT without losing or duplicating any.
+//!
+//! # Layout
+//! - [`decode`]: sans-io GATT decoders, one module per device family, one registry table.
+//! - [`normalise`]: decoded readings to `phr_schema::Record`s (ids, units, offsets).
+//! - [`sim`]: simulated wearables that emit the bytes real GATT characteristics would carry.
+//! - [`outbox`]: the durable on-disk queue; batches leave it only on the gateway's ack.
+//! - [`publish`]: the MQTT publisher (rumqttc): resend until acked.
+//! - [`simulate`]: `phr-bridge simulate`, simulated bands through the whole pipeline.
+//! - [`mqtt`]: broker URLs and client options shared with the gateway.
+
+pub mod decode;
+pub mod mqtt;
+pub mod normalise;
+pub mod outbox;
+pub mod publish;
+pub mod sim;
+pub mod simulate;
+
+/// Errors of the bridge library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("outbox storage: {0}")]
+    Store(#[from] rusqlite::Error),
+    #[error("encoding a batch: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("outbox is full ({depth} of {max} batches); holding new data until the gateway acks")]
+    OutboxFull { depth: usize, max: usize },
+    #[error("outbox data is corrupt: {0}")]
+    Corrupt(&'static str),
+    #[error("decoding a GATT payload: {0}")]
+    Decode(#[from] decode::DecodeError),
+    #[error("{0}")]
+    Io(String),
+    #[error("a bridge task stopped unexpectedly")]
+    Poisoned,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

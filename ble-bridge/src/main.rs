@@ -1,1 +1,98 @@
-fn main() {}
+//! `phr-bridge`: parses the command line, starts tracing, calls the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use chrono::{DateTime, FixedOffset, TimeDelta, Utc};
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use phr_bridge::mqtt::MqttUrl;
+use phr_bridge::simulate::{self, SimulateConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "phr-bridge", version, about = "BLE bridge for the PHR lifelog gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run simulated wearables through the real decode → outbox → MQTT pipeline.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SimulateArgs {
+    /// Number of simulated bands.
+    #[arg(long, default_value_t = 2)]
+    devices: usize,
+    /// This bridge's id (it publishes under it).
+    #[arg(long, env = "PHR_BRIDGE_ID", default_value = "sim-bridge")]
+    bridge_id: String,
+    /// Broker to publish to.
+    #[arg(long, env = "PHR_MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
+    mqtt_url: MqttUrl,
+    /// Topic prefix shared with the gateway.
+    #[arg(long, env = "PHR_TOPIC_PREFIX", default_value = phr_schema::envelope::DEFAULT_PREFIX)]
+    topic_prefix: String,
+    /// Where the outbox lives.
+    #[arg(long, env = "PHR_BRIDGE_DATA_DIR", default_value = "phr-bridge-data")]
+    data_dir: PathBuf,
+    /// Hours of history each band holds when first seen.
+    #[arg(long, default_value_t = 24)]
+    history_hours: i64,
+    /// The bands' UTC offset (their days and nights follow it).
+    #[arg(long, default_value = "+09:00", value_parser = parse_offset)]
+    utc_offset: FixedOffset,
+    /// Seed of the simulated data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Stop generating at this RFC 3339 instant instead of running live.
+    #[arg(long, value_parser = parse_time)]
+    until: Option<DateTime<Utc>>,
+    /// With --until: exit once the gateway has acked everything.
+    #[arg(long, requires = "until")]
+    exit_when_drained: bool,
+}
+
+fn parse_offset(s: &str) -> Result<FixedOffset, String> {
+    s.parse().map_err(|_| format!("{s:?} is not a UTC offset like +09:00"))
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|e| e.to_string())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttc=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Simulate(a) => {
+            let mut cfg = SimulateConfig::new(&a.bridge_id, a.devices, a.data_dir, a.mqtt_url);
+            cfg.topic_prefix = a.topic_prefix;
+            cfg.history = TimeDelta::hours(a.history_hours);
+            cfg.utc_offset = a.utc_offset;
+            cfg.seed = a.seed;
+            cfg.until = a.until;
+            cfg.exit_when_drained = a.exit_when_drained;
+            let shutdown = CancellationToken::new();
+            let (status, _) = watch::channel(Default::default());
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                stop.cancel();
+            });
+            simulate::run(cfg, status, shutdown).await.context("simulated bridge failed")?;
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,184 @@
-//! placeholder
+//! The PHR gateway: receives record batches from bridges over MQTT, attributes each record to
+//! the person whose device binding covers its measured time, stores it only with that
+//! person's storage consent, acks the bridge after the commit, and serves the data through a
+//! JWT-authenticated API.
+//!
+//! # Layout
+//! - [`config`]: the configuration struct, its defaults and the TOML file.
+//! - [`broker`]: the embedded rumqttd broker.
+//! - [`consumer`]: the MQTT subscriber: group commit, then ack.
+//! - [`ingest`]: pure planning: validate, attribute, consent-check each record.
+//! - [`store`]: the SQLite store: registry and series in one file.
+//! - [`auth`]: signing key, token issue and verification, the caller's principal.
+//! - [`api`]: HTTP routes.
+//! - [`metrics`]: Prometheus counters.
+//! - [`demo`]: `phr-gateway demo`, the whole pipeline on embedded defaults.
+
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod consumer;
+pub mod demo;
+pub mod ingest;
+pub mod metrics;
+pub mod store;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use phr_bridge::mqtt::MqttUrl;
+use phr_schema::Topics;
+
+pub use config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("store: {0}")]
+    Store(#[from] rusqlite::Error),
+    #[error("{}: {source}", path.display())]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot listen on {addr} for the {what}: {source}")]
+    AddressInUse { addr: SocketAddr, what: &'static str, source: std::io::Error },
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("signing key: {0}")]
+    Key(String),
+    #[error("MQTT broker: {0}")]
+    Broker(String),
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    #[error("bridge: {0}")]
+    Bridge(#[from] phr_bridge::Error),
+    #[error("a gateway task stopped unexpectedly")]
+    Poisoned,
+}
+
+impl Error {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io { path: path.to_owned(), source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    pub http_addr: SocketAddr,
+    /// The broker the gateway consumes from (the embedded one, or the external one).
+    pub mqtt: MqttUrl,
+    pub store: Arc<Store>,
+    pub keys: Arc<auth::Keys>,
+    pub metrics: Arc<metrics::Metrics>,
+    subscribed: watch::Receiver<bool>,
+    server: actix_web::dev::ServerHandle,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub use store::Store;
+
+/// Binds the HTTP address from the config, naming it if it is taken.
+pub fn bind_http(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).map_err(|e| Error::AddressInUse { addr, what: "HTTP API", source: e })
+}
+
+/// Starts everything: store, key, broker (unless external), MQTT consumer, HTTP API on
+/// `http` (bound by the caller, so tests can pass port 0).
+pub async fn start(config: &Config, http: TcpListener, shutdown: CancellationToken) -> Result<Gateway> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
+    let store = Arc::new(Store::open(&config.store_path())?);
+    let keys = Arc::new(auth::Keys::load_or_create(&config.keys_dir(), &config.auth.issuer, &config.auth.audience)?);
+    let metrics = Arc::new(metrics::Metrics::default());
+
+    let mqtt = match config.external_broker()? {
+        Some(url) => url,
+        None => {
+            let listen = config.mqtt.listen;
+            tokio::task::spawn_blocking(move || broker::start(listen)).await.map_err(|_| Error::Poisoned)??;
+            MqttUrl::new(listen.ip().to_string(), listen.port())
+        }
+    };
+
+    let (subscribed_tx, subscribed) = watch::channel(false);
+    let consumer = tokio::spawn(consumer::run(
+        consumer::ConsumerConfig { mqtt: mqtt.clone(), topics: Topics::new(&config.mqtt.topic_prefix), limits: config.limits() },
+        store.clone(),
+        metrics.clone(),
+        subscribed_tx,
+        shutdown.clone(),
+    ));
+
+    let state = api::AppState { store: store.clone(), keys: keys.clone(), metrics: metrics.clone() };
+    let http_addr = http.local_addr().map_err(|e| Error::Config(e.to_string()))?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .app_data(web::PayloadConfig::new(api::MAX_BODY_BYTES))
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                api::error::ApiError::bad_request("invalid_query", e.to_string()).into()
+            }))
+            .configure(api::configure)
+    })
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .listen(http)
+    .map_err(|e| Error::AddressInUse { addr: http_addr, what: "HTTP API", source: e })?
+    .run();
+    let server_handle = server.handle();
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    let stopper = {
+        let handle = server_handle.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            handle.stop(true).await;
+        })
+    };
+    tracing::info!(%http_addr, broker = %mqtt, data_dir = %config.data_dir.display(), "gateway started");
+    Ok(Gateway {
+        http_addr,
+        mqtt,
+        store,
+        keys,
+        metrics,
+        subscribed,
+        server: server_handle,
+        tasks: vec![consumer, http_task, stopper],
+    })
+}
+
+impl Gateway {
+    /// Waits until the consumer's subscription is live, up to `timeout`.
+    pub async fn wait_subscribed(&mut self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.subscribed.wait_for(|s| *s)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits for every task to end (after the shutdown token is cancelled).
+    pub async fn stopped(self) {
+        self.server.stop(true).await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// `phr-gateway serve`: runs until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let http = bind_http(config.http.listen)?;
+    let gateway = start(&config, http, shutdown.clone()).await?;
+    shutdown.cancelled().await;
+    gateway.stopped().await;
+    Ok(())
+}

@@ -56,6 +56,11 @@ pub enum Reason {
     StageOutsideEpisode,
     #[error("sleep stages overlap")]
     StagesOverlap,
+    // Gateway decisions about who may have the record.
+    #[error("the device is registered through another bridge")]
+    DeviceNotOnBridge,
+    #[error("the person this record belongs to has not consented to its storage")]
+    NoStorageConsent,
 }
 
 impl Reason {
@@ -80,6 +85,8 @@ impl Reason {
             Self::ImplausibleValue => "implausible_value",
             Self::StageOutsideEpisode => "stage_outside_episode",
             Self::StagesOverlap => "stages_overlap",
+            Self::DeviceNotOnBridge => "device_not_on_bridge",
+            Self::NoStorageConsent => "no_storage_consent",
         }
     }
 }

@@ -1,0 +1,211 @@
+//! Sans-io GATT decoders: `(characteristic, bytes, received_at)` in, [`Reading`]s or a
+//! [`DecodeError`] out. No btleplug, no clock, no I/O: the transport hands bytes in and the
+//! normaliser turns readings into records.
+//!
+//! One file per device family, registered in one table ([`DECODERS`]); a vendor decoder is one
+//! new module plus one table row. Standard Bluetooth profiles are shared by every device that
+//! speaks them:
+//! - [`heart_rate`]: Heart Rate Measurement (0x2A37, Heart Rate Service 0x180D).
+//! - [`battery`]: Battery Level (0x2A19, Battery Service 0x180F).
+//! - [`sim_band`]: the vendor protocol of the project's simulated "PHR reference band".
+//!
+//! Decoder names carry a version (`heart-rate-measurement/1`) and travel in every record's
+//! provenance, so a decoder fix can be traced to the records it produced.
+
+pub mod battery;
+pub mod heart_rate;
+pub mod sim_band;
+
+use chrono::{DateTime, Utc};
+use phr_schema::SleepStageKind;
+use uuid::Uuid;
+
+/// What a decoder read from one notification, before normalisation into records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reading {
+    /// Steps counted over `[start, end)`.
+    Steps {
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        steps: u32,
+    },
+    /// One sleep episode with its stages.
+    Sleep(SleepReading),
+    /// One heart-rate measurement at `at`.
+    HeartRate {
+        at: DateTime<Utc>,
+        bpm: u16,
+        /// Beat-to-beat intervals, converted to milliseconds (rounded).
+        rr_intervals_ms: Vec<u16>,
+        /// `None` when the sensor does not support contact detection.
+        sensor_contact: Option<bool>,
+        /// Cumulative energy expended since the last reset, in kilojoules.
+        energy_expended_kj: Option<u16>,
+    },
+    /// Battery level of the device; device state, not a health record.
+    Battery { at: DateTime<Utc>, percent: u8 },
+}
+
+/// A sleep episode `[start, end)` and its stages, each `(kind, start, end)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SleepReading {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub is_main_sleep: bool,
+    pub stages: Vec<(SleepStageKind, DateTime<Utc>, DateTime<Utc>)>,
+}
+
+/// Why bytes from a device could not be decoded. Messages name sizes and rules, never values.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("payload truncated: needed {needed} bytes, got {got}")]
+    Truncated { needed: usize, got: usize },
+    #[error("payload too long: at most {max} bytes expected, got {got}")]
+    Oversized { max: usize, got: usize },
+    #[error("invalid payload: {0}")]
+    Invalid(&'static str),
+    #[error("no decoder for characteristic {0}")]
+    UnknownCharacteristic(Uuid),
+}
+
+/// One row of the decoder table.
+#[derive(Debug)]
+pub struct Decoder {
+    /// Name and version, recorded as the provenance of every record (`heart-rate-measurement/1`).
+    pub name: &'static str,
+    /// The GATT characteristic whose notifications this decoder reads.
+    pub characteristic: Uuid,
+    pub decode: DecodeFn,
+}
+
+/// A decoder function: the bytes of one notification and the time the bridge received it.
+pub type DecodeFn = fn(&[u8], DateTime<Utc>) -> Result<Vec<Reading>, DecodeError>;
+
+/// Every decoder the bridge knows, one row per characteristic.
+pub static DECODERS: &[Decoder] = &[
+    Decoder {
+        name: heart_rate::NAME,
+        characteristic: heart_rate::CHARACTERISTIC,
+        decode: heart_rate::decode,
+    },
+    Decoder {
+        name: battery::NAME,
+        characteristic: battery::CHARACTERISTIC,
+        decode: battery::decode,
+    },
+    Decoder {
+        name: sim_band::ACTIVITY_NAME,
+        characteristic: sim_band::ACTIVITY,
+        decode: sim_band::decode_activity,
+    },
+    Decoder {
+        name: sim_band::SLEEP_NAME,
+        characteristic: sim_band::SLEEP,
+        decode: sim_band::decode_sleep,
+    },
+];
+
+/// The decoder registered for `characteristic`, if any.
+pub fn decoder_for(characteristic: Uuid) -> Option<&'static Decoder> {
+    DECODERS.iter().find(|d| d.characteristic == characteristic)
+}
+
+/// Decodes one notification; returns the decoder's name (for provenance) with the readings.
+pub fn decode(
+    characteristic: Uuid,
+    bytes: &[u8],
+    received_at: DateTime<Utc>,
+) -> Result<(&'static str, Vec<Reading>), DecodeError> {
+    let decoder =
+        decoder_for(characteristic).ok_or(DecodeError::UnknownCharacteristic(characteristic))?;
+    let readings = (decoder.decode)(bytes, received_at)?;
+    Ok((decoder.name, readings))
+}
+
+/// A 16-bit SIG-assigned UUID on the Bluetooth base UUID `0000xxxx-0000-1000-8000-00805f9b34fb`.
+pub const fn uuid16(short: u16) -> Uuid {
+    Uuid::from_u128(((short as u128) << 96) | 0x0000_0000_0000_1000_8000_0080_5f9b_34fb)
+}
+
+/// Little-endian u16 at `at`; callers check the length first.
+fn u16_le(bytes: &[u8], at: usize) -> Option<u16> {
+    let b = bytes.get(at..at + 2)?;
+    Some(u16::from_le_bytes([b[0], b[1]]))
+}
+
+/// Little-endian u32 at `at`; callers check the length first.
+fn u32_le(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at + 4)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid16_uses_the_bluetooth_base_uuid() {
+        assert_eq!(
+            uuid16(0x2A37).to_string(),
+            "00002a37-0000-1000-8000-00805f9b34fb"
+        );
+        assert_eq!(
+            uuid16(0x180D).to_string(),
+            "0000180d-0000-1000-8000-00805f9b34fb"
+        );
+    }
+
+    #[test]
+    fn table_has_one_row_per_characteristic_and_unique_names() {
+        for (i, a) in DECODERS.iter().enumerate() {
+            for b in &DECODERS[i + 1..] {
+                assert_ne!(
+                    a.characteristic, b.characteristic,
+                    "{} / {}",
+                    a.name, b.name
+                );
+                assert_ne!(a.name, b.name);
+            }
+            assert!(a.name.contains('/'), "{} has no version", a.name);
+            assert_eq!(decoder_for(a.characteristic).map(|d| d.name), Some(a.name));
+        }
+    }
+
+    #[test]
+    fn decode_dispatches_and_names_the_decoder() {
+        let at = DateTime::from_timestamp(1_767_225_600, 0).unwrap();
+        let (name, readings) = decode(uuid16(0x2A37), &[0x00, 72], at).unwrap();
+        assert_eq!(name, "heart-rate-measurement/1");
+        assert!(matches!(readings[..], [Reading::HeartRate { bpm: 72, .. }]));
+        let (name, readings) = decode(uuid16(0x2A19), &[55], at).unwrap();
+        assert_eq!(name, "battery-level/1");
+        assert_eq!(readings, vec![Reading::Battery { at, percent: 55 }]);
+    }
+
+    #[test]
+    fn unknown_characteristic_is_a_typed_error() {
+        let at = DateTime::from_timestamp(0, 0).unwrap();
+        let unknown = uuid16(0x2A98);
+        assert_eq!(
+            decode(unknown, &[1, 2, 3], at),
+            Err(DecodeError::UnknownCharacteristic(unknown))
+        );
+        assert!(decoder_for(unknown).is_none());
+    }
+
+    #[test]
+    fn error_messages_are_clear() {
+        assert_eq!(
+            DecodeError::Truncated { needed: 4, got: 3 }.to_string(),
+            "payload truncated: needed 4 bytes, got 3"
+        );
+        assert_eq!(
+            DecodeError::Oversized { max: 512, got: 513 }.to_string(),
+            "payload too long: at most 512 bytes expected, got 513"
+        );
+        assert_eq!(
+            DecodeError::Invalid("battery level above 100%").to_string(),
+            "invalid payload: battery level above 100%"
+        );
+    }
+}

@@ -1,0 +1,513 @@
+//! The vendor protocol of the "PHR reference band", the project's simulated wearable
+//! ([`crate::sim`]). This module is its specification: we own the protocol, so the layout
+//! below is normative, and a real band implementing it decodes the same way.
+//!
+//! # Service
+//! Vendor service `7e4a0000-5048-5200-8000-00805f9b34fb` (`5048 52` is ASCII "PHR"), with two
+//! notify characteristics. All integers are little-endian; times are unsigned 32-bit Unix
+//! seconds (UTC), so the band's clock covers 1970–2106. The band reports UTC; its local
+//! offset is configured on the bridge.
+//!
+//! # Minute activity, `7e4a0001-5048-5200-8000-00805f9b34fb`
+//! 1 to 60 entries of 8 bytes each, nothing else (a history transfer packs many minutes into
+//! one notification; 480 bytes fit one ATT value):
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | u32 | start of the interval, Unix seconds |
+//! | 4 | u16 | duration in seconds, at least 1 |
+//! | 6 | u16 | steps counted in the interval |
+//!
+//! An empty payload or one that is not a whole number of entries is truncated; more than 60
+//! entries is oversized; a zero duration is invalid.
+//!
+//! # Sleep summary, `7e4a0002-5048-5200-8000-00805f9b34fb`
+//! One episode: a 10-byte header followed by exactly `n_stages` 9-byte stage entries.
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | u32 | episode start, Unix seconds |
+//! | 4 | u32 | episode end, Unix seconds, after the start |
+//! | 8 | u8 | flags: bit 0 main sleep; bits 1–7 reserved, sent as 0, ignored |
+//! | 9 | u8 | `n_stages`, at most [`MAX_SLEEP_STAGES`] |
+//! | 10 + 9i | u32 | stage start as an offset in seconds from the episode start |
+//! | 14 + 9i | u32 | stage duration in seconds, at least 1 |
+//! | 18 + 9i | u8 | stage: 0 awake, 1 light, 2 deep, 3 REM |
+//!
+//! Stages are in time order, do not overlap and lie inside the episode; gaps are allowed
+//! (unscored time). The payload length must be exactly `10 + 9 × n_stages` and at most 512.
+
+use chrono::{DateTime, Duration, Utc};
+use phr_schema::SleepStageKind;
+use uuid::Uuid;
+
+use super::{u16_le, u32_le, DecodeError, Reading, SleepReading};
+
+/// Decoder name and version of the activity characteristic, recorded in provenance.
+pub const ACTIVITY_NAME: &str = "phr-reference-band-activity/1";
+/// Decoder name and version of the sleep characteristic, recorded in provenance.
+pub const SLEEP_NAME: &str = "phr-reference-band-sleep/1";
+/// The band's vendor service.
+pub const SERVICE: Uuid = Uuid::from_u128(0x7e4a_0000_5048_5200_8000_0080_5f9b_34fb);
+/// Minute activity characteristic.
+pub const ACTIVITY: Uuid = Uuid::from_u128(0x7e4a_0001_5048_5200_8000_0080_5f9b_34fb);
+/// Sleep summary characteristic.
+pub const SLEEP: Uuid = Uuid::from_u128(0x7e4a_0002_5048_5200_8000_0080_5f9b_34fb);
+
+/// Size of one activity entry.
+pub const ACTIVITY_ENTRY_LEN: usize = 8;
+/// Most activity entries in one notification.
+pub const MAX_ACTIVITY_ENTRIES: usize = 60;
+/// Size of the sleep header.
+pub const SLEEP_HEADER_LEN: usize = 10;
+/// Size of one sleep stage entry.
+pub const SLEEP_STAGE_LEN: usize = 9;
+/// The longest ATT attribute value.
+pub const MAX_LEN: usize = 512;
+/// Most stages one sleep summary can carry within [`MAX_LEN`].
+pub const MAX_SLEEP_STAGES: usize = (MAX_LEN - SLEEP_HEADER_LEN) / SLEEP_STAGE_LEN;
+
+const MAIN_SLEEP: u8 = 1 << 0;
+
+/// Decodes one activity notification into one [`Reading::Steps`] per entry.
+pub fn decode_activity(
+    bytes: &[u8],
+    _received_at: DateTime<Utc>,
+) -> Result<Vec<Reading>, DecodeError> {
+    let max = MAX_ACTIVITY_ENTRIES * ACTIVITY_ENTRY_LEN;
+    if bytes.len() > max {
+        return Err(DecodeError::Oversized {
+            max,
+            got: bytes.len(),
+        });
+    }
+    if bytes.is_empty() || !bytes.len().is_multiple_of(ACTIVITY_ENTRY_LEN) {
+        return Err(DecodeError::Truncated {
+            needed: bytes.len().div_ceil(ACTIVITY_ENTRY_LEN).max(1) * ACTIVITY_ENTRY_LEN,
+            got: bytes.len(),
+        });
+    }
+    bytes
+        .chunks_exact(ACTIVITY_ENTRY_LEN)
+        .map(|entry| {
+            let field = DecodeError::Invalid("activity entry is malformed");
+            let start = u32_le(entry, 0).ok_or(field.clone())?;
+            let duration = u16_le(entry, 4).ok_or(field.clone())?;
+            let steps = u16_le(entry, 6).ok_or(field)?;
+            if duration == 0 {
+                return Err(DecodeError::Invalid("activity entry has zero duration"));
+            }
+            let start = unix(start);
+            Ok(Reading::Steps {
+                start,
+                end: start + Duration::seconds(i64::from(duration)),
+                steps: u32::from(steps),
+            })
+        })
+        .collect()
+}
+
+/// Decodes one sleep summary into one [`Reading::Sleep`].
+pub fn decode_sleep(
+    bytes: &[u8],
+    _received_at: DateTime<Utc>,
+) -> Result<Vec<Reading>, DecodeError> {
+    if bytes.len() > MAX_LEN {
+        return Err(DecodeError::Oversized {
+            max: MAX_LEN,
+            got: bytes.len(),
+        });
+    }
+    let truncated = |needed: usize| DecodeError::Truncated {
+        needed,
+        got: bytes.len(),
+    };
+    let (Some(start), Some(end), Some(&flags), Some(&n)) = (
+        u32_le(bytes, 0),
+        u32_le(bytes, 4),
+        bytes.get(8),
+        bytes.get(9),
+    ) else {
+        return Err(truncated(SLEEP_HEADER_LEN));
+    };
+    let expected = SLEEP_HEADER_LEN + usize::from(n) * SLEEP_STAGE_LEN;
+    if bytes.len() < expected {
+        return Err(truncated(expected));
+    }
+    if bytes.len() > expected {
+        return Err(DecodeError::Oversized {
+            max: expected,
+            got: bytes.len(),
+        });
+    }
+    if end <= start {
+        return Err(DecodeError::Invalid(
+            "sleep episode does not end after it starts",
+        ));
+    }
+    let length = end - start;
+    let mut stages = Vec::with_capacity(usize::from(n));
+    let mut previous_end = 0u64;
+    for entry in bytes[SLEEP_HEADER_LEN..].chunks_exact(SLEEP_STAGE_LEN) {
+        let field = DecodeError::Invalid("sleep stage entry is malformed");
+        let offset = u32_le(entry, 0).ok_or(field.clone())?;
+        let duration = u32_le(entry, 4).ok_or(field.clone())?;
+        let kind = match entry.get(8).ok_or(field)? {
+            0 => SleepStageKind::Awake,
+            1 => SleepStageKind::Light,
+            2 => SleepStageKind::Deep,
+            3 => SleepStageKind::Rem,
+            _ => return Err(DecodeError::Invalid("unknown sleep stage code")),
+        };
+        if duration == 0 {
+            return Err(DecodeError::Invalid("sleep stage has zero duration"));
+        }
+        let stage_end = u64::from(offset) + u64::from(duration);
+        if stage_end > u64::from(length) {
+            return Err(DecodeError::Invalid("sleep stage lies outside its episode"));
+        }
+        if u64::from(offset) < previous_end {
+            return Err(DecodeError::Invalid(
+                "sleep stages are out of order or overlap",
+            ));
+        }
+        previous_end = stage_end;
+        // Both fit in u32 because stage_end <= length.
+        let stage_start = u64::from(start) + u64::from(offset);
+        stages.push((
+            kind,
+            unix_u64(stage_start),
+            unix_u64(u64::from(start) + stage_end),
+        ));
+    }
+    Ok(vec![Reading::Sleep(SleepReading {
+        start: unix(start),
+        end: unix(end),
+        is_main_sleep: flags & MAIN_SLEEP != 0,
+        stages,
+    })])
+}
+
+/// Encodes minute activity entries `(start, duration_s, steps)` (used by the simulator and
+/// tests). Callers send at most [`MAX_ACTIVITY_ENTRIES`] per notification; times outside the
+/// band's clock range saturate.
+pub fn encode_activity(entries: &[(DateTime<Utc>, u16, u16)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * ACTIVITY_ENTRY_LEN);
+    for &(start, duration_s, steps) in entries {
+        out.extend_from_slice(&seconds(start).to_le_bytes());
+        out.extend_from_slice(&duration_s.to_le_bytes());
+        out.extend_from_slice(&steps.to_le_bytes());
+    }
+    out
+}
+
+/// Encodes one sleep summary (used by the simulator and tests). Callers keep to
+/// [`MAX_SLEEP_STAGES`] stages in time order inside the episode; stages beyond 255 cannot be
+/// counted by the header and are not written, and times outside the band's clock saturate.
+pub fn encode_sleep(sleep: &SleepReading) -> Vec<u8> {
+    let stages = &sleep.stages[..sleep.stages.len().min(usize::from(u8::MAX))];
+    let start = seconds(sleep.start);
+    let mut out = Vec::with_capacity(SLEEP_HEADER_LEN + stages.len() * SLEEP_STAGE_LEN);
+    out.extend_from_slice(&start.to_le_bytes());
+    out.extend_from_slice(&seconds(sleep.end).to_le_bytes());
+    out.push(if sleep.is_main_sleep { MAIN_SLEEP } else { 0 });
+    out.push(stages.len() as u8);
+    for &(kind, stage_start, stage_end) in stages {
+        let offset = seconds(stage_start).saturating_sub(start);
+        let duration = seconds(stage_end).saturating_sub(seconds(stage_start));
+        out.extend_from_slice(&offset.to_le_bytes());
+        out.extend_from_slice(&duration.to_le_bytes());
+        out.push(match kind {
+            SleepStageKind::Awake => 0,
+            SleepStageKind::Light => 1,
+            SleepStageKind::Deep => 2,
+            SleepStageKind::Rem => 3,
+        });
+    }
+    out
+}
+
+/// Unix seconds as the band's u32 clock, saturating outside 1970–2106.
+fn seconds(t: DateTime<Utc>) -> u32 {
+    let s = t.timestamp();
+    u32::try_from(s).unwrap_or(if s < 0 { 0 } else { u32::MAX })
+}
+
+fn unix(seconds: u32) -> DateTime<Utc> {
+    unix_u64(u64::from(seconds))
+}
+
+/// Every value passed here is below 2^33 seconds (year ~2242), well inside chrono's range.
+fn unix_u64(seconds: u64) -> DateTime<Utc> {
+    DateTime::from_timestamp(seconds as i64, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn t(s: u32) -> DateTime<Utc> {
+        unix(s)
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        s.split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    }
+
+    // 2026-01-01T00:00:00Z = 1 767 225 600 = 0x6955_B900.
+    const T0: u32 = 1_767_225_600;
+
+    #[test]
+    fn activity_fixture() {
+        let bytes = hex("00 b9 55 69 3c 00 5a 00  3c b9 55 69 3c 00 00 00");
+        assert_eq!(
+            decode_activity(&bytes, t(0)).unwrap(),
+            vec![
+                Reading::Steps {
+                    start: t(T0),
+                    end: t(T0 + 60),
+                    steps: 90
+                },
+                Reading::Steps {
+                    start: t(T0 + 60),
+                    end: t(T0 + 120),
+                    steps: 0
+                },
+            ]
+        );
+        assert_eq!(
+            encode_activity(&[(t(T0), 60, 90), (t(T0 + 60), 60, 0)]),
+            bytes
+        );
+    }
+
+    #[test]
+    fn activity_refuses_bad_lengths_and_zero_durations() {
+        assert_eq!(
+            decode_activity(&[], t(0)),
+            Err(DecodeError::Truncated { needed: 8, got: 0 })
+        );
+        assert_eq!(
+            decode_activity(&hex("00 b9 55 69 3c 00 5a"), t(0)),
+            Err(DecodeError::Truncated { needed: 8, got: 7 })
+        );
+        assert_eq!(
+            decode_activity(&[0; 9], t(0)),
+            Err(DecodeError::Truncated { needed: 16, got: 9 })
+        );
+        assert_eq!(
+            decode_activity(&[0; 488], t(0)),
+            Err(DecodeError::Oversized { max: 480, got: 488 })
+        );
+        let full = encode_activity(&vec![(t(T0), 60, 1); 60]);
+        assert_eq!(decode_activity(&full, t(0)).unwrap().len(), 60);
+        assert_eq!(
+            decode_activity(&hex("00 b9 55 69 00 00 5a 00"), t(0)),
+            Err(DecodeError::Invalid("activity entry has zero duration"))
+        );
+    }
+
+    fn night() -> SleepReading {
+        SleepReading {
+            start: t(T0),
+            end: t(T0 + 3600),
+            is_main_sleep: true,
+            stages: vec![
+                (SleepStageKind::Awake, t(T0), t(T0 + 600)),
+                (SleepStageKind::Light, t(T0 + 600), t(T0 + 1800)),
+                (SleepStageKind::Deep, t(T0 + 1800), t(T0 + 2400)),
+                (SleepStageKind::Rem, t(T0 + 2700), t(T0 + 3600)),
+            ],
+        }
+    }
+
+    const NIGHT: &str = "00 b9 55 69  10 c7 55 69  01  04
+                         00 00 00 00  58 02 00 00  00
+                         58 02 00 00  b0 04 00 00  01
+                         08 07 00 00  58 02 00 00  02
+                         8c 0a 00 00  84 03 00 00  03";
+
+    #[test]
+    fn sleep_fixture() {
+        let bytes = hex(NIGHT);
+        assert_eq!(bytes.len(), 10 + 4 * 9);
+        assert_eq!(
+            decode_sleep(&bytes, t(0)).unwrap(),
+            vec![Reading::Sleep(night())]
+        );
+        assert_eq!(encode_sleep(&night()), bytes);
+        // A nap: flags 0, no stages.
+        let nap = hex("00 b9 55 69 08 c0 55 69 00 00");
+        assert_eq!(
+            decode_sleep(&nap, t(0)).unwrap(),
+            vec![Reading::Sleep(SleepReading {
+                start: t(T0),
+                end: t(T0 + 1800),
+                is_main_sleep: false,
+                stages: vec![],
+            })]
+        );
+        // Reserved flag bits are ignored.
+        let mut flagged = nap.clone();
+        flagged[8] = 0xfe;
+        assert_eq!(decode_sleep(&flagged, t(0)), decode_sleep(&nap, t(0)));
+    }
+
+    #[test]
+    fn sleep_refuses_bad_lengths() {
+        let bytes = hex(NIGHT);
+        assert_eq!(
+            decode_sleep(&[], t(0)),
+            Err(DecodeError::Truncated { needed: 10, got: 0 })
+        );
+        assert_eq!(
+            decode_sleep(&bytes[..9], t(0)),
+            Err(DecodeError::Truncated { needed: 10, got: 9 })
+        );
+        assert_eq!(
+            decode_sleep(&bytes[..45], t(0)),
+            Err(DecodeError::Truncated {
+                needed: 46,
+                got: 45
+            })
+        );
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(
+            decode_sleep(&long, t(0)),
+            Err(DecodeError::Oversized { max: 46, got: 47 })
+        );
+        assert_eq!(
+            decode_sleep(&[0; 513], t(0)),
+            Err(DecodeError::Oversized { max: 512, got: 513 })
+        );
+    }
+
+    #[test]
+    fn sleep_refuses_bad_values() {
+        let invalid = |mutate: &dyn Fn(&mut Vec<u8>), why: &'static str| {
+            let mut bytes = hex(NIGHT);
+            mutate(&mut bytes);
+            assert_eq!(decode_sleep(&bytes, t(0)), Err(DecodeError::Invalid(why)));
+        };
+        invalid(&|b| b[45] = 4, "unknown sleep stage code");
+        invalid(
+            &|b| b[4..8].copy_from_slice(&T0.to_le_bytes()),
+            "sleep episode does not end after it starts",
+        );
+        invalid(
+            &|b| b[14..18].copy_from_slice(&0u32.to_le_bytes()),
+            "sleep stage has zero duration",
+        );
+        // Last stage runs one second past the episode end.
+        invalid(
+            &|b| b[41..45].copy_from_slice(&901u32.to_le_bytes()),
+            "sleep stage lies outside its episode",
+        );
+        // Second stage starts inside the first.
+        invalid(
+            &|b| b[19..23].copy_from_slice(&599u32.to_le_bytes()),
+            "sleep stages are out of order or overlap",
+        );
+        // A huge offset cannot overflow.
+        invalid(
+            &|b| b[37..41].copy_from_slice(&u32::MAX.to_le_bytes()),
+            "sleep stage lies outside its episode",
+        );
+    }
+
+    #[test]
+    fn max_stages_fit_one_notification() {
+        assert_eq!(MAX_SLEEP_STAGES, 55);
+        let stages = (0..MAX_SLEEP_STAGES as u32)
+            .map(|i| (SleepStageKind::Light, t(T0 + i * 60), t(T0 + i * 60 + 60)))
+            .collect();
+        let sleep = SleepReading {
+            start: t(T0),
+            end: t(T0 + 4 * 3600),
+            is_main_sleep: true,
+            stages,
+        };
+        let bytes = encode_sleep(&sleep);
+        assert!(bytes.len() <= MAX_LEN);
+        assert_eq!(
+            decode_sleep(&bytes, t(0)).unwrap(),
+            vec![Reading::Sleep(sleep)]
+        );
+    }
+
+    fn kind() -> impl Strategy<Value = SleepStageKind> {
+        prop_oneof![
+            Just(SleepStageKind::Awake),
+            Just(SleepStageKind::Light),
+            Just(SleepStageKind::Deep),
+            Just(SleepStageKind::Rem),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            let _ = decode_activity(&bytes, t(0));
+            let _ = decode_sleep(&bytes, t(0));
+        }
+
+        #[test]
+        fn sleep_shaped_bytes_never_panic(
+            header in prop::collection::vec(any::<u8>(), 9),
+            n in 0u8..=56,
+            body in prop::collection::vec(any::<u8>(), 0..520),
+        ) {
+            let mut bytes = header;
+            bytes.push(n);
+            bytes.extend(body.iter().take(usize::from(n) * SLEEP_STAGE_LEN));
+            let _ = decode_sleep(&bytes, t(0));
+        }
+
+        #[test]
+        fn activity_round_trips(
+            entries in prop::collection::vec((any::<u32>(), 1u16.., any::<u16>()), 1..=60),
+        ) {
+            let entries: Vec<_> = entries.into_iter().map(|(s, d, n)| (t(s), d, n)).collect();
+            let want: Vec<_> = entries
+                .iter()
+                .map(|&(start, d, steps)| Reading::Steps {
+                    start,
+                    end: start + Duration::seconds(i64::from(d)),
+                    steps: u32::from(steps),
+                })
+                .collect();
+            prop_assert_eq!(decode_activity(&encode_activity(&entries), t(0)).unwrap(), want);
+        }
+
+        #[test]
+        fn sleep_round_trips(
+            start in 0u32..=u32::MAX / 2,
+            main in any::<bool>(),
+            stages in prop::collection::vec((kind(), 0u32..3600, 1u32..7200), 0..=MAX_SLEEP_STAGES),
+            tail in 1u32..3600,
+        ) {
+            let mut at = start;
+            let stages: Vec<_> = stages
+                .into_iter()
+                .map(|(k, gap, d)| {
+                    let s = at + gap;
+                    at = s + d;
+                    (k, t(s), t(at))
+                })
+                .collect();
+            let sleep = SleepReading {
+                start: t(start),
+                end: t(at + tail),
+                is_main_sleep: main,
+                stages,
+            };
+            let bytes = encode_sleep(&sleep);
+            prop_assert!(bytes.len() <= MAX_LEN);
+            prop_assert_eq!(decode_sleep(&bytes, t(0)).unwrap(), vec![Reading::Sleep(sleep)]);
+        }
+    }
+}

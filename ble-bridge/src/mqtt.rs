@@ -1,0 +1,95 @@
+//! MQTT connection settings shared by the bridge and the gateway.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use rumqttc::MqttOptions;
+
+/// Largest MQTT packet either side sends or accepts: a batch is at most 1 MiB of JSON
+/// (`phr_schema::Limits::max_batch_bytes`) plus topic and headers.
+pub const MAX_PACKET_BYTES: usize = 1024 * 1024 + 4096;
+
+/// A broker address, `mqtt://host:port` (port defaults to 1883).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl MqttUrl {
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self { host: host.into(), port }
+    }
+
+    /// Client options with the project's defaults: large packets, short keep-alive so a dead
+    /// broker is noticed within seconds, a clean session (acks are re-requested by resending).
+    pub fn options(&self, client_id: &str) -> MqttOptions {
+        let mut o = MqttOptions::new(client_id, self.host.clone(), self.port);
+        o.set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+            .set_clean_session(true);
+        o
+    }
+}
+
+impl fmt::Display for MqttUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "mqtt://{}:{}", self.host, self.port)
+    }
+}
+
+/// Why an MQTT URL was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MqttUrlError {
+    #[error("MQTT URL must start with mqtt:// (TLS is not supported yet): {0:?}")]
+    Scheme(String),
+    #[error("MQTT URL has no host: {0:?}")]
+    Host(String),
+    #[error("MQTT URL has an invalid port: {0:?}")]
+    Port(String),
+}
+
+impl FromStr for MqttUrl {
+    type Err = MqttUrlError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let rest = s.strip_prefix("mqtt://").ok_or_else(|| MqttUrlError::Scheme(s.into()))?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            // An IPv6 literal without a port ends in ']'.
+            Some((h, p)) if !p.ends_with(']') => {
+                (h, p.parse::<u16>().map_err(|_| MqttUrlError::Port(s.into()))?)
+            }
+            _ => (rest, 1883),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            return Err(MqttUrlError::Host(s.into()));
+        }
+        if port == 0 {
+            return Err(MqttUrlError::Port(s.into()));
+        }
+        Ok(Self::new(host, port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_host_and_port() {
+        assert_eq!("mqtt://127.0.0.1:1883".parse(), Ok(MqttUrl::new("127.0.0.1", 1883)));
+        assert_eq!("mqtt://broker.local".parse(), Ok(MqttUrl::new("broker.local", 1883)));
+        assert_eq!("mqtt://[::1]:1884/".parse(), Ok(MqttUrl::new("::1", 1884)));
+    }
+
+    #[test]
+    fn refuses_bad_urls() {
+        assert!(matches!("tcp://x:1".parse::<MqttUrl>(), Err(MqttUrlError::Scheme(_))));
+        assert!(matches!("mqtt://:1883".parse::<MqttUrl>(), Err(MqttUrlError::Host(_))));
+        assert!(matches!("mqtt://h:99999".parse::<MqttUrl>(), Err(MqttUrlError::Port(_))));
+        assert!(matches!("mqtt://h:0".parse::<MqttUrl>(), Err(MqttUrlError::Port(_))));
+    }
+}

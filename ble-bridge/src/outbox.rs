@@ -1,0 +1,204 @@
+//! The durable outbox: batches wait here, on disk, until the gateway's application-level ack
+//! for them arrives. A PUBACK is not enough (a broker that crashes loses QoS-1 messages), so
+//! only [`Outbox::remove`] after an ack takes a batch out.
+//!
+//! SQLite in WAL mode with `synchronous=FULL`: a batch returned from [`Outbox::push`] survives
+//! a power cut. Batches leave in the order they entered (`seq`).
+//!
+//! Bound: at most `max_batches` batches. At the bound [`Outbox::push`] refuses with
+//! [`Error::OutboxFull`] and the producer holds its data and retries (back-pressure); nothing
+//! already in the outbox is ever evicted, because dropping measurements silently is worse
+//! than pausing.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use uuid::Uuid;
+
+use phr_schema::Batch;
+
+use crate::{Error, Result};
+
+/// A batch waiting for its ack.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub seq: i64,
+    pub batch_id: Uuid,
+    pub device_id: String,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    conn: Connection,
+    max_batches: usize,
+}
+
+impl Outbox {
+    pub fn open(path: &Path, max_batches: usize) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             PRAGMA busy_timeout=5000;
+             CREATE TABLE IF NOT EXISTS outbox (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 batch_id TEXT NOT NULL UNIQUE,
+                 device_id TEXT NOT NULL,
+                 records INTEGER NOT NULL,
+                 payload BLOB NOT NULL,
+                 created_at TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS cursor (
+                 device_id TEXT PRIMARY KEY,
+                 until TEXT NOT NULL
+             );",
+        )?;
+        Ok(Self { conn, max_batches })
+    }
+
+    /// Stores batches and, in the same transaction, moves each device's high-water mark, so a
+    /// crash leaves either both or neither: no measurement is skipped or lost.
+    pub fn push(
+        &mut self,
+        batches: &[Batch],
+        cursors: &[(String, DateTime<Utc>)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let depth = self.depth()?;
+        if depth + batches.len() > self.max_batches {
+            return Err(Error::OutboxFull { depth, max: self.max_batches });
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO outbox (batch_id, device_id, records, payload, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for batch in batches {
+                let payload = serde_json::to_vec(batch)?;
+                insert.execute(params![
+                    batch.batch_id.to_string(),
+                    batch.device_id,
+                    batch.records.len() as i64,
+                    payload,
+                    now.to_rfc3339(),
+                ])?;
+            }
+            let mut cursor = tx.prepare_cached(
+                "INSERT INTO cursor (device_id, until) VALUES (?1, ?2)
+                 ON CONFLICT(device_id) DO UPDATE SET until = excluded.until",
+            )?;
+            for (device, until) in cursors {
+                cursor.execute(params![device, until.to_rfc3339()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Up to `limit` batches in the order they were pushed.
+    pub fn pending(&self, limit: usize) -> Result<Vec<Pending>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, batch_id, device_id, payload FROM outbox ORDER BY seq LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, id, device_id, payload) = row?;
+            let batch_id = Uuid::parse_str(&id).map_err(|_| Error::Corrupt("batch id"))?;
+            out.push(Pending { seq, batch_id, device_id, payload });
+        }
+        Ok(out)
+    }
+
+    /// Removes acked batches in one transaction; returns how many were still here (a second
+    /// ack for the same batch is harmless).
+    pub fn remove(&mut self, batch_ids: &[Uuid]) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let mut removed = 0;
+        {
+            let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE batch_id = ?1")?;
+            for id in batch_ids {
+                removed += delete.execute([id.to_string()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// Number of batches waiting.
+    pub fn depth(&self) -> Result<usize> {
+        let n: i64 = self.conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+        Ok(n as usize)
+    }
+
+    /// Number of records in waiting batches.
+    pub fn depth_records(&self) -> Result<u64> {
+        let n: i64 =
+            self.conn.query_row("SELECT coalesce(sum(records), 0) FROM outbox", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// How far data of `device_id` has been put into the outbox.
+    pub fn cursor(&self, device_id: &str) -> Result<Option<DateTime<Utc>>> {
+        let until: Option<String> = self
+            .conn
+            .query_row("SELECT until FROM cursor WHERE device_id = ?1", [device_id], |r| r.get(0))
+            .optional()?;
+        until
+            .map(|s| {
+                DateTime::parse_from_rfc3339(&s)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| Error::Corrupt("cursor time"))
+            })
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(device: &str) -> Batch {
+        Batch::new("bridge", device, Uuid::new_v4(), vec![])
+    }
+
+    #[test]
+    fn batches_survive_reopen_and_leave_in_order_only_when_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        let now = Utc::now();
+        let (a, b) = (batch("d1"), batch("d2"));
+        {
+            let mut o = Outbox::open(&path, 10).unwrap();
+            o.push(&[a.clone(), b.clone()], &[("d1".into(), now)], now).unwrap();
+        }
+        let mut o = Outbox::open(&path, 10).unwrap();
+        assert_eq!(o.depth().unwrap(), 2);
+        let p = o.pending(10).unwrap();
+        assert_eq!(p.iter().map(|p| p.batch_id).collect::<Vec<_>>(), vec![a.batch_id, b.batch_id]);
+        let decoded: Batch = serde_json::from_slice(&p[0].payload).unwrap();
+        assert_eq!(decoded, a);
+        assert_eq!(o.cursor("d1").unwrap().map(|t| t.timestamp()), Some(now.timestamp()));
+        assert_eq!(o.cursor("d2").unwrap(), None);
+        assert_eq!(o.remove(&[a.batch_id]).unwrap(), 1);
+        assert_eq!(o.remove(&[a.batch_id]).unwrap(), 0, "a second ack is harmless");
+        assert_eq!(o.depth().unwrap(), 1);
+    }
+
+    #[test]
+    fn full_outbox_refuses_without_evicting() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(&dir.path().join("o.sqlite"), 2).unwrap();
+        let now = Utc::now();
+        o.push(&[batch("d"), batch("d")], &[], now).unwrap();
+        let err = o.push(&[batch("d")], &[("d".into(), now)], now).unwrap_err();
+        assert!(matches!(err, Error::OutboxFull { depth: 2, max: 2 }), "{err}");
+        assert_eq!(o.depth().unwrap(), 2);
+        assert_eq!(o.cursor("d").unwrap(), None, "a refused push moves no cursor");
+    }
+}

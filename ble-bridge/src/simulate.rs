@@ -1,0 +1,176 @@
+//! `phr-bridge simulate`: simulated wearables feeding the real bridge pipeline.
+//!
+//! Each band produces GATT notification bytes ([`crate::sim`]); they go through the same
+//! decoders and normaliser a real device's bytes take, into the durable outbox, and out
+//! through the publisher. A per-device high-water mark in the outbox means a restarted bridge
+//! resumes where it stopped: nothing generated twice on purpose, nothing skipped.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, DurationRound, FixedOffset, TimeDelta, Utc};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use phr_schema::{Batch, Record, Topics};
+
+use crate::mqtt::MqttUrl;
+use crate::outbox::Outbox;
+use crate::publish::{self, blocking, PublisherConfig, Status};
+use crate::sim::SimBand;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct SimulateConfig {
+    pub bridge_id: String,
+    pub devices: usize,
+    pub seed: u64,
+    /// The bands' local UTC offset (their day and night follow it).
+    pub utc_offset: FixedOffset,
+    pub data_dir: PathBuf,
+    pub mqtt: MqttUrl,
+    pub topic_prefix: String,
+    /// How much history a band holds when the bridge first meets it.
+    pub history: TimeDelta,
+    /// Stop generating at this instant (tests, benchmarks); `None` runs live.
+    pub until: Option<DateTime<Utc>>,
+    /// How often live data is generated.
+    pub tick: Duration,
+    /// Records per batch (60 minute-level records is an hour of steps).
+    pub batch_records: usize,
+    pub outbox_max_batches: usize,
+    pub ack_timeout: Duration,
+    pub max_inflight: usize,
+    /// With `until`: return once everything generated has been acked.
+    pub exit_when_drained: bool,
+}
+
+impl SimulateConfig {
+    /// Defaults for `devices` bands under `bridge_id`, data kept in `data_dir`.
+    pub fn new(bridge_id: &str, devices: usize, data_dir: PathBuf, mqtt: MqttUrl) -> Self {
+        Self {
+            bridge_id: bridge_id.to_owned(),
+            devices,
+            seed: 1,
+            utc_offset: FixedOffset::east_opt(9 * 3600).expect("+09:00 is a valid offset"),
+            data_dir,
+            mqtt,
+            topic_prefix: phr_schema::envelope::DEFAULT_PREFIX.to_owned(),
+            history: TimeDelta::hours(24),
+            until: None,
+            tick: Duration::from_secs(60),
+            batch_records: 60,
+            outbox_max_batches: 100_000,
+            ack_timeout: Duration::from_secs(10),
+            max_inflight: 32,
+            exit_when_drained: false,
+        }
+    }
+
+    /// The bands this configuration simulates.
+    pub fn bands(&self) -> Vec<SimBand> {
+        (0..self.devices).map(|i| SimBand::new(i, self.seed, self.utc_offset)).collect()
+    }
+}
+
+/// Groups one device's records, in measured order, into batches.
+pub fn batches(bridge_id: &str, device_id: &str, mut records: Vec<Record>, size: usize) -> Vec<Batch> {
+    records.sort_by_key(|r| r.measured().0);
+    records
+        .chunks(size.max(1))
+        .map(|c| Batch::new(bridge_id, device_id, Uuid::new_v4(), c.to_vec()))
+        .collect()
+}
+
+/// Runs the simulated bridge until `shutdown`, or until drained when so configured.
+/// Progress (outbox depth, acks) is published through `status` while it runs.
+pub async fn run(
+    cfg: SimulateConfig,
+    status: watch::Sender<Status>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| Error::Io(format!("creating {}: {e}", cfg.data_dir.display())))?;
+    let outbox = Arc::new(Mutex::new(Outbox::open(
+        &cfg.data_dir.join("outbox.sqlite"),
+        cfg.outbox_max_batches,
+    )?));
+    let wake = Arc::new(Notify::new());
+    let publisher_stop = shutdown.child_token();
+    let publisher = tokio::spawn(publish::run(
+        PublisherConfig {
+            mqtt: cfg.mqtt.clone(),
+            bridge_id: cfg.bridge_id.clone(),
+            topics: Topics::new(&cfg.topic_prefix),
+            ack_timeout: cfg.ack_timeout,
+            max_inflight: cfg.max_inflight,
+        },
+        outbox.clone(),
+        wake.clone(),
+        status.clone(),
+        publisher_stop.clone(),
+    ));
+    let bands = cfg.bands();
+    info!(bridge_id = %cfg.bridge_id, devices = bands.len(), broker = %cfg.mqtt, "simulated bridge started");
+    let mut status_rx = status.subscribe();
+    let result = 'run: loop {
+        let now = Utc::now().duration_trunc(TimeDelta::minutes(1)).unwrap_or_else(|_| Utc::now());
+        let end = cfg.until.map_or(now, |u| u.min(now));
+        let mut done = true;
+        for band in &bands {
+            match generate(&cfg, band, &outbox, end).await {
+                Ok(complete) => done &= complete,
+                Err(Error::OutboxFull { depth, max }) => {
+                    warn!(device_id = %band.device_id, depth, max, "outbox full; holding new data until the gateway acks");
+                    done = false;
+                }
+                Err(e) => break 'run Err(e),
+            }
+        }
+        wake.notify_one();
+        if done && cfg.until.is_some() && cfg.exit_when_drained {
+            let drained = status_rx.wait_for(|s| s.outbox_batches == 0 && s.connected);
+            tokio::select! {
+                _ = shutdown.cancelled() => break 'run Ok(()),
+                r = drained => break 'run r.map(|_| ()).map_err(|_| Error::Poisoned),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break 'run Ok(()),
+            _ = tokio::time::sleep(if done { cfg.tick } else { Duration::from_millis(500) }) => {}
+        }
+    };
+    publisher_stop.cancel();
+    match publisher.await {
+        Ok(r) => r?,
+        Err(_) => return Err(Error::Poisoned),
+    }
+    result
+}
+
+/// Moves one band's data up to `end` into the outbox; `true` when the band is caught up.
+async fn generate(
+    cfg: &SimulateConfig,
+    band: &SimBand,
+    outbox: &Arc<Mutex<Outbox>>,
+    end: DateTime<Utc>,
+) -> Result<bool> {
+    let device = band.device_id.clone();
+    let cursor = blocking(outbox, move |o| o.cursor(&device)).await?;
+    let from = cursor.unwrap_or(end - cfg.history);
+    if from >= end {
+        return Ok(true);
+    }
+    // At most six hours per step so a long backfill shows progress and bounds memory.
+    let to = end.min(from + TimeDelta::hours(6));
+    let records = band.records(&cfg.bridge_id, from, to)?;
+    let count = records.len();
+    let batches = batches(&cfg.bridge_id, &band.device_id, records, cfg.batch_records);
+    let cursor = vec![(band.device_id.clone(), to)];
+    blocking(outbox, move |o| o.push(&batches, &cursor, Utc::now())).await?;
+    info!(device_id = %band.device_id, %from, %to, records = count, "generated");
+    Ok(to >= end)
+}

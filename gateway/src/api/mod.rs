@@ -1,0 +1,89 @@
+//! The HTTP API (actix-web). Route paths are constants here; each resource has its own
+//! module with a `configure` function.
+//!
+//! # Layout
+//! - [`error`]: the one mapping from errors to status and JSON body.
+//! - [`me`]: the owner's own data (`/api/v1/me/...`).
+//! - this file: app state, the bearer-token extractor, `/healthz`, `/metrics`, the dashboard.
+
+pub mod error;
+pub mod me;
+
+use std::future::{ready, Ready};
+use std::sync::Arc;
+
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+
+use crate::auth::{Keys, Principal};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use error::ApiError;
+
+pub const HEALTHZ: &str = "/healthz";
+pub const METRICS: &str = "/metrics";
+pub const DASHBOARD: &str = "/dashboard";
+
+/// What handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub keys: Arc<Keys>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Mounts every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(HEALTHZ, web::get().to(healthz))
+        .route(METRICS, web::get().to(metrics))
+        .route("/", web::get().to(dashboard))
+        .route(DASHBOARD, web::get().to(dashboard));
+    me::configure(cfg);
+}
+
+/// The largest request body any route accepts.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let (series, quarantine) = web::block(move || store.counts()).await.map_err(|_| ApiError::Internal)??;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render(series, quarantine)))
+}
+
+async fn dashboard() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Content-Security-Policy", "default-src 'none'; style-src 'self' 'unsafe-inline'"))
+        .body(include_str!("../../../dashboards/index.html"))
+}
+
+/// The verified caller. Handlers that take a `Principal` cannot run without a valid token.
+impl FromRequest for Principal {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let Some(state) = req.app_data::<web::Data<AppState>>() else {
+            return ready(Err(ApiError::Internal));
+        };
+        let token = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim);
+        ready(match token {
+            Some(t) if !t.is_empty() => state
+                .keys
+                .verify(t)
+                .map(Principal::from_claims)
+                .map_err(|_| ApiError::Unauthorized),
+            _ => Err(ApiError::Unauthorized),
+        })
+    }
+}

@@ -1,0 +1,269 @@
+//! Tokens: the gateway signs and verifies JWTs (RFC 7519) with an Ed25519 key it generates on
+//! first start and keeps in the data dir (`keys/jwt-ed25519.pk8`, PKCS#8 DER, mode 0600).
+//!
+//! Verification follows RFC 8725: the algorithm is pinned (EdDSA only, so `none` and
+//! HMAC-with-the-public-key confusion are refused), `typ` must be `at+jwt` (RFC 9068), `kid`
+//! must name our key, and `iss`, `aud`, `exp`, `nbf` and `sub` are required and checked.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use ed25519_dalek::SigningKey;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{Error, Result};
+
+/// The JOSE `typ` of access tokens (RFC 9068).
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+const KEY_FILE: &str = "jwt-ed25519.pk8";
+
+/// Claims of an access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub nbf: i64,
+    pub iat: i64,
+    pub jti: String,
+    /// Space-separated scopes, SMART v2 style (`patient/Observation.rs`).
+    pub scope: String,
+}
+
+/// Why a token was refused. Deliberately coarse towards the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("the token is malformed, forged, expired or not for this service")]
+    Invalid,
+}
+
+/// The signing key and the rules tokens must meet.
+pub struct Keys {
+    kid: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: String,
+    audience: String,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("kid", &self.kid)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keys {
+    /// Loads the key from `dir`, generating it on first use.
+    pub fn load_or_create(dir: &Path, issuer: &str, audience: &str) -> Result<Self> {
+        let path = dir.join(KEY_FILE);
+        let signing = match std::fs::read(&path) {
+            Ok(der) => {
+                use ed25519_dalek::pkcs8::DecodePrivateKey;
+                SigningKey::from_pkcs8_der(&der).map_err(|_| Error::Key(format!("{} is not an Ed25519 PKCS#8 key", path.display())))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = SigningKey::generate(&mut rand::rngs::OsRng);
+                let der = key.to_pkcs8_der().map_err(|e| Error::Key(e.to_string()))?;
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                write_private(&path, der.as_bytes())?;
+                tracing::info!(path = %path.display(), "generated a new token signing key");
+                key
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        Self::from_signing_key(&signing, issuer, audience)
+    }
+
+    fn from_signing_key(signing: &SigningKey, issuer: &str, audience: &str) -> Result<Self> {
+        let der = signing.to_pkcs8_der().map_err(|e| Error::Key(e.to_string()))?;
+        let public = signing.verifying_key().to_bytes();
+        let kid = public[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = 30;
+        Ok(Self {
+            kid,
+            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+            decoding: DecodingKey::from_ed_der(&public),
+            validation,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+        })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// Signs an access token for `subject` with `scope`, valid for `ttl` from `now`.
+    pub fn issue(&self, subject: &str, scope: &str, ttl: chrono::Duration, now: DateTime<Utc>) -> Result<String> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: subject.to_owned(),
+            aud: self.audience.clone(),
+            exp: (now + ttl).timestamp(),
+            nbf: now.timestamp(),
+            iat: now.timestamp(),
+            jti: Uuid::new_v4().to_string(),
+            scope: scope.to_owned(),
+        };
+        jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| Error::Key(e.to_string()))
+    }
+
+    /// Verifies a compact JWS and returns its claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        if header.alg != Algorithm::EdDSA
+            || header.typ.as_deref() != Some(ACCESS_TOKEN_TYP)
+            || header.kid.as_deref() != Some(self.kid.as_str())
+        {
+            return Err(TokenError::Invalid);
+        }
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|d| d.claims)
+            .map_err(|_| TokenError::Invalid)
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(|e| Error::io(path, e))?;
+    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(|e| Error::io(path, e))
+}
+
+/// An authenticated caller, as handlers receive it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub subject: String,
+    pub scopes: Vec<String>,
+}
+
+impl Principal {
+    pub fn from_claims(c: Claims) -> Self {
+        Self { subject: c.sub, scopes: c.scope.split_whitespace().map(str::to_owned).collect() }
+    }
+
+    /// Whether the caller may read their own observations: SMART v2 `patient/Observation.rs`
+    /// (or `.r`, or the `patient/*` wildcard).
+    pub fn may_read_own_observations(&self) -> bool {
+        self.scopes.iter().any(|s| {
+            let Some((resource, perms)) = s.strip_prefix("patient/").and_then(|r| r.split_once('.')) else {
+                return false;
+            };
+            matches!(resource, "Observation" | "*") && perms.contains('r')
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> (tempfile::TempDir, Keys) {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Keys::load_or_create(dir.path(), "https://gw.test", "phr-api").unwrap();
+        (dir, k)
+    }
+
+    #[test]
+    fn issued_tokens_verify_and_the_key_persists() {
+        let (dir, k) = keys();
+        let token = k.issue("alice", "patient/Observation.rs", chrono::Duration::hours(1), Utc::now()).unwrap();
+        let claims = k.verify(&token).unwrap();
+        assert_eq!((claims.sub.as_str(), claims.aud.as_str()), ("alice", "phr-api"));
+        let again = Keys::load_or_create(dir.path(), "https://gw.test", "phr-api").unwrap();
+        assert_eq!(again.kid(), k.kid());
+        assert!(again.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn expired_future_foreign_and_tampered_tokens_are_refused() {
+        let (_d, k) = keys();
+        let now = Utc::now();
+        let expired = k.issue("a", "", chrono::Duration::seconds(1), now - chrono::Duration::hours(1)).unwrap();
+        assert_eq!(k.verify(&expired), Err(TokenError::Invalid));
+        let not_yet = k.issue("a", "", chrono::Duration::hours(2), now + chrono::Duration::hours(1)).unwrap();
+        assert_eq!(k.verify(&not_yet), Err(TokenError::Invalid));
+        let (_d2, other) = keys();
+        let foreign = other.issue("a", "", chrono::Duration::hours(1), now).unwrap();
+        assert_eq!(k.verify(&foreign), Err(TokenError::Invalid));
+        let good = k.issue("a", "", chrono::Duration::hours(1), now).unwrap();
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let forged_claims = format!("{}x", parts[1]);
+        parts[1] = &forged_claims;
+        assert_eq!(k.verify(&parts.join(".")), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn wrong_audience_or_issuer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Keys::load_or_create(dir.path(), "iss-a", "aud-a").unwrap();
+        let token = k.issue("a", "", chrono::Duration::hours(1), Utc::now()).unwrap();
+        let other_aud = Keys::load_or_create(dir.path(), "iss-a", "aud-b").unwrap();
+        assert_eq!(other_aud.verify(&token), Err(TokenError::Invalid));
+        let other_iss = Keys::load_or_create(dir.path(), "iss-b", "aud-a").unwrap();
+        assert_eq!(other_iss.verify(&token), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn alg_none_and_hmac_confusion_are_refused() {
+        let (_d, k) = keys();
+        let b64 = |s: &str| {
+            const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let bytes = s.as_bytes();
+            let mut out = String::new();
+            for chunk in bytes.chunks(3) {
+                let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+                for i in 0..=chunk.len() {
+                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            out
+        };
+        let exp = Utc::now().timestamp() + 3600;
+        let claims = format!(r#"{{"iss":"https://gw.test","sub":"a","aud":"phr-api","exp":{exp},"nbf":0,"iat":0,"jti":"x","scope":"patient/*.rs"}}"#);
+        let none = format!("{}.{}.", b64(&format!(r#"{{"alg":"none","typ":"at+jwt","kid":"{}"}}"#, k.kid())), b64(&claims));
+        assert_eq!(k.verify(&none), Err(TokenError::Invalid));
+        let hs = jsonwebtoken::encode(
+            &Header { alg: Algorithm::HS256, kid: Some(k.kid().into()), typ: Some("at+jwt".into()), ..Header::default() },
+            &serde_json::from_str::<Claims>(&claims).unwrap(),
+            &EncodingKey::from_secret(b"public key bytes"),
+        )
+        .unwrap();
+        assert_eq!(k.verify(&hs), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn owner_scope_check() {
+        let p = |s: &str| Principal { subject: "a".into(), scopes: s.split_whitespace().map(Into::into).collect() };
+        assert!(p("patient/Observation.rs").may_read_own_observations());
+        assert!(p("openid patient/*.r").may_read_own_observations());
+        assert!(!p("patient/Observation.c").may_read_own_observations());
+        assert!(!p("user/Observation.rs system/*.rs").may_read_own_observations());
+        assert!(!p("").may_read_own_observations());
+    }
+}

@@ -1,0 +1,163 @@
+//! Gateway configuration: one struct, nested sections, defaults in code. Layering: defaults <
+//! TOML file (`--config`) < environment (`PHR_...`) < command line; the last two are applied
+//! by `main.rs` through clap. Unknown keys are an error, so a typo never silently falls back
+//! to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use phr_bridge::mqtt::MqttUrl;
+use phr_schema::Limits;
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the SQLite store and the signing key live.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub mqtt: MqttConfig,
+    pub auth: AuthConfig,
+    pub ingest: IngestConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// External broker (`mqtt://host:port`). When unset, the embedded broker runs on `listen`.
+    pub url: Option<String>,
+    /// Address of the embedded broker.
+    pub listen: SocketAddr,
+    /// Topic prefix shared with the bridges.
+    pub topic_prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub issuer: String,
+    pub audience: String,
+    /// Lifetime of tokens the gateway issues, in seconds.
+    pub token_ttl_secs: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    pub max_batch_bytes: usize,
+    pub max_batch_records: usize,
+    /// How far in the future a measurement may end (device clock drift), in seconds.
+    pub max_future_secs: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("phr-data"),
+            http: HttpConfig::default(),
+            mqtt: MqttConfig::default(),
+            auth: AuthConfig::default(),
+            ingest: IngestConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            topic_prefix: phr_schema::envelope::DEFAULT_PREFIX.to_owned(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { issuer: "phr-gateway".into(), audience: "phr-api".into(), token_ttl_secs: 3600 }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        Self {
+            max_batch_bytes: l.max_batch_bytes,
+            max_batch_records: l.max_batch_records,
+            max_future_secs: l.max_future.num_seconds(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The external broker, if one is configured.
+    pub fn external_broker(&self) -> Result<Option<MqttUrl>> {
+        self.mqtt
+            .url
+            .as_deref()
+            .map(|u| u.parse().map_err(|e: phr_bridge::mqtt::MqttUrlError| Error::Config(e.to_string())))
+            .transpose()
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_batch_bytes: self.ingest.max_batch_bytes,
+            max_batch_records: self.ingest.max_batch_records,
+            max_future: chrono::Duration::seconds(self.ingest.max_future_secs),
+            ..Limits::default()
+        }
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("phr.sqlite")
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.data_dir.join("keys")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_unknown_keys_fail() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway.example.toml");
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(c.mqtt.topic_prefix, "phr/v1");
+        assert!(c.external_broker().unwrap().is_none());
+        assert!(toml::from_str::<Config>("[mqtt]\nlisten_addr = \"127.0.0.1:1\"").is_err());
+        assert!(toml::from_str::<Config>("datadir = \"x\"").is_err());
+    }
+
+    #[test]
+    fn external_broker_url_is_checked() {
+        let mut c = Config::default();
+        c.mqtt.url = Some("mqtt://127.0.0.1:1884".into());
+        assert_eq!(c.external_broker().unwrap(), Some(MqttUrl::new("127.0.0.1", 1884)));
+        c.mqtt.url = Some("http://x".into());
+        assert!(c.external_broker().is_err());
+    }
+}

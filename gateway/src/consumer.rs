@@ -1,0 +1,170 @@
+//! The MQTT side of ingest: subscribe to every bridge's records topic, hand messages to the
+//! store in groups (one transaction, one fsync, many batches), and only after the commit
+//! publish each batch's ack and PUBACK the message.
+//!
+//! One task owns the rumqttc event loop and only forwards; the worker never awaits the
+//! client's request channel (`try_publish` / `try_ack`), so neither can wait for the other.
+//! If an ack cannot be queued, the bridge times out and resends, and the resend is answered
+//! as a duplicate: slower, never lost, never stored twice.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use phr_bridge::mqtt::MqttUrl;
+use phr_schema::{Limits, Topics};
+
+use crate::metrics::Metrics;
+use crate::store::{Message, Store};
+
+/// Largest number of messages committed in one transaction.
+const MAX_GROUP: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub mqtt: MqttUrl,
+    pub topics: Topics,
+    pub limits: Limits,
+}
+
+/// Runs until `shutdown`. `connected` reports whether the subscription is live.
+pub async fn run(
+    cfg: ConsumerConfig,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    connected: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    let client_id = format!("phr-gateway-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut options = cfg.mqtt.options(&client_id);
+    options.set_manual_acks(true).set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+    let (work_tx, work_rx) = mpsc::channel::<Publish>(1024);
+    let worker = tokio::spawn(work(cfg.clone(), client.clone(), store, metrics, work_rx));
+
+    let filter = cfg.topics.records_filter();
+    let mut backoff = std::time::Duration::from_millis(100);
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            e = eventloop.poll() => e,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = std::time::Duration::from_millis(100);
+                if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    error!(error = %e, "could not request the records subscription");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                info!(broker = %cfg.mqtt, %filter, "subscribed to bridge records");
+                connected.send_replace(true);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                // Back-pressure: while the store is busy, stop reading from the broker.
+                if work_tx.send(p).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if *connected.borrow() {
+                    warn!(error = %e, broker = %cfg.mqtt, "lost broker connection; retrying");
+                } else {
+                    debug!(error = %e, "broker not reachable; retrying");
+                }
+                connected.send_replace(false);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+    drop(work_tx);
+    let _ = worker.await;
+}
+
+async fn work(
+    cfg: ConsumerConfig,
+    client: AsyncClient,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::Receiver<Publish>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        metrics.received(group.len());
+        let mut messages = Vec::with_capacity(group.len());
+        let mut ours = Vec::with_capacity(group.len());
+        for p in group {
+            match cfg.topics.parse_records(&p.topic) {
+                Some((bridge, device)) => {
+                    messages.push(Message {
+                        bridge_id: bridge.to_owned(),
+                        device_id: device.to_owned(),
+                        payload: p.payload.to_vec(),
+                    });
+                    ours.push(p);
+                }
+                None => {
+                    // Not a records topic we serve (the filter guarantees the shape, but not
+                    // the id alphabet): drop it from the broker, visibly.
+                    warn!(topic_len = p.topic.len(), "ignoring message on an invalid records topic");
+                    let _ = client.try_ack(&p);
+                }
+            }
+        }
+        if messages.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let limits = cfg.limits.clone();
+        let store2 = store.clone();
+        let result =
+            tokio::task::spawn_blocking(move || store2.ingest(&messages, Utc::now(), &limits).map(|a| (a, messages)))
+                .await;
+        let (acks, messages) = match result {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                // Not acked: the bridges resend and nothing is lost.
+                error!(error = %e, batches = ours.len(), "ingest transaction failed; batches not acked");
+                metrics.store_error();
+                continue;
+            }
+            Err(e) => {
+                error!(error = %e, "ingest task panicked; batches not acked");
+                metrics.store_error();
+                continue;
+            }
+        };
+        metrics.committed(&acks, started.elapsed());
+        for ((ack, m), p) in acks.iter().zip(&messages).zip(&ours) {
+            debug!(bridge_id = %m.bridge_id, device_id = %m.device_id, batch_id = ?ack.batch_id,
+                   stored = ack.stored, duplicate = ack.duplicate, quarantined = ack.quarantined,
+                   rejected = ack.rejected.len(), "batch committed");
+            match serde_json::to_vec(ack) {
+                Ok(body) => {
+                    if client.try_publish(cfg.topics.acks(&m.bridge_id), QoS::AtLeastOnce, false, body).is_err() {
+                        warn!(bridge_id = %m.bridge_id, "ack queue full; the bridge will resend");
+                    }
+                }
+                Err(e) => error!(error = %e, "could not encode an ack"),
+            }
+            let _ = client.try_ack(p);
+        }
+    }
+}
