@@ -12,7 +12,11 @@ use phr_bridge::mqtt::MqttUrl;
 use phr_bridge::simulate::{self, SimulateConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "phr-bridge", version, about = "BLE bridge for the PHR lifelog gateway")]
+#[command(
+    name = "phr-bridge",
+    version,
+    about = "BLE bridge for the PHR lifelog gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,11 +63,14 @@ struct SimulateArgs {
 }
 
 fn parse_offset(s: &str) -> Result<FixedOffset, String> {
-    s.parse().map_err(|_| format!("{s:?} is not a UTC offset like +09:00"))
+    s.parse()
+        .map_err(|_| format!("{s:?} is not a UTC offset like +09:00"))
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|e| e.to_string())
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::main]
@@ -91,7 +98,9 @@ async fn main() -> anyhow::Result<()> {
                 let _ = tokio::signal::ctrl_c().await;
                 stop.cancel();
             });
-            simulate::run(cfg, status, shutdown).await.context("simulated bridge failed")?;
+            simulate::run(cfg, status, shutdown)
+                .await
+                .context("simulated bridge failed")?;
         }
     }
     Ok(())

@@ -19,7 +19,10 @@ pub struct MqttUrl {
 
 impl MqttUrl {
     pub fn new(host: impl Into<String>, port: u16) -> Self {
-        Self { host: host.into(), port }
+        Self {
+            host: host.into(),
+            port,
+        }
     }
 
     /// Client options with the project's defaults: large packets, short keep-alive so a dead
@@ -54,13 +57,16 @@ impl FromStr for MqttUrl {
     type Err = MqttUrlError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s.strip_prefix("mqtt://").ok_or_else(|| MqttUrlError::Scheme(s.into()))?;
+        let rest = s
+            .strip_prefix("mqtt://")
+            .ok_or_else(|| MqttUrlError::Scheme(s.into()))?;
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             // An IPv6 literal without a port ends in ']'.
-            Some((h, p)) if !p.ends_with(']') => {
-                (h, p.parse::<u16>().map_err(|_| MqttUrlError::Port(s.into()))?)
-            }
+            Some((h, p)) if !p.ends_with(']') => (
+                h,
+                p.parse::<u16>().map_err(|_| MqttUrlError::Port(s.into()))?,
+            ),
             _ => (rest, 1883),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -80,16 +86,34 @@ mod tests {
 
     #[test]
     fn parses_host_and_port() {
-        assert_eq!("mqtt://127.0.0.1:1883".parse(), Ok(MqttUrl::new("127.0.0.1", 1883)));
-        assert_eq!("mqtt://broker.local".parse(), Ok(MqttUrl::new("broker.local", 1883)));
+        assert_eq!(
+            "mqtt://127.0.0.1:1883".parse(),
+            Ok(MqttUrl::new("127.0.0.1", 1883))
+        );
+        assert_eq!(
+            "mqtt://broker.local".parse(),
+            Ok(MqttUrl::new("broker.local", 1883))
+        );
         assert_eq!("mqtt://[::1]:1884/".parse(), Ok(MqttUrl::new("::1", 1884)));
     }
 
     #[test]
     fn refuses_bad_urls() {
-        assert!(matches!("tcp://x:1".parse::<MqttUrl>(), Err(MqttUrlError::Scheme(_))));
-        assert!(matches!("mqtt://:1883".parse::<MqttUrl>(), Err(MqttUrlError::Host(_))));
-        assert!(matches!("mqtt://h:99999".parse::<MqttUrl>(), Err(MqttUrlError::Port(_))));
-        assert!(matches!("mqtt://h:0".parse::<MqttUrl>(), Err(MqttUrlError::Port(_))));
+        assert!(matches!(
+            "tcp://x:1".parse::<MqttUrl>(),
+            Err(MqttUrlError::Scheme(_))
+        ));
+        assert!(matches!(
+            "mqtt://:1883".parse::<MqttUrl>(),
+            Err(MqttUrlError::Host(_))
+        ));
+        assert!(matches!(
+            "mqtt://h:99999".parse::<MqttUrl>(),
+            Err(MqttUrlError::Port(_))
+        ));
+        assert!(matches!(
+            "mqtt://h:0".parse::<MqttUrl>(),
+            Err(MqttUrlError::Port(_))
+        ));
     }
 }

@@ -68,7 +68,10 @@ impl Outbox {
     ) -> Result<()> {
         let depth = self.depth()?;
         if depth + batches.len() > self.max_batches {
-            return Err(Error::OutboxFull { depth, max: self.max_batches });
+            return Err(Error::OutboxFull {
+                depth,
+                max: self.max_batches,
+            });
         }
         let tx = self.conn.transaction()?;
         {
@@ -104,13 +107,23 @@ impl Outbox {
             "SELECT seq, batch_id, device_id, payload FROM outbox ORDER BY seq LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get(2)?,
+                r.get(3)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
             let (seq, id, device_id, payload) = row?;
             let batch_id = Uuid::parse_str(&id).map_err(|_| Error::Corrupt("batch id"))?;
-            out.push(Pending { seq, batch_id, device_id, payload });
+            out.push(Pending {
+                seq,
+                batch_id,
+                device_id,
+                payload,
+            });
         }
         Ok(out)
     }
@@ -132,14 +145,19 @@ impl Outbox {
 
     /// Number of batches waiting.
     pub fn depth(&self) -> Result<usize> {
-        let n: i64 = self.conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
         Ok(n as usize)
     }
 
     /// Number of records in waiting batches.
     pub fn depth_records(&self) -> Result<u64> {
         let n: i64 =
-            self.conn.query_row("SELECT coalesce(sum(records), 0) FROM outbox", [], |r| r.get(0))?;
+            self.conn
+                .query_row("SELECT coalesce(sum(records), 0) FROM outbox", [], |r| {
+                    r.get(0)
+                })?;
         Ok(n as u64)
     }
 
@@ -147,7 +165,11 @@ impl Outbox {
     pub fn cursor(&self, device_id: &str) -> Result<Option<DateTime<Utc>>> {
         let until: Option<String> = self
             .conn
-            .query_row("SELECT until FROM cursor WHERE device_id = ?1", [device_id], |r| r.get(0))
+            .query_row(
+                "SELECT until FROM cursor WHERE device_id = ?1",
+                [device_id],
+                |r| r.get(0),
+            )
             .optional()?;
         until
             .map(|s| {
@@ -175,18 +197,29 @@ mod tests {
         let (a, b) = (batch("d1"), batch("d2"));
         {
             let mut o = Outbox::open(&path, 10).unwrap();
-            o.push(&[a.clone(), b.clone()], &[("d1".into(), now)], now).unwrap();
+            o.push(&[a.clone(), b.clone()], &[("d1".into(), now)], now)
+                .unwrap();
         }
         let mut o = Outbox::open(&path, 10).unwrap();
         assert_eq!(o.depth().unwrap(), 2);
         let p = o.pending(10).unwrap();
-        assert_eq!(p.iter().map(|p| p.batch_id).collect::<Vec<_>>(), vec![a.batch_id, b.batch_id]);
+        assert_eq!(
+            p.iter().map(|p| p.batch_id).collect::<Vec<_>>(),
+            vec![a.batch_id, b.batch_id]
+        );
         let decoded: Batch = serde_json::from_slice(&p[0].payload).unwrap();
         assert_eq!(decoded, a);
-        assert_eq!(o.cursor("d1").unwrap().map(|t| t.timestamp()), Some(now.timestamp()));
+        assert_eq!(
+            o.cursor("d1").unwrap().map(|t| t.timestamp()),
+            Some(now.timestamp())
+        );
         assert_eq!(o.cursor("d2").unwrap(), None);
         assert_eq!(o.remove(&[a.batch_id]).unwrap(), 1);
-        assert_eq!(o.remove(&[a.batch_id]).unwrap(), 0, "a second ack is harmless");
+        assert_eq!(
+            o.remove(&[a.batch_id]).unwrap(),
+            0,
+            "a second ack is harmless"
+        );
         assert_eq!(o.depth().unwrap(), 1);
     }
 
@@ -196,9 +229,18 @@ mod tests {
         let mut o = Outbox::open(&dir.path().join("o.sqlite"), 2).unwrap();
         let now = Utc::now();
         o.push(&[batch("d"), batch("d")], &[], now).unwrap();
-        let err = o.push(&[batch("d")], &[("d".into(), now)], now).unwrap_err();
-        assert!(matches!(err, Error::OutboxFull { depth: 2, max: 2 }), "{err}");
+        let err = o
+            .push(&[batch("d")], &[("d".into(), now)], now)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::OutboxFull { depth: 2, max: 2 }),
+            "{err}"
+        );
         assert_eq!(o.depth().unwrap(), 2);
-        assert_eq!(o.cursor("d").unwrap(), None, "a refused push moves no cursor");
+        assert_eq!(
+            o.cursor("d").unwrap(),
+            None,
+            "a refused push moves no cursor"
+        );
     }
 }

@@ -56,12 +56,23 @@ pub async fn run(
     status: watch::Sender<Status>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let client_id = format!("phr-bridge-{}-{}", cfg.bridge_id, &Uuid::new_v4().simple().to_string()[..8]);
+    let client_id = format!(
+        "phr-bridge-{}-{}",
+        cfg.bridge_id,
+        &Uuid::new_v4().simple().to_string()[..8]
+    );
     let (client, eventloop) = AsyncClient::new(cfg.mqtt.options(&client_id), 256);
     let (link_tx, mut link_rx) = watch::channel::<Link>((0, false));
     let (ack_tx, mut ack_rx) = mpsc::channel::<Ack>(4096);
     let ack_topic = cfg.topics.acks(&cfg.bridge_id);
-    let poller = tokio::spawn(poll(eventloop, client.clone(), ack_topic, link_tx, ack_tx, shutdown.clone()));
+    let poller = tokio::spawn(poll(
+        eventloop,
+        client.clone(),
+        ack_topic,
+        link_tx,
+        ack_tx,
+        shutdown.clone(),
+    ));
 
     let mut inflight: HashMap<Uuid, Instant> = HashMap::new();
     let mut generation = 0;
@@ -84,7 +95,11 @@ pub async fn run(
                 for p in pending {
                     let topic = cfg.topics.records(&cfg.bridge_id, &p.device_id);
                     debug!(batch_id = %p.batch_id, device_id = %p.device_id, "publishing batch");
-                    if client.publish(topic, QoS::AtLeastOnce, false, p.payload).await.is_err() {
+                    if client
+                        .publish(topic, QoS::AtLeastOnce, false, p.payload)
+                        .await
+                        .is_err()
+                    {
                         break; // event loop gone: shutting down
                     }
                     inflight.insert(p.batch_id, Instant::now());
@@ -97,7 +112,10 @@ pub async fn run(
             s.outbox_batches = depth;
         });
         if depth > 0 && last_depth_log.elapsed() > Duration::from_secs(30) {
-            info!(outbox_batches = depth, connected, "outbox waiting for gateway acks");
+            info!(
+                outbox_batches = depth,
+                connected, "outbox waiting for gateway acks"
+            );
             last_depth_log = Instant::now();
         }
 
@@ -156,7 +174,10 @@ async fn poll(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(100);
-                if client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce).is_err() {
+                if client
+                    .try_subscribe(ack_topic.clone(), QoS::AtLeastOnce)
+                    .is_err()
+                {
                     warn!("could not request the ack subscription");
                 }
                 info!(topic = %ack_topic, "connected to broker");

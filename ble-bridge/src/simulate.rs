@@ -72,12 +72,19 @@ impl SimulateConfig {
 
     /// The bands this configuration simulates.
     pub fn bands(&self) -> Vec<SimBand> {
-        (0..self.devices).map(|i| SimBand::new(i, self.seed, self.utc_offset)).collect()
+        (0..self.devices)
+            .map(|i| SimBand::new(i, self.seed, self.utc_offset))
+            .collect()
     }
 }
 
 /// Groups one device's records, in measured order, into batches.
-pub fn batches(bridge_id: &str, device_id: &str, mut records: Vec<Record>, size: usize) -> Vec<Batch> {
+pub fn batches(
+    bridge_id: &str,
+    device_id: &str,
+    mut records: Vec<Record>,
+    size: usize,
+) -> Vec<Batch> {
     records.sort_by_key(|r| r.measured().0);
     records
         .chunks(size.max(1))
@@ -117,7 +124,9 @@ pub async fn run(
     info!(bridge_id = %cfg.bridge_id, devices = bands.len(), broker = %cfg.mqtt, "simulated bridge started");
     let mut status_rx = status.subscribe();
     let result = 'run: loop {
-        let now = Utc::now().duration_trunc(TimeDelta::minutes(1)).unwrap_or_else(|_| Utc::now());
+        let now = Utc::now()
+            .duration_trunc(TimeDelta::minutes(1))
+            .unwrap_or_else(|_| Utc::now());
         let end = cfg.until.map_or(now, |u| u.min(now));
         let mut done = true;
         for band in &bands {
@@ -132,10 +141,16 @@ pub async fn run(
         }
         wake.notify_one();
         if done && cfg.until.is_some() && cfg.exit_when_drained {
-            let drained = status_rx.wait_for(|s| s.outbox_batches == 0 && s.connected);
-            tokio::select! {
-                _ = shutdown.cancelled() => break 'run Ok(()),
-                r = drained => break 'run r.map(|_| ()).map_err(|_| Error::Poisoned),
+            // Ask the outbox itself: a status snapshot may predate the last push.
+            loop {
+                if blocking(&outbox, |o| o.depth()).await? == 0 {
+                    break 'run Ok(());
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'run Ok(()),
+                    _ = status_rx.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
             }
         }
         tokio::select! {

@@ -70,7 +70,9 @@ impl Keys {
         let signing = match std::fs::read(&path) {
             Ok(der) => {
                 use ed25519_dalek::pkcs8::DecodePrivateKey;
-                SigningKey::from_pkcs8_der(&der).map_err(|_| Error::Key(format!("{} is not an Ed25519 PKCS#8 key", path.display())))?
+                SigningKey::from_pkcs8_der(&der).map_err(|_| {
+                    Error::Key(format!("{} is not an Ed25519 PKCS#8 key", path.display()))
+                })?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = SigningKey::generate(&mut rand::rngs::OsRng);
@@ -86,7 +88,9 @@ impl Keys {
     }
 
     fn from_signing_key(signing: &SigningKey, issuer: &str, audience: &str) -> Result<Self> {
-        let der = signing.to_pkcs8_der().map_err(|e| Error::Key(e.to_string()))?;
+        let der = signing
+            .to_pkcs8_der()
+            .map_err(|e| Error::Key(e.to_string()))?;
         let public = signing.verifying_key().to_bytes();
         let kid = public[..8].iter().map(|b| format!("{b:02x}")).collect();
         let mut validation = Validation::new(Algorithm::EdDSA);
@@ -110,7 +114,13 @@ impl Keys {
     }
 
     /// Signs an access token for `subject` with `scope`, valid for `ttl` from `now`.
-    pub fn issue(&self, subject: &str, scope: &str, ttl: chrono::Duration, now: DateTime<Utc>) -> Result<String> {
+    pub fn issue(
+        &self,
+        subject: &str,
+        scope: &str,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<String> {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
         header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
@@ -124,7 +134,8 @@ impl Keys {
             jti: Uuid::new_v4().to_string(),
             scope: scope.to_owned(),
         };
-        jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| Error::Key(e.to_string()))
+        jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|e| Error::Key(e.to_string()))
     }
 
     /// Verifies a compact JWS and returns its claims.
@@ -152,7 +163,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
         options.mode(0o600);
     }
     let mut file = options.open(path).map_err(|e| Error::io(path, e))?;
-    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(|e| Error::io(path, e))
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Error::io(path, e))
 }
 
 /// An authenticated caller, as handlers receive it.
@@ -164,14 +177,19 @@ pub struct Principal {
 
 impl Principal {
     pub fn from_claims(c: Claims) -> Self {
-        Self { subject: c.sub, scopes: c.scope.split_whitespace().map(str::to_owned).collect() }
+        Self {
+            subject: c.sub,
+            scopes: c.scope.split_whitespace().map(str::to_owned).collect(),
+        }
     }
 
     /// Whether the caller may read their own observations: SMART v2 `patient/Observation.rs`
     /// (or `.r`, or the `patient/*` wildcard).
     pub fn may_read_own_observations(&self) -> bool {
         self.scopes.iter().any(|s| {
-            let Some((resource, perms)) = s.strip_prefix("patient/").and_then(|r| r.split_once('.')) else {
+            let Some((resource, perms)) =
+                s.strip_prefix("patient/").and_then(|r| r.split_once('.'))
+            else {
                 return false;
             };
             matches!(resource, "Observation" | "*") && perms.contains('r')
@@ -192,9 +210,19 @@ mod tests {
     #[test]
     fn issued_tokens_verify_and_the_key_persists() {
         let (dir, k) = keys();
-        let token = k.issue("alice", "patient/Observation.rs", chrono::Duration::hours(1), Utc::now()).unwrap();
+        let token = k
+            .issue(
+                "alice",
+                "patient/Observation.rs",
+                chrono::Duration::hours(1),
+                Utc::now(),
+            )
+            .unwrap();
         let claims = k.verify(&token).unwrap();
-        assert_eq!((claims.sub.as_str(), claims.aud.as_str()), ("alice", "phr-api"));
+        assert_eq!(
+            (claims.sub.as_str(), claims.aud.as_str()),
+            ("alice", "phr-api")
+        );
         let again = Keys::load_or_create(dir.path(), "https://gw.test", "phr-api").unwrap();
         assert_eq!(again.kid(), k.kid());
         assert!(again.verify(&token).is_ok());
@@ -204,12 +232,28 @@ mod tests {
     fn expired_future_foreign_and_tampered_tokens_are_refused() {
         let (_d, k) = keys();
         let now = Utc::now();
-        let expired = k.issue("a", "", chrono::Duration::seconds(1), now - chrono::Duration::hours(1)).unwrap();
+        let expired = k
+            .issue(
+                "a",
+                "",
+                chrono::Duration::seconds(1),
+                now - chrono::Duration::hours(1),
+            )
+            .unwrap();
         assert_eq!(k.verify(&expired), Err(TokenError::Invalid));
-        let not_yet = k.issue("a", "", chrono::Duration::hours(2), now + chrono::Duration::hours(1)).unwrap();
+        let not_yet = k
+            .issue(
+                "a",
+                "",
+                chrono::Duration::hours(2),
+                now + chrono::Duration::hours(1),
+            )
+            .unwrap();
         assert_eq!(k.verify(&not_yet), Err(TokenError::Invalid));
         let (_d2, other) = keys();
-        let foreign = other.issue("a", "", chrono::Duration::hours(1), now).unwrap();
+        let foreign = other
+            .issue("a", "", chrono::Duration::hours(1), now)
+            .unwrap();
         assert_eq!(k.verify(&foreign), Err(TokenError::Invalid));
         let good = k.issue("a", "", chrono::Duration::hours(1), now).unwrap();
         let mut parts: Vec<&str> = good.split('.').collect();
@@ -222,7 +266,9 @@ mod tests {
     fn wrong_audience_or_issuer_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let k = Keys::load_or_create(dir.path(), "iss-a", "aud-a").unwrap();
-        let token = k.issue("a", "", chrono::Duration::hours(1), Utc::now()).unwrap();
+        let token = k
+            .issue("a", "", chrono::Duration::hours(1), Utc::now())
+            .unwrap();
         let other_aud = Keys::load_or_create(dir.path(), "iss-a", "aud-b").unwrap();
         assert_eq!(other_aud.verify(&token), Err(TokenError::Invalid));
         let other_iss = Keys::load_or_create(dir.path(), "iss-b", "aud-a").unwrap();
@@ -233,11 +279,15 @@ mod tests {
     fn alg_none_and_hmac_confusion_are_refused() {
         let (_d, k) = keys();
         let b64 = |s: &str| {
-            const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            const T: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
             let bytes = s.as_bytes();
             let mut out = String::new();
             for chunk in bytes.chunks(3) {
-                let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+                let n = chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
                 for i in 0..=chunk.len() {
                     out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
                 }
@@ -245,11 +295,25 @@ mod tests {
             out
         };
         let exp = Utc::now().timestamp() + 3600;
-        let claims = format!(r#"{{"iss":"https://gw.test","sub":"a","aud":"phr-api","exp":{exp},"nbf":0,"iat":0,"jti":"x","scope":"patient/*.rs"}}"#);
-        let none = format!("{}.{}.", b64(&format!(r#"{{"alg":"none","typ":"at+jwt","kid":"{}"}}"#, k.kid())), b64(&claims));
+        let claims = format!(
+            r#"{{"iss":"https://gw.test","sub":"a","aud":"phr-api","exp":{exp},"nbf":0,"iat":0,"jti":"x","scope":"patient/*.rs"}}"#
+        );
+        let none = format!(
+            "{}.{}.",
+            b64(&format!(
+                r#"{{"alg":"none","typ":"at+jwt","kid":"{}"}}"#,
+                k.kid()
+            )),
+            b64(&claims)
+        );
         assert_eq!(k.verify(&none), Err(TokenError::Invalid));
         let hs = jsonwebtoken::encode(
-            &Header { alg: Algorithm::HS256, kid: Some(k.kid().into()), typ: Some("at+jwt".into()), ..Header::default() },
+            &Header {
+                alg: Algorithm::HS256,
+                kid: Some(k.kid().into()),
+                typ: Some("at+jwt".into()),
+                ..Header::default()
+            },
             &serde_json::from_str::<Claims>(&claims).unwrap(),
             &EncodingKey::from_secret(b"public key bytes"),
         )
@@ -259,7 +323,10 @@ mod tests {
 
     #[test]
     fn owner_scope_check() {
-        let p = |s: &str| Principal { subject: "a".into(), scopes: s.split_whitespace().map(Into::into).collect() };
+        let p = |s: &str| Principal {
+            subject: "a".into(),
+            scopes: s.split_whitespace().map(Into::into).collect(),
+        };
         assert!(p("patient/Observation.rs").may_read_own_observations());
         assert!(p("openid patient/*.r").may_read_own_observations());
         assert!(!p("patient/Observation.c").may_read_own_observations());

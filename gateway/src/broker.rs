@@ -17,7 +17,11 @@ use crate::{Error, Result};
 /// Starts rumqttd on `listen` (MQTT 3.1.1). It runs until the process ends.
 pub fn start(listen: SocketAddr) -> Result<()> {
     // Fails with the address in the error if something (a Mosquitto, say) holds the port.
-    drop(TcpListener::bind(listen).map_err(|e| Error::AddressInUse { addr: listen, what: "MQTT broker", source: e })?);
+    drop(TcpListener::bind(listen).map_err(|e| Error::AddressInUse {
+        addr: listen,
+        what: "MQTT broker",
+        source: e,
+    })?);
     let server = ServerSettings {
         name: "phr-v4".into(),
         listen,
@@ -64,7 +68,9 @@ pub fn start(listen: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !answers_mqtt(listen) {
         if Instant::now() > deadline {
-            return Err(Error::Broker(format!("embedded broker did not start listening on {listen}")));
+            return Err(Error::Broker(format!(
+                "embedded broker did not start listening on {listen}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -88,7 +94,8 @@ fn answers_mqtt(addr: SocketAddr) -> bool {
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
     let mut connack = [0u8; 4];
-    let ok = s.write_all(CONNECT).is_ok() && s.read_exact(&mut connack).is_ok() && connack[0] == 0x20;
+    let ok =
+        s.write_all(CONNECT).is_ok() && s.read_exact(&mut connack).is_ok() && connack[0] == 0x20;
     let _ = s.write_all(DISCONNECT);
     ok
 }

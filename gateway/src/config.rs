@@ -73,7 +73,9 @@ impl Default for Config {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
     }
 }
 
@@ -89,7 +91,11 @@ impl Default for MqttConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { issuer: "phr-gateway".into(), audience: "phr-api".into(), token_ttl_secs: 3600 }
+        Self {
+            issuer: "phr-gateway".into(),
+            audience: "phr-api".into(),
+            token_ttl_secs: 3600,
+        }
     }
 }
 
@@ -116,7 +122,10 @@ impl Config {
         self.mqtt
             .url
             .as_deref()
-            .map(|u| u.parse().map_err(|e: phr_bridge::mqtt::MqttUrlError| Error::Config(e.to_string())))
+            .map(|u| {
+                u.parse()
+                    .map_err(|e: phr_bridge::mqtt::MqttUrlError| Error::Config(e.to_string()))
+            })
             .transpose()
     }
 
@@ -156,7 +165,10 @@ mod tests {
     fn external_broker_url_is_checked() {
         let mut c = Config::default();
         c.mqtt.url = Some("mqtt://127.0.0.1:1884".into());
-        assert_eq!(c.external_broker().unwrap(), Some(MqttUrl::new("127.0.0.1", 1884)));
+        assert_eq!(
+            c.external_broker().unwrap(),
+            Some(MqttUrl::new("127.0.0.1", 1884))
+        );
         c.mqtt.url = Some("http://x".into());
         assert!(c.external_broker().is_err());
     }

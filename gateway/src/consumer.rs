@@ -40,7 +40,10 @@ pub async fn run(
     connected: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
-    let client_id = format!("phr-gateway-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let client_id = format!(
+        "phr-gateway-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
     let mut options = cfg.mqtt.options(&client_id);
     options.set_manual_acks(true).set_inflight(1000);
     let (client, mut eventloop) = AsyncClient::new(options, 10_000);
@@ -123,7 +126,10 @@ async fn work(
                 None => {
                     // Not a records topic we serve (the filter guarantees the shape, but not
                     // the id alphabet): drop it from the broker, visibly.
-                    warn!(topic_len = p.topic.len(), "ignoring message on an invalid records topic");
+                    warn!(
+                        topic_len = p.topic.len(),
+                        "ignoring message on an invalid records topic"
+                    );
                     let _ = client.try_ack(&p);
                 }
             }
@@ -134,9 +140,12 @@ async fn work(
         let started = Instant::now();
         let limits = cfg.limits.clone();
         let store2 = store.clone();
-        let result =
-            tokio::task::spawn_blocking(move || store2.ingest(&messages, Utc::now(), &limits).map(|a| (a, messages)))
-                .await;
+        let result = tokio::task::spawn_blocking(move || {
+            store2
+                .ingest(&messages, Utc::now(), &limits)
+                .map(|a| (a, messages))
+        })
+        .await;
         let (acks, messages) = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -158,7 +167,10 @@ async fn work(
                    rejected = ack.rejected.len(), "batch committed");
             match serde_json::to_vec(ack) {
                 Ok(body) => {
-                    if client.try_publish(cfg.topics.acks(&m.bridge_id), QoS::AtLeastOnce, false, body).is_err() {
+                    if client
+                        .try_publish(cfg.topics.acks(&m.bridge_id), QoS::AtLeastOnce, false, body)
+                        .is_err()
+                    {
                         warn!(bridge_id = %m.bridge_id, "ack queue full; the bridge will resend");
                     }
                 }

@@ -40,13 +40,18 @@ impl AddrFlag {
                 self.flag
             ))),
             Err(_) => {
-                let l = TcpListener::bind(SocketAddr::new(self.addr.ip(), 0)).map_err(|e| Error::AddressInUse {
-                    addr: self.addr,
-                    what,
-                    source: e,
+                let l = TcpListener::bind(SocketAddr::new(self.addr.ip(), 0)).map_err(|e| {
+                    Error::AddressInUse {
+                        addr: self.addr,
+                        what,
+                        source: e,
+                    }
                 })?;
                 let got = l.local_addr().map_err(|e| Error::Config(e.to_string()))?;
-                eprintln!("note: {} (default for {}) is taken; the {what} uses {} instead", self.addr, self.flag, got);
+                eprintln!(
+                    "note: {} (default for {}) is taken; the {what} uses {} instead",
+                    self.addr, self.flag, got
+                );
                 Ok(l)
             }
         }
@@ -68,14 +73,26 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     let mqtt_addr = {
         // rumqttd binds by itself: find a usable port, release it, hand it over.
         let probe = opts.mqtt.bind("embedded MQTT broker")?;
-        probe.local_addr().map_err(|e| Error::Config(e.to_string()))?
+        probe
+            .local_addr()
+            .map_err(|e| Error::Config(e.to_string()))?
     };
-    let mut config = Config { data_dir: opts.data_dir.clone(), ..Config::default() };
+    let mut config = Config {
+        data_dir: opts.data_dir.clone(),
+        ..Config::default()
+    };
     config.mqtt.listen = mqtt_addr;
-    config.http.listen = http.local_addr().map_err(|e| Error::Config(e.to_string()))?;
+    config.http.listen = http
+        .local_addr()
+        .map_err(|e| Error::Config(e.to_string()))?;
     let mut gateway = crate::start(&config, http, shutdown.clone()).await?;
 
-    let sim = SimulateConfig::new(DEMO_BRIDGE, opts.devices, opts.data_dir.join("bridge"), gateway.mqtt.clone());
+    let sim = SimulateConfig::new(
+        DEMO_BRIDGE,
+        opts.devices,
+        opts.data_dir.join("bridge"),
+        gateway.mqtt.clone(),
+    );
     let store = gateway.store.clone();
     let bind_from = Utc::now() - TimeDelta::hours(opts.history_hours) - TimeDelta::days(1);
     let devices: Vec<String> = sim.bands().into_iter().map(|b| b.device_id).collect();
@@ -94,11 +111,15 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     .await
     .map_err(|_| Error::Poisoned)??;
     if !gateway.wait_subscribed(Duration::from_secs(10)).await {
-        return Err(Error::Broker("the gateway could not subscribe to the embedded broker".into()));
+        return Err(Error::Broker(
+            "the gateway could not subscribe to the embedded broker".into(),
+        ));
     }
 
     let ttl = TimeDelta::hours(12);
-    let token = gateway.keys.issue(DEMO_PERSON, OWNER_SCOPE, ttl, Utc::now())?;
+    let token = gateway
+        .keys
+        .issue(DEMO_PERSON, OWNER_SCOPE, ttl, Utc::now())?;
     let base = format!("http://{}", gateway.http_addr);
     println!();
     println!("PHR gateway demo is running.");
@@ -106,8 +127,14 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     println!("  MQTT broker:   {} (embedded)", gateway.mqtt);
     println!("  dashboard:     {base}/dashboard");
     println!("  metrics:       {base}/metrics");
-    println!("  demo person:   {DEMO_PERSON}, {} simulated band(s), {}h of history", opts.devices, opts.history_hours);
-    println!("  owner token (valid {}h, scope {OWNER_SCOPE}):", ttl.num_hours());
+    println!(
+        "  demo person:   {DEMO_PERSON}, {} simulated band(s), {}h of history",
+        opts.devices, opts.history_hours
+    );
+    println!(
+        "  owner token (valid {}h, scope {OWNER_SCOPE}):",
+        ttl.num_hours()
+    );
     println!("    {token}");
     println!();
     println!("Try:");

@@ -51,7 +51,9 @@ pub struct DeviceView {
 
 impl DeviceView {
     fn consents(&self, person: &str, t: RecordType) -> bool {
-        self.storage_consent.iter().any(|(p, types)| p == person && types.contains(&t))
+        self.storage_consent
+            .iter()
+            .any(|(p, types)| p == person && types.contains(&t))
     }
 }
 
@@ -134,7 +136,11 @@ pub fn plan(
     }
     if view.bridge_id.as_deref().is_some_and(|b| b != topic_bridge) {
         plan.ack.batch_error = Some(Reason::DeviceNotOnBridge);
-        reject_all(&mut plan.ack, batch.records.len(), Reason::DeviceNotOnBridge);
+        reject_all(
+            &mut plan.ack,
+            batch.records.len(),
+            Reason::DeviceNotOnBridge,
+        );
         return plan;
     }
     for (index, raw) in batch.records.iter().enumerate() {
@@ -150,7 +156,12 @@ pub fn plan(
                 continue;
             }
         };
-        let reject = |reason| Rejection { index, record_id: Some(record.record_id), reason, detail: None };
+        let reject = |reason| Rejection {
+            index,
+            record_id: Some(record.record_id),
+            reason,
+            detail: None,
+        };
         let key = match validate_record(&record, topic_bridge, topic_device, now, limits) {
             Ok(k) => k,
             Err(reason) => {
@@ -159,28 +170,51 @@ pub fn plan(
             }
         };
         let decision = match attribute(view, &key) {
-            Ok(person_id) if view.consents(&person_id, key.record_type) => Decision::Store { person_id },
+            Ok(person_id) if view.consents(&person_id, key.record_type) => {
+                Decision::Store { person_id }
+            }
             Ok(_) => {
                 plan.ack.rejected.push(reject(Reason::NoStorageConsent));
                 continue;
             }
             Err(q) => Decision::Quarantine(q),
         };
-        plan.accepted.push(Planned { index, key, json: raw.get().to_owned(), record, decision });
+        plan.accepted.push(Planned {
+            index,
+            key,
+            json: raw.get().to_owned(),
+            record,
+            decision,
+        });
     }
     plan
 }
 
 fn reject_all(ack: &mut Ack, n: usize, reason: Reason) {
-    ack.rejected = (0..n).map(|index| Rejection { index, record_id: None, reason, detail: None }).collect();
+    ack.rejected = (0..n)
+        .map(|index| Rejection {
+            index,
+            record_id: None,
+            reason,
+            detail: None,
+        })
+        .collect();
 }
 
 /// The person whose binding covers the whole measured interval.
 fn attribute(view: &DeviceView, key: &RecordKey) -> Result<String, QuarantineReason> {
-    if let Some(b) = view.bindings.iter().find(|b| b.covers(key.start_ms, key.end_ms)) {
+    if let Some(b) = view
+        .bindings
+        .iter()
+        .find(|b| b.covers(key.start_ms, key.end_ms))
+    {
         return Ok(b.person_id.clone());
     }
-    if view.bindings.iter().any(|b| b.touches(key.start_ms, key.end_ms)) {
+    if view
+        .bindings
+        .iter()
+        .any(|b| b.touches(key.start_ms, key.end_ms))
+    {
         Err(QuarantineReason::SpansBindingChange)
     } else {
         Err(QuarantineReason::NoBinding)
@@ -196,7 +230,9 @@ mod tests {
     const HOUR: i64 = 3_600_000;
 
     fn steps_at(start_ms: i64, count: i64) -> Record {
-        let s = DateTime::from_timestamp_millis(start_ms).unwrap().fixed_offset();
+        let s = DateTime::from_timestamp_millis(start_ms)
+            .unwrap()
+            .fixed_offset();
         Record::new(
             "dev",
             "br",
@@ -210,13 +246,28 @@ mod tests {
     }
 
     fn view(bindings: Vec<Binding>) -> DeviceView {
-        let people = bindings.iter().map(|b| (b.person_id.clone(), RecordType::ALL.to_vec())).collect();
-        DeviceView { bridge_id: Some("br".into()), bindings, storage_consent: people }
+        let people = bindings
+            .iter()
+            .map(|b| (b.person_id.clone(), RecordType::ALL.to_vec()))
+            .collect();
+        DeviceView {
+            bridge_id: Some("br".into()),
+            bindings,
+            storage_consent: people,
+        }
     }
 
     fn run(records: Vec<Record>, v: DeviceView) -> Plan {
-        let payload = serde_json::to_vec(&Batch::new("br", "dev", Uuid::new_v4(), records)).unwrap();
-        plan(&payload, "br", "dev", &v, DateTime::from_timestamp_millis(100 * HOUR).unwrap(), &Limits::default())
+        let payload =
+            serde_json::to_vec(&Batch::new("br", "dev", Uuid::new_v4(), records)).unwrap();
+        plan(
+            &payload,
+            "br",
+            "dev",
+            &v,
+            DateTime::from_timestamp_millis(100 * HOUR).unwrap(),
+            &Limits::default(),
+        )
     }
 
     fn person(p: &Planned) -> Option<&str> {
@@ -229,44 +280,96 @@ mod tests {
     #[test]
     fn records_follow_the_binding_valid_at_their_measured_time() {
         let v = view(vec![
-            Binding { person_id: "alice".into(), from_ms: 0, to_ms: Some(10 * HOUR) },
-            Binding { person_id: "bob".into(), from_ms: 10 * HOUR, to_ms: None },
+            Binding {
+                person_id: "alice".into(),
+                from_ms: 0,
+                to_ms: Some(10 * HOUR),
+            },
+            Binding {
+                person_id: "bob".into(),
+                from_ms: 10 * HOUR,
+                to_ms: None,
+            },
         ]);
-        let p = run(vec![steps_at(9 * HOUR, 5), steps_at(10 * HOUR, 6), steps_at(10 * HOUR - 30_000, 7)], v);
+        let p = run(
+            vec![
+                steps_at(9 * HOUR, 5),
+                steps_at(10 * HOUR, 6),
+                steps_at(10 * HOUR - 30_000, 7),
+            ],
+            v,
+        );
         assert_eq!(person(&p.accepted[0]), Some("alice"));
         assert_eq!(person(&p.accepted[1]), Some("bob"));
         // Straddles the hand-over: attributed to nobody.
-        assert!(matches!(p.accepted[2].decision, Decision::Quarantine(QuarantineReason::SpansBindingChange)));
+        assert!(matches!(
+            p.accepted[2].decision,
+            Decision::Quarantine(QuarantineReason::SpansBindingChange)
+        ));
     }
 
     #[test]
     fn unbound_and_unknown_devices_are_quarantined() {
         let p = run(vec![steps_at(HOUR, 5)], DeviceView::default());
-        assert!(matches!(p.accepted[0].decision, Decision::Quarantine(QuarantineReason::NoBinding)));
-        let v = view(vec![Binding { person_id: "alice".into(), from_ms: 5 * HOUR, to_ms: None }]);
+        assert!(matches!(
+            p.accepted[0].decision,
+            Decision::Quarantine(QuarantineReason::NoBinding)
+        ));
+        let v = view(vec![Binding {
+            person_id: "alice".into(),
+            from_ms: 5 * HOUR,
+            to_ms: None,
+        }]);
         let p = run(vec![steps_at(HOUR, 5)], v);
-        assert!(matches!(p.accepted[0].decision, Decision::Quarantine(QuarantineReason::NoBinding)));
+        assert!(matches!(
+            p.accepted[0].decision,
+            Decision::Quarantine(QuarantineReason::NoBinding)
+        ));
     }
 
     #[test]
     fn no_storage_consent_rejects_and_invalid_records_are_rejected_alone() {
-        let mut v = view(vec![Binding { person_id: "alice".into(), from_ms: 0, to_ms: None }]);
+        let mut v = view(vec![Binding {
+            person_id: "alice".into(),
+            from_ms: 0,
+            to_ms: None,
+        }]);
         v.storage_consent.clear();
         let p = run(vec![steps_at(HOUR, 5)], v);
         assert!(p.accepted.is_empty());
         assert_eq!(p.ack.rejected[0].reason, Reason::NoStorageConsent);
 
-        let v = view(vec![Binding { person_id: "alice".into(), from_ms: 0, to_ms: None }]);
-        let p = run(vec![steps_at(HOUR, 5), steps_at(2 * HOUR, -1), steps_at(3 * HOUR, 8)], v);
+        let v = view(vec![Binding {
+            person_id: "alice".into(),
+            from_ms: 0,
+            to_ms: None,
+        }]);
+        let p = run(
+            vec![
+                steps_at(HOUR, 5),
+                steps_at(2 * HOUR, -1),
+                steps_at(3 * HOUR, 8),
+            ],
+            v,
+        );
         assert_eq!(p.accepted.len(), 2);
         assert_eq!(p.ack.rejected.len(), 1);
-        assert_eq!((p.ack.rejected[0].index, p.ack.rejected[0].reason), (1, Reason::NegativeCount));
+        assert_eq!(
+            (p.ack.rejected[0].index, p.ack.rejected[0].reason),
+            (1, Reason::NegativeCount)
+        );
     }
 
     #[test]
     fn batch_level_refusals() {
         let v = view(vec![]);
-        let payload = serde_json::to_vec(&Batch::new("br", "dev", Uuid::new_v4(), vec![steps_at(HOUR, 1)])).unwrap();
+        let payload = serde_json::to_vec(&Batch::new(
+            "br",
+            "dev",
+            Uuid::new_v4(),
+            vec![steps_at(HOUR, 1)],
+        ))
+        .unwrap();
         let now = DateTime::from_timestamp_millis(100 * HOUR).unwrap();
         let p = plan(&payload, "other-bridge", "dev", &v, now, &Limits::default());
         assert_eq!(p.ack.batch_error, Some(Reason::TopicMismatch));
@@ -276,6 +379,9 @@ mod tests {
         let p = plan(&payload, "br", "dev", &foreign, now, &Limits::default());
         assert_eq!(p.ack.batch_error, Some(Reason::DeviceNotOnBridge));
         let p = plan(b"garbage", "br", "dev", &v, now, &Limits::default());
-        assert_eq!((p.batch_id, p.ack.batch_error), (None, Some(Reason::MalformedBatch)));
+        assert_eq!(
+            (p.batch_id, p.ack.batch_error),
+            (None, Some(Reason::MalformedBatch))
+        );
     }
 }

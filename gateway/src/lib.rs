@@ -43,9 +43,16 @@ pub enum Error {
     #[error("store: {0}")]
     Store(#[from] rusqlite::Error),
     #[error("{}: {source}", path.display())]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr} for the {what}: {source}")]
-    AddressInUse { addr: SocketAddr, what: &'static str, source: std::io::Error },
+    AddressInUse {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("configuration: {0}")]
     Config(String),
     #[error("signing key: {0}")]
@@ -62,7 +69,10 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_owned(), source }
+        Self::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
 }
 
@@ -86,37 +96,61 @@ pub use store::Store;
 
 /// Binds the HTTP address from the config, naming it if it is taken.
 pub fn bind_http(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr).map_err(|e| Error::AddressInUse { addr, what: "HTTP API", source: e })
+    TcpListener::bind(addr).map_err(|e| Error::AddressInUse {
+        addr,
+        what: "HTTP API",
+        source: e,
+    })
 }
 
 /// Starts everything: store, key, broker (unless external), MQTT consumer, HTTP API on
 /// `http` (bound by the caller, so tests can pass port 0).
-pub async fn start(config: &Config, http: TcpListener, shutdown: CancellationToken) -> Result<Gateway> {
+pub async fn start(
+    config: &Config,
+    http: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<Gateway> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
     let store = Arc::new(Store::open(&config.store_path())?);
-    let keys = Arc::new(auth::Keys::load_or_create(&config.keys_dir(), &config.auth.issuer, &config.auth.audience)?);
+    let keys = Arc::new(auth::Keys::load_or_create(
+        &config.keys_dir(),
+        &config.auth.issuer,
+        &config.auth.audience,
+    )?);
     let metrics = Arc::new(metrics::Metrics::default());
 
     let mqtt = match config.external_broker()? {
         Some(url) => url,
         None => {
             let listen = config.mqtt.listen;
-            tokio::task::spawn_blocking(move || broker::start(listen)).await.map_err(|_| Error::Poisoned)??;
+            tokio::task::spawn_blocking(move || broker::start(listen))
+                .await
+                .map_err(|_| Error::Poisoned)??;
             MqttUrl::new(listen.ip().to_string(), listen.port())
         }
     };
 
     let (subscribed_tx, subscribed) = watch::channel(false);
     let consumer = tokio::spawn(consumer::run(
-        consumer::ConsumerConfig { mqtt: mqtt.clone(), topics: Topics::new(&config.mqtt.topic_prefix), limits: config.limits() },
+        consumer::ConsumerConfig {
+            mqtt: mqtt.clone(),
+            topics: Topics::new(&config.mqtt.topic_prefix),
+            limits: config.limits(),
+        },
         store.clone(),
         metrics.clone(),
         subscribed_tx,
         shutdown.clone(),
     ));
 
-    let state = api::AppState { store: store.clone(), keys: keys.clone(), metrics: metrics.clone() };
-    let http_addr = http.local_addr().map_err(|e| Error::Config(e.to_string()))?;
+    let state = api::AppState {
+        store: store.clone(),
+        keys: keys.clone(),
+        metrics: metrics.clone(),
+    };
+    let http_addr = http
+        .local_addr()
+        .map_err(|e| Error::Config(e.to_string()))?;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
@@ -130,7 +164,11 @@ pub async fn start(config: &Config, http: TcpListener, shutdown: CancellationTok
     .disable_signals()
     .shutdown_timeout(5)
     .listen(http)
-    .map_err(|e| Error::AddressInUse { addr: http_addr, what: "HTTP API", source: e })?
+    .map_err(|e| Error::AddressInUse {
+        addr: http_addr,
+        what: "HTTP API",
+        source: e,
+    })?
     .run();
     let server_handle = server.handle();
     let http_task = tokio::spawn(async move {
@@ -162,7 +200,9 @@ pub async fn start(config: &Config, http: TcpListener, shutdown: CancellationTok
 impl Gateway {
     /// Waits until the consumer's subscription is live, up to `timeout`.
     pub async fn wait_subscribed(&mut self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.subscribed.wait_for(|s| *s)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, self.subscribed.wait_for(|s| *s))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Waits for every task to end (after the shutdown token is cancelled).

@@ -132,23 +132,45 @@ async fn main() -> anyhow::Result<()> {
             if let Some(p) = a.topic_prefix {
                 config.mqtt.topic_prefix = p;
             }
-            phr_gateway::run(config, shutdown_on_ctrl_c()).await.context("gateway failed")?;
+            phr_gateway::run(config, shutdown_on_ctrl_c())
+                .await
+                .context("gateway failed")?;
         }
         Command::Demo(a) => {
             let defaults = Config::default();
             let opts = DemoOptions {
                 data_dir: a.data_dir,
-                http: AddrFlag { flag: "--http", addr: a.http.unwrap_or(defaults.http.listen), explicit: a.http.is_some() },
-                mqtt: AddrFlag { flag: "--mqtt", addr: a.mqtt.unwrap_or(defaults.mqtt.listen), explicit: a.mqtt.is_some() },
+                http: AddrFlag {
+                    flag: "--http",
+                    addr: a.http.unwrap_or(defaults.http.listen),
+                    explicit: a.http.is_some(),
+                },
+                mqtt: AddrFlag {
+                    flag: "--mqtt",
+                    addr: a.mqtt.unwrap_or(defaults.mqtt.listen),
+                    explicit: a.mqtt.is_some(),
+                },
                 devices: a.devices,
                 history_hours: a.history_hours,
             };
-            demo::run(opts, shutdown_on_ctrl_c()).await.context("demo failed")?;
+            demo::run(opts, shutdown_on_ctrl_c())
+                .await
+                .context("demo failed")?;
         }
-        Command::Token(TokenCommand::Issue { data_dir, config, subject, scope, ttl }) => {
+        Command::Token(TokenCommand::Issue {
+            data_dir,
+            config,
+            subject,
+            scope,
+            ttl,
+        }) => {
             let mut config = load(config.as_ref())?;
             config.data_dir = data_dir;
-            let keys = phr_gateway::auth::Keys::load_or_create(&config.keys_dir(), &config.auth.issuer, &config.auth.audience)?;
+            let keys = phr_gateway::auth::Keys::load_or_create(
+                &config.keys_dir(),
+                &config.auth.issuer,
+                &config.auth.audience,
+            )?;
             let ttl = chrono::TimeDelta::seconds(ttl.unwrap_or(config.auth.token_ttl_secs));
             println!("{}", keys.issue(&subject, &scope, ttl, chrono::Utc::now())?);
         }

@@ -27,13 +27,16 @@ impl Metrics {
 
     pub fn committed(&self, acks: &[Ack], took: std::time::Duration) {
         self.commits.fetch_add(1, Relaxed);
-        self.commit_seconds_sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
+        self.commit_seconds_sum_micros
+            .fetch_add(took.as_micros() as u64, Relaxed);
         let mut rejected = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
         for a in acks {
             self.batches_acked.fetch_add(1, Relaxed);
             self.records_stored.fetch_add(u64::from(a.stored), Relaxed);
-            self.records_duplicate.fetch_add(u64::from(a.duplicate), Relaxed);
-            self.records_quarantined.fetch_add(u64::from(a.quarantined), Relaxed);
+            self.records_duplicate
+                .fetch_add(u64::from(a.duplicate), Relaxed);
+            self.records_quarantined
+                .fetch_add(u64::from(a.quarantined), Relaxed);
             if let Some(e) = a.batch_error {
                 *rejected.entry(e.code()).or_default() += u64::from(a.rejected.is_empty());
             }
@@ -51,22 +54,58 @@ impl Metrics {
     pub fn render(&self, series: u64, quarantine: u64) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         };
-        counter("phr_batches_received_total", "MQTT record batches received.", self.batches_received.load(Relaxed));
-        counter("phr_batches_acked_total", "Batches committed and acked.", self.batches_acked.load(Relaxed));
-        counter("phr_records_stored_total", "Records stored for a person.", self.records_stored.load(Relaxed));
-        counter("phr_records_duplicate_total", "Records already stored (resends).", self.records_duplicate.load(Relaxed));
-        counter("phr_records_quarantined_total", "Records no binding covers.", self.records_quarantined.load(Relaxed));
-        counter("phr_store_errors_total", "Ingest transactions that failed (batches not acked).", self.store_errors.load(Relaxed));
-        counter("phr_store_commits_total", "Ingest transactions committed.", self.commits.load(Relaxed));
+        counter(
+            "phr_batches_received_total",
+            "MQTT record batches received.",
+            self.batches_received.load(Relaxed),
+        );
+        counter(
+            "phr_batches_acked_total",
+            "Batches committed and acked.",
+            self.batches_acked.load(Relaxed),
+        );
+        counter(
+            "phr_records_stored_total",
+            "Records stored for a person.",
+            self.records_stored.load(Relaxed),
+        );
+        counter(
+            "phr_records_duplicate_total",
+            "Records already stored (resends).",
+            self.records_duplicate.load(Relaxed),
+        );
+        counter(
+            "phr_records_quarantined_total",
+            "Records no binding covers.",
+            self.records_quarantined.load(Relaxed),
+        );
+        counter(
+            "phr_store_errors_total",
+            "Ingest transactions that failed (batches not acked).",
+            self.store_errors.load(Relaxed),
+        );
+        counter(
+            "phr_store_commits_total",
+            "Ingest transactions committed.",
+            self.commits.load(Relaxed),
+        );
         let _ = writeln!(
             out,
             "# HELP phr_store_commit_seconds_sum Time spent in ingest transactions.\n# TYPE phr_store_commit_seconds_sum counter\nphr_store_commit_seconds_sum {}",
             self.commit_seconds_sum_micros.load(Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "# HELP phr_records_rejected_total Records rejected, by reason.\n# TYPE phr_records_rejected_total counter");
-        for (reason, n) in self.rejected.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (reason, n) in self
+            .rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             let _ = writeln!(out, "phr_records_rejected_total{{reason=\"{reason}\"}} {n}");
         }
         let _ = writeln!(out, "# HELP phr_series_records Records in the series store.\n# TYPE phr_series_records gauge\nphr_series_records {series}");

@@ -142,7 +142,11 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self> {
         let conn = open_connection(path)?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { writer: Mutex::new(conn), readers: Mutex::new(Vec::new()), path: path.to_owned() })
+        Ok(Self {
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            path: path.to_owned(),
+        })
     }
 
     fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
@@ -216,7 +220,9 @@ impl Store {
                 |r| r.get(0),
             )?;
             if later > 0 {
-                return Err(Error::Conflict("a binding of this device starts at or after that time"));
+                return Err(Error::Conflict(
+                    "a binding of this device starts at or after that time",
+                ));
             }
             tx.execute(
                 "UPDATE bindings SET valid_to = ?2 WHERE device_id = ?1 AND valid_to IS NULL",
@@ -242,7 +248,11 @@ impl Store {
     }
 
     fn append_consent(&self, person_id: &str, types: &[RecordType], status: &str) -> Result<()> {
-        let types = types.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",");
+        let types = types
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         self.write(|tx| {
             tx.execute(
                 "INSERT INTO consents (person_id, grantee, purpose, data_types, status, recorded_at)
@@ -257,7 +267,12 @@ impl Store {
 
     /// Plans and applies `messages` in one transaction; returns one ack per message, in order.
     /// Nothing is acked unless the whole group committed.
-    pub fn ingest(&self, messages: &[Message], now: DateTime<Utc>, limits: &Limits) -> Result<Vec<Ack>> {
+    pub fn ingest(
+        &self,
+        messages: &[Message],
+        now: DateTime<Utc>,
+        limits: &Limits,
+    ) -> Result<Vec<Ack>> {
         let now_ms = now.timestamp_millis();
         self.write(|tx| {
             let mut acks = Vec::with_capacity(messages.len());
@@ -329,7 +344,14 @@ impl Store {
                 None => (i64::MIN, "", i64::MIN),
             };
             let mut rows = stmt.query(params![
-                person_id, record_type.as_str(), from_ms, to_ms, a_start, a_dev, a_end, (limit + 1) as i64
+                person_id,
+                record_type.as_str(),
+                from_ms,
+                to_ms,
+                a_start,
+                a_dev,
+                a_end,
+                (limit + 1) as i64
             ])?;
             let mut records = Vec::new();
             let mut last = None;
@@ -339,10 +361,17 @@ impl Store {
                     more = true;
                     break;
                 }
-                last = Some(PageKey { start_ms: row.get(0)?, device_id: row.get(1)?, end_ms: row.get(2)? });
+                last = Some(PageKey {
+                    start_ms: row.get(0)?,
+                    device_id: row.get(1)?,
+                    end_ms: row.get(2)?,
+                });
                 records.push(row.get(3)?);
             }
-            Ok(Page { records, next: if more { last } else { None } })
+            Ok(Page {
+                records,
+                next: if more { last } else { None },
+            })
         })
     }
 
@@ -350,7 +379,8 @@ impl Store {
     pub fn counts(&self) -> Result<(u64, u64)> {
         self.read(|conn| {
             let records: i64 = conn.query_row("SELECT count(*) FROM records", [], |r| r.get(0))?;
-            let quarantined: i64 = conn.query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))?;
+            let quarantined: i64 =
+                conn.query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))?;
             Ok((records as u64, quarantined as u64))
         })
     }
@@ -366,7 +396,13 @@ fn device_view(tx: &Transaction<'_>, device_id: &str) -> Result<DeviceView> {
         "SELECT person_id, valid_from, valid_to FROM bindings WHERE device_id = ?1 ORDER BY valid_from",
     )?;
     let bindings = stmt
-        .query_map([device_id], |r| Ok(Binding { person_id: r.get(0)?, from_ms: r.get(1)?, to_ms: r.get(2)? }))?
+        .query_map([device_id], |r| {
+            Ok(Binding {
+                person_id: r.get(0)?,
+                from_ms: r.get(1)?,
+                to_ms: r.get(2)?,
+            })
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut consent = tx.prepare_cached(
         "SELECT status, data_types FROM consents
@@ -375,16 +411,25 @@ fn device_view(tx: &Transaction<'_>, device_id: &str) -> Result<DeviceView> {
     )?;
     let mut storage_consent = Vec::new();
     for person in bindings.iter().map(|b| b.person_id.as_str()) {
-        if storage_consent.iter().any(|(p, _): &(String, _)| p == person) {
+        if storage_consent
+            .iter()
+            .any(|(p, _): &(String, _)| p == person)
+        {
             continue;
         }
         let row: Option<(String, String)> = consent
-            .query_row(params![person, STORAGE_GRANTEE, STORAGE_PURPOSE], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(params![person, STORAGE_GRANTEE, STORAGE_PURPOSE], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         if let Some((_, types)) = row.filter(|(status, _)| status == "granted") {
             let types = types.split(',').filter_map(|t| t.parse().ok()).collect();
             storage_consent.push((person.to_owned(), types));
         }
     }
-    Ok(DeviceView { bridge_id, bindings, storage_consent })
+    Ok(DeviceView {
+        bridge_id,
+        bindings,
+        storage_consent,
+    })
 }

@@ -1,1 +1,405 @@
-//! placeholder
+//! Harness for end-to-end tests: real gateways (in-process or as the real binary), real
+//! brokers (embedded rumqttd, or Mosquitto), real SQLite files, and a raw MQTT client for
+//! publishing hand-made batches.
+//!
+//! Environment:
+//! - `PHR_TEST_MQTT_URL=mqtt://127.0.0.1:1883` runs the suite against that external broker
+//!   instead of the embedded one. Every test uses its own topic prefix, so tests sharing one
+//!   broker never see each other's messages.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, TimeDelta, Utc};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use phr_bridge::mqtt::MqttUrl;
+use phr_gateway::{Config, Gateway};
+use phr_schema::{Ack, RecordType, Topics};
+
+pub use phr_gateway::demo::OWNER_SCOPE;
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A unique topic prefix for one test.
+pub fn test_prefix() -> String {
+    format!(
+        "phr-test-{}/v1",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// The external broker the suite was asked to use, if any.
+pub fn external_broker() -> Option<MqttUrl> {
+    std::env::var("PHR_TEST_MQTT_URL")
+        .ok()
+        .map(|u| u.parse().expect("PHR_TEST_MQTT_URL is an mqtt:// URL"))
+}
+
+/// Polls `f` until it returns `Some`, failing after `timeout` with `what`.
+pub async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Logs for tests, once (`RUST_LOG` to see them).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A gateway started in this process on port 0, with its own data dir and topic prefix.
+#[derive(Debug)]
+pub struct TestGateway {
+    pub gateway: Gateway,
+    pub config: Config,
+    pub shutdown: CancellationToken,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// Embedded broker unless `PHR_TEST_MQTT_URL` names an external one.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(external_broker()).await
+    }
+
+    pub async fn start_with(external: Option<MqttUrl>) -> Result<Self> {
+        init_tracing();
+        let dir = tempfile::tempdir()?;
+        let mut config = Config {
+            data_dir: dir.path().join("gateway"),
+            ..Config::default()
+        };
+        config.mqtt.topic_prefix = test_prefix();
+        match external {
+            Some(url) => config.mqtt.url = Some(url.to_string()),
+            None => config.mqtt.listen = loopback(free_port()),
+        }
+        let http = TcpListener::bind("127.0.0.1:0")?;
+        let shutdown = CancellationToken::new();
+        let mut gateway = phr_gateway::start(&config, http, shutdown.clone()).await?;
+        if !gateway.wait_subscribed(Duration::from_secs(10)).await {
+            bail!("gateway did not subscribe to {}", gateway.mqtt);
+        }
+        Ok(Self {
+            gateway,
+            config,
+            shutdown,
+            dir,
+        })
+    }
+
+    pub fn topics(&self) -> Topics {
+        Topics::new(&self.config.mqtt.topic_prefix)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway.http_addr)
+    }
+
+    /// Registers `person` with storage consent and binds `devices` (through `bridge`) to
+    /// them from `from` on.
+    pub fn enrol(
+        &self,
+        person: &str,
+        bridge: &str,
+        devices: &[String],
+        from: DateTime<Utc>,
+    ) -> Result<()> {
+        enrol(&self.gateway.store, person, bridge, devices, from)
+    }
+
+    pub fn owner_token(&self, person: &str) -> String {
+        self.gateway
+            .keys
+            .issue(person, OWNER_SCOPE, TimeDelta::hours(1), Utc::now())
+            .expect("token")
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.gateway.stopped().await;
+    }
+}
+
+/// Registers `person` with storage consent and binds `devices` to them from `from` on.
+pub fn enrol(
+    store: &phr_gateway::Store,
+    person: &str,
+    bridge: &str,
+    devices: &[String],
+    from: DateTime<Utc>,
+) -> Result<()> {
+    store.add_person(person, person, "Asia/Tokyo")?;
+    store.grant_storage_consent(person, &RecordType::ALL)?;
+    for d in devices {
+        store.add_device(d, bridge, None)?;
+        store.bind(d, person, from)?;
+    }
+    Ok(())
+}
+
+/// `GET` with an optional bearer token; returns status and parsed JSON body.
+pub fn get_json(url: &str, token: Option<&str>) -> Result<(u16, serde_json::Value)> {
+    let mut req = ureq::get(url);
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let resp = match req.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return Err(e).context(format!("GET {url}")),
+    };
+    let status = resp.status();
+    let body: serde_json::Value = resp.into_json().context("JSON body")?;
+    Ok((status, body))
+}
+
+/// Every record of `record_type` the owner can read, following `next_cursor` to the end.
+pub fn all_records(
+    base: &str,
+    token: &str,
+    record_type: &str,
+    page: usize,
+) -> Result<Vec<phr_schema::Record>> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/api/v1/me/records?type={record_type}&limit={page}");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let (status, body) = get_json(&url, Some(token))?;
+        if status != 200 {
+            bail!("GET {url}: {status} {body}");
+        }
+        for r in body["records"].as_array().context("records array")? {
+            out.push(
+                serde_json::from_value(r.clone()).context("a record as the schema defines it")?,
+            );
+        }
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// The value of an unlabelled Prometheus sample from `/metrics`.
+pub fn metric(base: &str, name: &str) -> Result<f64> {
+    let text = ureq::get(&format!("{base}/metrics"))
+        .call()?
+        .into_string()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .context(format!("metric {name}"))?
+        .trim()
+        .parse()
+        .context("metric value")
+}
+
+/// A raw MQTT client standing in for a bridge: publishes whatever bytes a test wants and
+/// collects the gateway's acks for `bridge`.
+#[derive(Debug)]
+pub struct RawBridge {
+    client: AsyncClient,
+    acks: mpsc::UnboundedReceiver<Ack>,
+    topics: Topics,
+    bridge: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawBridge {
+    pub async fn connect(broker: &MqttUrl, topics: Topics, bridge: &str) -> Result<Self> {
+        let id = format!("raw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let (client, mut eventloop) = AsyncClient::new(broker.options(&id), 64);
+        let (tx, acks) = mpsc::unbounded_channel();
+        let (ready_tx, mut ready) = mpsc::unbounded_channel();
+        let ack_topic = topics.acks(bridge);
+        let sub = client.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = sub.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
+                        if let Ok(a) = serde_json::from_slice(&p.payload) {
+                            let _ = tx.send(a);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready.recv())
+            .await
+            .context("ack subscription")?;
+        Ok(Self {
+            client,
+            acks,
+            topics,
+            bridge: bridge.to_owned(),
+            task,
+        })
+    }
+
+    pub async fn publish(&self, device: &str, payload: Vec<u8>) -> Result<()> {
+        self.client
+            .publish(
+                self.topics.records(&self.bridge, device),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn next_ack(&mut self) -> Result<Ack> {
+        tokio::time::timeout(Duration::from_secs(15), self.acks.recv())
+            .await
+            .context("timed out waiting for an ack")?
+            .context("ack channel closed")
+    }
+}
+
+impl Drop for RawBridge {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Path of a workspace binary, built first if a plain `cargo test` has not built it.
+pub fn binary(package: &str, name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test-binary>
+    let profile_dir = exe.parent().and_then(Path::parent).context("target dir")?;
+    let path = profile_dir.join(name);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-q", "-p", package, "--bin", name]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    // Always build: a stale binary would test old code.
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() || !path.exists() {
+        bail!("could not build {name}");
+    }
+    Ok(path)
+}
+
+/// A child process killed on drop.
+#[derive(Debug)]
+pub struct Process(pub Child);
+
+impl Process {
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts the real `phr-gateway serve` binary.
+pub fn spawn_gateway(
+    bin: &Path,
+    data_dir: &Path,
+    http: SocketAddr,
+    mqtt_listen: SocketAddr,
+    external: Option<&MqttUrl>,
+    prefix: &str,
+) -> Result<Process> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--http")
+        .arg(http.to_string())
+        .arg("--mqtt-listen")
+        .arg(mqtt_listen.to_string())
+        .arg("--topic-prefix")
+        .arg(prefix)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    if let Some(url) = external {
+        cmd.arg("--mqtt-url").arg(url.to_string());
+    }
+    Ok(Process(cmd.spawn().context("starting phr-gateway")?))
+}
+
+/// Starts a private Mosquitto on `port` (in-memory, anonymous, loopback only).
+pub fn spawn_mosquitto(dir: &Path, port: u16) -> Result<Process> {
+    let conf = dir.join(format!("mosquitto-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )?;
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("mosquitto is not installed (apt-get install -y mosquitto; .ci/run does this)")?;
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting mosquitto")?;
+    Ok(Process(child))
+}
+
+/// Opens a gateway's SQLite file read-only and returns `(record_id, person_id)` of every
+/// stored record.
+pub fn stored_ids(data_dir: &Path) -> Result<Vec<(String, String)>> {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("phr.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let mut stmt = conn.prepare("SELECT record_id, person_id FROM records")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

@@ -37,7 +37,12 @@ fn parse_time(name: &'static str, v: Option<&str>) -> Result<Option<DateTime<Utc
     v.map(|s| {
         DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| ApiError::bad_request("invalid_time", format!("`{name}` must be an RFC 3339 date-time with an offset")))
+            .map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_time",
+                    format!("`{name}` must be an RFC 3339 date-time with an offset"),
+                )
+            })
     })
     .transpose()
 }
@@ -52,32 +57,47 @@ async fn records(
     if !principal.may_read_own_observations() {
         return Err(ApiError::Forbidden);
     }
-    let q = query.map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?.into_inner();
-    let record_type: RecordType = q.record_type.parse().map_err(|e: phr_schema::record::UnknownRecordType| {
-        ApiError::bad_request("invalid_type", e.to_string())
-    })?;
+    let q = query
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
+        .into_inner();
+    let record_type: RecordType =
+        q.record_type
+            .parse()
+            .map_err(|e: phr_schema::record::UnknownRecordType| {
+                ApiError::bad_request("invalid_type", e.to_string())
+            })?;
     let from = parse_time("from", q.from.as_deref())?.map_or(i64::MIN, |t| t.timestamp_millis());
     let to = parse_time("to", q.to.as_deref())?.map_or(i64::MAX, |t| t.timestamp_millis());
     if to <= from {
-        return Err(ApiError::bad_request("invalid_range", "`to` must be after `from`"));
+        return Err(ApiError::bad_request(
+            "invalid_range",
+            "`to` must be after `from`",
+        ));
     }
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", format!("`limit` must be between 1 and {MAX_LIMIT}")));
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("`limit` must be between 1 and {MAX_LIMIT}"),
+        ));
     }
     let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
     let store = state.store.clone();
     let person = principal.subject.clone();
-    let page = web::block(move || store.records(&person, record_type, from, to, after.as_ref(), limit))
-        .await
-        .map_err(|_| ApiError::Internal)??;
+    let page =
+        web::block(move || store.records(&person, record_type, from, to, after.as_ref(), limit))
+            .await
+            .map_err(|_| ApiError::Internal)??;
     let records = page
         .records
         .into_iter()
         .map(RawValue::from_string)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| ApiError::Internal)?;
-    Ok(HttpResponse::Ok().json(RecordsPage { records, next_cursor: page.next.as_ref().map(encode_cursor) }))
+    Ok(HttpResponse::Ok().json(RecordsPage {
+        records,
+        next_cursor: page.next.as_ref().map(encode_cursor),
+    }))
 }
 
 /// A page of records, written straight from the stored JSON.
@@ -89,7 +109,10 @@ struct RecordsPage {
 
 /// Cursors are opaque to clients: hex of `start_ms:end_ms:device_id`.
 fn encode_cursor(k: &PageKey) -> String {
-    format!("{}:{}:{}", k.start_ms, k.end_ms, k.device_id).bytes().map(|b| format!("{b:02x}")).collect()
+    format!("{}:{}:{}", k.start_ms, k.end_ms, k.device_id)
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn decode_cursor(s: &str) -> Result<PageKey, ApiError> {
@@ -106,7 +129,11 @@ fn decode_cursor(s: &str) -> Result<PageKey, ApiError> {
     let start_ms = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
     let end_ms = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
     let device_id = parts.next().ok_or_else(bad)?.to_owned();
-    Ok(PageKey { start_ms, device_id, end_ms })
+    Ok(PageKey {
+        start_ms,
+        device_id,
+        end_ms,
+    })
 }
 
 #[cfg(test)]
@@ -115,7 +142,11 @@ mod tests {
 
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {
-        let k = PageKey { start_ms: -5, device_id: "AA:BB:cc".into(), end_ms: 1_700_000_000_000 };
+        let k = PageKey {
+            start_ms: -5,
+            device_id: "AA:BB:cc".into(),
+            end_ms: 1_700_000_000_000,
+        };
         assert_eq!(decode_cursor(&encode_cursor(&k)).unwrap(), k);
         for bad in ["", "0", "zz", "3a3a", &"ab".repeat(300)] {
             assert!(decode_cursor(bad).is_err(), "{bad}");

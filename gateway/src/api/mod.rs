@@ -49,7 +49,9 @@ async fn healthz() -> HttpResponse {
 
 async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
-    let (series, quarantine) = web::block(move || store.counts()).await.map_err(|_| ApiError::Internal)??;
+    let (series, quarantine) = web::block(move || store.counts())
+        .await
+        .map_err(|_| ApiError::Internal)??;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render(series, quarantine)))
@@ -58,7 +60,10 @@ async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 async fn dashboard() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
-        .insert_header(("Content-Security-Policy", "default-src 'none'; style-src 'self' 'unsafe-inline'"))
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'self' 'unsafe-inline'",
+        ))
         .body(include_str!("../../../dashboards/index.html"))
 }
 
@@ -75,7 +80,10 @@ impl FromRequest for Principal {
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim);
         ready(match token {
             Some(t) if !t.is_empty() => state

@@ -1,0 +1,160 @@
+//! Crashes and restarts mid-stream: nothing acknowledged is lost, nothing is stored twice.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use phr_bridge::mqtt::MqttUrl;
+use phr_bridge::publish::Status;
+use phr_bridge::simulate;
+use phr_e2e::{
+    binary, enrol, external_broker, free_port, loopback, spawn_gateway, spawn_mosquitto,
+    stored_ids, test_prefix, wait_for, TestGateway,
+};
+
+use super::{expected, sim_config, sim_until};
+
+/// Waits until the bridge has had at least one batch acked, but not all.
+async fn first_acks(rx: &mut watch::Receiver<Status>) -> anyhow::Result<u64> {
+    let s = tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|s| s.stored > 0)).await??;
+    Ok(s.stored)
+}
+
+fn assert_exactly(
+    data_dir: &std::path::Path,
+    want: &std::collections::BTreeMap<uuid::Uuid, phr_schema::Record>,
+    person: &str,
+) -> anyhow::Result<()> {
+    let rows = stored_ids(data_dir)?;
+    let ids: BTreeSet<String> = rows.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(ids.len(), rows.len(), "a record id is stored twice");
+    let want_ids: BTreeSet<String> = want.keys().map(|u| u.to_string()).collect();
+    assert_eq!(
+        ids.len(),
+        want_ids.len(),
+        "stored {} of {} records",
+        ids.len(),
+        want_ids.len()
+    );
+    assert_eq!(ids, want_ids);
+    assert!(
+        rows.iter().all(|(_, p)| p == person),
+        "every record attributed to {person}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_killed_mid_stream_loses_nothing_and_stores_nothing_twice() -> anyhow::Result<()> {
+    phr_e2e::init_tracing();
+    let bin = binary("phr-gateway", "phr-gateway")?;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("gateway");
+    std::fs::create_dir_all(&data)?;
+    let (http, mqtt) = (loopback(free_port()), loopback(free_port()));
+    let external = external_broker();
+    let broker = external
+        .clone()
+        .unwrap_or_else(|| MqttUrl::new("127.0.0.1", mqtt.port()));
+    let prefix = test_prefix();
+    let until = sim_until();
+    let mut cfg = sim_config(
+        "bridge-k",
+        3,
+        dir.path().join("bridge"),
+        &broker,
+        &prefix,
+        until,
+        72,
+    );
+    cfg.batch_records = 5; // many small batches, so the kill lands mid-stream
+    cfg.max_inflight = 8;
+    let bands: Vec<String> = cfg.bands().into_iter().map(|b| b.device_id).collect();
+    {
+        let store = phr_gateway::Store::open(&data.join("phr.sqlite"))?;
+        enrol(
+            &store,
+            "kim",
+            "bridge-k",
+            &bands,
+            until - TimeDelta::days(5),
+        )?;
+    }
+    let want = expected(&cfg);
+
+    let mut gateway = spawn_gateway(&bin, &data, http, mqtt, external.as_ref(), &prefix)?;
+    wait_for("the gateway's API", Duration::from_secs(20), || {
+        ureq::get(&format!("http://{http}/healthz")).call().ok()
+    })
+    .await?;
+    let (tx, mut rx) = watch::channel(Status::default());
+    let bridge = tokio::spawn(simulate::run(cfg, tx, CancellationToken::new()));
+
+    let acked_before_kill = first_acks(&mut rx).await?;
+    gateway.kill();
+    assert!(
+        (acked_before_kill as usize) < want.len(),
+        "the kill must land mid-stream"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let _gateway = spawn_gateway(&bin, &data, http, mqtt, external.as_ref(), &prefix)?;
+    tokio::time::timeout(Duration::from_secs(180), bridge).await???;
+    assert_exactly(&data, &want, "kim")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a mosquitto binary; .ci/run installs it and runs ignored tests"]
+async fn broker_restart_mid_stream_both_sides_reconnect_and_nothing_is_lost() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let mut mosquitto = spawn_mosquitto(dir.path(), port)?;
+    let url = MqttUrl::new("127.0.0.1", port);
+    wait_for("mosquitto", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(loopback(port)).ok()
+    })
+    .await?;
+
+    let gw = TestGateway::start_with(Some(url.clone())).await?;
+    let until = sim_until();
+    let mut cfg = sim_config(
+        "bridge-r",
+        3,
+        dir.path().join("bridge"),
+        &url,
+        gw.topics().prefix(),
+        until,
+        72,
+    );
+    cfg.batch_records = 5;
+    cfg.max_inflight = 8;
+    let bands: Vec<String> = cfg.bands().into_iter().map(|b| b.device_id).collect();
+    gw.enrol("rin", "bridge-r", &bands, until - TimeDelta::days(5))?;
+    let want = expected(&cfg);
+
+    let (tx, mut rx) = watch::channel(Status::default());
+    let bridge = tokio::spawn(simulate::run(cfg, tx, CancellationToken::new()));
+    let acked_before = first_acks(&mut rx).await?;
+    mosquitto.kill();
+    assert!(
+        (acked_before as usize) < want.len(),
+        "the restart must land mid-stream"
+    );
+    wait_for(
+        "the bridge to notice the broker is gone",
+        Duration::from_secs(20),
+        || (!rx.borrow().connected).then_some(()),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _mosquitto = spawn_mosquitto(dir.path(), port)?;
+
+    tokio::time::timeout(Duration::from_secs(180), bridge).await???;
+    assert_exactly(&gw.config.data_dir, &want, "rin")?;
+    gw.stop().await;
+    Ok(())
+}
