@@ -165,3 +165,42 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     gateway.stopped().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_explicit_port_is_an_error_naming_port_and_flag() {
+        let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = holder.local_addr().unwrap();
+        let err = AddrFlag {
+            flag: "--http",
+            addr,
+            explicit: true,
+        }
+        .bind("HTTP API")
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(&addr.port().to_string()) && err.contains("--http"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_taken_default_port_falls_back_to_a_free_one() {
+        let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = holder.local_addr().unwrap();
+        let l = AddrFlag {
+            flag: "--mqtt",
+            addr,
+            explicit: false,
+        }
+        .bind("broker")
+        .unwrap();
+        let got = l.local_addr().unwrap();
+        assert_ne!(got.port(), addr.port());
+        assert_eq!(got.ip(), addr.ip());
+    }
+}

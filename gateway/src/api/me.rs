@@ -117,7 +117,7 @@ fn encode_cursor(k: &PageKey) -> String {
 
 fn decode_cursor(s: &str) -> Result<PageKey, ApiError> {
     let bad = || ApiError::bad_request("invalid_cursor", "`cursor` is not one this API returned");
-    if s.len() % 2 != 0 || s.len() > 512 {
+    if !s.len().is_multiple_of(2) || s.len() > 512 {
         return Err(bad());
     }
     let bytes = (0..s.len())

@@ -2,9 +2,13 @@
 //! rumqttc) → broker (embedded rumqttd, or Mosquitto with `PHR_TEST_MQTT_URL`) → gateway →
 //! SQLite → HTTP API. One test binary, so linking happens once.
 
+// Test code: a failed unwrap is a failed test with a location, which is what we want.
+#![allow(clippy::unwrap_used)]
+
 mod api;
 mod batches;
 mod crash;
+mod demo;
 mod pipeline;
 
 use std::collections::BTreeMap;
