@@ -103,10 +103,17 @@ pub struct Message {
     pub payload: Vec<u8>,
 }
 
-/// A page of one person's records, as stored JSON.
+/// A stored record: its JSON as received and when the gateway stored it.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub json: String,
+    pub stored_at_ms: i64,
+}
+
+/// A page of one person's records.
 #[derive(Debug, Clone)]
 pub struct Page {
-    pub records: Vec<String>,
+    pub records: Vec<StoredRecord>,
     /// The key after which the next page starts.
     pub next: Option<PageKey>,
 }
@@ -333,7 +340,7 @@ impl Store {
     ) -> Result<Page> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT start_ms, device_id, end_ms, body FROM records
+                "SELECT start_ms, device_id, end_ms, body, stored_at_ms FROM records
                  WHERE person_id = ?1 AND record_type = ?2 AND start_ms >= ?3 AND start_ms < ?4
                    AND (start_ms, device_id, end_ms) > (?5, ?6, ?7)
                  ORDER BY start_ms, device_id, end_ms
@@ -366,7 +373,10 @@ impl Store {
                     device_id: row.get(1)?,
                     end_ms: row.get(2)?,
                 });
-                records.push(row.get(3)?);
+                records.push(StoredRecord {
+                    json: row.get(3)?,
+                    stored_at_ms: row.get(4)?,
+                });
             }
             Ok(Page {
                 records,

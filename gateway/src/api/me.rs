@@ -1,11 +1,14 @@
 //! The owner's own data: `GET /api/v1/me/records`.
+//!
+//! Query: `type` (required), `from` / `to` (RFC 3339; bound the measured start), `limit`
+//! (1..=5000, default 500), `cursor` (from the previous page), `format` (`record` | `omh`).
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use phr_schema::RecordType;
+use phr_schema::{Record, RecordType};
 
 use super::error::ApiError;
 use super::AppState;
@@ -31,6 +34,18 @@ struct RecordsQuery {
     to: Option<String>,
     cursor: Option<String>,
     limit: Option<usize>,
+    #[serde(default)]
+    format: Format,
+}
+
+/// How records are written: as the gateway's records (default), or as Open mHealth data
+/// points (`omh`; a sleep episode gives its episode point plus one point per stage).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Format {
+    #[default]
+    Record,
+    Omh,
 }
 
 fn parse_time(name: &'static str, v: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
@@ -88,16 +103,37 @@ async fn records(
         web::block(move || store.records(&person, record_type, from, to, after.as_ref(), limit))
             .await
             .map_err(|_| ApiError::Internal)??;
-    let records = page
-        .records
-        .into_iter()
-        .map(RawValue::from_string)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| ApiError::Internal)?;
-    Ok(HttpResponse::Ok().json(RecordsPage {
-        records,
-        next_cursor: page.next.as_ref().map(encode_cursor),
-    }))
+    let next_cursor = page.next.as_ref().map(encode_cursor);
+    match q.format {
+        Format::Record => {
+            let records = page
+                .records
+                .into_iter()
+                .map(|r| RawValue::from_string(r.json))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| ApiError::Internal)?;
+            Ok(HttpResponse::Ok().json(RecordsPage {
+                records,
+                next_cursor,
+            }))
+        }
+        Format::Omh => {
+            let mut data_points = Vec::with_capacity(page.records.len());
+            for stored in page.records {
+                let record: Record =
+                    serde_json::from_str(&stored.json).map_err(|_| ApiError::Internal)?;
+                let created = DateTime::from_timestamp_millis(stored.stored_at_ms)
+                    .ok_or(ApiError::Internal)?;
+                data_points.extend(phr_schema::omh::data_points(
+                    &record,
+                    created.fixed_offset(),
+                    None,
+                ));
+            }
+            Ok(HttpResponse::Ok()
+                .json(serde_json::json!({"data_points": data_points, "next_cursor": next_cursor})))
+        }
+    }
 }
 
 /// A page of records, written straight from the stored JSON.

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 
-use phr_e2e::{all_records, TestGateway};
-use phr_schema::RecordType;
+use serde_json::json;
+
+use phr_e2e::{all_records, get_json, TestGateway};
+use phr_schema::{Body, RecordType};
 
 use super::{expected, run_bridge, sim_config, sim_until};
 
@@ -66,6 +68,47 @@ async fn api_returns_exactly_the_records_the_bridge_sent() -> anyhow::Result<()>
             Some(w),
             "record {id} differs from what the band produced"
         );
+    }
+
+    // The same nights as Open mHealth data points: one per episode, one per stage.
+    let (s, body) = get_json(
+        &gw.url("/api/v1/me/records?type=sleep-episode&format=omh&limit=5000"),
+        Some(&token),
+    )?;
+    assert_eq!(s, 200, "{body}");
+    let points = body["data_points"].as_array().expect("data_points");
+    let nights: Vec<_> = want
+        .values()
+        .filter_map(|r| match &r.body {
+            Body::SleepEpisode(e) => Some((r.record_id, e)),
+            _ => None,
+        })
+        .collect();
+    assert!(!nights.is_empty());
+    assert_eq!(
+        points.len(),
+        nights.len() + nights.iter().map(|(_, e)| e.stages.len()).sum::<usize>()
+    );
+    for (id, episode) in &nights {
+        let own: Vec<_> = points
+            .iter()
+            .filter(|p| {
+                p["header"]["id"] == json!(id) || p["body"]["sleep_episode_id"] == json!(id)
+            })
+            .collect();
+        assert_eq!(own.len(), 1 + episode.stages.len());
+        assert_eq!(
+            own[0]["header"]["schema_id"],
+            json!({"namespace": "omh", "name": "sleep-episode", "version": "1.1"})
+        );
+        assert_eq!(
+            own[0]["body"]["effective_time_frame"],
+            json!(episode.effective_time_frame)
+        );
+        for (p, stage) in own[1..].iter().zip(&episode.stages) {
+            assert_eq!(p["header"]["schema_id"]["name"], json!("sleep-stage"));
+            assert_eq!(p["body"]["sleep_stage"], json!(stage.stage.as_str()));
+        }
     }
 
     // Another person sees none of it.
