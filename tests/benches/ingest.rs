@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use chrono::{DateTime, DurationRound, FixedOffset, TimeDelta, Utc};
-use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, Publish, QoS};
 use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -37,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use phr_bridge::mqtt::MqttUrl;
+use phr_bridge::publish::Status;
+use phr_bridge::simulate::SimulateConfig;
 use phr_gateway::ingest::{Binding, DeviceView};
 use phr_gateway::store::Message;
 use phr_gateway::{Config, Store};
@@ -327,6 +329,7 @@ async fn connect(
     let (client, mut eventloop) = AsyncClient::new(url.options(&id), 1024);
     let (ready_tx, mut ready) = watch::channel(false);
     let sub = client.clone();
+    let label = name.to_owned();
     let task = tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
@@ -342,21 +345,24 @@ async fn connect(
                     ready_tx.send_replace(true);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => on_publish(&p),
+                // Our own DISCONNECT went out: stop polling quietly.
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
                 Ok(_) => {}
                 Err(e) => {
-                    eprintln!("  ({name}: MQTT connection error: {e}; retrying)");
+                    eprintln!("  ({label}: MQTT connection error: {e}; retrying)");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         }
     });
-    match tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r)).await {
-        Ok(Ok(_)) => Ok((client, task)),
-        _ => {
-            task.abort();
-            bail!("{name}: no connection to {url} within 10 s")
-        }
+    let connected = tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if !connected {
+        task.abort();
+        bail!("{name}: no connection to {url} within 10 s");
     }
+    Ok((client, task))
 }
 
 /// Publishes every message at QoS 1, each first taking a permit from `window` if given.
@@ -565,24 +571,34 @@ struct AckTotals {
     other: AtomicU64,
 }
 
+/// A gateway with its embedded broker on free loopback ports and its data in `dir`.
+async fn start_gateway(
+    dir: &std::path::Path,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<phr_gateway::Gateway> {
+    let mut config = Config {
+        data_dir: dir.join("gateway"),
+        ..Config::default()
+    };
+    let mut attempt = 0;
+    loop {
+        // The free port can be taken between our check and rumqttd's bind: try another.
+        config.mqtt.listen = free_addr()?;
+        let http = TcpListener::bind("127.0.0.1:0")?;
+        match phr_gateway::start(&config, http, shutdown.clone()).await {
+            Ok(g) => return Ok(g),
+            Err(phr_gateway::Error::AddressInUse { .. }) if attempt < 3 => attempt += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// A real gateway on a free port; every batch published (at most `window` unacked, if
 /// given); records/s from the first publish to the last ack; then the store is checked.
 async fn gateway_e2e(w: &Workload, window: Option<usize>) -> anyhow::Result<E2e> {
     let dir = tempfile::tempdir()?;
     let shutdown = CancellationToken::new();
-    let mut config = Config::default();
-    config.data_dir = dir.path().join("gateway");
-    let mut attempt = 0;
-    let mut gateway = loop {
-        // The free port can be taken between our check and rumqttd's bind: try another.
-        config.mqtt.listen = free_addr()?;
-        let http = TcpListener::bind("127.0.0.1:0")?;
-        match phr_gateway::start(&config, http, shutdown.clone()).await {
-            Ok(g) => break g,
-            Err(phr_gateway::Error::AddressInUse { .. }) if attempt < 3 => attempt += 1,
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let mut gateway = start_gateway(dir.path(), &shutdown).await?;
     w.register(&gateway.store)?;
     ensure!(
         gateway.wait_subscribed(Duration::from_secs(10)).await,
@@ -672,6 +688,73 @@ async fn gateway_e2e(w: &Workload, window: Option<usize>) -> anyhow::Result<E2e>
     })
 }
 
+/// The real bridge pipeline (`phr_bridge::simulate::run`: simulated bands, GATT decoders,
+/// normaliser, durable outbox, publisher waiting for acks) backfilling `hours` of history of
+/// `devices` bands into a real gateway, until drained. Different payloads from the stages
+/// above (steps, heart rate every 5 minutes, sleep episodes), so reported on its own.
+async fn bridge_e2e(devices: usize, hours: usize) -> anyhow::Result<Measured> {
+    let dir = tempfile::tempdir()?;
+    let shutdown = CancellationToken::new();
+    let mut gateway = start_gateway(dir.path(), &shutdown).await?;
+    let bridge_id = "bench-sim-bridge";
+    let mut cfg = SimulateConfig::new(
+        bridge_id,
+        devices,
+        dir.path().join("bridge"),
+        gateway.mqtt.clone(),
+    );
+    let now = Utc::now();
+    cfg.history = TimeDelta::hours(hours as i64);
+    cfg.until = Some(now);
+    cfg.exit_when_drained = true;
+    let store = gateway.store.clone();
+    store.add_person(PERSON_ID, "Bench Person", "Asia/Tokyo")?;
+    store.grant_storage_consent(PERSON_ID, &RecordType::ALL)?;
+    for band in cfg.bands() {
+        store.add_device(&band.device_id, bridge_id, Some("phr-reference-band"))?;
+        // Sleep episodes reported at wake-up start the evening before the history window.
+        store.bind(
+            &band.device_id,
+            PERSON_ID,
+            now - cfg.history - TimeDelta::days(2),
+        )?;
+    }
+    ensure!(
+        gateway.wait_subscribed(Duration::from_secs(10)).await,
+        "gateway did not subscribe"
+    );
+    let (status_tx, status) = watch::channel(Status::default());
+    let started = Instant::now();
+    let run = phr_bridge::simulate::run(cfg, status_tx, shutdown.child_token());
+    let result = tokio::time::timeout(Duration::from_secs(300), run).await;
+    let secs = started.elapsed().as_secs_f64();
+    let status = status.borrow().clone();
+    let counts = store.counts()?;
+    shutdown.cancel();
+    gateway.stopped().await;
+    match result {
+        Ok(r) => r?,
+        Err(_) => bail!("the simulated bridge did not drain within 300 s: {status:?}"),
+    }
+    ensure!(
+        status.rejected == 0 && status.quarantined == 0 && status.duplicate == 0,
+        "bridge saw rejections, quarantine or duplicates: {status:?}"
+    );
+    ensure!(
+        counts == (status.stored, 0) && status.stored > 0,
+        "store holds {counts:?}; the bridge was told {} stored",
+        status.stored
+    );
+    eprintln!(
+        "  real bridge pipeline: {} records in {} batches, {secs:.1} s",
+        status.stored, status.batches_acked
+    );
+    Ok(Measured {
+        items: status.stored,
+        secs,
+    })
+}
+
 // ----- report -----
 
 fn machine() -> Vec<(String, String)> {
@@ -714,7 +797,7 @@ fn fmt_rate(r: f64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -722,21 +805,11 @@ fn fmt_rate(r: f64) -> String {
     out
 }
 
-fn row(what: &str, unit: &str, s: Summary, records_per: f64) -> String {
-    format!(
-        "| {what} | {} {unit} | {} | {} .. {} |",
-        fmt_rate(s.median),
-        fmt_rate(s.median * records_per),
-        fmt_rate(s.min * records_per),
-        fmt_rate(s.max * records_per)
-    )
-}
-
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -814,6 +887,7 @@ fn main() -> anyhow::Result<()> {
     // 3. Gateway end to end.
     let mut e2e = Vec::new();
     let mut e2e_window = Vec::new();
+    let mut bridge_runs = Vec::new();
     for rep in 0..plan.reps {
         eprintln!("[rep {}] gateway end to end: open loop", rep + 1);
         e2e.push(runtime.block_on(gateway_e2e(&w, None))?);
@@ -823,159 +897,155 @@ fn main() -> anyhow::Result<()> {
         );
         e2e_window.push(runtime.block_on(gateway_e2e(&w, Some(BRIDGE_WINDOW)))?);
     }
+    // Bridge-bound and slow (see BENCHMARKS.md): once is enough to show where it stands.
+    eprintln!("gateway end to end: real bridge pipeline");
+    bridge_runs.push(runtime.block_on(bridge_e2e(plan.devices, plan.hours))?);
 
     // Report (Markdown, to paste into BENCHMARKS.md).
     let s1 = Summary::of(&rumqttd_runs);
     let s1m = (!mosquitto_runs.is_empty()).then(|| Summary::of(&mosquitto_runs));
     let s2 = [Summary::of(&store[0]), Summary::of(&store[1])];
     let s2b = [Summary::of(&bare[0]), Summary::of(&bare[1])];
-    let s2p = Summary::of(&plans);
     let s3 = Summary::of(&e2e.iter().map(|e| e.measured).collect::<Vec<_>>());
     let s3w = Summary::of(&e2e_window.iter().map(|e| e.measured).collect::<Vec<_>>());
+    let s3c = Summary::of(&bridge_runs);
 
-    println!();
-    println!("| machine | |\n| --- | --- |");
+    println!("\n| machine | |\n| --- | --- |");
     for (k, v) in machine() {
         println!("| {k} | {v} |");
     }
-    println!();
-    println!("| measurement | rate | records/s (median) | records/s (min .. max) |");
+    println!("\n| measurement | rate (median) | records/s (median) | records/s (min .. max) |");
     println!("| --- | --- | --- | --- |");
-    println!(
-        "{}",
-        row(
-            "(1) broker QoS 1 pub/sub, rumqttd (embedded)",
-            "msg/s",
-            s1,
-            per_batch
-        )
-    );
+    let mut rows: Vec<(&str, &str, Summary, f64)> = vec![(
+        "(1) broker QoS-1 pub/sub, rumqttd (embedded)",
+        "msg/s",
+        s1,
+        per_batch,
+    )];
     match (s1m, &mosquitto_note) {
-        (Some(s), None) => println!(
-            "{}",
-            row(
-                "(1') broker QoS 1 pub/sub, Mosquitto 127.0.0.1:1883",
-                "msg/s",
-                s,
-                per_batch
-            )
-        ),
+        (Some(s), None) => rows.push((
+            "(1') broker QoS-1 pub/sub, Mosquitto",
+            "msg/s",
+            s,
+            per_batch,
+        )),
         (_, note) => println!(
-            "| (1') broker QoS 1 pub/sub, Mosquitto 127.0.0.1:1883 | {} | - | - |",
+            "| (1') broker QoS-1 pub/sub, Mosquitto | {} | - | - |",
             note.as_deref().unwrap_or("skipped")
         ),
     }
-    println!(
-        "{}",
-        row(
-            "(2) store: `Store::ingest`, 64 batches per transaction",
+    rows.extend([
+        (
+            "(2) `Store::ingest`, 64 batches per tx",
             "rows/s",
             s2[1],
-            1.0
-        )
-    );
-    println!(
-        "{}",
-        row(
-            "(2) store: `Store::ingest`, 1 batch per transaction",
-            "rows/s",
-            s2[0],
-            1.0
-        )
-    );
-    println!(
-        "{}",
-        row(
-            "(2) bare rusqlite INSERT, 64 batches per transaction",
+            1.0,
+        ),
+        ("(2) `Store::ingest`, 1 batch per tx", "rows/s", s2[0], 1.0),
+        (
+            "(2) bare rusqlite INSERT, 64 batches per tx",
             "rows/s",
             s2b[1],
-            1.0
-        )
-    );
-    println!(
-        "{}",
-        row(
-            "(2) bare rusqlite INSERT, 1 batch per transaction",
+            1.0,
+        ),
+        (
+            "(2) bare rusqlite INSERT, 1 batch per tx",
             "rows/s",
             s2b[0],
-            1.0
-        )
-    );
-    println!(
-        "{}",
-        row(
-            "(2) `ingest::plan` only (parse + validate, no SQLite)",
+            1.0,
+        ),
+        (
+            "(2) `ingest::plan` only, no SQLite",
             "rows/s",
-            s2p,
-            1.0
-        )
-    );
-    println!(
-        "{}",
-        row(
-            "(3) gateway end to end, all batches published at once",
+            Summary::of(&plans),
+            1.0,
+        ),
+        (
+            "(3) gateway e2e, all batches published at once",
             "rows/s",
             s3,
-            1.0
-        )
-    );
-    println!(
-        "{}",
-        row(
-            "(3b) gateway end to end, 32 batches in flight (bridge default)",
+            1.0,
+        ),
+        (
+            "(3b) gateway e2e, 32 batches unacked at most",
             "rows/s",
             s3w,
-            1.0
-        )
-    );
-    println!();
-    let r = |a: f64, b: f64| format!("{:.2}", a / b);
-    println!("| ratio (medians) | value |\n| --- | --- |");
-    println!(
-        "| (3) / (2) `Store::ingest` 64 per tx | {} |",
-        r(s3.median, s2[1].median)
-    );
-    println!(
-        "| (3) / (2) `Store::ingest` 1 per tx | {} |",
-        r(s3.median, s2[0].median)
-    );
-    println!(
-        "| (3) / (2) bare INSERT 64 per tx | {} |",
-        r(s3.median, s2b[1].median)
-    );
-    println!(
-        "| (3) / (1) rumqttd | {} |",
-        r(s3.median, s1.median * per_batch)
-    );
-    if let Some(m) = s1m {
+            1.0,
+        ),
+        (
+            "(3c) gateway e2e, real bridge pipeline (own data, 1 run)",
+            "rows/s",
+            s3c,
+            1.0,
+        ),
+    ]);
+    for (what, unit, s, per) in rows {
         println!(
-            "| (3) / (1') Mosquitto | {} |",
-            r(s3.median, m.median * per_batch)
+            "| {what} | {} {unit} | {} | {} .. {} |",
+            fmt_rate(s.median),
+            fmt_rate(s.median * per),
+            fmt_rate(s.min * per),
+            fmt_rate(s.max * per)
         );
     }
-    println!(
-        "| (3b) / (2) `Store::ingest` 64 per tx | {} |",
-        r(s3w.median, s2[1].median)
-    );
-    println!(
-        "| (2) `Store::ingest` / bare INSERT, 64 per tx | {} |",
-        r(s2[1].median, s2b[1].median)
-    );
+
+    println!("\n| ratio (of medians) | value |\n| --- | --- |");
+    let mut ratios = vec![
+        (
+            "(3) / (2) `Store::ingest` 64 per tx",
+            s3.median / s2[1].median,
+        ),
+        (
+            "(3) / (2) `Store::ingest` 1 per tx",
+            s3.median / s2[0].median,
+        ),
+        ("(3) / (2) bare INSERT 64 per tx", s3.median / s2b[1].median),
+        ("(3) / (1) rumqttd", s3.median / (s1.median * per_batch)),
+    ];
+    if let Some(m) = s1m {
+        ratios.push(("(3) / (1') Mosquitto", s3.median / (m.median * per_batch)));
+    }
+    ratios.extend([
+        (
+            "(3b) / (2) `Store::ingest` 64 per tx",
+            s3w.median / s2[1].median,
+        ),
+        (
+            "(3c) / (2) `Store::ingest` 64 per tx",
+            s3c.median / s2[1].median,
+        ),
+        (
+            "(2) `Store::ingest` / bare INSERT, 64 per tx",
+            s2[1].median / s2b[1].median,
+        ),
+    ]);
+    for (what, v) in ratios {
+        println!("| {what} | {v:.2} |");
+    }
+
     println!();
-    let target = s3.median >= 0.7 * s2[1].median;
     println!(
-        "target (3) >= 0.7 x (2) [Store::ingest, 64 per tx]: {} ({} vs {})",
-        if target { "MET" } else { "NOT MET" },
+        "target (3) >= 0.7 x (2) `Store::ingest` 64 per tx: {} ({} >= {})",
+        if s3.median >= 0.7 * s2[1].median {
+            "MET"
+        } else {
+            "NOT MET"
+        },
         fmt_rate(s3.median),
         fmt_rate(0.7 * s2[1].median)
     );
+    // Per-row cost at group g is c + F / (60 g): the 1-per-tx vs 64-per-tx difference of the
+    // bare insert isolates F, the fixed cost of one commit (mostly the WAL fsync).
+    let commit_ms = (1.0 / s2b[0].median - 1.0 / s2b[1].median) * per_batch * 64.0 / 63.0 * 1e3;
+    println!("fixed cost of one commit (bare insert, 1 vs 64 per tx): {commit_ms:.2} ms");
     for (name, runs) in [("(3)", &e2e), ("(3b)", &e2e_window)] {
         let commits: u64 = runs.iter().map(|e| e.commits).sum();
         let commit_secs: f64 = runs.iter().map(|e| e.commit_secs).sum();
         let wall: f64 = runs.iter().map(|e| e.measured.secs).sum();
         let batches = (w.batches.len() * runs.len()) as f64;
         println!(
-            "{name}: {:.1} batches per ingest transaction on average, {:.0}% of the wall time inside ingest transactions",
+            "{name}: {:.1} batches per ingest transaction on average; \
+             {:.0}% of the wall time inside ingest transactions",
             batches / commits.max(1) as f64,
             100.0 * commit_secs / wall
         );
