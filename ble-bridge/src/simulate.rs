@@ -128,13 +128,13 @@ pub async fn run(
             .duration_trunc(TimeDelta::minutes(1))
             .unwrap_or_else(|_| Utc::now());
         let end = cfg.until.map_or(now, |u| u.min(now));
-        let mut done = true;
+        let (mut done, mut full) = (true, false);
         for band in &bands {
             match generate(&cfg, band, &outbox, end).await {
                 Ok(complete) => done &= complete,
                 Err(Error::OutboxFull { depth, max }) => {
                     warn!(device_id = %band.device_id, depth, max, "outbox full; holding new data until the gateway acks");
-                    done = false;
+                    (done, full) = (false, true);
                 }
                 Err(e) => break 'run Err(e),
             }
@@ -153,9 +153,18 @@ pub async fn run(
                 }
             }
         }
+        // Caught up: wait for the next tick. Catching up on history: go on at once, unless
+        // the outbox is full, then give the publisher time to drain it.
+        let pause = if done {
+            cfg.tick
+        } else if full {
+            Duration::from_millis(500)
+        } else {
+            Duration::ZERO
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break 'run Ok(()),
-            _ = tokio::time::sleep(if done { cfg.tick } else { Duration::from_millis(500) }) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     };
     publisher_stop.cancel();

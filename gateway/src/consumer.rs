@@ -1,6 +1,7 @@
-//! The MQTT side of ingest: subscribe to every bridge's records topic, hand messages to the
-//! store in groups (one transaction, one fsync, many batches), and only after the commit
-//! publish each batch's ack and PUBACK the message.
+//! The MQTT side of ingest: subscribe to every bridge's records topic, check messages in
+//! groups outside the store's lock, commit each group in one transaction (one fsync, many
+//! batches) while the next group is being checked, and only after the commit publish each
+//! batch's ack and PUBACK the message.
 //!
 //! One task owns the rumqttc event loop and only forwards; the worker never awaits the
 //! client's request channel (`try_publish` / `try_ack`), so neither can wait for the other.
@@ -19,8 +20,9 @@ use tracing::{debug, error, info, warn};
 use phr_bridge::mqtt::MqttUrl;
 use phr_schema::{Limits, Topics};
 
+use crate::ingest;
 use crate::metrics::Metrics;
-use crate::store::{Message, Store};
+use crate::store::Store;
 
 /// Largest number of messages committed in one transaction.
 const MAX_GROUP: usize = 64;
@@ -95,6 +97,12 @@ pub async fn run(
     let _ = worker.await;
 }
 
+/// A group of messages checked and ready to commit, with the publishes to PUBACK after.
+type Checked = (Vec<ingest::Checked>, Vec<Publish>);
+
+/// Stage 1: groups messages and checks them (parse, validate) off the async workers, while
+/// stage 2 commits the previous group. The hand-over channel holds one group, so at most
+/// one group waits checked while another commits.
 async fn work(
     cfg: ConsumerConfig,
     client: AsyncClient,
@@ -102,6 +110,14 @@ async fn work(
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<Publish>,
 ) {
+    let (checked_tx, checked_rx) = mpsc::channel::<Checked>(1);
+    let committer = tokio::spawn(commit(
+        cfg.clone(),
+        client.clone(),
+        store,
+        metrics.clone(),
+        checked_rx,
+    ));
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -111,46 +127,67 @@ async fn work(
             }
         }
         metrics.received(group.len());
-        let mut messages = Vec::with_capacity(group.len());
-        let mut ours = Vec::with_capacity(group.len());
-        for p in group {
-            match cfg.topics.parse_records(&p.topic) {
-                Some((bridge, device)) => {
-                    messages.push(Message {
-                        bridge_id: bridge.to_owned(),
-                        device_id: device.to_owned(),
-                        payload: p.payload.to_vec(),
-                    });
-                    ours.push(p);
-                }
-                None => {
-                    // Not a records topic we serve (the filter guarantees the shape, but not
-                    // the id alphabet): drop it from the broker, visibly.
-                    warn!(
-                        topic_len = p.topic.len(),
-                        "ignoring message on an invalid records topic"
-                    );
-                    let _ = client.try_ack(&p);
+        let topics = cfg.topics.clone();
+        let limits = cfg.limits.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let now = Utc::now();
+            let mut checked = Vec::with_capacity(group.len());
+            let mut ours = Vec::with_capacity(group.len());
+            let mut foreign = Vec::new();
+            for p in group {
+                match topics.parse_records(&p.topic) {
+                    Some((bridge, device)) => {
+                        checked.push(ingest::check(&p.payload, bridge, device, now, &limits));
+                        ours.push(p);
+                    }
+                    None => foreign.push(p),
                 }
             }
-        }
-        if messages.is_empty() {
-            continue;
-        }
-        let started = Instant::now();
-        let limits = cfg.limits.clone();
-        let store2 = store.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            store2
-                .ingest(&messages, Utc::now(), &limits)
-                .map(|a| (a, messages))
+            (checked, ours, foreign)
         })
         .await;
-        let (acks, messages) = match result {
+        let Ok((checked, ours, foreign)) = checked else {
+            error!("checking a group of batches panicked; batches not acked");
+            continue;
+        };
+        for p in foreign {
+            // The subscription filter guarantees the shape, not the id alphabet: drop such
+            // messages from the broker, visibly.
+            warn!(
+                topic_len = p.topic.len(),
+                "ignoring message on an invalid records topic"
+            );
+            let _ = client.try_ack(&p);
+        }
+        if !checked.is_empty() && checked_tx.send((checked, ours)).await.is_err() {
+            break;
+        }
+    }
+    drop(checked_tx);
+    let _ = committer.await;
+}
+
+/// Stage 2: one transaction per group, then the acks and PUBACKs.
+async fn commit(
+    cfg: ConsumerConfig,
+    client: AsyncClient,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::Receiver<Checked>,
+) {
+    while let Some((checked, publishes)) = rx.recv().await {
+        let started = Instant::now();
+        let store = store.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let route: Vec<String> = checked.iter().map(|c| c.bridge_id.clone()).collect();
+            store.ingest(checked, Utc::now()).map(|acks| (acks, route))
+        })
+        .await;
+        let (acks, bridges) = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 // Not acked: the bridges resend and nothing is lost.
-                error!(error = %e, batches = ours.len(), "ingest transaction failed; batches not acked");
+                error!(error = %e, batches = publishes.len(), "ingest transaction failed; batches not acked");
                 metrics.store_error();
                 continue;
             }
@@ -161,17 +198,17 @@ async fn work(
             }
         };
         metrics.committed(&acks, started.elapsed());
-        for ((ack, m), p) in acks.iter().zip(&messages).zip(&ours) {
-            debug!(bridge_id = %m.bridge_id, device_id = %m.device_id, batch_id = ?ack.batch_id,
-                   stored = ack.stored, duplicate = ack.duplicate, quarantined = ack.quarantined,
+        for ((ack, bridge), p) in acks.iter().zip(&bridges).zip(&publishes) {
+            debug!(bridge_id = %bridge, batch_id = ?ack.batch_id, stored = ack.stored,
+                   duplicate = ack.duplicate, quarantined = ack.quarantined,
                    rejected = ack.rejected.len(), "batch committed");
             match serde_json::to_vec(ack) {
                 Ok(body) => {
                     if client
-                        .try_publish(cfg.topics.acks(&m.bridge_id), QoS::AtLeastOnce, false, body)
+                        .try_publish(cfg.topics.acks(bridge), QoS::AtLeastOnce, false, body)
                         .is_err()
                     {
-                        warn!(bridge_id = %m.bridge_id, "ack queue full; the bridge will resend");
+                        warn!(bridge_id = %bridge, "ack queue full; the bridge will resend");
                     }
                 }
                 Err(e) => error!(error = %e, "could not encode an ack"),

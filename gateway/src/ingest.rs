@@ -1,9 +1,13 @@
 //! Ingest: from an MQTT message to a decision for every record, as a pure function.
 //!
-//! [`plan`] reads the envelope, validates each record, and attributes it using a
-//! [`DeviceView`] (the device's bridge, its bindings and its people's storage consents, read
-//! inside the same transaction that will write). It performs no I/O; the store applies the
-//! plan and the consumer acks only after the commit.
+//! Two pure stages, no I/O:
+//! - [`check`] reads the envelope and validates each record. It needs no registry, so the
+//!   consumer runs it outside the store's write lock, while the previous group commits.
+//! - [`attribute`] decides, with a [`DeviceView`] (the device's bridge, its bindings and its
+//!   people's storage consents, read inside the same transaction that will write), whose each
+//!   record is and whether it may be stored.
+//!
+//! The store applies the plan; the consumer acks only after the commit.
 //!
 //! Attribution is by construction, never by guess: a record belongs to the person whose
 //! binding `[from, to)` covers its whole measured interval. A record no binding covers, or one
@@ -13,7 +17,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use phr_schema::validate::{parse_batch, parse_record, validate_record};
-use phr_schema::{Ack, Limits, Reason, Record, RecordKey, RecordType, Rejection};
+use phr_schema::{Ack, Limits, Reason, RecordKey, RecordType, Rejection};
 
 /// One binding of a device to a person, `[from_ms, to_ms)`; `to_ms = None` is open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,13 +83,33 @@ pub enum Decision {
     Quarantine(QuarantineReason),
 }
 
+/// A record that passed validation, reduced to what storing it needs.
+#[derive(Debug, Clone)]
+pub struct Valid {
+    pub index: usize,
+    pub key: RecordKey,
+    pub record_id: Uuid,
+    /// The record's JSON as received (validated, so it parses back to the same record).
+    pub json: String,
+}
+
+/// One message after the checks that need no registry: envelope, topic, every record.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub bridge_id: String,
+    pub device_id: String,
+    pub batch_id: Option<Uuid>,
+    /// How many records the batch held.
+    pub total: usize,
+    pub valid: Vec<Valid>,
+    /// Rejections so far (and `batch_error` when the whole batch is refused).
+    pub ack: Ack,
+}
+
 /// A valid record and what to do with it.
 #[derive(Debug, Clone)]
 pub struct Planned {
-    pub index: usize,
-    pub key: RecordKey,
-    pub record: Record,
-    pub json: String,
+    pub valid: Valid,
     pub decision: Decision,
 }
 
@@ -101,53 +125,46 @@ pub struct Plan {
     pub ack: Ack,
 }
 
-/// Decides what happens to every record of one message received on the records topic of
-/// `topic_bridge` / `topic_device`, given the registry's `view` of that device.
-pub fn plan(
+/// Stage 1, no registry needed (so it runs outside the store's write lock): reads the
+/// envelope of a message received on the records topic of `topic_bridge` / `topic_device`
+/// and validates every record.
+pub fn check(
     payload: &[u8],
     topic_bridge: &str,
     topic_device: &str,
-    view: &DeviceView,
     now: DateTime<Utc>,
     limits: &Limits,
-) -> Plan {
-    let mut plan = Plan {
+) -> Checked {
+    let mut checked = Checked {
         bridge_id: topic_bridge.to_owned(),
         device_id: topic_device.to_owned(),
         batch_id: None,
-        accepted: Vec::new(),
+        total: 0,
+        valid: Vec::new(),
         ack: Ack::default(),
     };
     let batch = match parse_batch(payload, limits) {
         Ok(b) => b,
         Err((id, reason)) => {
-            plan.batch_id = id;
-            plan.ack.batch_id = id;
-            plan.ack.batch_error = Some(reason);
-            return plan;
+            checked.batch_id = id;
+            checked.ack.batch_id = id;
+            checked.ack.batch_error = Some(reason);
+            return checked;
         }
     };
-    plan.batch_id = Some(batch.batch_id);
-    plan.ack.batch_id = Some(batch.batch_id);
+    checked.batch_id = Some(batch.batch_id);
+    checked.ack.batch_id = Some(batch.batch_id);
+    checked.total = batch.records.len();
     if batch.bridge_id != topic_bridge || batch.device_id != topic_device {
-        plan.ack.batch_error = Some(Reason::TopicMismatch);
-        reject_all(&mut plan.ack, batch.records.len(), Reason::TopicMismatch);
-        return plan;
+        reject_all(&mut checked.ack, checked.total, Reason::TopicMismatch);
+        return checked;
     }
-    if view.bridge_id.as_deref().is_some_and(|b| b != topic_bridge) {
-        plan.ack.batch_error = Some(Reason::DeviceNotOnBridge);
-        reject_all(
-            &mut plan.ack,
-            batch.records.len(),
-            Reason::DeviceNotOnBridge,
-        );
-        return plan;
-    }
+    checked.valid.reserve(batch.records.len());
     for (index, raw) in batch.records.iter().enumerate() {
         let record = match parse_record(raw) {
             Ok(r) => r,
             Err(detail) => {
-                plan.ack.rejected.push(Rejection {
+                checked.ack.rejected.push(Rejection {
                     index,
                     record_id: None,
                     reason: Reason::MalformedRecord,
@@ -156,41 +173,94 @@ pub fn plan(
                 continue;
             }
         };
-        let reject = |reason| Rejection {
-            index,
-            record_id: Some(record.record_id),
-            reason,
-            detail: None,
-        };
-        let key = match validate_record(&record, topic_bridge, topic_device, now, limits) {
-            Ok(k) => k,
-            Err(reason) => {
-                plan.ack.rejected.push(reject(reason));
-                continue;
-            }
-        };
-        let decision = match attribute(view, &key) {
-            Ok(person_id) if view.consents(&person_id, key.record_type) => {
+        match validate_record(&record, topic_bridge, topic_device, now, limits) {
+            Ok(key) => checked.valid.push(Valid {
+                index,
+                key,
+                record_id: record.record_id,
+                json: raw.get().to_owned(),
+            }),
+            Err(reason) => checked.ack.rejected.push(Rejection {
+                index,
+                record_id: Some(record.record_id),
+                reason,
+                detail: None,
+            }),
+        }
+    }
+    checked
+}
+
+/// Stage 2, given the registry's `view` of the device (read inside the write transaction):
+/// who each valid record belongs to, and whether that person consents to its storage.
+pub fn attribute(checked: Checked, view: &DeviceView) -> Plan {
+    let Checked {
+        bridge_id,
+        device_id,
+        batch_id,
+        total,
+        valid,
+        mut ack,
+    } = checked;
+    let mut plan = Plan {
+        bridge_id,
+        device_id,
+        batch_id,
+        accepted: Vec::new(),
+        ack: Ack::default(),
+    };
+    if ack.batch_error.is_none()
+        && view
+            .bridge_id
+            .as_deref()
+            .is_some_and(|b| b != plan.bridge_id)
+    {
+        reject_all(&mut ack, total, Reason::DeviceNotOnBridge);
+        plan.ack = ack;
+        return plan;
+    }
+    plan.accepted.reserve(valid.len());
+    for v in valid {
+        let decision = match owner(view, &v.key) {
+            Ok(person_id) if view.consents(&person_id, v.key.record_type) => {
                 Decision::Store { person_id }
             }
             Ok(_) => {
-                plan.ack.rejected.push(reject(Reason::NoStorageConsent));
+                ack.rejected.push(Rejection {
+                    index: v.index,
+                    record_id: Some(v.record_id),
+                    reason: Reason::NoStorageConsent,
+                    detail: None,
+                });
                 continue;
             }
             Err(q) => Decision::Quarantine(q),
         };
-        plan.accepted.push(Planned {
-            index,
-            key,
-            json: raw.get().to_owned(),
-            record,
-            decision,
-        });
+        plan.accepted.push(Planned { valid: v, decision });
     }
+    ack.rejected.sort_by_key(|r| r.index);
+    plan.ack = ack;
     plan
 }
 
+/// Both stages at once, for callers that hold the view already.
+pub fn plan(
+    payload: &[u8],
+    topic_bridge: &str,
+    topic_device: &str,
+    view: &DeviceView,
+    now: DateTime<Utc>,
+    limits: &Limits,
+) -> Plan {
+    attribute(
+        check(payload, topic_bridge, topic_device, now, limits),
+        view,
+    )
+}
+
+/// Refuses the whole batch: every record rejected for `reason`.
 fn reject_all(ack: &mut Ack, n: usize, reason: Reason) {
+    ack.batch_error = Some(reason);
     ack.rejected = (0..n)
         .map(|index| Rejection {
             index,
@@ -202,7 +272,7 @@ fn reject_all(ack: &mut Ack, n: usize, reason: Reason) {
 }
 
 /// The person whose binding covers the whole measured interval.
-fn attribute(view: &DeviceView, key: &RecordKey) -> Result<String, QuarantineReason> {
+fn owner(view: &DeviceView, key: &RecordKey) -> Result<String, QuarantineReason> {
     if let Some(b) = view
         .bindings
         .iter()
@@ -225,7 +295,7 @@ fn attribute(view: &DeviceView, key: &RecordKey) -> Result<String, QuarantineRea
 mod tests {
     use super::*;
     use phr_schema::record::{IntervalFrame, Provenance, StepCount};
-    use phr_schema::{Batch, Body};
+    use phr_schema::{Batch, Body, Record};
 
     const HOUR: i64 = 3_600_000;
 

@@ -10,15 +10,16 @@
 //! used to attribute records is read in the same transaction that writes them, and the acks
 //! are released only after COMMIT returns.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
-use phr_schema::{Ack, Limits, RecordType};
+use phr_schema::{Ack, RecordType};
 
-use crate::ingest::{self, Binding, Decision, DeviceView};
+use crate::ingest::{self, Binding, Checked, Decision, DeviceView};
 use crate::{Error, Result};
 
 /// The grantee of the gateway's own storage consent.
@@ -94,14 +95,6 @@ CREATE TABLE IF NOT EXISTS quarantine (
     PRIMARY KEY (device_id, record_type, start_ms, end_ms)
 ) WITHOUT ROWID;
 ";
-
-/// One MQTT message waiting to be ingested.
-#[derive(Debug, Clone)]
-pub struct Message {
-    pub bridge_id: String,
-    pub device_id: String,
-    pub payload: Vec<u8>,
-}
 
 /// A stored record: its JSON as received and when the gateway stored it.
 #[derive(Debug, Clone)]
@@ -272,44 +265,67 @@ impl Store {
 
     // ----- ingest -----
 
-    /// Plans and applies `messages` in one transaction; returns one ack per message, in order.
+    /// Attributes and applies checked messages in one transaction; returns one ack per
+    /// message, in order. The registry is read inside the same transaction, once per device.
     /// Nothing is acked unless the whole group committed.
-    pub fn ingest(
-        &self,
-        messages: &[Message],
-        now: DateTime<Utc>,
-        limits: &Limits,
-    ) -> Result<Vec<Ack>> {
+    pub fn ingest(&self, checked: Vec<Checked>, now: DateTime<Utc>) -> Result<Vec<Ack>> {
         let now_ms = now.timestamp_millis();
         self.write(|tx| {
-            let mut acks = Vec::with_capacity(messages.len());
-            for m in messages {
-                let view = device_view(tx, &m.device_id)?;
-                let mut plan = ingest::plan(&m.payload, &m.bridge_id, &m.device_id, &view, now, limits);
+            let mut views: HashMap<String, DeviceView> = HashMap::new();
+            let mut acks = Vec::with_capacity(checked.len());
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO records (device_id, record_type, start_ms, end_ms, record_id,
+                                      person_id, bridge_id, batch_id, stored_at_ms, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT DO NOTHING",
+            )?;
+            let mut quarantine = tx.prepare_cached(
+                "INSERT INTO quarantine (device_id, record_type, start_ms, end_ms, record_id,
+                                         bridge_id, batch_id, reason, received_at_ms, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT DO NOTHING",
+            )?;
+            for c in checked {
+                let view = match views.get(&c.device_id) {
+                    Some(v) => v,
+                    None => {
+                        let v = device_view(tx, &c.device_id)?;
+                        views.entry(c.device_id.clone()).or_insert(v)
+                    }
+                };
+                let mut plan = ingest::attribute(c, view);
                 let batch_id = plan.batch_id.map(|b| b.to_string()).unwrap_or_default();
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO records (device_id, record_type, start_ms, end_ms, record_id, person_id,
-                                          bridge_id, batch_id, stored_at_ms, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                     ON CONFLICT DO NOTHING",
-                )?;
-                let mut quarantine = tx.prepare_cached(
-                    "INSERT INTO quarantine (device_id, record_type, start_ms, end_ms, record_id, bridge_id,
-                                             batch_id, reason, received_at_ms, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                     ON CONFLICT DO NOTHING",
-                )?;
                 for p in &plan.accepted {
-                    let k = &p.key;
-                    let id = p.record.record_id.to_string();
+                    let (k, v) = (&p.valid.key, &p.valid);
+                    let (device, kind, id) = (
+                        &k.device_id,
+                        k.record_type.as_str(),
+                        v.record_id.to_string(),
+                    );
                     let changed = match &p.decision {
                         Decision::Store { person_id } => insert.execute(params![
-                            k.device_id, k.record_type.as_str(), k.start_ms, k.end_ms, id, person_id,
-                            m.bridge_id, batch_id, now_ms, p.json
+                            device,
+                            kind,
+                            k.start_ms,
+                            k.end_ms,
+                            id,
+                            person_id,
+                            plan.bridge_id,
+                            batch_id,
+                            now_ms,
+                            v.json
                         ])?,
                         Decision::Quarantine(reason) => quarantine.execute(params![
-                            k.device_id, k.record_type.as_str(), k.start_ms, k.end_ms, id, m.bridge_id,
-                            batch_id, reason.code(), now_ms, p.json
+                            device,
+                            kind,
+                            k.start_ms,
+                            k.end_ms,
+                            id,
+                            plan.bridge_id,
+                            batch_id,
+                            reason.code(),
+                            now_ms,
+                            v.json
                         ])?,
                     };
                     match (&p.decision, changed) {

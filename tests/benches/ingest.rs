@@ -39,8 +39,7 @@ use uuid::Uuid;
 use phr_bridge::mqtt::MqttUrl;
 use phr_bridge::publish::Status;
 use phr_bridge::simulate::SimulateConfig;
-use phr_gateway::ingest::{Binding, DeviceView};
-use phr_gateway::store::Message;
+use phr_gateway::ingest::{self, Binding, DeviceView};
 use phr_gateway::{Config, Store};
 use phr_schema::record::{IntervalFrame, Provenance, StepCount};
 use phr_schema::{Ack, Batch, Body, Limits, Record, RecordType, Topics};
@@ -187,17 +186,6 @@ impl Workload {
         self.batches
             .iter()
             .map(|b| (topics.records(BRIDGE_ID, &b.device_id), b.payload.clone()))
-            .collect()
-    }
-
-    fn store_messages(&self) -> Vec<Message> {
-        self.batches
-            .iter()
-            .map(|b| Message {
-                bridge_id: BRIDGE_ID.to_owned(),
-                device_id: b.device_id.clone(),
-                payload: b.payload.clone(),
-            })
             .collect()
     }
 
@@ -422,12 +410,17 @@ fn store_ingest(w: &Workload, group: usize) -> anyhow::Result<Measured> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(&dir.path().join("phr.sqlite"))?;
     w.register(&store)?;
-    let messages = w.store_messages();
     let limits = Limits::default();
     let mut stored = 0u64;
     let started = Instant::now();
-    for chunk in messages.chunks(group) {
-        let acks = store.ingest(chunk, Utc::now(), &limits)?;
+    for chunk in w.batches.chunks(group) {
+        // The consumer's two stages, here one after the other: check, then attribute + insert.
+        let now = Utc::now();
+        let checked = chunk
+            .iter()
+            .map(|b| ingest::check(&b.payload, BRIDGE_ID, &b.device_id, now, &limits))
+            .collect();
+        let acks = store.ingest(checked, now)?;
         stored += acks.iter().map(|a| u64::from(a.stored)).sum::<u64>();
     }
     let secs = started.elapsed().as_secs_f64();
@@ -537,8 +530,7 @@ fn plan_only(w: &Workload) -> anyhow::Result<Measured> {
     let mut accepted = 0u64;
     let started = Instant::now();
     for b in &w.batches {
-        let plan =
-            phr_gateway::ingest::plan(&b.payload, BRIDGE_ID, &b.device_id, &view, now, &limits);
+        let plan = ingest::plan(&b.payload, BRIDGE_ID, &b.device_id, &view, now, &limits);
         accepted += std::hint::black_box(plan).accepted.len() as u64;
     }
     let secs = started.elapsed().as_secs_f64();
