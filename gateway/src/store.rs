@@ -27,7 +27,26 @@ pub const STORAGE_GRANTEE: &str = "phr-gateway";
 /// The purpose of a storage consent.
 pub const STORAGE_PURPOSE: &str = "storage";
 
-const SCHEMA: &str = "
+/// The series: one row per record, keyed by its natural, time-ordered key. Public so the
+/// ingest benchmark measures the very table the gateway writes.
+pub const SERIES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records (
+    device_id TEXT NOT NULL,
+    record_type TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    end_ms INTEGER NOT NULL,
+    record_id TEXT NOT NULL,
+    person_id TEXT NOT NULL,
+    bridge_id TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    stored_at_ms INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (device_id, record_type, start_ms, end_ms)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS records_by_person ON records(person_id, record_type, start_ms);
+";
+
+const REGISTRY_AND_QUARANTINE: &str = "
 CREATE TABLE IF NOT EXISTS people (
     person_id TEXT PRIMARY KEY,
     display_name TEXT NOT NULL,
@@ -67,20 +86,6 @@ CREATE TABLE IF NOT EXISTS consents (
     recorded_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS consents_by_person ON consents(person_id, grantee, purpose, consent_id);
-CREATE TABLE IF NOT EXISTS records (
-    device_id TEXT NOT NULL,
-    record_type TEXT NOT NULL,
-    start_ms INTEGER NOT NULL,
-    end_ms INTEGER NOT NULL,
-    record_id TEXT NOT NULL,
-    person_id TEXT NOT NULL,
-    bridge_id TEXT NOT NULL,
-    batch_id TEXT NOT NULL,
-    stored_at_ms INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    PRIMARY KEY (device_id, record_type, start_ms, end_ms)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS records_by_person ON records(person_id, record_type, start_ms);
 CREATE TABLE IF NOT EXISTS quarantine (
     device_id TEXT NOT NULL,
     record_type TEXT NOT NULL,
@@ -141,7 +146,8 @@ impl Store {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let conn = open_connection(path)?;
-        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(SERIES_SCHEMA)?;
+        conn.execute_batch(REGISTRY_AND_QUARANTINE)?;
         Ok(Self {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),

@@ -440,24 +440,6 @@ fn store_ingest(w: &Workload, group: usize) -> anyhow::Result<Measured> {
     })
 }
 
-/// The series table and index of `phr_gateway::store` (gateway/src/store.rs), nothing else.
-const RECORDS_TABLE: &str = "
-CREATE TABLE IF NOT EXISTS records (
-    device_id TEXT NOT NULL,
-    record_type TEXT NOT NULL,
-    start_ms INTEGER NOT NULL,
-    end_ms INTEGER NOT NULL,
-    record_id TEXT NOT NULL,
-    person_id TEXT NOT NULL,
-    bridge_id TEXT NOT NULL,
-    batch_id TEXT NOT NULL,
-    stored_at_ms INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    PRIMARY KEY (device_id, record_type, start_ms, end_ms)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS records_by_person ON records(person_id, record_type, start_ms);
-";
-
 /// The floor: the same rows (already parsed) into the same table with the same pragmas and
 /// statement, `group` batches per `BEGIN IMMEDIATE` transaction.
 fn bare_insert(w: &Workload, group: usize) -> anyhow::Result<Measured> {
@@ -469,7 +451,7 @@ fn bare_insert(w: &Workload, group: usize) -> anyhow::Result<Measured> {
          PRAGMA foreign_keys=ON;
          PRAGMA busy_timeout=10000;",
     )?;
-    conn.execute_batch(RECORDS_TABLE)?;
+    conn.execute_batch(phr_gateway::store::SERIES_SCHEMA)?;
     let mut stored = 0u64;
     let started = Instant::now();
     for chunk in w.batches.chunks(group) {

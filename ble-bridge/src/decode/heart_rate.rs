@@ -21,7 +21,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{u16_le, uuid16, DecodeError, Reading};
+use super::{at_most, truncated, u16_le, uuid16, DecodeError, Reading};
 
 /// Decoder name and version recorded in provenance.
 pub const NAME: &str = "heart-rate-measurement/1";
@@ -40,16 +40,8 @@ const RR_PRESENT: u8 = 1 << 4;
 
 /// Decodes one Heart Rate Measurement notification into one [`Reading::HeartRate`].
 pub fn decode(bytes: &[u8], received_at: DateTime<Utc>) -> Result<Vec<Reading>, DecodeError> {
-    if bytes.len() > MAX_LEN {
-        return Err(DecodeError::Oversized {
-            max: MAX_LEN,
-            got: bytes.len(),
-        });
-    }
-    let truncated = |needed: usize| DecodeError::Truncated {
-        needed,
-        got: bytes.len(),
-    };
+    at_most(bytes, MAX_LEN)?;
+    let truncated = |needed: usize| truncated(bytes, needed);
     let flags = *bytes.first().ok_or(truncated(1))?;
     let (bpm, mut at) = if flags & FORMAT_U16 != 0 {
         (u16_le(bytes, 1).ok_or(truncated(3))?, 3)

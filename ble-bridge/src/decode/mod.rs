@@ -127,6 +127,26 @@ pub const fn uuid16(short: u16) -> Uuid {
     Uuid::from_u128(((short as u128) << 96) | 0x0000_0000_0000_1000_8000_0080_5f9b_34fb)
 }
 
+/// Refuses a payload longer than `max` bytes.
+fn at_most(bytes: &[u8], max: usize) -> Result<(), DecodeError> {
+    if bytes.len() > max {
+        Err(DecodeError::Oversized {
+            max,
+            got: bytes.len(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// `Truncated` for a payload that needed `needed` bytes.
+fn truncated(bytes: &[u8], needed: usize) -> DecodeError {
+    DecodeError::Truncated {
+        needed,
+        got: bytes.len(),
+    }
+}
+
 /// Little-endian u16 at `at`; callers check the length first.
 fn u16_le(bytes: &[u8], at: usize) -> Option<u16> {
     let b = bytes.get(at..at + 2)?;

@@ -41,7 +41,7 @@ use chrono::{DateTime, Duration, Utc};
 use phr_schema::SleepStageKind;
 use uuid::Uuid;
 
-use super::{u16_le, u32_le, DecodeError, Reading, SleepReading};
+use super::{at_most, truncated, u16_le, u32_le, DecodeError, Reading, SleepReading};
 
 /// Decoder name and version of the activity characteristic, recorded in provenance.
 pub const ACTIVITY_NAME: &str = "phr-reference-band-activity/1";
@@ -112,16 +112,8 @@ pub fn decode_sleep(
     bytes: &[u8],
     _received_at: DateTime<Utc>,
 ) -> Result<Vec<Reading>, DecodeError> {
-    if bytes.len() > MAX_LEN {
-        return Err(DecodeError::Oversized {
-            max: MAX_LEN,
-            got: bytes.len(),
-        });
-    }
-    let truncated = |needed: usize| DecodeError::Truncated {
-        needed,
-        got: bytes.len(),
-    };
+    at_most(bytes, MAX_LEN)?;
+    let truncated = |needed: usize| truncated(bytes, needed);
     let (Some(start), Some(end), Some(&flags), Some(&n)) = (
         u32_le(bytes, 0),
         u32_le(bytes, 4),
