@@ -109,6 +109,10 @@ impl Keys {
         })
     }
 
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
     pub fn kid(&self) -> &str {
         &self.kid
     }
@@ -136,6 +140,37 @@ impl Keys {
         };
         jsonwebtoken::encode(&header, &claims, &self.encoding)
             .map_err(|e| Error::Key(e.to_string()))
+    }
+
+    /// Signs any claims as a JWS of type `typ` with the gateway's key (consent receipts).
+    pub fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> Result<String> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some(typ.to_owned());
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| Error::Key(e.to_string()))
+    }
+
+    /// Verifies a JWS of type `typ` signed by this gateway and returns its claims, without
+    /// the access-token claim rules.
+    pub fn verify_signed<T: serde::de::DeserializeOwned>(
+        &self,
+        typ: &str,
+        token: &str,
+    ) -> Result<T, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        if header.alg != Algorithm::EdDSA
+            || header.typ.as_deref() != Some(typ)
+            || header.kid.as_deref() != Some(self.kid.as_str())
+        {
+            return Err(TokenError::Invalid);
+        }
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.required_spec_claims.clear();
+        v.validate_exp = false;
+        v.validate_aud = false;
+        jsonwebtoken::decode::<T>(token, &self.decoding, &v)
+            .map(|d| d.claims)
+            .map_err(|_| TokenError::Invalid)
     }
 
     /// Verifies a compact JWS and returns its claims.
@@ -183,17 +218,24 @@ impl Principal {
         }
     }
 
+    /// Whether a SMART v2 scope `{context}/{resource}.{perms}` grants `perm` (one of
+    /// `c r u d s`) on `resource`; `*` as resource grants every resource.
+    pub fn has_scope(&self, context: &str, resource: &str, perm: char) -> bool {
+        self.scopes.iter().any(|s| {
+            let Some((ctx, rest)) = s.split_once('/') else {
+                return false;
+            };
+            let Some((res, perms)) = rest.split_once('.') else {
+                return false;
+            };
+            ctx == context && (res == resource || res == "*") && perms.contains(perm)
+        })
+    }
+
     /// Whether the caller may read their own observations: SMART v2 `patient/Observation.rs`
     /// (or `.r`, or the `patient/*` wildcard).
     pub fn may_read_own_observations(&self) -> bool {
-        self.scopes.iter().any(|s| {
-            let Some((resource, perms)) =
-                s.strip_prefix("patient/").and_then(|r| r.split_once('.'))
-            else {
-                return false;
-            };
-            matches!(resource, "Observation" | "*") && perms.contains('r')
-        })
+        self.has_scope("patient", "Observation", 'r')
     }
 }
 

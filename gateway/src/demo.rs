@@ -19,7 +19,9 @@ use crate::{Config, Error, Result};
 
 pub const DEMO_PERSON: &str = "demo-person";
 pub const DEMO_BRIDGE: &str = "demo-bridge";
-pub const OWNER_SCOPE: &str = "patient/Observation.rs";
+/// Everything an owner may do with their own data (SMART v2: create, read, update, delete,
+/// search, on every resource).
+pub const OWNER_SCOPE: &str = "patient/*.cruds";
 
 /// An address flag: the default may move to a free port; an explicit one may not.
 #[derive(Debug, Clone, Copy)]

@@ -17,7 +17,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use phr_schema::validate::{parse_batch, parse_record, validate_record};
-use phr_schema::{Ack, Limits, Reason, RecordKey, RecordType, Rejection};
+use phr_schema::{Ack, Limits, Reason, RecordKey, Rejection};
+
+use crate::store::Terms;
 
 /// One binding of a device to a person, `[from_ms, to_ms)`; `to_ms = None` is open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,15 +51,16 @@ pub struct DeviceView {
     /// The bridge the device is registered through; `None` for an unknown device.
     pub bridge_id: Option<String>,
     pub bindings: Vec<Binding>,
-    /// People (among those bound) whose storage consent covers each record type.
-    pub storage_consent: Vec<(String, Vec<RecordType>)>,
+    /// Storage consents in force of the people bound to the device.
+    pub storage_consent: Vec<(String, Terms)>,
 }
 
 impl DeviceView {
-    fn consents(&self, person: &str, t: RecordType) -> bool {
-        self.storage_consent
-            .iter()
-            .any(|(p, types)| p == person && types.contains(&t))
+    /// Whether `person` consents to storing this record (its type and measured time).
+    fn consents(&self, person: &str, key: &RecordKey) -> bool {
+        self.storage_consent.iter().any(|(p, terms)| {
+            p == person && terms.covers(key.record_type, key.start_ms, key.end_ms)
+        })
     }
 }
 
@@ -222,9 +225,7 @@ pub fn attribute(checked: Checked, view: &DeviceView) -> Plan {
     plan.accepted.reserve(valid.len());
     for v in valid {
         let decision = match owner(view, &v.key) {
-            Ok(person_id) if view.consents(&person_id, v.key.record_type) => {
-                Decision::Store { person_id }
-            }
+            Ok(person_id) if view.consents(&person_id, &v.key) => Decision::Store { person_id },
             Ok(_) => {
                 ack.rejected.push(Rejection {
                     index: v.index,
@@ -295,7 +296,7 @@ fn owner(view: &DeviceView, key: &RecordKey) -> Result<String, QuarantineReason>
 mod tests {
     use super::*;
     use phr_schema::record::{IntervalFrame, Provenance, StepCount};
-    use phr_schema::{Batch, Body, Record};
+    use phr_schema::{Batch, Body, Record, RecordType};
 
     const HOUR: i64 = 3_600_000;
 
@@ -318,7 +319,7 @@ mod tests {
     fn view(bindings: Vec<Binding>) -> DeviceView {
         let people = bindings
             .iter()
-            .map(|b| (b.person_id.clone(), RecordType::ALL.to_vec()))
+            .map(|b| (b.person_id.clone(), Terms::storage(&RecordType::ALL)))
             .collect();
         DeviceView {
             bridge_id: Some("br".into()),

@@ -8,12 +8,14 @@
 //! - [`broker`]: the embedded rumqttd broker.
 //! - [`consumer`]: the MQTT subscriber: group commit, then ack.
 //! - [`ingest`]: pure planning: validate, attribute, consent-check each record.
-//! - [`store`]: the SQLite store: registry and series in one file.
+//! - [`store`]: the SQLite store: registry, consents, disclosure log and series in one file.
 //! - [`auth`]: signing key, token issue and verification, the caller's principal.
+//! - [`access`]: the data access layer: scope AND consent AND object, plus the disclosure log.
 //! - [`api`]: HTTP routes.
 //! - [`metrics`]: Prometheus counters.
 //! - [`demo`]: `phr-gateway demo`, the whole pipeline on embedded defaults.
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod broker;
@@ -61,6 +63,8 @@ pub enum Error {
     Broker(String),
     #[error("conflict: {0}")]
     Conflict(&'static str),
+    #[error("invalid: {0}")]
+    Invalid(&'static str),
     #[error("bridge: {0}")]
     Bridge(#[from] phr_bridge::Error),
     #[error("a gateway task stopped unexpectedly")]

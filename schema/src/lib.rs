@@ -9,8 +9,12 @@
 //! - [`validate`]: total validation of records and batches, each rejection a named [`Reason`].
 //! - [`envelope`]: the MQTT contract: topics, the batch envelope, the gateway's ack.
 //! - [`omh`]: Open mHealth (IEEE 1752.1 family) data points, header 1.2.
+//! - [`fhir`]: HL7 FHIR R4 `Observation`s (LOINC), daily step totals, `Bundle`, NDJSON, and back.
+//! - [`csv`]: RFC 4180 CSV, one row per record.
 
+pub mod csv;
 pub mod envelope;
+pub mod fhir;
 pub mod id;
 pub mod omh;
 pub mod record;

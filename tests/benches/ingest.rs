@@ -505,7 +505,10 @@ fn plan_only(w: &Workload) -> anyhow::Result<Measured> {
             from_ms: (w.first - TimeDelta::hours(1)).timestamp_millis(),
             to_ms: None,
         }],
-        storage_consent: vec![(PERSON_ID.to_owned(), vec![RecordType::StepCount])],
+        storage_consent: vec![(
+            PERSON_ID.to_owned(),
+            phr_gateway::store::Terms::storage(&[RecordType::StepCount]),
+        )],
     };
     let limits = Limits::default();
     let now = Utc::now();

@@ -13,6 +13,8 @@ pub enum ApiError {
     Forbidden,
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
+    #[error("the request lies outside the consented measured-time window")]
+    OutsideWindow,
     #[error("not found")]
     NotFound,
     #[error("internal error")]
@@ -32,6 +34,7 @@ impl ApiError {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::BadRequest { code, .. } => code,
+            Self::OutsideWindow => "outside_consented_window",
             Self::NotFound => "not_found",
             Self::Internal => "internal",
         }
@@ -49,7 +52,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::OutsideWindow => StatusCode::FORBIDDEN,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -62,5 +65,17 @@ impl ResponseError for ApiError {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
         }
         res.json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
+    }
+}
+
+impl From<crate::access::AccessError> for ApiError {
+    fn from(e: crate::access::AccessError) -> Self {
+        use crate::access::AccessError;
+        match e {
+            AccessError::Forbidden => Self::Forbidden,
+            AccessError::OutsideWindow => Self::OutsideWindow,
+            AccessError::NotFound => Self::NotFound,
+            AccessError::Store(e) => e.into(),
+        }
     }
 }

@@ -1,191 +1,266 @@
-//! The owner's own data: `GET /api/v1/me/records`.
-//!
-//! Query: `type` (required), `from` / `to` (RFC 3339; bound the measured start), `limit`
-//! (1..=5000, default 500), `cursor` (from the previous page), `format` (`record` | `omh`).
+//! The owner's own resources, under `/api/v1/me/`: records, consents (with signed receipts),
+//! the disclosure log, and erasure. The token's subject is the person; SMART v2 `patient/`
+//! scopes decide which of these the token may use.
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
-use phr_schema::{Record, RecordType};
+use phr_schema::envelope::is_valid_id;
+use phr_schema::RecordType;
 
 use super::error::ApiError;
+use super::records::{self, RecordsQuery};
 use super::AppState;
 use crate::auth::Principal;
-use crate::store::PageKey;
+use crate::store::audit::Logged;
+use crate::store::{Consent, GranteeKind, Terms, STORAGE_GRANTEE, STORAGE_PURPOSE};
 
 pub const RECORDS: &str = "/api/v1/me/records";
+pub const CONSENTS: &str = "/api/v1/me/consents";
+pub const CONSENT: &str = "/api/v1/me/consents/{consent_id}";
+pub const DISCLOSURES: &str = "/api/v1/me/disclosures";
+pub const DATA: &str = "/api/v1/me/data";
 
-/// Records per page unless `limit` says otherwise, and the most a page may hold.
-pub const DEFAULT_LIMIT: usize = 500;
-pub const MAX_LIMIT: usize = 5000;
+/// The JOSE `typ` of consent receipts.
+pub const RECEIPT_TYP: &str = "phr-consent-receipt+jwt";
+/// What `DELETE /api/v1/me/data` needs in `confirm`, so no stray call erases anyone.
+pub const ERASE_CONFIRMATION: &str = "erase-all-my-data";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(RECORDS, web::get().to(records));
+    cfg.route(RECORDS, web::get().to(own_records))
+        .route(CONSENTS, web::get().to(list_consents))
+        .route(CONSENTS, web::post().to(grant_consent))
+        .route(CONSENT, web::delete().to(withdraw_consent))
+        .route(DISCLOSURES, web::get().to(disclosures))
+        .route(DATA, web::delete().to(erase));
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RecordsQuery {
-    #[serde(rename = "type")]
-    record_type: String,
-    from: Option<String>,
-    to: Option<String>,
-    cursor: Option<String>,
-    limit: Option<usize>,
-    #[serde(default)]
-    format: Format,
+fn require(p: &Principal, resource: &str, perms: &[char]) -> Result<(), ApiError> {
+    if perms
+        .iter()
+        .any(|&perm| p.has_scope("patient", resource, perm))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
 }
 
-/// How records are written: as the gateway's records (default), or as Open mHealth data
-/// points (`omh`; a sleep episode gives its episode point plus one point per stage).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Format {
-    #[default]
-    Record,
-    Omh,
-}
-
-fn parse_time(name: &'static str, v: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    v.map(|s| {
-        DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_time",
-                    format!("`{name}` must be an RFC 3339 date-time with an offset"),
-                )
-            })
-    })
-    .transpose()
-}
-
-/// The owner's records of one type whose measured start lies in `[from, to)` (default: all),
-/// in measured order, `limit` at a time; `next_cursor` continues, `null` means done.
-async fn records(
+async fn own_records(
     principal: Principal,
     state: web::Data<AppState>,
     query: Result<web::Query<RecordsQuery>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
-    if !principal.may_read_own_observations() {
-        return Err(ApiError::Forbidden);
+    require(&principal, "Observation", &['r', 's'])?;
+    let person = principal.subject.clone();
+    records::respond(principal, state, person, query).await
+}
+
+async fn list_consents(
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require(&principal, "Consent", &['r', 's'])?;
+    let store = state.store.clone();
+    let consents = web::block(move || store.consents(&principal.subject, Utc::now()))
+        .await
+        .map_err(|_| ApiError::Internal)??;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "consents": consents })))
+}
+
+/// A new consent, as the owner states it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewConsent {
+    grantee: String,
+    grantee_kind: GranteeKind,
+    purpose: String,
+    data_types: Vec<String>,
+    window_from: Option<DateTime<Utc>>,
+    window_to: Option<DateTime<Utc>>,
+    valid_until: Option<DateTime<Utc>>,
+}
+
+impl NewConsent {
+    fn into_terms(self, now: DateTime<Utc>) -> Result<Terms, ApiError> {
+        let bad = |code, msg: &str| Err(ApiError::bad_request(code, msg.to_owned()));
+        if !is_valid_id(&self.grantee) {
+            return bad(
+                "invalid_grantee",
+                "`grantee` must be 1-64 characters of A-Z a-z 0-9 . _ : -",
+            );
+        }
+        let storage = self.grantee_kind == GranteeKind::Gateway;
+        if storage != (self.grantee == STORAGE_GRANTEE)
+            || (storage && self.purpose != STORAGE_PURPOSE)
+        {
+            return bad(
+                "invalid_grantee",
+                "the gateway itself is grantee `phr-gateway` with purpose `storage`, and only it",
+            );
+        }
+        if self.purpose.trim().is_empty() || self.purpose.len() > 200 {
+            return bad("invalid_purpose", "`purpose` must be 1-200 characters");
+        }
+        let mut data_types = Vec::new();
+        for t in &self.data_types {
+            let t: RecordType = t.parse().map_err(|_| {
+                ApiError::bad_request("invalid_type", format!("unknown data type {t:?}"))
+            })?;
+            if !data_types.contains(&t) {
+                data_types.push(t);
+            }
+        }
+        if data_types.is_empty() {
+            return bad(
+                "invalid_type",
+                "`data_types` must name at least one of step-count, sleep-episode, heart-rate",
+            );
+        }
+        if let (Some(f), Some(t)) = (self.window_from, self.window_to) {
+            if t <= f {
+                return bad("invalid_range", "`window_to` must be after `window_from`");
+            }
+        }
+        if self.valid_until.is_some_and(|u| u <= now) {
+            return bad("invalid_valid_until", "`valid_until` must be in the future");
+        }
+        Ok(Terms {
+            grantee: self.grantee,
+            grantee_kind: self.grantee_kind,
+            purpose: self.purpose,
+            data_types,
+            window_from: self.window_from,
+            window_to: self.window_to,
+            valid_until: self.valid_until,
+        })
     }
+}
+
+/// The claims of a consent receipt: the consent as recorded, signed by the gateway.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Receipt {
+    pub iss: String,
+    pub sub: String,
+    pub iat: i64,
+    pub jti: Uuid,
+    pub consent: Consent,
+}
+
+async fn grant_consent(
+    principal: Principal,
+    state: web::Data<AppState>,
+    body: Result<web::Json<NewConsent>, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    require(&principal, "Consent", &['c'])?;
+    let body = body
+        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?
+        .into_inner();
+    let now = Utc::now();
+    let terms = body.into_terms(now)?;
+    let store = state.store.clone();
+    let person = principal.subject.clone();
+    let consent = web::block(move || {
+        store.ensure_person(&person)?;
+        store.grant_consent(&person, terms, &person, now)
+    })
+    .await
+    .map_err(|_| ApiError::Internal)??;
+    let receipt = Receipt {
+        iss: state.keys.issuer().to_owned(),
+        sub: consent.person_id.clone(),
+        iat: now.timestamp(),
+        jti: consent.consent_id,
+        consent: consent.clone(),
+    };
+    let receipt = state.keys.sign(RECEIPT_TYP, &receipt)?;
+    Ok(HttpResponse::Created().json(serde_json::json!({ "consent": consent, "receipt": receipt })))
+}
+
+async fn withdraw_consent(
+    principal: Principal,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require(&principal, "Consent", &['u', 'd'])?;
+    let id = Uuid::parse_str(&path.into_inner()).map_err(|_| ApiError::NotFound)?;
+    let store = state.store.clone();
+    let consent = web::block(move || {
+        store.withdraw_consent(&principal.subject, id, &principal.subject, Utc::now())
+    })
+    .await
+    .map_err(|_| ApiError::Internal)??
+    .ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "consent": consent })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisclosuresQuery {
+    after: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// Who read my data, who was refused, and when it was erased: oldest first, `after` a `seq`.
+async fn disclosures(
+    principal: Principal,
+    state: web::Data<AppState>,
+    query: Result<web::Query<DisclosuresQuery>, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    require(&principal, "AuditEvent", &['r', 's'])?;
     let q = query
         .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
         .into_inner();
-    let record_type: RecordType =
-        q.record_type
-            .parse()
-            .map_err(|e: phr_schema::record::UnknownRecordType| {
-                ApiError::bad_request("invalid_type", e.to_string())
-            })?;
-    let from = parse_time("from", q.from.as_deref())?.map_or(i64::MIN, |t| t.timestamp_millis());
-    let to = parse_time("to", q.to.as_deref())?.map_or(i64::MAX, |t| t.timestamp_millis());
-    if to <= from {
-        return Err(ApiError::bad_request(
-            "invalid_range",
-            "`to` must be after `from`",
-        ));
-    }
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
+    let limit = q.limit.unwrap_or(records::DEFAULT_LIMIT);
+    if !(1..=records::MAX_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(
             "invalid_limit",
-            format!("`limit` must be between 1 and {MAX_LIMIT}"),
+            format!("`limit` must be between 1 and {}", records::MAX_LIMIT),
         ));
     }
-    let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
     let store = state.store.clone();
-    let person = principal.subject.clone();
-    let page =
-        web::block(move || store.records(&person, record_type, from, to, after.as_ref(), limit))
+    let rows: Vec<Logged> =
+        web::block(move || store.disclosures(&principal.subject, q.after.unwrap_or(0), limit))
             .await
             .map_err(|_| ApiError::Internal)??;
-    let next_cursor = page.next.as_ref().map(encode_cursor);
-    match q.format {
-        Format::Record => {
-            let records = page
-                .records
-                .into_iter()
-                .map(|r| RawValue::from_string(r.json))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| ApiError::Internal)?;
-            Ok(HttpResponse::Ok().json(RecordsPage {
-                records,
-                next_cursor,
-            }))
-        }
-        Format::Omh => {
-            let mut data_points = Vec::with_capacity(page.records.len());
-            for stored in page.records {
-                let record: Record =
-                    serde_json::from_str(&stored.json).map_err(|_| ApiError::Internal)?;
-                let created = DateTime::from_timestamp_millis(stored.stored_at_ms)
-                    .ok_or(ApiError::Internal)?;
-                data_points.extend(phr_schema::omh::data_points(
-                    &record,
-                    created.fixed_offset(),
-                    None,
-                ));
-            }
-            Ok(HttpResponse::Ok()
-                .json(serde_json::json!({"data_points": data_points, "next_cursor": next_cursor})))
-        }
+    let next_after = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.seq))
+        .flatten();
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({ "disclosures": rows, "next_after": next_after })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EraseQuery {
+    confirm: Option<String>,
+}
+
+/// Erases all of the owner's data (records, quarantined records of their devices), closes
+/// their bindings and withdraws their consents. Needs `?confirm=erase-all-my-data`.
+async fn erase(
+    principal: Principal,
+    state: web::Data<AppState>,
+    query: Result<web::Query<EraseQuery>, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    require(&principal, "Observation", &['d'])?;
+    let q = query
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
+        .into_inner();
+    if q.confirm.as_deref() != Some(ERASE_CONFIRMATION) {
+        return Err(ApiError::bad_request(
+            "confirmation_required",
+            format!(
+                "erasure cannot be undone; repeat the request with ?confirm={ERASE_CONFIRMATION}"
+            ),
+        ));
     }
-}
-
-/// A page of records, written straight from the stored JSON.
-#[derive(Debug, serde::Serialize)]
-struct RecordsPage {
-    records: Vec<Box<RawValue>>,
-    next_cursor: Option<String>,
-}
-
-/// Cursors are opaque to clients: hex of `start_ms:end_ms:device_id`.
-fn encode_cursor(k: &PageKey) -> String {
-    format!("{}:{}:{}", k.start_ms, k.end_ms, k.device_id)
-        .bytes()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn decode_cursor(s: &str) -> Result<PageKey, ApiError> {
-    let bad = || ApiError::bad_request("invalid_cursor", "`cursor` is not one this API returned");
-    if !s.len().is_multiple_of(2) || s.len() > 512 {
-        return Err(bad());
-    }
-    let bytes = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
-        .collect::<Result<Vec<u8>, _>>()?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let mut parts = text.splitn(3, ':');
-    let start_ms = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    let end_ms = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    let device_id = parts.next().ok_or_else(bad)?.to_owned();
-    Ok(PageKey {
-        start_ms,
-        device_id,
-        end_ms,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursor_round_trips_and_rejects_garbage() {
-        let k = PageKey {
-            start_ms: -5,
-            device_id: "AA:BB:cc".into(),
-            end_ms: 1_700_000_000_000,
-        };
-        assert_eq!(decode_cursor(&encode_cursor(&k)).unwrap(), k);
-        for bad in ["", "0", "zz", "3a3a", &"ab".repeat(300)] {
-            assert!(decode_cursor(bad).is_err(), "{bad}");
-        }
-    }
+    let store = state.store.clone();
+    let erased =
+        web::block(move || store.erase_person(&principal.subject, &principal.subject, Utc::now()))
+            .await
+            .map_err(|_| ApiError::Internal)??;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "erased": erased })))
 }

@@ -3,11 +3,16 @@
 //!
 //! # Layout
 //! - [`error`]: the one mapping from errors to status and JSON body.
-//! - [`me`]: the owner's own data (`/api/v1/me/...`).
+//! - [`me`]: the owner's own resources (`/api/v1/me/...`): records, consents, disclosures,
+//!   erasure.
+//! - [`subjects`]: other parties' reads of a person's data (`/api/v1/subjects/...`).
+//! - [`records`]: query parsing and output formats shared by both.
 //! - this file: app state, the bearer-token extractor, `/healthz`, `/metrics`, the dashboard.
 
 pub mod error;
 pub mod me;
+pub mod records;
+pub mod subjects;
 
 use std::future::{ready, Ready};
 use std::sync::Arc;
@@ -38,6 +43,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/", web::get().to(dashboard))
         .route(DASHBOARD, web::get().to(dashboard));
     me::configure(cfg);
+    subjects::configure(cfg);
 }
 
 /// The largest request body any route accepts.

@@ -1,5 +1,6 @@
 //! The embedded store: one SQLite file (WAL, `synchronous=FULL`) holding the registry
-//! (people, bridges, devices, bindings, consents) and the series (records, quarantine).
+//! (people, bridges, devices, bindings), consents ([`consent`]), the disclosure log
+//! ([`audit`]) and the series (records, quarantine).
 //!
 //! The series is keyed by the natural, time-ordered key `(device_id, record_type, start_ms,
 //! end_ms)` in a `WITHOUT ROWID` table: inserts land near each other and deduplication is the
@@ -20,12 +21,12 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use phr_schema::{Ack, RecordType};
 
 use crate::ingest::{self, Binding, Checked, Decision, DeviceView};
-use crate::{Error, Result};
 
-/// The grantee of the gateway's own storage consent.
-pub const STORAGE_GRANTEE: &str = "phr-gateway";
-/// The purpose of a storage consent.
-pub const STORAGE_PURPOSE: &str = "storage";
+pub mod audit;
+pub mod consent;
+
+use crate::{Error, Result};
+pub use consent::{Consent, ConsentStatus, GranteeKind, Terms, STORAGE_GRANTEE, STORAGE_PURPOSE};
 
 /// The series: one row per record, keyed by its natural, time-ordered key. Public so the
 /// ingest benchmark measures the very table the gateway writes.
@@ -75,17 +76,6 @@ CREATE TABLE IF NOT EXISTS bindings (
     CHECK (valid_to IS NULL OR valid_to > valid_from)
 );
 CREATE INDEX IF NOT EXISTS bindings_by_device ON bindings(device_id, valid_from);
--- Append-only: the latest row per (person, grantee, purpose) is in force.
-CREATE TABLE IF NOT EXISTS consents (
-    consent_id INTEGER PRIMARY KEY,
-    person_id TEXT NOT NULL REFERENCES people(person_id),
-    grantee TEXT NOT NULL,
-    purpose TEXT NOT NULL,
-    data_types TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('granted', 'withdrawn')),
-    recorded_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS consents_by_person ON consents(person_id, grantee, purpose, consent_id);
 CREATE TABLE IF NOT EXISTS quarantine (
     device_id TEXT NOT NULL,
     record_type TEXT NOT NULL,
@@ -116,6 +106,15 @@ pub struct Page {
     pub next: Option<PageKey>,
 }
 
+/// What an erasure removed or closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Erasure {
+    pub records: usize,
+    pub quarantined: usize,
+    pub bindings_closed: usize,
+    pub consents_withdrawn: usize,
+}
+
 /// A position in a person's records: `(start_ms, device_id, end_ms)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageKey {
@@ -129,6 +128,28 @@ pub struct Store {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
+}
+
+/// Version of the tables below, kept in SQLite's `user_version`. Development versions before
+/// the first release are not migrated: a data dir from one is refused with a clear error.
+const SCHEMA_VERSION: i64 = 2;
+
+fn check_version(conn: &Connection, path: &Path) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let empty: bool = conn.query_row(
+        "SELECT count(*) = 0 FROM sqlite_master WHERE type = 'table'",
+        [],
+        |r| r.get(0),
+    )?;
+    if empty || version == SCHEMA_VERSION {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "{} was created by a development version (schema {version}, this is {SCHEMA_VERSION}); \
+             move it aside to start a new store",
+            path.display()
+        )))
+    }
 }
 
 fn open_connection(path: &Path) -> Result<Connection> {
@@ -146,8 +167,12 @@ impl Store {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let conn = open_connection(path)?;
+        check_version(&conn, path)?;
         conn.execute_batch(SERIES_SCHEMA)?;
         conn.execute_batch(REGISTRY_AND_QUARANTINE)?;
+        conn.execute_batch(consent::SCHEMA)?;
+        conn.execute_batch(audit::SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Self {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
@@ -188,6 +213,11 @@ impl Store {
             )?;
             Ok(())
         })
+    }
+
+    /// Makes sure `person_id` exists (a token's subject granting a consent, say).
+    pub fn ensure_person(&self, person_id: &str) -> Result<()> {
+        self.add_person(person_id, person_id, "UTC")
     }
 
     /// Registers a device as reached through `bridge_id` (and the bridge, if new).
@@ -238,32 +268,6 @@ impl Store {
                 "INSERT INTO bindings (device_id, person_id, valid_from, valid_to, created_at)
                  VALUES (?1, ?2, ?3, NULL, ?4)",
                 params![device_id, person_id, from_ms, Utc::now().to_rfc3339()],
-            )?;
-            Ok(())
-        })
-    }
-
-    /// Records a storage consent of `person_id` for `types` (appended, never updated).
-    pub fn grant_storage_consent(&self, person_id: &str, types: &[RecordType]) -> Result<()> {
-        self.append_consent(person_id, types, "granted")
-    }
-
-    /// Withdraws the storage consent (appended; nothing stored is erased by this).
-    pub fn withdraw_storage_consent(&self, person_id: &str) -> Result<()> {
-        self.append_consent(person_id, &[], "withdrawn")
-    }
-
-    fn append_consent(&self, person_id: &str, types: &[RecordType], status: &str) -> Result<()> {
-        let types = types
-            .iter()
-            .map(|t| t.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
-        self.write(|tx| {
-            tx.execute(
-                "INSERT INTO consents (person_id, grantee, purpose, data_types, status, recorded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![person_id, STORAGE_GRANTEE, STORAGE_PURPOSE, types, status, Utc::now().to_rfc3339()],
             )?;
             Ok(())
         })
@@ -344,6 +348,55 @@ impl Store {
                 acks.push(plan.ack);
             }
             Ok(acks)
+        })
+    }
+
+    // ----- erasure -----
+
+    /// Erases everything the gateway holds of `person_id`: their records, the quarantined
+    /// records of devices ever bound to them, their consents (withdrawn) and bindings (closed
+    /// now). The disclosure log keeps that an erasure happened and how much, not the data.
+    pub fn erase_person(&self, person_id: &str, by: &str, now: DateTime<Utc>) -> Result<Erasure> {
+        let now_ms = now.timestamp_millis();
+        self.write(|tx| {
+            let records = tx.execute("DELETE FROM records WHERE person_id = ?1", [person_id])?;
+            let quarantined = tx.execute(
+                "DELETE FROM quarantine WHERE device_id IN
+                     (SELECT device_id FROM bindings WHERE person_id = ?1)",
+                [person_id],
+            )?;
+            let bindings_closed = tx.execute(
+                "UPDATE bindings SET valid_to = ?2
+                  WHERE person_id = ?1 AND valid_from < ?2 AND (valid_to IS NULL OR valid_to > ?2)",
+                params![person_id, now_ms],
+            )?;
+            let consents_withdrawn = consent::withdraw_all(tx, person_id, by, now)?;
+            audit::append(
+                tx,
+                &audit::Entry {
+                    at: now,
+                    actor: by.to_owned(),
+                    actor_kind: "owner".into(),
+                    person_id: person_id.to_owned(),
+                    action: audit::Action::Erasure,
+                    outcome: audit::Outcome::Done,
+                    data_types: RecordType::ALL
+                        .iter()
+                        .map(|t| t.as_str().to_owned())
+                        .collect(),
+                    window_from: None,
+                    window_to: None,
+                    purpose: "erasure requested by the person".into(),
+                    consent_id: None,
+                    records: (records + quarantined) as u64,
+                },
+            )?;
+            Ok(Erasure {
+                records,
+                quarantined,
+                bindings_closed,
+                consents_withdrawn,
+            })
         })
     }
 
@@ -436,27 +489,18 @@ fn device_view(tx: &Transaction<'_>, device_id: &str) -> Result<DeviceView> {
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut consent = tx.prepare_cached(
-        "SELECT status, data_types FROM consents
-         WHERE person_id = ?1 AND grantee = ?2 AND purpose = ?3
-         ORDER BY consent_id DESC LIMIT 1",
-    )?;
-    let mut storage_consent = Vec::new();
+    let mut storage_consent: Vec<(String, consent::Terms)> = Vec::new();
+    let now = Utc::now();
+    let mut seen: Vec<&str> = Vec::new();
     for person in bindings.iter().map(|b| b.person_id.as_str()) {
-        if storage_consent
-            .iter()
-            .any(|(p, _): &(String, _)| p == person)
-        {
+        if seen.contains(&person) {
             continue;
         }
-        let row: Option<(String, String)> = consent
-            .query_row(params![person, STORAGE_GRANTEE, STORAGE_PURPOSE], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
-        if let Some((_, types)) = row.filter(|(status, _)| status == "granted") {
-            let types = types.split(',').filter_map(|t| t.parse().ok()).collect();
-            storage_consent.push((person.to_owned(), types));
+        seen.push(person);
+        for c in consent::in_force(tx, person, STORAGE_GRANTEE, GranteeKind::Gateway, now)? {
+            if c.terms.purpose == STORAGE_PURPOSE {
+                storage_consent.push((person.to_owned(), c.terms));
+            }
         }
     }
     Ok(DeviceView {

@@ -1,0 +1,191 @@
+//! Reading records, shared by the owner's `/api/v1/me/records` and other parties'
+//! `/api/v1/subjects/{person_id}/records`. Access itself is decided in [`crate::access`].
+//!
+//! Query: `type` (required), `from` / `to` (RFC 3339; bound the measured start), `limit`
+//! (1..=5000, default 500), `cursor` (from the previous page), `format` (`record` | `omh`).
+
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use phr_schema::{Record, RecordType};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::access;
+use crate::auth::Principal;
+use crate::store::PageKey;
+
+/// Records per page unless `limit` says otherwise, and the most a page may hold.
+pub const DEFAULT_LIMIT: usize = 500;
+pub const MAX_LIMIT: usize = 5000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RecordsQuery {
+    #[serde(rename = "type")]
+    record_type: String,
+    from: Option<String>,
+    to: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+    #[serde(default)]
+    format: Format,
+}
+
+/// How records are written: as the gateway's records (default), or as Open mHealth data
+/// points (`omh`; a sleep episode gives its episode point plus one point per stage).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Format {
+    #[default]
+    Record,
+    Omh,
+}
+
+fn parse_time(name: &'static str, v: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    v.map(|s| {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_time",
+                    format!("`{name}` must be an RFC 3339 date-time with an offset"),
+                )
+            })
+    })
+    .transpose()
+}
+
+/// Reads `person_id`'s records as `principal` (through the access layer) and writes the
+/// page in the requested format.
+pub(super) async fn respond(
+    principal: Principal,
+    state: web::Data<AppState>,
+    person_id: String,
+    query: Result<web::Query<RecordsQuery>, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
+        .into_inner();
+    let record_type: RecordType =
+        q.record_type
+            .parse()
+            .map_err(|e: phr_schema::record::UnknownRecordType| {
+                ApiError::bad_request("invalid_type", e.to_string())
+            })?;
+    let from = parse_time("from", q.from.as_deref())?.map_or(i64::MIN, |t| t.timestamp_millis());
+    let to = parse_time("to", q.to.as_deref())?.map_or(i64::MAX, |t| t.timestamp_millis());
+    if to <= from {
+        return Err(ApiError::bad_request(
+            "invalid_range",
+            "`to` must be after `from`",
+        ));
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("`limit` must be between 1 and {MAX_LIMIT}"),
+        ));
+    }
+    let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let store = state.store.clone();
+    let query = access::Query {
+        person_id,
+        record_type,
+        from_ms: from,
+        to_ms: to,
+        after,
+        limit,
+    };
+    let page = web::block(move || access::read_records(&store, &principal, &query, Utc::now()))
+        .await
+        .map_err(|_| ApiError::Internal)??;
+    let next_cursor = page.next.as_ref().map(encode_cursor);
+    match q.format {
+        Format::Record => {
+            let records = page
+                .records
+                .into_iter()
+                .map(|r| RawValue::from_string(r.json))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| ApiError::Internal)?;
+            Ok(HttpResponse::Ok().json(RecordsPage {
+                records,
+                next_cursor,
+            }))
+        }
+        Format::Omh => {
+            let mut data_points = Vec::with_capacity(page.records.len());
+            for stored in page.records {
+                let record: Record =
+                    serde_json::from_str(&stored.json).map_err(|_| ApiError::Internal)?;
+                let created = DateTime::from_timestamp_millis(stored.stored_at_ms)
+                    .ok_or(ApiError::Internal)?;
+                data_points.extend(phr_schema::omh::data_points(
+                    &record,
+                    created.fixed_offset(),
+                    None,
+                ));
+            }
+            Ok(HttpResponse::Ok()
+                .json(serde_json::json!({"data_points": data_points, "next_cursor": next_cursor})))
+        }
+    }
+}
+
+/// A page of records, written straight from the stored JSON.
+#[derive(Debug, serde::Serialize)]
+struct RecordsPage {
+    records: Vec<Box<RawValue>>,
+    next_cursor: Option<String>,
+}
+
+/// Cursors are opaque to clients: hex of `start_ms:end_ms:device_id`.
+fn encode_cursor(k: &PageKey) -> String {
+    format!("{}:{}:{}", k.start_ms, k.end_ms, k.device_id)
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn decode_cursor(s: &str) -> Result<PageKey, ApiError> {
+    let bad = || ApiError::bad_request("invalid_cursor", "`cursor` is not one this API returned");
+    if !s.len().is_multiple_of(2) || s.len() > 512 {
+        return Err(bad());
+    }
+    let bytes = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
+        .collect::<Result<Vec<u8>, _>>()?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let mut parts = text.splitn(3, ':');
+    let start_ms = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let end_ms = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let device_id = parts.next().ok_or_else(bad)?.to_owned();
+    Ok(PageKey {
+        start_ms,
+        device_id,
+        end_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let k = PageKey {
+            start_ms: -5,
+            device_id: "AA:BB:cc".into(),
+            end_ms: 1_700_000_000_000,
+        };
+        assert_eq!(decode_cursor(&encode_cursor(&k)).unwrap(), k);
+        for bad in ["", "0", "zz", "3a3a", &"ab".repeat(300)] {
+            assert!(decode_cursor(bad).is_err(), "{bad}");
+        }
+    }
+}
