@@ -46,6 +46,7 @@ pub enum TokenError {
 /// The signing key and the rules tokens must meet.
 pub struct Keys {
     kid: String,
+    public: [u8; 32],
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -101,12 +102,18 @@ impl Keys {
         validation.leeway = 30;
         Ok(Self {
             kid,
+            public,
             encoding: EncodingKey::from_ed_der(der.as_bytes()),
             decoding: DecodingKey::from_ed_der(&public),
             validation,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
         })
+    }
+
+    /// The raw Ed25519 public key (what a JWKS publishes as `x`).
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public
     }
 
     pub fn issuer(&self) -> &str {

@@ -26,6 +26,18 @@ enum Command {
     /// Token commands.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Disclosure-log commands.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the disclosure log's hash chain; exit 0 when intact, 1 when not.
+    Verify {
+        #[arg(long, env = "PHR_DATA_DIR", default_value = "phr-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -107,7 +119,7 @@ fn shutdown_on_ctrl_c() -> CancellationToken {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -174,6 +186,30 @@ async fn main() -> anyhow::Result<()> {
             let ttl = chrono::TimeDelta::seconds(ttl.unwrap_or(config.auth.token_ttl_secs));
             println!("{}", keys.issue(&subject, &scope, ttl, chrono::Utc::now())?);
         }
+        Command::Audit(AuditCommand::Verify { data_dir }) => return verify_audit(&data_dir),
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `audit verify`: the exit code is the answer, so scripts and cron can use it.
+fn verify_audit(data_dir: &std::path::Path) -> anyhow::Result<std::process::ExitCode> {
+    let config = Config {
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
+    let store = phr_gateway::Store::open_read_only(&config.store_path())?;
+    let v = store.verify_audit()?;
+    match v.broken {
+        None => {
+            println!(
+                "disclosure log intact: {} entries, hash chain verified",
+                v.rows
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Some((seq, why)) => {
+            println!("disclosure log BROKEN at entry {seq}: {why}");
+            Ok(std::process::ExitCode::from(1))
+        }
+    }
 }

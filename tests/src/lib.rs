@@ -147,9 +147,11 @@ impl TestGateway {
             .expect("token")
     }
 
-    pub async fn stop(self) {
+    /// Stops the gateway; returns its directory so a test can still look at the files.
+    pub async fn stop(self) -> tempfile::TempDir {
         self.shutdown.cancel();
         self.gateway.stopped().await;
+        self.dir
     }
 }
 
@@ -236,7 +238,7 @@ pub struct RawBridge {
     client: AsyncClient,
     acks: mpsc::UnboundedReceiver<Ack>,
     topics: Topics,
-    bridge: String,
+    pub bridge: String,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -402,4 +404,123 @@ pub fn stored_ids(data_dir: &Path) -> Result<Vec<(String, String)>> {
     let mut stmt = conn.prepare("SELECT record_id, person_id FROM records")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// One minute of steps starting at `start` (truncated to the minute).
+pub fn minute_steps(
+    device: &str,
+    bridge: &str,
+    start: DateTime<Utc>,
+    count: i64,
+) -> phr_schema::Record {
+    use chrono::DurationRound;
+    use phr_schema::record::{IntervalFrame, Provenance, StepCount};
+    let start = start
+        .duration_trunc(TimeDelta::minutes(1))
+        .expect("minute")
+        .fixed_offset();
+    phr_schema::Record::new(
+        device,
+        bridge,
+        start + TimeDelta::minutes(1),
+        Provenance::sensed("test/1"),
+        phr_schema::Body::StepCount(StepCount {
+            effective_time_frame: IntervalFrame::new(start, start + TimeDelta::minutes(1)),
+            step_count: count,
+        }),
+    )
+}
+
+/// A night of sleep `[start, start + hours)` with alternating light and deep hours.
+pub fn night(device: &str, bridge: &str, start: DateTime<Utc>, hours: i64) -> phr_schema::Record {
+    use phr_schema::record::{
+        IntervalFrame, Provenance, SleepEpisode, SleepStage, SleepStageKind, TimeInterval,
+    };
+    let s = start.fixed_offset();
+    let stages = (0..hours)
+        .map(|h| SleepStage {
+            stage: if h % 2 == 0 {
+                SleepStageKind::Light
+            } else {
+                SleepStageKind::Deep
+            },
+            time_interval: TimeInterval {
+                start_date_time: s + TimeDelta::hours(h),
+                end_date_time: s + TimeDelta::hours(h + 1),
+            },
+        })
+        .collect();
+    phr_schema::Record::new(
+        device,
+        bridge,
+        s + TimeDelta::hours(hours),
+        Provenance::sensed("test/1"),
+        phr_schema::Body::SleepEpisode(SleepEpisode {
+            effective_time_frame: IntervalFrame::new(s, s + TimeDelta::hours(hours)),
+            is_main_sleep: true,
+            latency_to_sleep_onset: None,
+            total_sleep_time: None,
+            number_of_awakenings: None,
+            sleep_maintenance_efficiency_percentage: None,
+            stages,
+        }),
+    )
+}
+
+/// Publishes `records` of one device as one batch and returns the gateway's ack.
+pub async fn send(
+    bridge: &mut RawBridge,
+    device: &str,
+    records: Vec<phr_schema::Record>,
+) -> Result<Ack> {
+    let batch = phr_schema::Batch::new(&bridge.bridge, device, uuid::Uuid::new_v4(), records);
+    bridge.publish(device, serde_json::to_vec(&batch)?).await?;
+    bridge.next_ack().await
+}
+
+/// A request with a method, optional bearer token and optional JSON body; returns status and
+/// JSON body (`Null` when the body is empty).
+pub fn call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Result<(u16, serde_json::Value)> {
+    let mut req = ureq::request(method, url);
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let resp = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    let resp = match resp {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return Err(e).context(format!("{method} {url}")),
+    };
+    let status = resp.status();
+    let text = resp.into_string()?;
+    let body = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).context("JSON body")?
+    };
+    Ok((status, body))
+}
+
+/// Base64url without padding (RFC 7515), for hand-made tokens in attack tests.
+pub fn b64url(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
 }

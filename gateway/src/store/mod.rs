@@ -128,6 +128,7 @@ pub struct Store {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
+    read_only: bool,
 }
 
 /// Version of the tables below, kept in SQLite's `user_version`. Development versions before
@@ -177,6 +178,26 @@ impl Store {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             path: path.to_owned(),
+            read_only: false,
+        })
+    }
+
+    /// Opens an existing store read-only, creating and changing nothing (for `audit verify`
+    /// and other inspections).
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::Config(format!("no store at {}", path.display())));
+        }
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        check_version(&conn, path)?;
+        let reader = Connection::open_with_flags(path, flags)?;
+        Ok(Self {
+            writer: Mutex::new(conn),
+            readers: Mutex::new(vec![reader]),
+            path: path.to_owned(),
+            read_only: true,
         })
     }
 
@@ -191,6 +212,9 @@ impl Store {
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = match self.readers.lock().map_err(|_| Error::Poisoned)?.pop() {
             Some(c) => c,
+            None if self.read_only => {
+                Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?
+            }
             None => open_connection(&self.path)?,
         };
         let out = f(&conn);

@@ -1,27 +1,18 @@
 //! Hand-made batches through the real broker and gateway: duplicates, invalid records,
 //! unbound devices, mismatched topics.
 
-use chrono::{DurationRound, TimeDelta, Utc};
+use chrono::{TimeDelta, Utc};
 use uuid::Uuid;
 
 use phr_e2e::{all_records, metric, RawBridge, TestGateway};
-use phr_schema::record::{IntervalFrame, Provenance, StepCount};
-use phr_schema::{Batch, Body, Reason, Record};
+use phr_schema::{Batch, Reason, Record};
 
 fn minute_steps(device: &str, bridge: &str, minutes_ago: i64, count: i64) -> Record {
-    let start = (Utc::now() - TimeDelta::minutes(minutes_ago))
-        .duration_trunc(TimeDelta::minutes(1))
-        .unwrap()
-        .fixed_offset();
-    Record::new(
+    phr_e2e::minute_steps(
         device,
         bridge,
-        start + TimeDelta::minutes(1),
-        Provenance::sensed("test/1"),
-        Body::StepCount(StepCount {
-            effective_time_frame: IntervalFrame::new(start, start + TimeDelta::minutes(1)),
-            step_count: count,
-        }),
+        Utc::now() - TimeDelta::minutes(minutes_ago),
+        count,
     )
 }
 

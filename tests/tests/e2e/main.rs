@@ -7,6 +7,7 @@
 
 mod api;
 mod batches;
+mod consent;
 mod crash;
 mod demo;
 mod pipeline;
