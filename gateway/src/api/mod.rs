@@ -7,9 +7,11 @@
 //!   erasure.
 //! - [`subjects`]: other parties' reads of a person's data (`/api/v1/subjects/...`).
 //! - [`records`]: query parsing and output formats shared by both.
+//! - [`export`]: the owner's export (FHIR R4, Open mHealth, CSV).
 //! - this file: app state, the bearer-token extractor, `/healthz`, `/metrics`, the dashboard.
 
 pub mod error;
+pub mod export;
 pub mod me;
 pub mod records;
 pub mod subjects;
@@ -43,6 +45,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/", web::get().to(dashboard))
         .route(DASHBOARD, web::get().to(dashboard));
     me::configure(cfg);
+    export::configure(cfg);
     subjects::configure(cfg);
 }
 

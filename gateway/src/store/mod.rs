@@ -24,6 +24,7 @@ use crate::ingest::{self, Binding, Checked, Decision, DeviceView};
 
 pub mod audit;
 pub mod consent;
+pub mod export;
 
 use crate::{Error, Result};
 pub use consent::{Consent, ConsentStatus, GranteeKind, Terms, STORAGE_GRANTEE, STORAGE_PURPOSE};

@@ -1,0 +1,1 @@
+//! Reading and writing a person's records in bulk (export, import).
