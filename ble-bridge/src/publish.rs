@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use phr_schema::{Ack, Topics};
+use phr_schema::{Ack, PairingReport, PairingRequest, Topics};
 
 use crate::mqtt::MqttUrl;
 use crate::outbox::Outbox;
@@ -31,6 +31,24 @@ pub struct PublisherConfig {
     pub topics: Topics,
     pub ack_timeout: Duration,
     pub max_inflight: usize,
+    /// The devices this bridge can vouch for in a pairing, by device id.
+    pub identities: HashMap<String, DeviceIdentity>,
+}
+
+/// What a bridge read from a device, reported when the owner pairs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    pub address: Option<String>,
+    /// Device Information serial number (0x2A25).
+    pub serial_number: Option<String>,
+}
+
+/// A pairing code the bridge has shown its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShownCode {
+    pub pairing_id: Uuid,
+    pub device_id: String,
+    pub code: String,
 }
 
 /// What the bridge reports about its link to the gateway.
@@ -43,6 +61,8 @@ pub struct Status {
     pub duplicate: u64,
     pub quarantined: u64,
     pub rejected: u64,
+    /// Pairing codes shown, newest last (at most the last 16).
+    pub pairing_codes: Vec<ShownCode>,
 }
 
 /// Connection generation (bumped on every CONNACK) and whether it is up now.
@@ -64,13 +84,18 @@ pub async fn run(
     let (client, eventloop) = AsyncClient::new(cfg.mqtt.options(&client_id), 256);
     let (link_tx, mut link_rx) = watch::channel::<Link>((0, false));
     let (ack_tx, mut ack_rx) = mpsc::channel::<Ack>(4096);
-    let ack_topic = cfg.topics.acks(&cfg.bridge_id);
+    let (pair_tx, mut pair_rx) = mpsc::channel::<PairingRequest>(64);
+    let topics = Incoming {
+        acks: cfg.topics.acks(&cfg.bridge_id),
+        pairing: cfg.topics.pairing_requests(&cfg.bridge_id),
+    };
     let poller = tokio::spawn(poll(
         eventloop,
         client.clone(),
-        ack_topic,
+        topics,
         link_tx,
         ack_tx,
+        pair_tx,
         shutdown.clone(),
     ));
 
@@ -145,6 +170,7 @@ pub async fn run(
                     warn!(batch_id = ?a.batch_id, batch_error = ?a.batch_error.map(|r| r.code()), ?reasons, "gateway rejected records");
                 }
             }
+            Some(request) = pair_rx.recv() => show_code(&cfg, &client, &status, request),
             _ = wake.notified() => {}
             _ = link_rx.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -155,14 +181,72 @@ pub async fn run(
     Ok(())
 }
 
+/// Shows a pairing code for a device this bridge knows, and reports what the device is.
+fn show_code(
+    cfg: &PublisherConfig,
+    client: &AsyncClient,
+    status: &watch::Sender<Status>,
+    request: PairingRequest,
+) {
+    let Some(identity) = cfg.identities.get(&request.device_id) else {
+        warn!(device_id = %request.device_id, "pairing request for a device this bridge does not know");
+        return;
+    };
+    // The code is meant to be seen by the person standing at the bridge.
+    println!(
+        "PAIRING CODE for device {}: {} (valid until {})",
+        request.device_id, request.code, request.expires_at
+    );
+    info!(device_id = %request.device_id, pairing_id = %request.pairing_id, "pairing code shown");
+    let report = PairingReport {
+        pairing_id: request.pairing_id,
+        device_id: request.device_id.clone(),
+        address: identity.address.clone(),
+        serial_number: identity.serial_number.clone(),
+    };
+    match serde_json::to_vec(&report) {
+        Ok(body) => {
+            if client
+                .try_publish(
+                    cfg.topics.pairing_reports(&cfg.bridge_id),
+                    QoS::AtLeastOnce,
+                    false,
+                    body,
+                )
+                .is_err()
+            {
+                warn!("could not queue the pairing report; start the pairing again");
+            }
+        }
+        Err(e) => warn!(error = %e, "could not encode a pairing report"),
+    }
+    status.send_modify(|s| {
+        s.pairing_codes.push(ShownCode {
+            pairing_id: request.pairing_id,
+            device_id: request.device_id,
+            code: request.code,
+        });
+        let excess = s.pairing_codes.len().saturating_sub(16);
+        s.pairing_codes.drain(..excess);
+    });
+}
+
+/// The topics a bridge subscribes to.
+#[derive(Debug)]
+struct Incoming {
+    acks: String,
+    pairing: String,
+}
+
 /// Owns the event loop. Never awaits the client's request channel: a full channel would
 /// wait for this very loop.
 async fn poll(
     mut eventloop: rumqttc::EventLoop,
     client: AsyncClient,
-    ack_topic: String,
+    topics: Incoming,
     link: watch::Sender<Link>,
     acks: mpsc::Sender<Ack>,
+    pairing: mpsc::Sender<PairingRequest>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -174,16 +258,25 @@ async fn poll(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(100);
-                if client
-                    .try_subscribe(ack_topic.clone(), QoS::AtLeastOnce)
-                    .is_err()
-                {
-                    warn!("could not request the ack subscription");
+                for t in [&topics.acks, &topics.pairing] {
+                    if client.try_subscribe(t.clone(), QoS::AtLeastOnce).is_err() {
+                        warn!(topic = %t, "could not request a subscription");
+                    }
                 }
-                info!(topic = %ack_topic, "connected to broker");
+                info!(topic = %topics.acks, "connected to broker");
                 link.send_modify(|l| *l = (l.0 + 1, true));
             }
-            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topics.pairing => {
+                match serde_json::from_slice::<PairingRequest>(&p.payload) {
+                    Ok(request) => {
+                        if pairing.try_send(request).is_err() {
+                            warn!("too many pairing requests at once; one was dropped");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "unreadable pairing request"),
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topics.acks => {
                 match serde_json::from_slice::<Ack>(&p.payload) {
                     // A dropped ack only costs a resend, which the gateway answers again.
                     Ok(ack) => {

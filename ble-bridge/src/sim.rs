@@ -114,6 +114,19 @@ impl SimBand {
 
     /// Every notification the band sends at a time in `[from, to)`, in time order (ties:
     /// activity, heart rate, sleep).
+    /// What the band tells a bridge about itself: a locally administered BLE address and a
+    /// Device Information serial number, both derived from its id.
+    pub fn identity(&self) -> crate::publish::DeviceIdentity {
+        let n = self.device_id.bytes().fold(0u32, |acc, b| {
+            acc.wrapping_mul(31).wrapping_add(u32::from(b))
+        });
+        let [a, b, c, d] = n.to_be_bytes();
+        crate::publish::DeviceIdentity {
+            address: Some(format!("02:50:{a:02X}:{b:02X}:{c:02X}:{d:02X}")),
+            serial_number: Some(format!("PHR-{}", self.device_id.to_uppercase())),
+        }
+    }
+
     pub fn notifications(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Notification> {
         if to <= from {
             return Vec::new();

@@ -114,6 +114,11 @@ pub async fn run(
             topics: Topics::new(&cfg.topic_prefix),
             ack_timeout: cfg.ack_timeout,
             max_inflight: cfg.max_inflight,
+            identities: cfg
+                .bands()
+                .iter()
+                .map(|b| (b.device_id.clone(), b.identity()))
+                .collect(),
         },
         outbox.clone(),
         wake.clone(),

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use phr_bridge::mqtt::MqttUrl;
-use phr_schema::{Limits, Topics};
+use phr_schema::{Limits, PairingReport, Topics};
 
 use crate::ingest;
 use crate::metrics::Metrics;
@@ -34,26 +34,40 @@ pub struct ConsumerConfig {
     pub limits: Limits,
 }
 
-/// Runs until `shutdown`. `connected` reports whether the subscription is live.
-pub async fn run(
-    cfg: ConsumerConfig,
-    store: Arc<Store>,
-    metrics: Arc<Metrics>,
-    connected: watch::Sender<bool>,
-    shutdown: CancellationToken,
-) {
+/// The gateway's MQTT client and the event loop [`run`] will own. The client is shared with
+/// the API, which sends pairing requests through it.
+pub fn connect(cfg: &ConsumerConfig) -> (AsyncClient, rumqttc::EventLoop) {
     let client_id = format!(
         "phr-gateway-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
     let mut options = cfg.mqtt.options(&client_id);
     options.set_manual_acks(true).set_inflight(1000);
-    let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+    AsyncClient::new(options, 10_000)
+}
+
+/// Runs until `shutdown`. `connected` reports whether the subscription is live.
+pub async fn run(
+    cfg: ConsumerConfig,
+    client: AsyncClient,
+    mut eventloop: rumqttc::EventLoop,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    connected: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
     let (work_tx, work_rx) = mpsc::channel::<Publish>(1024);
-    let worker = tokio::spawn(work(cfg.clone(), client.clone(), store, metrics, work_rx));
+    let worker = tokio::spawn(work(
+        cfg.clone(),
+        client.clone(),
+        store.clone(),
+        metrics,
+        work_rx,
+    ));
 
     let filter = cfg.topics.records_filter();
     let mut backoff = std::time::Duration::from_millis(100);
+    let mut subacks = 0u64;
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -62,13 +76,28 @@ pub async fn run(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = std::time::Duration::from_millis(100);
-                if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-                    error!(error = %e, "could not request the records subscription");
+                for f in [filter.clone(), cfg.topics.pairing_reports_filter()] {
+                    if let Err(e) = client.try_subscribe(f, QoS::AtLeastOnce) {
+                        error!(error = %e, "could not request a subscription");
+                    }
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
-                info!(broker = %cfg.mqtt, %filter, "subscribed to bridge records");
-                connected.send_replace(true);
+                subacks += 1;
+                if subacks.is_multiple_of(2) {
+                    info!(broker = %cfg.mqtt, %filter, "subscribed to bridge records and pairing reports");
+                    connected.send_replace(true);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p)))
+                if cfg.topics.parse_pairing_reports(&p.topic).is_some() =>
+            {
+                tokio::spawn(pairing_report(
+                    cfg.topics.clone(),
+                    client.clone(),
+                    store.clone(),
+                    p,
+                ));
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 // Back-pressure: while the store is busy, stop reading from the broker.
@@ -216,4 +245,33 @@ async fn commit(
             let _ = client.try_ack(p);
         }
     }
+}
+
+/// A bridge's report of the device a pairing names: recorded if it matches the pairing.
+async fn pairing_report(topics: Topics, client: AsyncClient, store: Arc<Store>, p: Publish) {
+    let bridge = topics.parse_pairing_reports(&p.topic).map(str::to_owned);
+    match (bridge, serde_json::from_slice::<PairingReport>(&p.payload)) {
+        (Some(bridge), Ok(r)) => {
+            let result = tokio::task::spawn_blocking(move || {
+                store.report_pairing(
+                    r.pairing_id,
+                    &bridge,
+                    &r.device_id,
+                    r.address.as_deref(),
+                    r.serial_number.as_deref(),
+                )
+            })
+            .await;
+            match result {
+                Ok(Ok(true)) => info!("bridge reported the device of a pairing"),
+                Ok(Ok(false)) => warn!(
+                    "pairing report does not match a pending pairing of that bridge and device"
+                ),
+                Ok(Err(e)) => error!(error = %e, "could not record a pairing report"),
+                Err(e) => error!(error = %e, "pairing report task failed"),
+            }
+        }
+        _ => warn!("unreadable pairing report"),
+    }
+    let _ = client.try_ack(&p);
 }

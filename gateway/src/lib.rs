@@ -135,12 +135,17 @@ pub async fn start(
     };
 
     let (subscribed_tx, subscribed) = watch::channel(false);
+    let topics = Topics::new(&config.mqtt.topic_prefix);
+    let consumer_config = consumer::ConsumerConfig {
+        mqtt: mqtt.clone(),
+        topics: topics.clone(),
+        limits: config.limits(),
+    };
+    let (client, eventloop) = consumer::connect(&consumer_config);
     let consumer = tokio::spawn(consumer::run(
-        consumer::ConsumerConfig {
-            mqtt: mqtt.clone(),
-            topics: Topics::new(&config.mqtt.topic_prefix),
-            limits: config.limits(),
-        },
+        consumer_config,
+        client.clone(),
+        eventloop,
         store.clone(),
         metrics.clone(),
         subscribed_tx,
@@ -151,6 +156,8 @@ pub async fn start(
         store: store.clone(),
         keys: keys.clone(),
         metrics: metrics.clone(),
+        mqtt: client,
+        topics,
     };
     let http_addr = http
         .local_addr()

@@ -5,6 +5,9 @@
 //! - Acks: `{prefix}/bridges/{bridge_id}/acks`, one JSON [`Ack`] per committed batch. A bridge
 //!   deletes a batch from its outbox only on this ack, never on PUBACK: brokers lose QoS-1
 //!   messages when they crash.
+//! - Pairing: `{prefix}/bridges/{bridge_id}/pairing/requests` ([`PairingRequest`], gateway to
+//!   bridge: show this code) and `.../pairing/reports` ([`PairingReport`], bridge to gateway:
+//!   what the device is).
 //!
 //! The prefix defaults to `phr/v1`; deployments (and tests sharing one broker) may change it.
 
@@ -93,6 +96,29 @@ pub struct Ack {
     pub acked_at: Option<DateTime<FixedOffset>>,
 }
 
+/// Gateway → bridge: show this code for this device, and report what the device is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairingRequest {
+    pub pairing_id: Uuid,
+    pub device_id: String,
+    /// The one-time code the bridge shows its owner.
+    pub code: String,
+    pub expires_at: DateTime<FixedOffset>,
+}
+
+/// Bridge → gateway: the identity of the device a pairing names, as the bridge read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairingReport {
+    pub pairing_id: Uuid,
+    pub device_id: String,
+    /// BLE address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Device Information serial number (0x2A25), where the device has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_number: Option<String>,
+}
+
 /// Topic names under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
@@ -130,6 +156,30 @@ impl Topics {
 
     pub fn acks(&self, bridge_id: &str) -> String {
         format!("{}/bridges/{bridge_id}/acks", self.prefix)
+    }
+
+    /// Where the gateway sends a bridge its pairing requests.
+    pub fn pairing_requests(&self, bridge_id: &str) -> String {
+        format!("{}/bridges/{bridge_id}/pairing/requests", self.prefix)
+    }
+
+    /// Where a bridge reports the devices it was asked about.
+    pub fn pairing_reports(&self, bridge_id: &str) -> String {
+        format!("{}/bridges/{bridge_id}/pairing/reports", self.prefix)
+    }
+
+    /// The filter a gateway subscribes to for pairing reports.
+    pub fn pairing_reports_filter(&self) -> String {
+        format!("{}/bridges/+/pairing/reports", self.prefix)
+    }
+
+    /// The bridge of a pairing-reports topic.
+    pub fn parse_pairing_reports<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let bridge = topic
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("/bridges/")?
+            .strip_suffix("/pairing/reports")?;
+        is_valid_id(bridge).then_some(bridge)
     }
 
     /// `(bridge_id, device_id)` of a records topic, or `None` if the topic is not one.
@@ -189,6 +239,20 @@ mod tests {
         ] {
             assert_eq!(t.parse_records(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn pairing_topics_round_trip() {
+        let t = Topics::default();
+        assert_eq!(
+            t.parse_pairing_reports(&t.pairing_reports("br-1")),
+            Some("br-1")
+        );
+        assert_eq!(t.parse_pairing_reports(&t.pairing_requests("br-1")), None);
+        assert_eq!(
+            t.parse_pairing_reports("phr/v1/bridges/a/b/pairing/reports"),
+            None
+        );
     }
 
     #[test]

@@ -20,7 +20,9 @@ pub mod omh;
 pub mod record;
 pub mod validate;
 
-pub use envelope::{Ack, Batch, RecordOutcome, Rejection, Topics, ENVELOPE_VERSION};
+pub use envelope::{
+    Ack, Batch, PairingReport, PairingRequest, RecordOutcome, Rejection, Topics, ENVELOPE_VERSION,
+};
 pub use id::{record_id, RecordKey};
 pub use record::{
     Body, HeartRate, Modality, Provenance, Record, RecordType, SleepEpisode, SleepStage,

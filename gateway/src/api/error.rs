@@ -19,6 +19,8 @@ pub enum ApiError {
     NotFound,
     #[error("internal error")]
     Internal,
+    #[error("temporarily unavailable; try again")]
+    Unavailable,
 }
 
 impl ApiError {
@@ -37,6 +39,7 @@ impl ApiError {
             Self::OutsideWindow => "outside_consented_window",
             Self::NotFound => "not_found",
             Self::Internal => "internal",
+            Self::Unavailable => "unavailable",
         }
     }
 }
@@ -56,6 +59,7 @@ impl ResponseError for ApiError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

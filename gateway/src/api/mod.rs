@@ -5,11 +5,13 @@
 //! - [`error`]: the one mapping from errors to status and JSON body.
 //! - [`me`]: the owner's own resources (`/api/v1/me/...`): records, consents, disclosures,
 //!   erasure.
+//! - [`devices`]: the owner's devices and pairing (`/api/v1/me/devices/...`).
 //! - [`subjects`]: other parties' reads of a person's data (`/api/v1/subjects/...`).
 //! - [`records`]: query parsing and output formats shared by both.
 //! - [`export`]: the owner's export (FHIR R4, Open mHealth, CSV).
 //! - this file: app state, the bearer-token extractor, `/healthz`, `/metrics`, the dashboard.
 
+pub mod devices;
 pub mod error;
 pub mod export;
 pub mod me;
@@ -36,6 +38,9 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub keys: Arc<Keys>,
     pub metrics: Arc<Metrics>,
+    /// The gateway's MQTT client, for messages to bridges (pairing requests).
+    pub mqtt: rumqttc::AsyncClient,
+    pub topics: phr_schema::Topics,
 }
 
 /// Mounts every route.
@@ -45,6 +50,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/", web::get().to(dashboard))
         .route(DASHBOARD, web::get().to(dashboard));
     me::configure(cfg);
+    devices::configure(cfg);
     export::configure(cfg);
     subjects::configure(cfg);
 }

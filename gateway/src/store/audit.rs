@@ -54,6 +54,10 @@ pub enum Action {
     Read,
     Export,
     Erasure,
+    /// A pairing confirmed or refused (the purpose says which device, or why not).
+    Pairing,
+    /// Records re-attributed or unlinked.
+    Correction,
 }
 
 /// Whether data left.
@@ -127,6 +131,8 @@ fn action_str(a: Action) -> &'static str {
         Action::Read => "read",
         Action::Export => "export",
         Action::Erasure => "erasure",
+        Action::Pairing => "pairing",
+        Action::Correction => "correction",
     }
 }
 
@@ -195,6 +201,8 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, Entry, String,
     let action = match r.get::<_, String>(5)?.as_str() {
         "read" => Action::Read,
         "export" => Action::Export,
+        "pairing" => Action::Pairing,
+        "correction" => Action::Correction,
         _ => Action::Erasure,
     };
     let outcome = match r.get::<_, String>(6)?.as_str() {

@@ -25,6 +25,7 @@ use crate::ingest::{self, Binding, Checked, Decision, DeviceView};
 pub mod audit;
 pub mod consent;
 pub mod export;
+pub mod pairing;
 
 use crate::{Error, Result};
 pub use consent::{Consent, ConsentStatus, GranteeKind, Terms, STORAGE_GRANTEE, STORAGE_PURPOSE};
@@ -174,6 +175,7 @@ impl Store {
         conn.execute_batch(REGISTRY_AND_QUARANTINE)?;
         conn.execute_batch(consent::SCHEMA)?;
         conn.execute_batch(audit::SCHEMA)?;
+        conn.execute_batch(pairing::SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Self {
             writer: Mutex::new(conn),
@@ -273,29 +275,7 @@ impl Store {
     /// Binds a device to a person from `from` on, closing the binding open at that moment.
     /// Later records are attributed to the new person; earlier ones stay with the old.
     pub fn bind(&self, device_id: &str, person_id: &str, from: DateTime<Utc>) -> Result<()> {
-        let from_ms = from.timestamp_millis();
-        self.write(|tx| {
-            let later: i64 = tx.query_row(
-                "SELECT count(*) FROM bindings WHERE device_id = ?1 AND valid_from >= ?2",
-                params![device_id, from_ms],
-                |r| r.get(0),
-            )?;
-            if later > 0 {
-                return Err(Error::Conflict(
-                    "a binding of this device starts at or after that time",
-                ));
-            }
-            tx.execute(
-                "UPDATE bindings SET valid_to = ?2 WHERE device_id = ?1 AND valid_to IS NULL",
-                params![device_id, from_ms],
-            )?;
-            tx.execute(
-                "INSERT INTO bindings (device_id, person_id, valid_from, valid_to, created_at)
-                 VALUES (?1, ?2, ?3, NULL, ?4)",
-                params![device_id, person_id, from_ms, Utc::now().to_rfc3339()],
-            )?;
-            Ok(())
-        })
+        self.write(|tx| bind_in(tx, device_id, person_id, from))
     }
 
     // ----- ingest -----
@@ -494,6 +474,38 @@ impl Store {
             Ok((records as u64, quarantined as u64))
         })
     }
+}
+
+/// Binds `device_id` to `person_id` from `from` on, inside the caller's transaction: closes
+/// the binding open at that moment. Refuses a `from` at or before the start of an existing
+/// binding, so history is never rewritten here (corrections do that, as events).
+fn bind_in(
+    tx: &Transaction<'_>,
+    device_id: &str,
+    person_id: &str,
+    from: DateTime<Utc>,
+) -> Result<()> {
+    let from_ms = from.timestamp_millis();
+    let later: i64 = tx.query_row(
+        "SELECT count(*) FROM bindings WHERE device_id = ?1 AND valid_from >= ?2",
+        params![device_id, from_ms],
+        |r| r.get(0),
+    )?;
+    if later > 0 {
+        return Err(Error::Conflict(
+            "a binding of this device starts at or after that time",
+        ));
+    }
+    tx.execute(
+        "UPDATE bindings SET valid_to = ?2 WHERE device_id = ?1 AND valid_to IS NULL",
+        params![device_id, from_ms],
+    )?;
+    tx.execute(
+        "INSERT INTO bindings (device_id, person_id, valid_from, valid_to, created_at)
+         VALUES (?1, ?2, ?3, NULL, ?4)",
+        params![device_id, person_id, from_ms, Utc::now().to_rfc3339()],
+    )?;
+    Ok(())
 }
 
 /// The registry's view of one device, read inside the ingest transaction.

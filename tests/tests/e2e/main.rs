@@ -10,6 +10,7 @@ mod batches;
 mod consent;
 mod crash;
 mod demo;
+mod pairing;
 mod pipeline;
 
 use std::collections::BTreeMap;

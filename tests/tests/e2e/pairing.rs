@@ -1,0 +1,374 @@
+//! Pairing through the real bridge: the gateway sends a code, the bridge shows it and reports
+//! the device, the owner confirms. And what binding means afterwards.
+
+use std::time::Duration;
+
+use chrono::{DurationRound, TimeDelta, Utc};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use phr_bridge::publish::Status;
+use phr_bridge::simulate::{self, SimulateConfig};
+use phr_e2e::{call, minute_steps, send, wait_for, RawBridge, TestGateway};
+use phr_gateway::store::pairing::{Refusal, MAX_ATTEMPTS, TTL};
+use phr_schema::Reason;
+
+const BRIDGE: &str = "br-home";
+const BAND: &str = "sim-band-0000";
+
+/// A gateway and a running simulated bridge with one band, not yet paired to anyone.
+struct Home {
+    gw: TestGateway,
+    bridge: CancellationToken,
+    status: watch::Receiver<Status>,
+}
+
+async fn home() -> anyhow::Result<Home> {
+    let gw = TestGateway::start().await?;
+    let mut cfg = SimulateConfig::new(
+        BRIDGE,
+        1,
+        gw.dir.path().join("bridge"),
+        gw.gateway.mqtt.clone(),
+    );
+    cfg.topic_prefix = gw.topics().prefix().to_owned();
+    cfg.history = TimeDelta::minutes(30);
+    cfg.tick = Duration::from_millis(500);
+    let (tx, status) = watch::channel(Status::default());
+    let bridge = CancellationToken::new();
+    tokio::spawn(simulate::run(cfg, tx, bridge.clone()));
+    let mut s = status.clone();
+    tokio::time::timeout(Duration::from_secs(20), s.wait_for(|s| s.connected)).await??;
+    Ok(Home { gw, bridge, status })
+}
+
+impl Home {
+    /// Starts a pairing as `owner` and returns its id and the code the bridge shows.
+    async fn start(&self, owner: &str) -> anyhow::Result<(String, String)> {
+        let (s, body) = call(
+            "POST",
+            &self.gw.url("/api/v1/me/devices/pairings"),
+            Some(&self.gw.owner_token(owner)),
+            Some(json!({"bridge_id": BRIDGE, "device_id": BAND})),
+        )?;
+        assert_eq!(s, 201, "{body}");
+        let id = body["pairing"]["pairing_id"].as_str().unwrap().to_owned();
+        let shown = id.clone();
+        let status = self.status.clone();
+        let code = wait_for(
+            "the bridge to show the code",
+            Duration::from_secs(10),
+            || {
+                status
+                    .borrow()
+                    .pairing_codes
+                    .iter()
+                    .find(|c| c.pairing_id.to_string() == shown)
+                    .map(|c| c.code.clone())
+            },
+        )
+        .await?;
+        // The bridge also reported what the device is.
+        let url = self.gw.url(&format!("/api/v1/me/devices/pairings/{id}"));
+        let token = self.gw.owner_token(owner);
+        wait_for("the bridge's report", Duration::from_secs(10), || {
+            call("GET", &url, Some(&token), None)
+                .ok()
+                .filter(|(_, b)| b["pairing"]["reported_serial"].is_string())
+        })
+        .await?;
+        Ok((id, code))
+    }
+
+    /// The owner lets the gateway store their data (pairing alone does not).
+    fn consent_to_storage(&self, owner: &str) -> anyhow::Result<()> {
+        let body = json!({"grantee": "phr-gateway", "grantee_kind": "gateway", "purpose": "storage",
+                          "data_types": ["step-count", "sleep-episode", "heart-rate"]});
+        let (s, b) = call(
+            "POST",
+            &self.gw.url("/api/v1/me/consents"),
+            Some(&self.gw.owner_token(owner)),
+            Some(body),
+        )?;
+        assert_eq!(s, 201, "{b}");
+        Ok(())
+    }
+
+    fn confirm(&self, owner: &str, id: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+        call(
+            "POST",
+            &self
+                .gw
+                .url(&format!("/api/v1/me/devices/pairings/{id}/confirm")),
+            Some(&self.gw.owner_token(owner)),
+            Some(body),
+        )
+    }
+
+    async fn stop(self) {
+        self.bridge.cancel();
+        self.gw.stop().await;
+    }
+}
+
+fn devices(h: &Home, owner: &str) -> anyhow::Result<Vec<Value>> {
+    let (s, body) = call(
+        "GET",
+        &h.gw.url("/api/v1/me/devices"),
+        Some(&h.gw.owner_token(owner)),
+        None,
+    )?;
+    assert_eq!(s, 200, "{body}");
+    Ok(body["devices"].as_array().cloned().unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_owner_who_started_it_with_the_code_the_bridge_shows_can_pair(
+) -> anyhow::Result<()> {
+    let h = home().await?;
+    let (id, code) = h.start("ana").await?;
+    assert_eq!(code.len(), 6);
+    let (_, shown) = call(
+        "GET",
+        &h.gw.url(&format!("/api/v1/me/devices/pairings/{id}")),
+        Some(&h.gw.owner_token("ana")),
+        None,
+    )?;
+    assert_eq!(shown["pairing"]["reported_serial"], "PHR-SIM-BAND-0000");
+    assert!(shown["pairing"]["reported_address"]
+        .as_str()
+        .unwrap()
+        .starts_with("02:50:"));
+    assert!(
+        shown["pairing"].get("code").is_none(),
+        "the API never shows the code"
+    );
+
+    // Someone else, even with the right code, cannot confirm ana's pairing.
+    let (s, _) = h.confirm("ben", &id, json!({"code": code}))?;
+    assert_eq!(s, 404);
+    // A wrong code is refused, and a wrong serial ends the pairing; neither binds anything.
+    let (s, body) = h.confirm("ana", &id, json!({"code": "000000x"}))?;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (400, Some("wrong_code"))
+    );
+    assert!(devices(&h, "ana")?.is_empty());
+
+    let (s, body) = h.confirm(
+        "ana",
+        &id,
+        json!({"code": code, "serial_number": "PHR-SIM-BAND-0000"}),
+    )?;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["pairing"]["state"], "confirmed");
+    let bound = devices(&h, "ana")?;
+    assert_eq!(bound.len(), 1);
+    assert_eq!(
+        (
+            bound[0]["device_id"].as_str(),
+            bound[0]["valid_to"].is_null()
+        ),
+        (Some(BAND), true)
+    );
+    assert!(devices(&h, "ben")?.is_empty());
+    // A code works once.
+    let (s, body) = h.confirm("ana", &id, json!({"code": code}))?;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (400, Some("pairing_used"))
+    );
+
+    // Refusals and the pairing are in ana's log.
+    let (_, log) = call(
+        "GET",
+        &h.gw.url("/api/v1/me/disclosures"),
+        Some(&h.gw.owner_token("ana")),
+        None,
+    )?;
+    let pairing: Vec<_> = log["disclosures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "pairing")
+        .collect();
+    assert_eq!(
+        pairing
+            .iter()
+            .map(|e| e["outcome"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["denied", "done", "denied"]
+    );
+
+    // From now on the band's data is ana's, once she lets the gateway store it.
+    let mut raw = RawBridge::connect(&h.gw.gateway.mqtt, h.gw.topics(), BRIDGE).await?;
+    let ack = send(
+        &mut raw,
+        BAND,
+        vec![minute_steps(
+            BAND,
+            BRIDGE,
+            Utc::now() + TimeDelta::minutes(1),
+            41,
+        )],
+    )
+    .await?;
+    assert_eq!(ack.rejected[0].reason, Reason::NoStorageConsent);
+    h.consent_to_storage("ana")?;
+    let mut raw = RawBridge::connect(&h.gw.gateway.mqtt, h.gw.topics(), BRIDGE).await?;
+    let ack = send(
+        &mut raw,
+        BAND,
+        vec![minute_steps(
+            BAND,
+            BRIDGE,
+            Utc::now() + TimeDelta::minutes(2),
+            42,
+        )],
+    )
+    .await?;
+    assert_eq!(ack.stored, 1);
+    let (_, mine) = call(
+        "GET",
+        &h.gw.url("/api/v1/me/records?type=step-count"),
+        Some(&h.gw.owner_token("ana")),
+        None,
+    )?;
+    assert!(mine["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["body"]["step_count"] == 42));
+    h.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_serial_too_many_attempts_and_expiry_end_a_pairing() -> anyhow::Result<()> {
+    let h = home().await?;
+    let (id, code) = h.start("ana").await?;
+    let (s, body) = h.confirm(
+        "ana",
+        &id,
+        json!({"code": code, "serial_number": "SOMEONE-ELSES"}),
+    )?;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (400, Some("serial_mismatch"))
+    );
+    let (s, body) = h.confirm("ana", &id, json!({"code": code}))?;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (400, Some("pairing_used"))
+    );
+
+    let (id, code) = h.start("ana").await?;
+    for _ in 0..MAX_ATTEMPTS {
+        let (s, body) = h.confirm("ana", &id, json!({"code": "999999999"}))?;
+        assert_eq!(
+            (s, body["error"]["code"].as_str()),
+            (400, Some("wrong_code"))
+        );
+    }
+    let (s, body) = h.confirm("ana", &id, json!({"code": code}))?;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (400, Some("pairing_used")),
+        "guessing ends the pairing"
+    );
+
+    let (id, code) = h.start("ana").await?;
+    let id: uuid::Uuid = id.parse()?;
+    let later = Utc::now() + TTL + TimeDelta::seconds(1);
+    assert_eq!(
+        h.gw.gateway
+            .store
+            .confirm_pairing("ana", id, &code, None, later)?,
+        Err(Refusal::Expired)
+    );
+    assert!(devices(&h, "ana")?.is_empty());
+    h.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_moved_to_a_new_owner_splits_its_records_at_that_moment() -> anyhow::Result<()> {
+    let h = home().await?;
+    // Ana has had the band for two hours.
+    let (id, code) = h.start("ana").await?;
+    let two_hours_ago = Utc::now() - TimeDelta::hours(2);
+    h.gw.gateway
+        .store
+        .confirm_pairing("ana", id.parse()?, &code, None, two_hours_ago)?
+        .map_err(|r| anyhow::anyhow!("{r}"))?;
+    // Ben pairs it now.
+    let (id, code) = h.start("ben").await?;
+    let (s, body) = h.confirm("ben", &id, json!({"code": code}))?;
+    assert_eq!(s, 200, "{body}");
+    let moved_at: chrono::DateTime<Utc> = devices(&h, "ben")?[0]["valid_from"]
+        .as_str()
+        .unwrap()
+        .parse()?;
+    let ana_until: chrono::DateTime<Utc> = devices(&h, "ana")?[0]["valid_to"]
+        .as_str()
+        .unwrap()
+        .parse()?;
+    assert_eq!(
+        ana_until, moved_at,
+        "the old binding closes exactly where the new one opens"
+    );
+
+    h.consent_to_storage("ana")?;
+    h.consent_to_storage("ben")?;
+    let minute = moved_at.duration_trunc(TimeDelta::minutes(1))?;
+    let mut raw = RawBridge::connect(&h.gw.gateway.mqtt, h.gw.topics(), BRIDGE).await?;
+    let records = vec![
+        minute_steps(BAND, BRIDGE, moved_at - TimeDelta::minutes(90), 1),
+        minute_steps(BAND, BRIDGE, minute - TimeDelta::minutes(1), 2),
+        minute_steps(BAND, BRIDGE, minute + TimeDelta::minutes(1), 3),
+    ];
+    let ack = send(&mut raw, BAND, records).await?;
+    assert_eq!((ack.stored, ack.quarantined), (3, 0), "{ack:?}");
+    let counts = |who: &str| -> anyhow::Result<Vec<i64>> {
+        let (_, b) = call(
+            "GET",
+            &h.gw.url("/api/v1/me/records?type=step-count"),
+            Some(&h.gw.owner_token(who)),
+            None,
+        )?;
+        Ok(b["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["body"]["step_count"].as_i64().unwrap())
+            .collect())
+    };
+    assert_eq!(
+        counts("ana")?,
+        [1, 2],
+        "yesterday's steps stay with yesterday's owner"
+    );
+    assert_eq!(counts("ben")?, [3]);
+    // A minute that straddles the hand-over belongs to neither.
+    if moved_at != minute {
+        let ack = send(&mut raw, BAND, vec![minute_steps(BAND, BRIDGE, minute, 4)]).await?;
+        assert_eq!((ack.stored, ack.quarantined), (0, 1));
+    }
+
+    // Another bridge cannot publish for this band: nothing is stored.
+    let mut evil = RawBridge::connect(&h.gw.gateway.mqtt, h.gw.topics(), "br-evil").await?;
+    let ack = send(
+        &mut evil,
+        BAND,
+        vec![minute_steps(BAND, "br-evil", Utc::now(), 5)],
+    )
+    .await?;
+    assert_eq!(
+        (ack.stored, ack.batch_error),
+        (0, Some(Reason::DeviceNotOnBridge))
+    );
+    assert_eq!(counts("ben")?, [3]);
+    h.stop().await;
+    Ok(())
+}
