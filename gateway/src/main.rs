@@ -29,6 +29,23 @@ enum Command {
     /// Disclosure-log commands.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Import a person's `fhir` export (FHIR R4 NDJSON from GET /api/v1/me/export) as that
+    /// person's records. Exit 0 when every record was stored or already there; 1 when a
+    /// line could not be read (then nothing is stored) or a record was refused.
+    Import {
+        #[arg(long, env = "PHR_DATA_DIR", default_value = "phr-data")]
+        data_dir: PathBuf,
+        /// The person the records are stored for.
+        #[arg(long)]
+        subject: String,
+        /// The NDJSON file.
+        file: PathBuf,
+        /// Record a storage consent of the person for every data type first (when the person
+        /// has asked for the import). Without it, records are stored only under a storage
+        /// consent the person already has here.
+        #[arg(long)]
+        grant_storage_consent: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +204,12 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             println!("{}", keys.issue(&subject, &scope, ttl, chrono::Utc::now())?);
         }
         Command::Audit(AuditCommand::Verify { data_dir }) => return verify_audit(&data_dir),
+        Command::Import {
+            data_dir,
+            subject,
+            file,
+            grant_storage_consent,
+        } => return import(&data_dir, &subject, &file, grant_storage_consent),
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -212,4 +235,65 @@ fn verify_audit(data_dir: &std::path::Path) -> anyhow::Result<std::process::Exit
             Ok(std::process::ExitCode::from(1))
         }
     }
+}
+
+/// `import`: reads the whole file first, so a file with an unreadable line stores nothing.
+/// Reports line numbers and reasons, never values.
+fn import(
+    data_dir: &std::path::Path,
+    subject: &str,
+    file: &std::path::Path,
+    grant_storage_consent: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    use phr_gateway::store::export::read_fhir_ndjson;
+    if !phr_schema::envelope::is_valid_id(subject) {
+        anyhow::bail!("--subject must be 1-64 characters of A-Z a-z 0-9 . _ : -");
+    }
+    let input = std::fs::File::open(file).with_context(|| format!("{}", file.display()))?;
+    let parsed = read_fhir_ndjson(std::io::BufReader::new(input))
+        .with_context(|| format!("reading {}", file.display()))?;
+    if !parsed.failures.is_empty() {
+        for f in &parsed.failures {
+            eprintln!("{}: line {}: {}", file.display(), f.line, f.reason);
+        }
+        println!(
+            "import refused: {} of the lines could not be read; nothing was stored",
+            parsed.failures.len()
+        );
+        return Ok(std::process::ExitCode::from(1));
+    }
+    let config = Config {
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
+    std::fs::create_dir_all(data_dir).with_context(|| format!("{}", data_dir.display()))?;
+    let store = phr_gateway::Store::open(&config.store_path())?;
+    if grant_storage_consent {
+        store.ensure_person(subject)?;
+        store.grant_storage_consent(subject, &phr_schema::RecordType::ALL)?;
+        println!("recorded a storage consent of {subject} for every data type");
+    }
+    let skipped = parsed.skipped_daily_totals;
+    let (lines, records): (Vec<usize>, Vec<_>) = parsed.records.into_iter().unzip();
+    let report = store.import_records(subject, &records, chrono::Utc::now())?;
+    for (i, why) in &report.rejected {
+        let line = lines.get(*i).copied().unwrap_or_default();
+        eprintln!(
+            "{}: line {line}: refused: {} ({why})",
+            file.display(),
+            why.code()
+        );
+    }
+    println!(
+        "imported for {subject}: {} stored, {} duplicate, {} rejected; {} daily totals skipped",
+        report.stored,
+        report.duplicate,
+        report.rejected.len(),
+        skipped
+    );
+    Ok(if report.rejected.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
 }

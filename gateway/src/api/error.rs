@@ -17,6 +17,8 @@ pub enum ApiError {
     OutsideWindow,
     #[error("not found")]
     NotFound,
+    #[error("{0}")]
+    Conflict(&'static str),
     #[error("internal error")]
     Internal,
     #[error("temporarily unavailable; try again")]
@@ -38,6 +40,7 @@ impl ApiError {
             Self::BadRequest { code, .. } => code,
             Self::OutsideWindow => "outside_consented_window",
             Self::NotFound => "not_found",
+            Self::Conflict(_) => "conflict",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
         }
@@ -46,8 +49,15 @@ impl ApiError {
 
 impl From<crate::Error> for ApiError {
     fn from(e: crate::Error) -> Self {
-        tracing::error!(error = %e, "request failed");
-        Self::Internal
+        match e {
+            // Fixed texts written for callers; they never carry data.
+            crate::Error::Conflict(msg) => Self::Conflict(msg),
+            crate::Error::Invalid(msg) => Self::bad_request("invalid", msg),
+            e => {
+                tracing::error!(error = %e, "request failed");
+                Self::Internal
+            }
+        }
     }
 }
 
@@ -58,6 +68,7 @@ impl ResponseError for ApiError {
             Self::Forbidden | Self::OutsideWindow => StatusCode::FORBIDDEN,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -5,12 +5,14 @@
 //! - [`error`]: the one mapping from errors to status and JSON body.
 //! - [`me`]: the owner's own resources (`/api/v1/me/...`): records, consents, disclosures,
 //!   erasure.
+//! - [`corrections`]: quarantine confirmation, unlinking, operator re-attribution.
 //! - [`devices`]: the owner's devices and pairing (`/api/v1/me/devices/...`).
 //! - [`subjects`]: other parties' reads of a person's data (`/api/v1/subjects/...`).
 //! - [`records`]: query parsing and output formats shared by both.
 //! - [`export`]: the owner's export (FHIR R4, Open mHealth, CSV).
 //! - this file: app state, the bearer-token extractor, `/healthz`, `/metrics`, the dashboard.
 
+pub mod corrections;
 pub mod devices;
 pub mod error;
 pub mod export;
@@ -51,6 +53,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(DASHBOARD, web::get().to(dashboard));
     me::configure(cfg);
     devices::configure(cfg);
+    corrections::configure(cfg);
     export::configure(cfg);
     subjects::configure(cfg);
 }

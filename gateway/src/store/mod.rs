@@ -24,6 +24,7 @@ use crate::ingest::{self, Binding, Checked, Decision, DeviceView};
 
 pub mod audit;
 pub mod consent;
+pub mod corrections;
 pub mod export;
 pub mod pairing;
 
@@ -176,6 +177,7 @@ impl Store {
         conn.execute_batch(consent::SCHEMA)?;
         conn.execute_batch(audit::SCHEMA)?;
         conn.execute_batch(pairing::SCHEMA)?;
+        conn.execute_batch(corrections::SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Self {
             writer: Mutex::new(conn),

@@ -8,8 +8,10 @@
 mod api;
 mod batches;
 mod consent;
+mod corrections;
 mod crash;
 mod demo;
+mod export;
 mod pairing;
 mod pipeline;
 
