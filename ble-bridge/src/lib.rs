@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`decode`]: sans-io GATT decoders, one module per device family, one registry table.
+//! - [`identity`]: the bridge's signing key (its credential towards the gateway).
 //! - [`normalise`]: decoded readings to `phr_schema::Record`s (ids, units, offsets).
 //! - [`sim`]: simulated wearables that emit the bytes real GATT characteristics would carry.
 //! - [`outbox`]: the durable on-disk queue; batches leave it only on the gateway's ack.
@@ -11,6 +12,7 @@
 //! - [`mqtt`]: broker URLs and client options shared with the gateway.
 
 pub mod decode;
+pub mod identity;
 pub mod mqtt;
 pub mod normalise;
 pub mod outbox;

@@ -128,15 +128,17 @@ impl Outbox {
         Ok(out)
     }
 
-    /// Removes acked batches in one transaction; returns how many were still here (a second
-    /// ack for the same batch is harmless).
-    pub fn remove(&mut self, batch_ids: &[Uuid]) -> Result<usize> {
+    /// Removes acked batches in one transaction; returns those that were here (an ack for a
+    /// batch already removed, or another bridge instance's, changes nothing).
+    pub fn remove(&mut self, batch_ids: &[Uuid]) -> Result<Vec<Uuid>> {
         let tx = self.conn.transaction()?;
-        let mut removed = 0;
+        let mut removed = Vec::new();
         {
             let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE batch_id = ?1")?;
             for id in batch_ids {
-                removed += delete.execute([id.to_string()])?;
+                if delete.execute([id.to_string()])? > 0 {
+                    removed.push(*id);
+                }
             }
         }
         tx.commit()?;
@@ -214,10 +216,9 @@ mod tests {
             Some(now.timestamp())
         );
         assert_eq!(o.cursor("d2").unwrap(), None);
-        assert_eq!(o.remove(&[a.batch_id]).unwrap(), 1);
-        assert_eq!(
-            o.remove(&[a.batch_id]).unwrap(),
-            0,
+        assert_eq!(o.remove(&[a.batch_id]).unwrap(), vec![a.batch_id]);
+        assert!(
+            o.remove(&[a.batch_id]).unwrap().is_empty(),
             "a second ack is harmless"
         );
         assert_eq!(o.depth().unwrap(), 1);

@@ -33,6 +33,8 @@ pub struct PublisherConfig {
     pub max_inflight: usize,
     /// The devices this bridge can vouch for in a pairing, by device id.
     pub identities: HashMap<String, DeviceIdentity>,
+    /// This bridge's public key (hex), sent in pairing reports.
+    pub bridge_key: String,
 }
 
 /// What a bridge read from a device, reported when the owner pairs it.
@@ -156,8 +158,11 @@ pub async fn run(
                     inflight.remove(id);
                 }
                 let removed = blocking(&outbox, move |o| o.remove(&ids)).await?;
+                // Only acks of batches this bridge still held count: others' batches on the
+                // same topic, or a second ack for one already removed, change nothing.
+                acks.retain(|a| a.batch_id.is_some_and(|id| removed.contains(&id)));
                 status.send_modify(|s| {
-                    s.batches_acked += removed as u64;
+                    s.batches_acked += removed.len() as u64;
                     for a in &acks {
                         s.stored += u64::from(a.stored);
                         s.duplicate += u64::from(a.duplicate);
@@ -203,6 +208,7 @@ fn show_code(
         device_id: request.device_id.clone(),
         address: identity.address.clone(),
         serial_number: identity.serial_number.clone(),
+        bridge_key: Some(cfg.bridge_key.clone()),
     };
     match serde_json::to_vec(&report) {
         Ok(body) => {

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use phr_schema::{Batch, Record, Topics};
 
+use crate::identity::BridgeKey;
 use crate::mqtt::MqttUrl;
 use crate::outbox::Outbox;
 use crate::publish::{self, blocking, PublisherConfig, Status};
@@ -78,8 +79,9 @@ impl SimulateConfig {
     }
 }
 
-/// Groups one device's records, in measured order, into batches.
+/// Groups one device's records, in measured order, into batches signed by `key`.
 pub fn batches(
+    key: &BridgeKey,
     bridge_id: &str,
     device_id: &str,
     mut records: Vec<Record>,
@@ -88,7 +90,11 @@ pub fn batches(
     records.sort_by_key(|r| r.measured().0);
     records
         .chunks(size.max(1))
-        .map(|c| Batch::new(bridge_id, device_id, Uuid::new_v4(), c.to_vec()))
+        .map(|c| {
+            let mut batch = Batch::new(bridge_id, device_id, Uuid::new_v4(), c.to_vec());
+            key.sign(&mut batch);
+            batch
+        })
         .collect()
 }
 
@@ -105,6 +111,7 @@ pub async fn run(
         &cfg.data_dir.join("outbox.sqlite"),
         cfg.outbox_max_batches,
     )?));
+    let key = BridgeKey::load_or_create(&cfg.data_dir)?;
     let wake = Arc::new(Notify::new());
     let publisher_stop = shutdown.child_token();
     let publisher = tokio::spawn(publish::run(
@@ -119,6 +126,7 @@ pub async fn run(
                 .iter()
                 .map(|b| (b.device_id.clone(), b.identity()))
                 .collect(),
+            bridge_key: key.public_hex(),
         },
         outbox.clone(),
         wake.clone(),
@@ -135,7 +143,7 @@ pub async fn run(
         let end = cfg.until.map_or(now, |u| u.min(now));
         let (mut done, mut full) = (true, false);
         for band in &bands {
-            match generate(&cfg, band, &outbox, end).await {
+            match generate(&cfg, &key, band, &outbox, end).await {
                 Ok(complete) => done &= complete,
                 Err(Error::OutboxFull { depth, max }) => {
                     warn!(device_id = %band.device_id, depth, max, "outbox full; holding new data until the gateway acks");
@@ -183,6 +191,7 @@ pub async fn run(
 /// Moves one band's data up to `end` into the outbox; `true` when the band is caught up.
 async fn generate(
     cfg: &SimulateConfig,
+    key: &BridgeKey,
     band: &SimBand,
     outbox: &Arc<Mutex<Outbox>>,
     end: DateTime<Utc>,
@@ -197,7 +206,13 @@ async fn generate(
     let to = end.min(from + TimeDelta::hours(6));
     let records = band.records(&cfg.bridge_id, from, to)?;
     let count = records.len();
-    let batches = batches(&cfg.bridge_id, &band.device_id, records, cfg.batch_records);
+    let batches = batches(
+        key,
+        &cfg.bridge_id,
+        &band.device_id,
+        records,
+        cfg.batch_records,
+    );
     let cursor = vec![(band.device_id.clone(), to)];
     blocking(outbox, move |o| o.push(&batches, &cursor, Utc::now())).await?;
     info!(device_id = %band.device_id, %from, %to, records = count, "generated");

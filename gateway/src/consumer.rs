@@ -253,13 +253,7 @@ async fn pairing_report(topics: Topics, client: AsyncClient, store: Arc<Store>, 
     match (bridge, serde_json::from_slice::<PairingReport>(&p.payload)) {
         (Some(bridge), Ok(r)) => {
             let result = tokio::task::spawn_blocking(move || {
-                store.report_pairing(
-                    r.pairing_id,
-                    &bridge,
-                    &r.device_id,
-                    r.address.as_deref(),
-                    r.serial_number.as_deref(),
-                )
+                store.report_pairing(r.pairing_id, &bridge, &r)
             })
             .await;
             match result {

@@ -32,6 +32,10 @@ pub struct Batch {
     pub device_id: String,
     pub batch_id: Uuid,
     pub records: Vec<Record>,
+    /// Ed25519 signature (hex) by the bridge's key over [`signing_digest`]; required once
+    /// the bridge has registered a key through a pairing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl Batch {
@@ -42,8 +46,47 @@ impl Batch {
             device_id: device_id.to_owned(),
             batch_id,
             records,
+            signature: None,
         }
     }
+
+    /// The digest a bridge signs: over the envelope's identity and each record's JSON exactly
+    /// as serialised in the batch.
+    pub fn signing_digest(&self) -> [u8; 32] {
+        let records: Vec<String> = self
+            .records
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap_or_default())
+            .collect();
+        signing_digest(
+            &self.batch_id,
+            &self.bridge_id,
+            &self.device_id,
+            records.iter().map(String::as_str),
+        )
+    }
+}
+
+/// SHA-256 of `phr-batch-v1`, the batch id, bridge, device and each record's JSON text, each
+/// followed by a newline. The gateway computes it from the raw record texts it received, so
+/// any change to any byte of any record breaks the signature.
+pub fn signing_digest<'r>(
+    batch_id: &Uuid,
+    bridge_id: &str,
+    device_id: &str,
+    records: impl IntoIterator<Item = &'r str>,
+) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in ["phr-batch-v1", &batch_id.to_string(), bridge_id, device_id] {
+        h.update(part.as_bytes());
+        h.update(b"\n");
+    }
+    for r in records {
+        h.update(r.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().into()
 }
 
 /// A batch as the gateway first reads it: the envelope typed, each record left raw so that one
@@ -56,6 +99,8 @@ pub struct RawBatch<'a> {
     pub batch_id: Uuid,
     #[serde(borrow)]
     pub records: Vec<&'a RawValue>,
+    #[serde(default)]
+    pub signature: Option<String>,
 }
 
 /// What happened to one record of a batch.
@@ -117,6 +162,9 @@ pub struct PairingReport {
     /// Device Information serial number (0x2A25), where the device has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial_number: Option<String>,
+    /// The bridge's Ed25519 public key (hex), registered when the owner confirms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge_key: Option<String>,
 }
 
 /// Topic names under one prefix.

@@ -467,13 +467,26 @@ pub fn night(device: &str, bridge: &str, start: DateTime<Utc>, hours: i64) -> ph
     )
 }
 
-/// Publishes `records` of one device as one batch and returns the gateway's ack.
+/// Publishes `records` of one device as one unsigned batch and returns the gateway's ack.
 pub async fn send(
     bridge: &mut RawBridge,
     device: &str,
     records: Vec<phr_schema::Record>,
 ) -> Result<Ack> {
-    let batch = phr_schema::Batch::new(&bridge.bridge, device, uuid::Uuid::new_v4(), records);
+    send_signed(bridge, device, records, None).await
+}
+
+/// Publishes `records` as one batch signed with `key` (a bridge's own key), if given.
+pub async fn send_signed(
+    bridge: &mut RawBridge,
+    device: &str,
+    records: Vec<phr_schema::Record>,
+    key: Option<&phr_bridge::identity::BridgeKey>,
+) -> Result<Ack> {
+    let mut batch = phr_schema::Batch::new(&bridge.bridge, device, uuid::Uuid::new_v4(), records);
+    if let Some(k) = key {
+        k.sign(&mut batch);
+    }
     bridge.publish(device, serde_json::to_vec(&batch)?).await?;
     bridge.next_ack().await
 }

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
+use ed25519_dalek::VerifyingKey;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use phr_schema::{Ack, RecordType};
@@ -57,9 +58,12 @@ CREATE TABLE IF NOT EXISTS people (
     time_zone TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
+-- `public_key`: the Ed25519 key (hex) the bridge registered at its first confirmed pairing;
+-- once set, only batches signed by it are accepted on the bridge's topics.
 CREATE TABLE IF NOT EXISTS bridges (
     bridge_id TEXT PRIMARY KEY,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    public_key TEXT
 );
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY,
@@ -136,7 +140,7 @@ pub struct Store {
 
 /// Version of the tables below, kept in SQLite's `user_version`. Development versions before
 /// the first release are not migrated: a data dir from one is refused with a clear error.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 fn check_version(conn: &Connection, path: &Path) -> Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -289,6 +293,7 @@ impl Store {
         let now_ms = now.timestamp_millis();
         self.write(|tx| {
             let mut views: HashMap<String, DeviceView> = HashMap::new();
+            let mut keys: HashMap<String, Option<VerifyingKey>> = HashMap::new();
             let mut acks = Vec::with_capacity(checked.len());
             let mut insert = tx.prepare_cached(
                 "INSERT INTO records (device_id, record_type, start_ms, end_ms, record_id,
@@ -310,7 +315,14 @@ impl Store {
                         views.entry(c.device_id.clone()).or_insert(v)
                     }
                 };
-                let mut plan = ingest::attribute(c, view);
+                let key = match keys.get(&c.bridge_id) {
+                    Some(k) => k,
+                    None => {
+                        let k = bridge_key(tx, &c.bridge_id)?;
+                        keys.entry(c.bridge_id.clone()).or_insert(k)
+                    }
+                };
+                let mut plan = ingest::attribute(c, view, key.as_ref());
                 let batch_id = plan.batch_id.map(|b| b.to_string()).unwrap_or_default();
                 for p in &plan.accepted {
                     let (k, v) = (&p.valid.key, &p.valid);
@@ -508,6 +520,29 @@ fn bind_in(
         params![device_id, person_id, from_ms, Utc::now().to_rfc3339()],
     )?;
     Ok(())
+}
+
+/// The key `bridge_id` registered at pairing, if any.
+pub(crate) fn bridge_key(conn: &Connection, bridge_id: &str) -> Result<Option<VerifyingKey>> {
+    let hex: Option<String> = conn
+        .prepare_cached("SELECT public_key FROM bridges WHERE bridge_id = ?1")?
+        .query_row([bridge_id], |r| r.get(0))
+        .optional()?
+        .flatten();
+    hex.map(|h| parse_key(&h).ok_or(Error::Invalid("a stored bridge key is malformed")))
+        .transpose()
+}
+
+/// An Ed25519 public key from 64 hex characters.
+pub fn parse_key(hex: &str) -> Option<VerifyingKey> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut bytes = [0u8; 32];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    VerifyingKey::from_bytes(&bytes).ok()
 }
 
 /// The registry's view of one device, read inside the ingest transaction.

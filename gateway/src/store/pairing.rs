@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use phr_schema::PairingReport;
+
 use super::{audit, Store};
 use crate::{Error, Result};
 
@@ -40,6 +42,7 @@ CREATE TABLE IF NOT EXISTS pairings (
     attempts INTEGER NOT NULL DEFAULT 0,
     reported_address TEXT,
     reported_serial TEXT,
+    reported_bridge_key TEXT,
     finished_at_ms INTEGER
 );
 ";
@@ -72,6 +75,8 @@ pub enum Refusal {
     NotReported,
     #[error("the serial number does not match what the bridge read")]
     SerialMismatch,
+    #[error("the bridge answered with a key other than the one it registered before")]
+    BridgeKeyMismatch,
 }
 
 impl Refusal {
@@ -83,6 +88,7 @@ impl Refusal {
             Self::WrongCode => "wrong_code",
             Self::NotReported => "device_not_reported",
             Self::SerialMismatch => "serial_mismatch",
+            Self::BridgeKeyMismatch => "bridge_key_mismatch",
         }
     }
 }
@@ -106,6 +112,7 @@ struct Row {
     attempts: i64,
     address: Option<String>,
     serial: Option<String>,
+    bridge_key: Option<String>,
 }
 
 fn hash(pairing_id: Uuid, code: &str) -> String {
@@ -183,21 +190,35 @@ impl Store {
         })
     }
 
-    /// What a bridge reported for a pairing it was asked about; ignored unless the bridge
-    /// and device are the ones the pairing names and it is still pending.
+    /// What a bridge reported for a pairing it was asked about. Only the first report
+    /// counts, and only if the bridge and device are the ones the pairing names and it is
+    /// still pending: a later report cannot swap the identity or the key the owner confirms.
     pub fn report_pairing(
         &self,
         pairing_id: Uuid,
         bridge_id: &str,
-        device_id: &str,
-        address: Option<&str>,
-        serial: Option<&str>,
+        report: &PairingReport,
     ) -> Result<bool> {
+        if report
+            .bridge_key
+            .as_deref()
+            .is_some_and(|k| super::parse_key(k).is_none())
+        {
+            return Ok(false);
+        }
         self.write(|tx| {
             let n = tx.execute(
-                "UPDATE pairings SET reported_address = ?4, reported_serial = ?5
-                  WHERE pairing_id = ?1 AND bridge_id = ?2 AND device_id = ?3 AND state = 'pending'",
-                params![pairing_id.to_string(), bridge_id, device_id, address, serial],
+                "UPDATE pairings SET reported_address = ?4, reported_serial = ?5, reported_bridge_key = ?6
+                  WHERE pairing_id = ?1 AND bridge_id = ?2 AND device_id = ?3 AND state = 'pending'
+                    AND reported_address IS NULL AND reported_serial IS NULL AND reported_bridge_key IS NULL",
+                params![
+                    pairing_id.to_string(),
+                    bridge_id,
+                    report.device_id,
+                    report.address,
+                    report.serial_number,
+                    report.bridge_key
+                ],
             )?;
             Ok(n == 1)
         })
@@ -242,7 +263,8 @@ impl Store {
         self.write(|tx| {
             let row: Option<Row> = tx
                 .query_row(
-                    "SELECT bridge_id, device_id, code_hash, expires_at_ms, state, attempts, reported_address, reported_serial
+                    "SELECT bridge_id, device_id, code_hash, expires_at_ms, state, attempts, reported_address, reported_serial,
+                            reported_bridge_key
                        FROM pairings WHERE pairing_id = ?1 AND person_id = ?2",
                     params![pairing_id.to_string(), person_id],
                     |r| {
@@ -255,6 +277,7 @@ impl Store {
                             attempts: r.get(5)?,
                             address: r.get(6)?,
                             serial: r.get(7)?,
+                            bridge_key: r.get(8)?,
                         })
                     },
                 )
@@ -271,7 +294,7 @@ impl Store {
                 audit::append(tx, &e)?;
                 Ok(Err(why))
             };
-            let Some(Row { bridge, device, code_hash, expires_at_ms, state, attempts, address, serial: reported_serial }) = row else {
+            let Some(Row { bridge, device, code_hash, expires_at_ms, state, attempts, address, serial: reported_serial, bridge_key }) = row else {
                 return refuse(tx, Refusal::Unknown, false);
             };
             if state != "pending" {
@@ -294,9 +317,20 @@ impl Store {
             }
             // Register the device through this bridge (a device re-paired through another
             // bridge moves there), then close the open binding and open the new one.
+            // The bridge's key: registered at its first confirmed pairing, and from then on
+            // the only key a pairing through that bridge may present.
+            let registered: Option<Option<String>> = tx
+                .query_row("SELECT public_key FROM bridges WHERE bridge_id = ?1", [&bridge], |r| r.get(0))
+                .optional()?;
+            if let (Some(Some(old)), Some(new)) = (&registered, &bridge_key) {
+                if old != new {
+                    return refuse(tx, Refusal::BridgeKeyMismatch, true);
+                }
+            }
             tx.execute(
-                "INSERT INTO bridges (bridge_id, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                params![bridge, now.to_rfc3339()],
+                "INSERT INTO bridges (bridge_id, created_at, public_key) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(bridge_id) DO UPDATE SET public_key = coalesce(bridges.public_key, excluded.public_key)",
+                params![bridge, now.to_rfc3339(), bridge_key],
             )?;
             tx.execute(
                 "INSERT INTO devices (device_id, bridge_id, serial_number, created_at) VALUES (?1, ?2, ?3, ?4)

@@ -8,9 +8,10 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use phr_bridge::identity::BridgeKey;
 use phr_bridge::publish::Status;
 use phr_bridge::simulate::{self, SimulateConfig};
-use phr_e2e::{call, minute_steps, send, wait_for, RawBridge, TestGateway};
+use phr_e2e::{call, minute_steps, send, send_signed, wait_for, RawBridge, TestGateway};
 use phr_gateway::store::pairing::{Refusal, MAX_ATTEMPTS, TTL};
 use phr_schema::Reason;
 
@@ -22,6 +23,8 @@ struct Home {
     gw: TestGateway,
     bridge: CancellationToken,
     status: watch::Receiver<Status>,
+    /// The simulated bridge's own signing key (the test publishes as that bridge).
+    key: BridgeKey,
 }
 
 async fn home() -> anyhow::Result<Home> {
@@ -40,7 +43,13 @@ async fn home() -> anyhow::Result<Home> {
     tokio::spawn(simulate::run(cfg, tx, bridge.clone()));
     let mut s = status.clone();
     tokio::time::timeout(Duration::from_secs(20), s.wait_for(|s| s.connected)).await??;
-    Ok(Home { gw, bridge, status })
+    let key = BridgeKey::load_or_create(&gw.dir.path().join("bridge"))?;
+    Ok(Home {
+        gw,
+        bridge,
+        status,
+        key,
+    })
 }
 
 impl Home {
@@ -203,32 +212,22 @@ async fn only_the_owner_who_started_it_with_the_code_the_bridge_shows_can_pair(
 
     // From now on the band's data is ana's, once she lets the gateway store it.
     let mut raw = RawBridge::connect(&h.gw.gateway.mqtt, h.gw.topics(), BRIDGE).await?;
-    let ack = send(
-        &mut raw,
-        BAND,
-        vec![minute_steps(
-            BAND,
-            BRIDGE,
-            Utc::now() + TimeDelta::minutes(1),
-            41,
-        )],
-    )
-    .await?;
+    let at = |m| minute_steps(BAND, BRIDGE, Utc::now() + TimeDelta::minutes(m), 40 + m);
+    let ack = send_signed(&mut raw, BAND, vec![at(1)], Some(&h.key)).await?;
     assert_eq!(ack.rejected[0].reason, Reason::NoStorageConsent);
     h.consent_to_storage("ana")?;
-    let mut raw = RawBridge::connect(&h.gw.gateway.mqtt, h.gw.topics(), BRIDGE).await?;
-    let ack = send(
-        &mut raw,
-        BAND,
-        vec![minute_steps(
-            BAND,
-            BRIDGE,
-            Utc::now() + TimeDelta::minutes(2),
-            42,
-        )],
-    )
-    .await?;
+    let ack = send_signed(&mut raw, BAND, vec![at(2)], Some(&h.key)).await?;
     assert_eq!(ack.stored, 1);
+    // The pairing registered the bridge's key: anyone else publishing on its topics, even
+    // for its own device, is refused.
+    let ack = send(&mut raw, BAND, vec![at(3)]).await?;
+    assert_eq!(
+        (ack.stored, ack.batch_error),
+        (0, Some(Reason::BadSignature))
+    );
+    let impostor = BridgeKey::load_or_create(&h.gw.dir.path().join("impostor"))?;
+    let ack = send_signed(&mut raw, BAND, vec![at(4)], Some(&impostor)).await?;
+    assert_eq!(ack.batch_error, Some(Reason::BadSignature));
     let (_, mine) = call(
         "GET",
         &h.gw.url("/api/v1/me/records?type=step-count"),
@@ -328,7 +327,7 @@ async fn a_device_moved_to_a_new_owner_splits_its_records_at_that_moment() -> an
         minute_steps(BAND, BRIDGE, minute - TimeDelta::minutes(1), 2),
         minute_steps(BAND, BRIDGE, minute + TimeDelta::minutes(1), 3),
     ];
-    let ack = send(&mut raw, BAND, records).await?;
+    let ack = send_signed(&mut raw, BAND, records, Some(&h.key)).await?;
     assert_eq!((ack.stored, ack.quarantined), (3, 0), "{ack:?}");
     let counts = |who: &str| -> anyhow::Result<Vec<i64>> {
         let (_, b) = call(
@@ -352,7 +351,13 @@ async fn a_device_moved_to_a_new_owner_splits_its_records_at_that_moment() -> an
     assert_eq!(counts("ben")?, [3]);
     // A minute that straddles the hand-over belongs to neither.
     if moved_at != minute {
-        let ack = send(&mut raw, BAND, vec![minute_steps(BAND, BRIDGE, minute, 4)]).await?;
+        let ack = send_signed(
+            &mut raw,
+            BAND,
+            vec![minute_steps(BAND, BRIDGE, minute, 4)],
+            Some(&h.key),
+        )
+        .await?;
         assert_eq!((ack.stored, ack.quarantined), (0, 1));
     }
 

@@ -1,0 +1,90 @@
+//! The bridge's own identity: an Ed25519 key generated on first start and kept in its data
+//! dir (`bridge-ed25519.pk8`, PKCS#8 DER, mode 0600). Its public half travels in pairing
+//! reports; the gateway registers it when the owner confirms the first pairing through this
+//! bridge, and from then on accepts on this bridge's topics only batches signed with it.
+//! No secret ever crosses the network.
+
+use std::path::Path;
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::{Signer, SigningKey};
+
+use phr_schema::Batch;
+
+use crate::{Error, Result};
+
+const KEY_FILE: &str = "bridge-ed25519.pk8";
+
+#[derive(Debug)]
+pub struct BridgeKey(SigningKey);
+
+impl BridgeKey {
+    /// Loads the key from `dir`, generating it on first use.
+    pub fn load_or_create(dir: &Path) -> Result<Self> {
+        let path = dir.join(KEY_FILE);
+        match std::fs::read(&path) {
+            Ok(der) => SigningKey::from_pkcs8_der(&der)
+                .map(Self)
+                .map_err(|_| Error::Io(format!("{} is not an Ed25519 PKCS#8 key", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
+                let key = SigningKey::generate(&mut rand::rngs::OsRng);
+                let der = key.to_pkcs8_der().map_err(|e| Error::Io(e.to_string()))?;
+                write_private(&path, der.as_bytes())?;
+                tracing::info!(path = %path.display(), "generated this bridge's signing key");
+                Ok(Self(key))
+            }
+            Err(e) => Err(Error::Io(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// The public key as 64 hex characters.
+    pub fn public_hex(&self) -> String {
+        self.0
+            .verifying_key()
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Signs a batch (see [`Batch::signing_digest`]).
+    pub fn sign(&self, batch: &mut Batch) {
+        let sig = self.0.sign(&batch.signing_digest());
+        batch.signature = Some(sig.to_bytes().iter().map(|b| format!("{b:02x}")).collect());
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
+    let mut file = options.open(path).map_err(io)?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_persists_and_signs_what_the_gateway_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = BridgeKey::load_or_create(dir.path()).unwrap();
+        let again = BridgeKey::load_or_create(dir.path()).unwrap();
+        assert_eq!(key.public_hex(), again.public_hex());
+        assert_eq!(key.public_hex().len(), 64);
+        let mut batch = Batch::new("b", "d", uuid::Uuid::new_v4(), vec![]);
+        key.sign(&mut batch);
+        assert_eq!(batch.signature.as_ref().map(String::len), Some(128));
+    }
+}
