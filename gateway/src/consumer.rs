@@ -89,16 +89,6 @@ pub async fn run(
                     connected.send_replace(true);
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p)))
-                if cfg.topics.parse_pairing_reports(&p.topic).is_some() =>
-            {
-                tokio::spawn(pairing_report(
-                    cfg.topics.clone(),
-                    client.clone(),
-                    store.clone(),
-                    p,
-                ));
-            }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 // Back-pressure: while the store is busy, stop reading from the broker.
                 if work_tx.send(p).await.is_err() {
@@ -126,8 +116,21 @@ pub async fn run(
     let _ = worker.await;
 }
 
-/// A group of messages checked and ready to commit, with the publishes to PUBACK after.
-type Checked = (Vec<ingest::Checked>, Vec<Publish>);
+/// What one received message is, decided in the check stage.
+#[derive(Debug)]
+enum Item {
+    /// A records batch: its index among the group's checked batches.
+    Batch(usize),
+    /// A bridge's pairing report.
+    Pairing(String, Option<PairingReport>),
+    /// Not a topic this gateway serves.
+    Foreign,
+}
+
+/// A group of messages checked and ready to commit, with every message of the group in the
+/// order received: PUBACKs must go out in that order (MQTT 3.1.1 §4.6; rumqttd drops a
+/// client that acks out of order).
+type Group = (Vec<ingest::Checked>, Vec<(Publish, Item)>);
 
 /// Stage 1: groups messages and checks them (parse, validate) off the async workers, while
 /// stage 2 commits the previous group. The hand-over channel holds one group, so at most
@@ -139,13 +142,13 @@ async fn work(
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<Publish>,
 ) {
-    let (checked_tx, checked_rx) = mpsc::channel::<Checked>(1);
+    let (group_tx, group_rx) = mpsc::channel::<Group>(1);
     let committer = tokio::spawn(commit(
         cfg.clone(),
-        client.clone(),
+        client,
         store,
         metrics.clone(),
-        checked_rx,
+        group_rx,
     ));
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
@@ -155,117 +158,119 @@ async fn work(
                 Err(_) => break,
             }
         }
-        metrics.received(group.len());
         let topics = cfg.topics.clone();
         let limits = cfg.limits.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let now = Utc::now();
             let mut checked = Vec::with_capacity(group.len());
-            let mut ours = Vec::with_capacity(group.len());
-            let mut foreign = Vec::new();
+            let mut items = Vec::with_capacity(group.len());
             for p in group {
-                match topics.parse_records(&p.topic) {
-                    Some((bridge, device)) => {
-                        checked.push(ingest::check(&p.payload, bridge, device, now, &limits));
-                        ours.push(p);
-                    }
-                    None => foreign.push(p),
-                }
+                let item = if let Some((bridge, device)) = topics.parse_records(&p.topic) {
+                    checked.push(ingest::check(&p.payload, bridge, device, now, &limits));
+                    Item::Batch(checked.len() - 1)
+                } else if let Some(bridge) = topics.parse_pairing_reports(&p.topic) {
+                    Item::Pairing(bridge.to_owned(), serde_json::from_slice(&p.payload).ok())
+                } else {
+                    Item::Foreign
+                };
+                items.push((p, item));
             }
-            (checked, ours, foreign)
+            (checked, items)
         })
         .await;
-        let Ok((checked, ours, foreign)) = checked else {
-            error!("checking a group of batches panicked; batches not acked");
+        let Ok(group) = checked else {
+            error!("checking a group of messages panicked; not acked");
             continue;
         };
-        for p in foreign {
-            // The subscription filter guarantees the shape, not the id alphabet: drop such
-            // messages from the broker, visibly.
-            warn!(
-                topic_len = p.topic.len(),
-                "ignoring message on an invalid records topic"
-            );
-            let _ = client.try_ack(&p);
-        }
-        if !checked.is_empty() && checked_tx.send((checked, ours)).await.is_err() {
+        metrics.received(group.0.len());
+        if group_tx.send(group).await.is_err() {
             break;
         }
     }
-    drop(checked_tx);
+    drop(group_tx);
     let _ = committer.await;
 }
 
-/// Stage 2: one transaction per group, then the acks and PUBACKs.
+/// Stage 2: one transaction per group, pairing reports recorded, then the acks and PUBACKs
+/// in the order the messages arrived.
 async fn commit(
     cfg: ConsumerConfig,
     client: AsyncClient,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-    mut rx: mpsc::Receiver<Checked>,
+    mut rx: mpsc::Receiver<Group>,
 ) {
-    while let Some((checked, publishes)) = rx.recv().await {
+    while let Some((checked, items)) = rx.recv().await {
         let started = Instant::now();
         let store = store.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let reports: Vec<(String, PairingReport)> = items
+            .iter()
+            .filter_map(|(_, i)| match i {
+                Item::Pairing(bridge, Some(r)) => Some((bridge.clone(), r.clone())),
+                _ => None,
+            })
+            .collect();
+        let batches = checked.len();
+        let result = tokio::task::spawn_blocking(move || -> crate::Result<_> {
             let route: Vec<String> = checked.iter().map(|c| c.bridge_id.clone()).collect();
-            store.ingest(checked, Utc::now()).map(|acks| (acks, route))
+            let acks = if checked.is_empty() {
+                Vec::new()
+            } else {
+                store.ingest(checked, Utc::now())?
+            };
+            let mut recorded = Vec::with_capacity(reports.len());
+            for (bridge, r) in &reports {
+                recorded.push(store.report_pairing(r.pairing_id, bridge, r)?);
+            }
+            Ok((acks, route, recorded))
         })
         .await;
-        let (acks, bridges) = match result {
+        let (acks, bridges, recorded) = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                // Not acked: the bridges resend and nothing is lost.
-                error!(error = %e, batches = publishes.len(), "ingest transaction failed; batches not acked");
+                // Not acked: the bridges resend and nothing is lost. (A broker that insists on
+                // in-order PUBACKs may drop the connection at the next ack; the resends cover
+                // that too.)
+                error!(error = %e, messages = items.len(), "ingest transaction failed; not acked");
                 metrics.store_error();
                 continue;
             }
             Err(e) => {
-                error!(error = %e, "ingest task panicked; batches not acked");
+                error!(error = %e, "ingest task panicked; not acked");
                 metrics.store_error();
                 continue;
             }
         };
-        metrics.committed(&acks, started.elapsed());
-        for ((ack, bridge), p) in acks.iter().zip(&bridges).zip(&publishes) {
-            debug!(bridge_id = %bridge, batch_id = ?ack.batch_id, stored = ack.stored,
-                   duplicate = ack.duplicate, quarantined = ack.quarantined,
-                   rejected = ack.rejected.len(), "batch committed");
-            match serde_json::to_vec(ack) {
-                Ok(body) => {
-                    if client
-                        .try_publish(cfg.topics.acks(bridge), QoS::AtLeastOnce, false, body)
-                        .is_err()
-                    {
-                        warn!(bridge_id = %bridge, "ack queue full; the bridge will resend");
+        if batches > 0 {
+            metrics.committed(&acks, started.elapsed());
+        }
+        let mut recorded = recorded.into_iter();
+        for (p, item) in &items {
+            match item {
+                Item::Batch(i) => {
+                    let (ack, bridge) = (&acks[*i], &bridges[*i]);
+                    debug!(bridge_id = %bridge, batch_id = ?ack.batch_id, stored = ack.stored,
+                           duplicate = ack.duplicate, quarantined = ack.quarantined,
+                           rejected = ack.rejected.len(), "batch committed");
+                    match serde_json::to_vec(ack) {
+                        Ok(body) => {
+                            if client.try_publish(cfg.topics.acks(bridge), QoS::AtLeastOnce, false, body).is_err() {
+                                warn!(bridge_id = %bridge, "ack queue full; the bridge will resend");
+                            }
+                        }
+                        Err(e) => error!(error = %e, "could not encode an ack"),
                     }
                 }
-                Err(e) => error!(error = %e, "could not encode an ack"),
+                Item::Pairing(_, Some(_)) => match recorded.next() {
+                    Some(true) => info!("bridge reported the device of a pairing"),
+                    _ => warn!("pairing report does not match a pending, unreported pairing of that bridge and device"),
+                },
+                Item::Pairing(_, None) => warn!("unreadable pairing report"),
+                // The subscription filters guarantee the shape, not the id alphabet: drop
+                // such messages from the broker, visibly.
+                Item::Foreign => warn!(topic_len = p.topic.len(), "ignoring a message on an invalid topic"),
             }
             let _ = client.try_ack(p);
         }
     }
-}
-
-/// A bridge's report of the device a pairing names: recorded if it matches the pairing.
-async fn pairing_report(topics: Topics, client: AsyncClient, store: Arc<Store>, p: Publish) {
-    let bridge = topics.parse_pairing_reports(&p.topic).map(str::to_owned);
-    match (bridge, serde_json::from_slice::<PairingReport>(&p.payload)) {
-        (Some(bridge), Ok(r)) => {
-            let result = tokio::task::spawn_blocking(move || {
-                store.report_pairing(r.pairing_id, &bridge, &r)
-            })
-            .await;
-            match result {
-                Ok(Ok(true)) => info!("bridge reported the device of a pairing"),
-                Ok(Ok(false)) => warn!(
-                    "pairing report does not match a pending pairing of that bridge and device"
-                ),
-                Ok(Err(e)) => error!(error = %e, "could not record a pairing report"),
-                Err(e) => error!(error = %e, "pairing report task failed"),
-            }
-        }
-        _ => warn!("unreadable pairing report"),
-    }
-    let _ = client.try_ack(&p);
 }

@@ -1,20 +1,25 @@
 //! `phr-gateway demo`: the whole pipeline on embedded defaults, in one process.
 //!
-//! Starts the gateway with its embedded broker and SQLite store, registers a demo person with
-//! storage consent, binds simulated bands to them through a demo bridge, runs that bridge
-//! in-process (simulated GATT bytes → decoders → outbox → MQTT), and prints what to open.
+//! Starts the gateway with its embedded broker and SQLite store; registers a demo person who
+//! consents to storage and to a demo PHR company reading steps and sleep; runs a simulated
+//! bridge in-process (simulated GATT bytes → decoders → signed batches → outbox → MQTT); pairs
+//! each band to the person through the real pairing flow (the bridge shows the code, the
+//! person confirms it); confirms the history the bands held out of quarantine; and prints
+//! what to open and what to try.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use phr_bridge::simulate::{self, SimulateConfig};
 use phr_schema::RecordType;
 
+use crate::store::corrections::Range;
+use crate::store::{GranteeKind, Terms, STORAGE_GRANTEE};
 use crate::{Config, Error, Result};
 
 pub const DEMO_PERSON: &str = "demo-person";
@@ -22,6 +27,90 @@ pub const DEMO_BRIDGE: &str = "demo-bridge";
 /// Everything an owner may do with their own data (SMART v2: create, read, update, delete,
 /// search, on every resource).
 pub const OWNER_SCOPE: &str = "patient/*.cruds";
+/// The demo PHR company (an OAuth client id).
+pub const DEMO_COMPANY: &str = "demo-phr-co";
+
+/// Runs a store call off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Error::Poisoned)?
+}
+
+/// Waits, up to a minute, until the bridge's status satisfies `done`.
+async fn wait(
+    status: &mut watch::Receiver<phr_bridge::publish::Status>,
+    what: &str,
+    done: impl FnMut(&phr_bridge::publish::Status) -> bool,
+) -> Result<()> {
+    match tokio::time::timeout(Duration::from_secs(60), status.wait_for(done)).await {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(Error::Broker(format!("timed out waiting for {what}"))),
+    }
+}
+
+/// Pairs `band` to the demo person the way an owner would: start, read the code the bridge
+/// shows, confirm with it and the serial number the bridge read. Skipped if already paired.
+async fn pair(
+    gateway: &crate::Gateway,
+    status: &mut watch::Receiver<phr_bridge::publish::Status>,
+    band: &str,
+) -> Result<()> {
+    let store = gateway.store.clone();
+    let device = band.to_owned();
+    let paired = blocking(move || {
+        Ok(store
+            .bindings_of(DEMO_PERSON)?
+            .iter()
+            .any(|b| b.device_id == device && b.valid_to.is_none()))
+    })
+    .await?;
+    if paired {
+        return Ok(());
+    }
+    let pairing = crate::pairing::start(
+        &gateway.store,
+        &gateway.client,
+        &gateway.topics,
+        DEMO_PERSON,
+        DEMO_BRIDGE,
+        band,
+        Utc::now(),
+    )?;
+    let id = pairing.pairing_id;
+    wait(status, "the bridge to show the pairing code", |s| {
+        s.pairing_codes.iter().any(|c| c.pairing_id == id)
+    })
+    .await?;
+    let code = status
+        .borrow()
+        .pairing_codes
+        .iter()
+        .find(|c| c.pairing_id == id)
+        .map(|c| c.code.clone())
+        .unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let store = gateway.store.clone();
+        let reported = blocking(move || store.pairing(DEMO_PERSON, id))
+            .await?
+            .and_then(|p| p.reported_serial);
+        if let Some(serial) = reported {
+            let store = gateway.store.clone();
+            let result = blocking(move || {
+                store.confirm_pairing(DEMO_PERSON, id, &code, Some(&serial), Utc::now())
+            })
+            .await?;
+            return result
+                .map(|_| ())
+                .map_err(|r| Error::Broker(format!("pairing {band} failed: {r}")));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::Broker(format!("the bridge did not report {band}")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// An address flag: the default may move to a free port; an explicit one may not.
 #[derive(Debug, Clone, Copy)]
@@ -89,40 +178,98 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
         .map_err(|e| Error::Config(e.to_string()))?;
     let mut gateway = crate::start(&config, http, shutdown.clone()).await?;
 
+    if !gateway.wait_subscribed(Duration::from_secs(10)).await {
+        return Err(Error::Broker(
+            "the gateway could not subscribe to the embedded broker".into(),
+        ));
+    }
     let sim = SimulateConfig::new(
         DEMO_BRIDGE,
         opts.devices,
         opts.data_dir.join("bridge"),
         gateway.mqtt.clone(),
     );
+    let bands: Vec<String> = sim.bands().into_iter().map(|b| b.device_id).collect();
     let store = gateway.store.clone();
-    let bind_from = Utc::now() - TimeDelta::hours(opts.history_hours) - TimeDelta::days(1);
-    let devices: Vec<String> = sim.bands().into_iter().map(|b| b.device_id).collect();
-    tokio::task::spawn_blocking(move || -> Result<()> {
+    blocking(move || {
         store.add_person(DEMO_PERSON, "Demo Person", "Asia/Tokyo")?;
-        store.grant_storage_consent(DEMO_PERSON, &RecordType::ALL)?;
-        for d in &devices {
-            store.add_device(d, DEMO_BRIDGE, Some("PHR reference band (simulated)"))?;
-            match store.bind(d, DEMO_PERSON, bind_from) {
-                Ok(()) | Err(Error::Conflict(_)) => {} // already bound by an earlier demo run
-                Err(e) => return Err(e),
-            }
+        // The person lets the gateway store their data (as `POST /api/v1/me/consents` would).
+        let now = Utc::now();
+        if store
+            .consents_in_force(DEMO_PERSON, STORAGE_GRANTEE, GranteeKind::Gateway, now)?
+            .is_empty()
+        {
+            store.grant_consent(
+                DEMO_PERSON,
+                Terms::storage(&RecordType::ALL),
+                DEMO_PERSON,
+                now,
+            )?;
+        }
+        // And a PHR company may read steps and sleep for a wellness programme.
+        if store
+            .consents_in_force(DEMO_PERSON, DEMO_COMPANY, GranteeKind::Client, now)?
+            .is_empty()
+        {
+            let terms = Terms {
+                grantee: DEMO_COMPANY.into(),
+                grantee_kind: GranteeKind::Client,
+                purpose: "wellness programme".into(),
+                data_types: vec![RecordType::StepCount, RecordType::SleepEpisode],
+                window_from: None,
+                window_to: None,
+                valid_until: None,
+            };
+            store.grant_consent(DEMO_PERSON, terms, DEMO_PERSON, now)?;
         }
         Ok(())
     })
-    .await
-    .map_err(|_| Error::Poisoned)??;
-    if !gateway.wait_subscribed(Duration::from_secs(10)).await {
-        return Err(Error::Broker(
-            "the gateway could not subscribe to the embedded broker".into(),
-        ));
+    .await?;
+
+    // The bridge starts: its bands hand over the history they hold, quarantined until paired.
+    let (status_tx, mut status) = watch::channel(phr_bridge::publish::Status::default());
+    let mut bridge = tokio::spawn(simulate::run(sim, status_tx, shutdown.clone()));
+    wait(&mut status, "the demo bridge to connect", |s| s.connected).await?;
+    for band in &bands {
+        pair(&gateway, &mut status, band).await?;
     }
+    // Once the history is in, the owner confirms it as theirs (their band held it).
+    wait(&mut status, "the bands' history to arrive", |s| {
+        s.outbox_batches == 0 && s.batches_acked > 0
+    })
+    .await?;
+    let store = gateway.store.clone();
+    let confirmed = blocking(move || {
+        let mut n = 0;
+        let now = Utc::now();
+        for device_id in bands {
+            let range = Range {
+                device_id,
+                from: DateTime::UNIX_EPOCH,
+                to: now,
+            };
+            if let Some(c) = store.confirm_quarantine(
+                &range,
+                DEMO_PERSON,
+                "history the band held before pairing",
+                now,
+            )? {
+                n += c.records;
+            }
+        }
+        Ok(n)
+    })
+    .await?;
 
     let ttl = TimeDelta::hours(12);
     let token = gateway
         .keys
         .issue(DEMO_PERSON, OWNER_SCOPE, ttl, Utc::now())?;
+    let company = gateway
+        .keys
+        .issue(DEMO_COMPANY, "system/Observation.rs", ttl, Utc::now())?;
     let base = format!("http://{}", gateway.http_addr);
+    let auth = |t: &str| format!("-H \"Authorization: Bearer {t}\"");
     println!();
     println!("PHR gateway demo is running.");
     println!("  data dir:      {}", opts.data_dir.display());
@@ -130,22 +277,41 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     println!("  dashboard:     {base}/dashboard");
     println!("  metrics:       {base}/metrics");
     println!(
-        "  demo person:   {DEMO_PERSON}, {} simulated band(s), {}h of history",
-        opts.devices, opts.history_hours
+        "  demo person:   {DEMO_PERSON}: {} band(s) paired through {DEMO_BRIDGE}, {confirmed} records of history confirmed",
+        opts.devices
     );
     println!(
         "  owner token (valid {}h, scope {OWNER_SCOPE}):",
         ttl.num_hours()
     );
     println!("    {token}");
+    println!("  company token ({DEMO_COMPANY}, consented to steps and sleep):");
+    println!("    {company}");
     println!();
-    println!("Try:");
-    println!("  curl -s -H \"Authorization: Bearer {token}\" \"{base}/api/v1/me/records?type=step-count&limit=5\"");
+    println!("Try, as the owner:");
+    println!(
+        "  curl -s {} \"{base}/api/v1/me/records?type=step-count&limit=5\"",
+        auth(&token)
+    );
+    println!("  curl -s {} \"{base}/api/v1/me/devices\"", auth(&token));
+    println!("  curl -s {} \"{base}/api/v1/me/consents\"", auth(&token));
+    println!(
+        "  curl -s {} \"{base}/api/v1/me/disclosures\"",
+        auth(&token)
+    );
+    println!(
+        "  curl -s {} \"{base}/api/v1/me/export?format=fhir\"",
+        auth(&token)
+    );
+    println!("As the company (every read lands in the owner's disclosure log):");
+    println!(
+        "  curl -s {} \"{base}/api/v1/subjects/{DEMO_PERSON}/records?type=sleep-episode&limit=1\"",
+        auth(&company)
+    );
+    println!("  curl -s {} \"{base}/api/v1/subjects/{DEMO_PERSON}/records?type=heart-rate\"   # not consented: 404", auth(&company));
     println!();
     println!("Press Ctrl-C to stop.");
 
-    let (status_tx, mut status) = watch::channel(Default::default());
-    let mut bridge = tokio::spawn(simulate::run(sim, status_tx, shutdown.clone()));
     let mut last = Default::default();
     loop {
         tokio::select! {

@@ -13,6 +13,7 @@
 //! - [`access`]: the data access layer: scope AND consent AND object, plus the disclosure log.
 //! - [`api`]: HTTP routes.
 //! - [`metrics`]: Prometheus counters.
+//! - [`pairing`]: starting a pairing (code to the bridge over MQTT).
 //! - [`demo`]: `phr-gateway demo`, the whole pipeline on embedded defaults.
 
 pub mod access;
@@ -24,6 +25,7 @@ pub mod consumer;
 pub mod demo;
 pub mod ingest;
 pub mod metrics;
+pub mod pairing;
 pub mod store;
 
 use std::net::{SocketAddr, TcpListener};
@@ -91,6 +93,9 @@ pub struct Gateway {
     pub store: Arc<Store>,
     pub keys: Arc<auth::Keys>,
     pub metrics: Arc<metrics::Metrics>,
+    /// The gateway's MQTT client (messages to bridges).
+    pub client: rumqttc::AsyncClient,
+    pub topics: Topics,
     subscribed: watch::Receiver<bool>,
     server: actix_web::dev::ServerHandle,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -156,8 +161,8 @@ pub async fn start(
         store: store.clone(),
         keys: keys.clone(),
         metrics: metrics.clone(),
-        mqtt: client,
-        topics,
+        mqtt: client.clone(),
+        topics: topics.clone(),
     };
     let http_addr = http
         .local_addr()
@@ -202,6 +207,8 @@ pub async fn start(
         store,
         keys,
         metrics,
+        client,
+        topics,
         subscribed,
         server: server_handle,
         tasks: vec![consumer, http_task, stopper],

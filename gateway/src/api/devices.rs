@@ -12,17 +12,15 @@
 
 use actix_web::{web, HttpResponse};
 use chrono::Utc;
-use rumqttc::QoS;
 use serde::Deserialize;
 use uuid::Uuid;
 
 use phr_schema::envelope::is_valid_id;
-use phr_schema::PairingRequest;
 
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::Principal;
-use crate::store::pairing::{new_code, Refusal};
+use crate::store::pairing::Refusal;
 
 pub const DEVICES: &str = "/api/v1/me/devices";
 pub const PAIRINGS: &str = "/api/v1/me/devices/pairings";
@@ -76,38 +74,29 @@ async fn start(
             "`bridge_id` and `device_id` must be 1-64 characters of A-Z a-z 0-9 . _ : -",
         ));
     }
-    let code = new_code();
-    let store = state.store.clone();
-    let now = Utc::now();
-    let (person, bridge, device, c) = (
-        principal.subject.clone(),
-        body.bridge_id.clone(),
-        body.device_id.clone(),
-        code.clone(),
+    let (store, mqtt, topics) = (
+        state.store.clone(),
+        state.mqtt.clone(),
+        state.topics.clone(),
     );
-    let pairing = web::block(move || store.start_pairing(&person, &bridge, &device, &c, now))
-        .await
-        .map_err(|_| ApiError::Internal)??;
-    let request = PairingRequest {
-        pairing_id: pairing.pairing_id,
-        device_id: pairing.device_id.clone(),
-        code,
-        expires_at: pairing.expires_at.fixed_offset(),
-    };
-    let payload = serde_json::to_vec(&request).map_err(|_| ApiError::Internal)?;
-    if state
-        .mqtt
-        .try_publish(
-            state.topics.pairing_requests(&pairing.bridge_id),
-            QoS::AtLeastOnce,
-            false,
-            payload,
+    let person = principal.subject.clone();
+    let pairing = web::block(move || {
+        crate::pairing::start(
+            &store,
+            &mqtt,
+            &topics,
+            &person,
+            &body.bridge_id,
+            &body.device_id,
+            Utc::now(),
         )
-        .is_err()
-    {
-        return Err(ApiError::Unavailable);
-    }
-    tracing::info!(bridge_id = %pairing.bridge_id, device_id = %pairing.device_id, "pairing started");
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?
+    .map_err(|e| match e {
+        crate::Error::Broker(_) => ApiError::Unavailable,
+        e => e.into(),
+    })?;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "pairing": pairing,
         "next": "enter the code the bridge shows at POST /api/v1/me/devices/pairings/{pairing_id}/confirm",
