@@ -61,7 +61,7 @@ pub async fn run(
         cfg.clone(),
         client.clone(),
         store.clone(),
-        metrics,
+        metrics.clone(),
         work_rx,
     ));
 
@@ -76,6 +76,7 @@ pub async fn run(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = std::time::Duration::from_millis(100);
+                metrics.mqtt_connected();
                 for f in [filter.clone(), cfg.topics.pairing_reports_filter()] {
                     if let Err(e) = client.try_subscribe(f, QoS::AtLeastOnce) {
                         error!(error = %e, "could not request a subscription");

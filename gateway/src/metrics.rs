@@ -18,6 +18,7 @@ pub struct Metrics {
     store_errors: AtomicU64,
     commit_seconds_sum_micros: AtomicU64,
     commits: AtomicU64,
+    mqtt_connects: AtomicU64,
 }
 
 impl Metrics {
@@ -44,6 +45,11 @@ impl Metrics {
                 *rejected.entry(r.reason.code()).or_default() += 1;
             }
         }
+    }
+
+    /// The consumer's MQTT session (re)connected.
+    pub fn mqtt_connected(&self) {
+        self.mqtt_connects.fetch_add(1, Relaxed);
     }
 
     pub fn store_error(&self) {
@@ -93,6 +99,11 @@ impl Metrics {
             "phr_store_commits_total",
             "Ingest transactions committed.",
             self.commits.load(Relaxed),
+        );
+        counter(
+            "phr_mqtt_connects_total",
+            "Times the gateway's MQTT session connected (more than once means reconnects).",
+            self.mqtt_connects.load(Relaxed),
         );
         let _ = writeln!(
             out,

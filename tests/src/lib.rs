@@ -293,6 +293,14 @@ impl RawBridge {
         Ok(())
     }
 
+    /// Publishes anything on any topic (QoS 1).
+    pub async fn publish_to(&self, topic: String, payload: Vec<u8>) -> Result<()> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await?;
+        Ok(())
+    }
+
     pub async fn next_ack(&mut self) -> Result<Ack> {
         tokio::time::timeout(Duration::from_secs(15), self.acks.recv())
             .await

@@ -222,3 +222,62 @@ async fn without_storage_consent_nothing_is_stored() -> anyhow::Result<()> {
     gw.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_go_out_in_order_even_with_other_messages_in_between() -> anyhow::Result<()> {
+    // MQTT 3.1.1 §4.6: PUBACKs in the order the PUBLISHes arrived. rumqttd drops a client
+    // that breaks it, which once happened when pairing reports were acked out of band.
+    let gw = TestGateway::start().await?;
+    gw.enrol(
+        "ida",
+        "br-o",
+        &["band-o".into()],
+        Utc::now() - TimeDelta::days(1),
+    )?;
+    let mut bridge = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-o").await?;
+    let mut sent = Vec::new();
+    for i in 0..40i64 {
+        let batch = Batch::new(
+            "br-o",
+            "band-o",
+            Uuid::new_v4(),
+            vec![minute_steps("band-o", "br-o", 300 - i, 10)],
+        );
+        bridge
+            .publish("band-o", serde_json::to_vec(&batch)?)
+            .await?;
+        sent.push(batch.batch_id);
+        if i % 10 == 5 {
+            let report = serde_json::json!({"pairing_id": Uuid::new_v4(), "device_id": "band-o", "serial_number": "X"});
+            bridge
+                .publish_to(
+                    gw.topics().pairing_reports("br-o"),
+                    serde_json::to_vec(&report)?,
+                )
+                .await?;
+            bridge
+                .publish_to(
+                    format!("{}/bridges/br o/devices/x/records", gw.topics().prefix()),
+                    b"{}".to_vec(),
+                )
+                .await?;
+        }
+    }
+    let mut acked = Vec::new();
+    for _ in 0..40 {
+        acked.push(bridge.next_ack().await?.batch_id.unwrap());
+    }
+    acked.sort();
+    sent.sort();
+    assert_eq!(acked, sent);
+    assert_eq!(metric(&gw.url(""), "phr_series_records")?, 40.0);
+    if phr_e2e::external_broker().is_none() {
+        assert_eq!(
+            metric(&gw.url(""), "phr_mqtt_connects_total")?,
+            1.0,
+            "the broker never dropped the gateway"
+        );
+    }
+    gw.stop().await;
+    Ok(())
+}

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use phr_bridge::identity::BridgeKey;
 use phr_bridge::publish::Status;
 use phr_bridge::simulate::{self, SimulateConfig};
-use phr_e2e::{call, minute_steps, send, send_signed, wait_for, RawBridge, TestGateway};
+use phr_e2e::{call, metric, minute_steps, send, send_signed, wait_for, RawBridge, TestGateway};
 use phr_gateway::store::pairing::{Refusal, MAX_ATTEMPTS, TTL};
 use phr_schema::Reason;
 
@@ -188,6 +188,10 @@ async fn only_the_owner_who_started_it_with_the_code_the_bridge_shows_can_pair(
         (s, body["error"]["code"].as_str()),
         (400, Some("pairing_used"))
     );
+
+    // The bridge's history was flowing while its pairing report arrived: the gateway acked
+    // them in order and kept its one MQTT session (a broker drops clients that do not).
+    assert_eq!(metric(&h.gw.url(""), "phr_mqtt_connects_total")?, 1.0);
 
     // Refusals and the pairing are in ana's log.
     let (_, log) = call(
