@@ -49,6 +49,17 @@ impl BridgeKey {
             .collect()
     }
 
+    /// The MQTT password this bridge presents as `bridge_id` with `client_id`.
+    pub fn connect_password(&self, bridge_id: &str, client_id: &str) -> String {
+        let digest = phr_schema::envelope::connect_digest(bridge_id, client_id);
+        self.0
+            .sign(&digest)
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Signs a batch (see [`Batch::signing_digest`]).
     pub fn sign(&self, batch: &mut Batch) {
         let sig = self.0.sign(&batch.signing_digest());

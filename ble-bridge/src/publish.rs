@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use phr_schema::{Ack, PairingReport, PairingRequest, Topics};
 
+use crate::identity::BridgeKey;
 use crate::mqtt::MqttUrl;
 use crate::outbox::Outbox;
 use crate::{Error, Result};
@@ -33,8 +34,9 @@ pub struct PublisherConfig {
     pub max_inflight: usize,
     /// The devices this bridge can vouch for in a pairing, by device id.
     pub identities: HashMap<String, DeviceIdentity>,
-    /// This bridge's public key (hex), sent in pairing reports.
-    pub bridge_key: String,
+    /// This bridge's key: its public half goes in pairing reports, and it signs the MQTT
+    /// password.
+    pub key: std::sync::Arc<BridgeKey>,
 }
 
 /// What a bridge read from a device, reported when the owner pairs it.
@@ -83,7 +85,15 @@ pub async fn run(
         cfg.bridge_id,
         &Uuid::new_v4().simple().to_string()[..8]
     );
-    let (client, eventloop) = AsyncClient::new(cfg.mqtt.options(&client_id), 256);
+    let mut options = cfg.mqtt.options(&client_id);
+    // User name = bridge id, password = the bridge's signature over its ids: the embedded
+    // broker checks it against the key registered at pairing (brokers that do not ask for
+    // credentials ignore them).
+    options.set_credentials(
+        cfg.bridge_id.clone(),
+        cfg.key.connect_password(&cfg.bridge_id, &client_id),
+    );
+    let (client, eventloop) = AsyncClient::new(options, 256);
     let (link_tx, mut link_rx) = watch::channel::<Link>((0, false));
     let (ack_tx, mut ack_rx) = mpsc::channel::<Ack>(4096);
     let (pair_tx, mut pair_rx) = mpsc::channel::<PairingRequest>(64);
@@ -208,7 +218,7 @@ fn show_code(
         device_id: request.device_id.clone(),
         address: identity.address.clone(),
         serial_number: identity.serial_number.clone(),
-        bridge_key: Some(cfg.bridge_key.clone()),
+        bridge_key: Some(cfg.key.public_hex()),
     };
     match serde_json::to_vec(&report) {
         Ok(body) => {

@@ -111,7 +111,7 @@ pub async fn run(
         &cfg.data_dir.join("outbox.sqlite"),
         cfg.outbox_max_batches,
     )?));
-    let key = BridgeKey::load_or_create(&cfg.data_dir)?;
+    let key = Arc::new(BridgeKey::load_or_create(&cfg.data_dir)?);
     let wake = Arc::new(Notify::new());
     let publisher_stop = shutdown.child_token();
     let publisher = tokio::spawn(publish::run(
@@ -126,7 +126,7 @@ pub async fn run(
                 .iter()
                 .map(|b| (b.device_id.clone(), b.identity()))
                 .collect(),
-            bridge_key: key.public_hex(),
+            key: key.clone(),
         },
         outbox.clone(),
         wake.clone(),

@@ -14,15 +14,70 @@ use phr_bridge::mqtt::MAX_PACKET_BYTES;
 
 use crate::{Error, Result};
 
-/// Starts rumqttd on `listen` (MQTT 3.1.1). It runs until the process ends.
-pub fn start(listen: SocketAddr) -> Result<()> {
+/// Who may connect to the embedded broker.
+///
+/// - The gateway's own client: user `phr-gateway` with a secret made fresh at every start.
+/// - A bridge that registered a key at pairing: user = its bridge id, password = its
+///   signature over bridge id and MQTT client id (see `phr_schema::envelope::connect_digest`).
+/// - A bridge that has not been paired yet: its bridge id as user, any password (it must be
+///   able to connect to be paired; what it publishes is attributed to nobody).
+/// - Nobody else: anonymous clients and malformed user names are refused.
+///
+/// Which topics a client may use is decided per message, by the gateway: a batch on a paired
+/// bridge's topic must carry that bridge's signature.
+#[derive(Clone)]
+pub struct Access {
+    pub gateway_secret: String,
+    pub store: std::sync::Arc<crate::Store>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access").finish_non_exhaustive()
+    }
+}
+
+/// The user name of the gateway's own MQTT client.
+pub const GATEWAY_USER: &str = "phr-gateway";
+
+impl Access {
+    /// Whether a client may connect.
+    pub fn allows(&self, client_id: &str, user: &str, password: &str) -> bool {
+        if user == GATEWAY_USER {
+            return password.len() == self.gateway_secret.len()
+                && password
+                    .bytes()
+                    .zip(self.gateway_secret.bytes())
+                    .fold(0u8, |a, (x, y)| a | (x ^ y))
+                    == 0;
+        }
+        if !phr_schema::envelope::is_valid_id(user) {
+            return false;
+        }
+        match self.store.bridge_public_key(user) {
+            Ok(None) => true,
+            Ok(Some(key)) => {
+                let digest = phr_schema::envelope::connect_digest(user, client_id);
+                crate::ingest::signed_by(&key, &digest, Some(password))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not check a bridge's credentials; refusing");
+                false
+            }
+        }
+    }
+}
+
+/// Starts rumqttd on `listen` (MQTT 3.1.1). It runs until the process ends. With `access`,
+/// every connection is authenticated (see [`Access`]); without, anyone may connect.
+pub fn start(listen: SocketAddr, access: Option<Access>) -> Result<()> {
     // Fails with the address in the error if something (a Mosquitto, say) holds the port.
     drop(TcpListener::bind(listen).map_err(|e| Error::AddressInUse {
         addr: listen,
         what: "MQTT broker",
         source: e,
     })?);
-    let server = ServerSettings {
+    let mut server = ServerSettings {
         name: "phr-v4".into(),
         listen,
         tls: None,
@@ -36,6 +91,26 @@ pub fn start(listen: SocketAddr) -> Result<()> {
             dynamic_filters: true,
         },
     };
+    if let Some(access) = access.clone() {
+        server.connections.set_auth_handler(
+            move |client_id: String, user: String, password: String| {
+                let access = access.clone();
+                async move {
+                    let ok = tokio::task::spawn_blocking(move || {
+                        access.allows(&client_id, &user, &password)
+                    })
+                    .await
+                    .unwrap_or(false);
+                    if !ok {
+                        tracing::warn!(
+                            "refused an MQTT connection: unknown client or bad credentials"
+                        );
+                    }
+                    ok
+                }
+            },
+        );
+    }
     let config = Config {
         id: 0,
         router: RouterConfig {
@@ -66,7 +141,10 @@ pub fn start(listen: SocketAddr) -> Result<()> {
         })
         .map_err(|e| Error::Broker(e.to_string()))?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !answers_mqtt(listen) {
+    let probe = access
+        .as_ref()
+        .map(|a| (GATEWAY_USER, a.gateway_secret.as_str()));
+    while !answers_mqtt(listen, probe) {
         if Instant::now() > deadline {
             return Err(Error::Broker(format!(
                 "embedded broker did not start listening on {listen}"
@@ -80,14 +158,25 @@ pub fn start(listen: SocketAddr) -> Result<()> {
 
 /// Whether an MQTT 3.1.1 broker answers a CONNECT on `addr` with a CONNACK. A bare TCP probe
 /// would do, but rumqttd logs every connection that closes before CONNECT as an error.
-fn answers_mqtt(addr: SocketAddr) -> bool {
+fn answers_mqtt(addr: SocketAddr, login: Option<(&str, &str)>) -> bool {
     use std::io::{Read, Write};
-    const CONNECT: &[u8] = &[
-        0x10, 17, // CONNECT, remaining length
-        0, 4, b'M', b'Q', b'T', b'T', 4, // protocol name and level 4 (3.1.1)
-        0x02, 0, 10, // clean session, keep-alive 10 s
-        0, 5, b'p', b'r', b'o', b'b', b'e', // client id
-    ];
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4]; // protocol name, level 4 (3.1.1)
+    body.push(if login.is_some() { 0xC2 } else { 0x02 }); // user + password flags, clean session
+    body.extend_from_slice(&[0, 10]); // keep-alive 10 s
+    let mut field = |v: &[u8]| {
+        body.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        body.extend_from_slice(v);
+    };
+    field(b"probe");
+    if let Some((user, password)) = login {
+        field(user.as_bytes());
+        field(password.as_bytes());
+    }
+    if body.len() > 127 {
+        return false;
+    }
+    let mut connect = vec![0x10, body.len() as u8];
+    connect.extend_from_slice(&body);
     const DISCONNECT: &[u8] = &[0xE0, 0];
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
@@ -95,7 +184,7 @@ fn answers_mqtt(addr: SocketAddr) -> bool {
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
     let mut connack = [0u8; 4];
     let ok =
-        s.write_all(CONNECT).is_ok() && s.read_exact(&mut connack).is_ok() && connack[0] == 0x20;
+        s.write_all(&connect).is_ok() && s.read_exact(&mut connack).is_ok() && connack[0] == 0x20;
     let _ = s.write_all(DISCONNECT);
     ok
 }

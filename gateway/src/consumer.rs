@@ -32,6 +32,8 @@ pub struct ConsumerConfig {
     pub mqtt: MqttUrl,
     pub topics: Topics,
     pub limits: Limits,
+    /// User name and password towards the broker, if it asks for them.
+    pub credentials: Option<(String, String)>,
 }
 
 /// The gateway's MQTT client and the event loop [`run`] will own. The client is shared with
@@ -43,6 +45,9 @@ pub fn connect(cfg: &ConsumerConfig) -> (AsyncClient, rumqttc::EventLoop) {
     );
     let mut options = cfg.mqtt.options(&client_id);
     options.set_manual_acks(true).set_inflight(1000);
+    if let Some((user, password)) = &cfg.credentials {
+        options.set_credentials(user.clone(), password.clone());
+    }
     AsyncClient::new(options, 10_000)
 }
 

@@ -128,11 +128,23 @@ pub async fn start(
     )?);
     let metrics = Arc::new(metrics::Metrics::default());
 
+    // The gateway's own credential towards its embedded broker, fresh at every start.
+    let gateway_secret: String = {
+        use rand::RngCore;
+        let mut bytes = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let embedded = config.external_broker()?.is_none();
     let mqtt = match config.external_broker()? {
         Some(url) => url,
         None => {
             let listen = config.mqtt.listen;
-            tokio::task::spawn_blocking(move || broker::start(listen))
+            let access = broker::Access {
+                gateway_secret: gateway_secret.clone(),
+                store: store.clone(),
+            };
+            tokio::task::spawn_blocking(move || broker::start(listen, Some(access)))
                 .await
                 .map_err(|_| Error::Poisoned)??;
             MqttUrl::new(listen.ip().to_string(), listen.port())
@@ -145,6 +157,7 @@ pub async fn start(
         mqtt: mqtt.clone(),
         topics: topics.clone(),
         limits: config.limits(),
+        credentials: embedded.then(|| (broker::GATEWAY_USER.to_owned(), gateway_secret.clone())),
     };
     let (client, eventloop) = consumer::connect(&consumer_config);
     let consumer = tokio::spawn(consumer::run(

@@ -67,6 +67,14 @@ impl Batch {
     }
 }
 
+/// What a bridge signs to connect to the embedded broker: SHA-256 of `phr-mqtt-connect-v1`,
+/// its bridge id and its MQTT client id. The signature is the MQTT password, the bridge id
+/// the user name.
+pub fn connect_digest(bridge_id: &str, client_id: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(format!("phr-mqtt-connect-v1\n{bridge_id}\n{client_id}\n").as_bytes()).into()
+}
+
 /// SHA-256 of `phr-batch-v1`, the batch id, bridge, device and each record's JSON text, each
 /// followed by a newline. The gateway computes it from the raw record texts it received, so
 /// any change to any byte of any record breaks the signature.

@@ -314,7 +314,11 @@ async fn connect(
     mut on_publish: impl FnMut(&Publish) + Send + 'static,
 ) -> anyhow::Result<(AsyncClient, JoinHandle<()>)> {
     let id = format!("{name}-{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let (client, mut eventloop) = AsyncClient::new(url.options(&id), 1024);
+    let mut options = url.options(&id);
+    // The gateway's embedded broker refuses anonymous clients; the bench's bridge is an
+    // operator-registered one (no key), which may connect under its bridge id.
+    options.set_credentials(BRIDGE_ID, "");
+    let (client, mut eventloop) = AsyncClient::new(options, 1024);
     let (ready_tx, mut ready) = watch::channel(false);
     let sub = client.clone();
     let label = name.to_owned();
@@ -809,7 +813,7 @@ fn main() -> anyhow::Result<()> {
 
     // 1. Broker.
     let embedded = free_addr()?;
-    phr_gateway::broker::start(embedded)?;
+    phr_gateway::broker::start(embedded, None)?;
     let embedded = MqttUrl::new("127.0.0.1", embedded.port());
     let mosquitto = MqttUrl::new("127.0.0.1", 1883);
     let mosquitto_up = std::net::TcpStream::connect_timeout(

@@ -243,9 +243,26 @@ pub struct RawBridge {
 }
 
 impl RawBridge {
+    /// Connects as `bridge` (user name = bridge id, as bridges do; no password, which the
+    /// embedded broker accepts only for bridges that have not registered a key).
     pub async fn connect(broker: &MqttUrl, topics: Topics, bridge: &str) -> Result<Self> {
+        Self::connect_as(broker, topics, bridge, None).await
+    }
+
+    /// Connects as `bridge`, proving it with `key` if given (as a paired bridge must).
+    pub async fn connect_as(
+        broker: &MqttUrl,
+        topics: Topics,
+        bridge: &str,
+        key: Option<&phr_bridge::identity::BridgeKey>,
+    ) -> Result<Self> {
         let id = format!("raw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let (client, mut eventloop) = AsyncClient::new(broker.options(&id), 64);
+        let mut options = broker.options(&id);
+        let password = key
+            .map(|k| k.connect_password(bridge, &id))
+            .unwrap_or_default();
+        options.set_credentials(bridge, password);
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
         let (tx, acks) = mpsc::unbounded_channel();
         let (ready_tx, mut ready) = mpsc::unbounded_channel();
         let ack_topic = topics.acks(bridge);
@@ -544,4 +561,29 @@ pub fn b64url(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Whether the broker accepts a connection with these credentials (`None`: anonymous).
+pub async fn can_connect(broker: &MqttUrl, credentials: Option<(&str, &str)>) -> bool {
+    let id = format!("probe-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut options = broker.options(&id);
+    if let Some((user, password)) = credentials {
+        options.set_credentials(user, password);
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 8);
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                    return a.code == rumqttc::ConnectReturnCode::Success
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    let _ = client.try_disconnect();
+    answer
 }

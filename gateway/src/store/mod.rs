@@ -248,6 +248,11 @@ impl Store {
         })
     }
 
+    /// The key `bridge_id` registered at pairing, if any.
+    pub fn bridge_public_key(&self, bridge_id: &str) -> Result<Option<VerifyingKey>> {
+        self.read(|conn| bridge_key(conn, bridge_id))
+    }
+
     /// Makes sure `person_id` exists (a token's subject granting a consent, say).
     pub fn ensure_person(&self, person_id: &str) -> Result<()> {
         self.add_person(person_id, person_id, "UTC")

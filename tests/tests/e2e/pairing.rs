@@ -215,7 +215,30 @@ async fn only_the_owner_who_started_it_with_the_code_the_bridge_shows_can_pair(
     );
 
     // From now on the band's data is ana's, once she lets the gateway store it.
-    let mut raw = RawBridge::connect(&h.gw.gateway.mqtt, h.gw.topics(), BRIDGE).await?;
+    // The embedded broker now knows the bridge's key: only the bridge itself may connect
+    // under its id.
+    if phr_e2e::external_broker().is_none() {
+        let mqtt = &h.gw.gateway.mqtt;
+        assert!(
+            !phr_e2e::can_connect(mqtt, Some((BRIDGE, ""))).await,
+            "no password"
+        );
+        assert!(
+            !phr_e2e::can_connect(mqtt, Some((BRIDGE, &"ab".repeat(64)))).await,
+            "a forged password"
+        );
+        assert!(!phr_e2e::can_connect(mqtt, None).await, "anonymous");
+        assert!(
+            !phr_e2e::can_connect(mqtt, Some(("phr-gateway", "guess"))).await,
+            "posing as the gateway"
+        );
+        assert!(
+            phr_e2e::can_connect(mqtt, Some(("a-new-bridge", ""))).await,
+            "an unpaired bridge, to be paired"
+        );
+    }
+    let mut raw =
+        RawBridge::connect_as(&h.gw.gateway.mqtt, h.gw.topics(), BRIDGE, Some(&h.key)).await?;
     let at = |m| minute_steps(BAND, BRIDGE, Utc::now() + TimeDelta::minutes(m), 40 + m);
     let ack = send_signed(&mut raw, BAND, vec![at(1)], Some(&h.key)).await?;
     assert_eq!(ack.rejected[0].reason, Reason::NoStorageConsent);
@@ -325,7 +348,8 @@ async fn a_device_moved_to_a_new_owner_splits_its_records_at_that_moment() -> an
     h.consent_to_storage("ana")?;
     h.consent_to_storage("ben")?;
     let minute = moved_at.duration_trunc(TimeDelta::minutes(1))?;
-    let mut raw = RawBridge::connect(&h.gw.gateway.mqtt, h.gw.topics(), BRIDGE).await?;
+    let mut raw =
+        RawBridge::connect_as(&h.gw.gateway.mqtt, h.gw.topics(), BRIDGE, Some(&h.key)).await?;
     let records = vec![
         minute_steps(BAND, BRIDGE, moved_at - TimeDelta::minutes(90), 1),
         minute_steps(BAND, BRIDGE, minute - TimeDelta::minutes(1), 2),
