@@ -58,6 +58,8 @@ pub enum Action {
     Pairing,
     /// Records re-attributed or unlinked.
     Correction,
+    /// A batch refused because its bridge does not own the device or did not sign it.
+    RefusedBatch,
 }
 
 /// Whether data left.
@@ -133,6 +135,7 @@ fn action_str(a: Action) -> &'static str {
         Action::Erasure => "erasure",
         Action::Pairing => "pairing",
         Action::Correction => "correction",
+        Action::RefusedBatch => "refused_batch",
     }
 }
 
@@ -203,6 +206,7 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, Entry, String,
         "export" => Action::Export,
         "pairing" => Action::Pairing,
         "correction" => Action::Correction,
+        "refused_batch" => Action::RefusedBatch,
         _ => Action::Erasure,
     };
     let outcome = match r.get::<_, String>(6)?.as_str() {

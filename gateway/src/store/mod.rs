@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
-use phr_schema::{Ack, RecordType};
+use phr_schema::{Ack, Reason, RecordType};
 
 use crate::ingest::{self, Binding, Checked, Decision, DeviceView};
 
@@ -328,6 +328,11 @@ impl Store {
                     }
                 };
                 let mut plan = ingest::attribute(c, view, key.as_ref());
+                if let Some(reason @ (Reason::DeviceNotOnBridge | Reason::BadSignature)) =
+                    plan.ack.batch_error
+                {
+                    audit_refused_batch(tx, &plan, view, reason, now)?;
+                }
                 let batch_id = plan.batch_id.map(|b| b.to_string()).unwrap_or_default();
                 for p in &plan.accepted {
                     let (k, v) = (&p.valid.key, &p.valid);
@@ -523,6 +528,47 @@ fn bind_in(
         "INSERT INTO bindings (device_id, person_id, valid_from, valid_to, created_at)
          VALUES (?1, ?2, ?3, NULL, ?4)",
         params![device_id, person_id, from_ms, Utc::now().to_rfc3339()],
+    )?;
+    Ok(())
+}
+
+/// A batch for a device, refused because its bridge does not own the device or did not sign
+/// it: an attempt on someone's data stream, logged where the device's owner sees it (or with
+/// no person, for a device nobody owns).
+fn audit_refused_batch(
+    tx: &Transaction<'_>,
+    plan: &ingest::Plan,
+    view: &DeviceView,
+    reason: Reason,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let now_ms = now.timestamp_millis();
+    let owner = view
+        .bindings
+        .iter()
+        .find(|b| b.from_ms <= now_ms && b.to_ms.is_none_or(|t| t > now_ms))
+        .map(|b| b.person_id.clone())
+        .unwrap_or_default();
+    audit::append(
+        tx,
+        &audit::Entry {
+            at: now,
+            actor: plan.bridge_id.clone(),
+            actor_kind: "bridge".into(),
+            person_id: owner,
+            action: audit::Action::RefusedBatch,
+            outcome: audit::Outcome::Denied,
+            data_types: Vec::new(),
+            window_from: None,
+            window_to: None,
+            purpose: format!(
+                "batch for device {} refused: {}",
+                plan.device_id,
+                reason.code()
+            ),
+            consent_id: None,
+            records: plan.ack.rejected.len() as u64,
+        },
     )?;
     Ok(())
 }

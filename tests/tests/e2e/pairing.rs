@@ -402,6 +402,27 @@ async fn a_device_moved_to_a_new_owner_splits_its_records_at_that_moment() -> an
         (0, Some(Reason::DeviceNotOnBridge))
     );
     assert_eq!(counts("ben")?, [3]);
+    // ... and ben, who owns the band now, sees the attempt in his log.
+    let (_, log) = call(
+        "GET",
+        &h.gw.url("/api/v1/me/disclosures"),
+        Some(&h.gw.owner_token("ben")),
+        None,
+    )?;
+    let attempts: Vec<_> = log["disclosures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "refused_batch")
+        .collect();
+    assert_eq!(attempts.len(), 1, "{log}");
+    assert_eq!(
+        (
+            attempts[0]["actor"].as_str(),
+            attempts[0]["outcome"].as_str()
+        ),
+        (Some("br-evil"), Some("denied"))
+    );
     h.stop().await;
     Ok(())
 }
