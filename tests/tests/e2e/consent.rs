@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::{json, Value};
 
 use phr_e2e::{b64url, binary, call, minute_steps, night, send, RawBridge, TestGateway};
@@ -31,7 +31,7 @@ async fn world() -> anyhow::Result<World> {
         &["band-ben".into()],
         now - TimeDelta::days(3),
     )?;
-    let t0 = now - TimeDelta::hours(6);
+    let t0 = (now - TimeDelta::hours(6)).duration_trunc(TimeDelta::minutes(1))?;
     let mut bridge = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-ana").await?;
     let steps = (0..6)
         .map(|h| minute_steps("band-ana", "br-ana", t0 + TimeDelta::hours(h), 100 + h))
