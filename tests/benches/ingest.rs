@@ -449,12 +449,7 @@ fn store_ingest(w: &Workload, group: usize) -> anyhow::Result<Measured> {
 fn bare_insert(w: &Workload, group: usize) -> anyhow::Result<Measured> {
     let dir = tempfile::tempdir()?;
     let mut conn = Connection::open(dir.path().join("bare.sqlite"))?;
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL;
-         PRAGMA synchronous=FULL;
-         PRAGMA foreign_keys=ON;
-         PRAGMA busy_timeout=10000;",
-    )?;
+    conn.execute_batch(phr_gateway::store::PRAGMAS)?;
     conn.execute_batch(phr_gateway::store::SERIES_SCHEMA)?;
     let mut stored = 0u64;
     let started = Instant::now();

@@ -89,6 +89,33 @@ pub struct Entry {
     pub records: u64,
 }
 
+impl Entry {
+    /// Something the person did to their own data (export, erasure, pairing, ...): actor and
+    /// person are the same, no consent involved, no measured window.
+    pub fn by_owner(
+        person_id: &str,
+        action: Action,
+        purpose: &str,
+        records: u64,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            at,
+            actor: person_id.to_owned(),
+            actor_kind: "owner".into(),
+            person_id: person_id.to_owned(),
+            action,
+            outcome: Outcome::Done,
+            data_types: Vec::new(),
+            window_from: None,
+            window_to: None,
+            purpose: purpose.to_owned(),
+            consent_id: None,
+            records,
+        }
+    }
+}
+
 /// A logged entry with its place in the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Logged {

@@ -105,26 +105,18 @@ impl Store {
             Ok(count)
         })?;
         self.write(|tx| {
-            audit::append(
-                tx,
-                &audit::Entry {
-                    at: now,
-                    actor: person_id.to_owned(),
-                    actor_kind: "owner".into(),
-                    person_id: person_id.to_owned(),
-                    action: audit::Action::Export,
-                    outcome: audit::Outcome::Done,
-                    data_types: RecordType::ALL
-                        .iter()
-                        .map(|t| t.as_str().to_owned())
-                        .collect(),
-                    window_from: None,
-                    window_to: None,
-                    purpose: EXPORT_PURPOSE.into(),
-                    consent_id: None,
-                    records: count,
-                },
-            )
+            let mut entry = audit::Entry::by_owner(
+                person_id,
+                audit::Action::Export,
+                EXPORT_PURPOSE,
+                count,
+                now,
+            );
+            entry.data_types = RecordType::ALL
+                .iter()
+                .map(|t| t.as_str().to_owned())
+                .collect();
+            audit::append(tx, &entry)
         })?;
         Ok(count)
     }

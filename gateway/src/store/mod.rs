@@ -160,14 +160,15 @@ fn check_version(conn: &Connection, path: &Path) -> Result<()> {
     }
 }
 
+/// Every connection's settings: WAL, and a commit is durable when it returns.
+pub const PRAGMAS: &str = "PRAGMA journal_mode=WAL;
+PRAGMA synchronous=FULL;
+PRAGMA foreign_keys=ON;
+PRAGMA busy_timeout=10000;";
+
 fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL;
-         PRAGMA synchronous=FULL;
-         PRAGMA foreign_keys=ON;
-         PRAGMA busy_timeout=10000;",
-    )?;
+    conn.execute_batch(PRAGMAS)?;
     Ok(conn)
 }
 
@@ -400,26 +401,19 @@ impl Store {
                 params![person_id, now_ms],
             )?;
             let consents_withdrawn = consent::withdraw_all(tx, person_id, by, now)?;
-            audit::append(
-                tx,
-                &audit::Entry {
-                    at: now,
-                    actor: by.to_owned(),
-                    actor_kind: "owner".into(),
-                    person_id: person_id.to_owned(),
-                    action: audit::Action::Erasure,
-                    outcome: audit::Outcome::Done,
-                    data_types: RecordType::ALL
-                        .iter()
-                        .map(|t| t.as_str().to_owned())
-                        .collect(),
-                    window_from: None,
-                    window_to: None,
-                    purpose: "erasure requested by the person".into(),
-                    consent_id: None,
-                    records: (records + quarantined) as u64,
-                },
-            )?;
+            let mut entry = audit::Entry::by_owner(
+                person_id,
+                audit::Action::Erasure,
+                "erasure requested by the person",
+                (records + quarantined) as u64,
+                now,
+            );
+            entry.actor = by.to_owned();
+            entry.data_types = RecordType::ALL
+                .iter()
+                .map(|t| t.as_str().to_owned())
+                .collect();
+            audit::append(tx, &entry)?;
             Ok(Erasure {
                 records,
                 quarantined,

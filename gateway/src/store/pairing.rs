@@ -138,20 +138,7 @@ pub fn new_code() -> String {
 }
 
 fn pairing_entry(person: &str, what: &str, now: DateTime<Utc>) -> audit::Entry {
-    audit::Entry {
-        at: now,
-        actor: person.to_owned(),
-        actor_kind: "owner".into(),
-        person_id: person.to_owned(),
-        action: audit::Action::Pairing,
-        outcome: audit::Outcome::Done,
-        data_types: Vec::new(),
-        window_from: None,
-        window_to: None,
-        purpose: what.to_owned(),
-        consent_id: None,
-        records: 0,
-    }
+    audit::Entry::by_owner(person, audit::Action::Pairing, what, 0, now)
 }
 
 impl Store {
