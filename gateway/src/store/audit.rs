@@ -60,6 +60,8 @@ pub enum Action {
     Correction,
     /// A batch refused because its bridge does not own the device or did not sign it.
     RefusedBatch,
+    /// Records imported from another gateway's export.
+    Import,
 }
 
 /// Whether data left.
@@ -163,6 +165,7 @@ fn action_str(a: Action) -> &'static str {
         Action::Pairing => "pairing",
         Action::Correction => "correction",
         Action::RefusedBatch => "refused_batch",
+        Action::Import => "import",
     }
 }
 
@@ -234,6 +237,7 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, Entry, String,
         "pairing" => Action::Pairing,
         "correction" => Action::Correction,
         "refused_batch" => Action::RefusedBatch,
+        "import" => Action::Import,
         _ => Action::Erasure,
     };
     let outcome = match r.get::<_, String>(6)?.as_str() {

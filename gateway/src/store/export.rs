@@ -219,6 +219,10 @@ impl Store {
                     report.rejected.push((i, ImportRefusal::OtherPerson));
                 }
             }
+            if report.stored > 0 {
+                let what = format!("{} records imported from an export", report.stored);
+                audit::append(tx, &audit::Entry::by_owner(person_id, audit::Action::Import, &what, report.stored, now))?;
+            }
             Ok(report)
         })
     }
@@ -411,9 +415,14 @@ mod tests {
         assert_eq!(n, 2);
         assert_eq!(seen, a);
         let log = store.disclosures("ana", 0, 10).unwrap();
-        assert_eq!(log.len(), 1);
-        assert_eq!(log[0].entry.action, audit::Action::Export);
-        assert_eq!(log[0].entry.records, 2);
+        let actions: Vec<_> = log
+            .iter()
+            .map(|l| (l.entry.action, l.entry.records))
+            .collect();
+        assert_eq!(
+            actions,
+            [(audit::Action::Import, 2), (audit::Action::Export, 2)]
+        );
         assert_eq!(
             store.person_time_zone("ana").unwrap().as_deref(),
             Some("UTC")

@@ -381,6 +381,14 @@ async fn a_fhir_export_imports_into_a_fresh_gateway_as_the_same_records() -> any
     );
 
     let store = phr_gateway::Store::open(&fresh.join("phr.sqlite"))?;
+    // The import is in Ana's log on the new gateway, once (the second import stored nothing).
+    let imports: Vec<_> = store
+        .disclosures("ana", 0, 100)?
+        .into_iter()
+        .filter(|e| e.entry.action == phr_gateway::store::audit::Action::Import)
+        .collect();
+    assert_eq!(imports.len(), 1);
+    assert_eq!(imports[0].entry.records, before.len() as u64);
     let mut after = Vec::new();
     for t in RecordType::ALL {
         let page = store.records("ana", t, i64::MIN, i64::MAX, None, 10_000)?;
