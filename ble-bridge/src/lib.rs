@@ -8,9 +8,12 @@
 //! - [`sim`]: simulated wearables that emit the bytes real GATT characteristics would carry.
 //! - [`outbox`]: the durable on-disk queue; batches leave it only on the gateway's ack.
 //! - [`publish`]: the MQTT publisher (rumqttc): resend until acked.
+//! - [`daemon`]: `phr-bridge run`, real devices through the same pipeline.
 //! - [`simulate`]: `phr-bridge simulate`, simulated bands through the whole pipeline.
+//! - [`transport`]: Bluetooth LE through btleplug (the only module that imports it).
 //! - [`mqtt`]: broker URLs and client options shared with the gateway.
 
+pub mod daemon;
 pub mod decode;
 pub mod identity;
 pub mod mqtt;
@@ -19,6 +22,7 @@ pub mod outbox;
 pub mod publish;
 pub mod sim;
 pub mod simulate;
+pub mod transport;
 
 /// Errors of the bridge library.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +39,8 @@ pub enum Error {
     Decode(#[from] decode::DecodeError),
     #[error("{0}")]
     Io(String),
+    #[error("Bluetooth: {0}")]
+    Bluetooth(String),
     #[error("a bridge task stopped unexpectedly")]
     Poisoned,
 }

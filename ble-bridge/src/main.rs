@@ -24,6 +24,23 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// List nearby Bluetooth LE devices: name, address, RSSI, which decoder reads them.
+    Scan {
+        /// How long to listen.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// Run the bridge: keep the configured wearables connected and deliver their data.
+    Run {
+        /// TOML configuration (see bridge.example.toml).
+        #[arg(long, env = "PHR_BRIDGE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Show the outbox: batches and records waiting, each device's last data.
+    Status {
+        #[arg(long, env = "PHR_BRIDGE_DATA_DIR", default_value = "phr-bridge-data")]
+        data_dir: PathBuf,
+    },
     /// Run simulated wearables through the real decode → outbox → MQTT pipeline.
     Simulate(SimulateArgs),
 }
@@ -83,6 +100,52 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Scan { seconds } => {
+            let seen = phr_bridge::transport::scan(std::time::Duration::from_secs(seconds)).await?;
+            if seen.is_empty() {
+                println!("no devices seen in {seconds}s");
+            }
+            for s in seen {
+                let decoders = s.decoders();
+                println!(
+                    "{:<17}  {:>4} dBm  {:<24}  {}",
+                    s.address,
+                    s.rssi.map_or_else(|| "?".to_owned(), |r| r.to_string()),
+                    s.name.as_deref().unwrap_or("(no name)"),
+                    if decoders.is_empty() {
+                        "unsupported".to_owned()
+                    } else {
+                        decoders.join(", ")
+                    }
+                );
+            }
+        }
+        Command::Run { config } => {
+            let cfg = phr_bridge::daemon::BridgeConfig::from_file(&config)?;
+            let shutdown = CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                stop.cancel();
+            });
+            let (status, _) = watch::channel(Default::default());
+            phr_bridge::daemon::run(cfg, status, shutdown)
+                .await
+                .context("bridge failed")?;
+        }
+        Command::Status { data_dir } => {
+            let path = data_dir.join("outbox.sqlite");
+            anyhow::ensure!(path.exists(), "no outbox at {}", path.display());
+            let outbox = phr_bridge::outbox::Outbox::open(&path, usize::MAX)?;
+            println!(
+                "outbox: {} batches, {} records waiting for the gateway",
+                outbox.depth()?,
+                outbox.depth_records()?
+            );
+            for (device, until) in outbox.cursors()? {
+                println!("  {device:<24} data up to {until}");
+            }
+        }
         Command::Simulate(a) => {
             let mut cfg = SimulateConfig::new(&a.bridge_id, a.devices, a.data_dir, a.mqtt_url);
             cfg.topic_prefix = a.topic_prefix;

@@ -163,6 +163,23 @@ impl Outbox {
         Ok(n as u64)
     }
 
+    /// Every device's high-water mark, by device id.
+    pub fn cursors(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT device_id, until FROM cursor ORDER BY device_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (device, until) = row?;
+            let until = DateTime::parse_from_rfc3339(&until)
+                .map_err(|_| Error::Corrupt("cursor time"))?
+                .with_timezone(&Utc);
+            out.push((device, until));
+        }
+        Ok(out)
+    }
+
     /// How far data of `device_id` has been put into the outbox.
     pub fn cursor(&self, device_id: &str) -> Result<Option<DateTime<Utc>>> {
         let until: Option<String> = self

@@ -32,12 +32,16 @@ pub struct PublisherConfig {
     pub topics: Topics,
     pub ack_timeout: Duration,
     pub max_inflight: usize,
-    /// The devices this bridge can vouch for in a pairing, by device id.
-    pub identities: HashMap<String, DeviceIdentity>,
+    /// The devices this bridge can vouch for in a pairing, by device id (learnt at runtime).
+    pub identities: Identities,
     /// This bridge's key: its public half goes in pairing reports, and it signs the MQTT
     /// password.
     pub key: std::sync::Arc<BridgeKey>,
 }
+
+/// The identities of the devices a bridge knows, shared between who learns them (the
+/// transport, reading Device Information) and who reports them (pairing).
+pub type Identities = std::sync::Arc<std::sync::RwLock<HashMap<String, DeviceIdentity>>>;
 
 /// What a bridge read from a device, reported when the owner pairs it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -203,7 +207,12 @@ fn show_code(
     status: &watch::Sender<Status>,
     request: PairingRequest,
 ) {
-    let Some(identity) = cfg.identities.get(&request.device_id) else {
+    let identity = cfg
+        .identities
+        .read()
+        .ok()
+        .and_then(|m| m.get(&request.device_id).cloned());
+    let Some(identity) = identity else {
         warn!(device_id = %request.device_id, "pairing request for a device this bridge does not know");
         return;
     };

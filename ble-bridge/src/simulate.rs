@@ -121,11 +121,12 @@ pub async fn run(
             topics: Topics::new(&cfg.topic_prefix),
             ack_timeout: cfg.ack_timeout,
             max_inflight: cfg.max_inflight,
-            identities: cfg
-                .bands()
-                .iter()
-                .map(|b| (b.device_id.clone(), b.identity()))
-                .collect(),
+            identities: std::sync::Arc::new(std::sync::RwLock::new(
+                cfg.bands()
+                    .iter()
+                    .map(|b| (b.device_id.clone(), b.identity()))
+                    .collect(),
+            )),
             key: key.clone(),
         },
         outbox.clone(),

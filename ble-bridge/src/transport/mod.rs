@@ -1,0 +1,336 @@
+//! The Bluetooth LE transport: the only module that imports btleplug (which reaches BlueZ over
+//! the D-Bus system bus; `DBUS_SYSTEM_BUS_ADDRESS` chooses the bus, which is how the tests use
+//! an emulated BlueZ).
+//!
+//! [`run`] is a supervisor: it scans continuously, starts one task per wanted device, and
+//! keeps it alive. A device task connects, discovers services, reads the characteristics that
+//! identify the device (Device Information serial number, battery), subscribes to every
+//! characteristic a decoder knows, and forwards each value as an [`Event`] with the time it
+//! arrived. When the device disconnects (walks out of range) or the task fails or panics, the
+//! supervisor starts it again after a backoff that grows to `backoff_max`; a device that comes
+//! back is re-discovered and its services discovered again. Nothing here decodes: bytes go
+//! out as they came in.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use btleplug::api::{
+    Central, CentralEvent, CharPropFlags, Manager as _, Peripheral as _, ScanFilter,
+};
+use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
+use chrono::{DateTime, Utc};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use crate::decode::{self, uuid16};
+use crate::{Error, Result};
+
+/// Device Information: Serial Number String, read at every connection (pairing uses it).
+pub const SERIAL_NUMBER: Uuid = uuid16(0x2A25);
+/// Battery Level, read at every connection.
+pub const BATTERY_LEVEL: Uuid = uuid16(0x2A19);
+
+/// Services that make a device worth connecting to.
+pub fn supported_services() -> Vec<Uuid> {
+    vec![
+        decode::heart_rate::SERVICE,
+        decode::battery::SERVICE,
+        decode::sim_band::SERVICE,
+        uuid16(0x183E), // Physical Activity Monitor
+    ]
+}
+
+/// A device seen while scanning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub address: String,
+    pub name: Option<String>,
+    pub rssi: Option<i16>,
+    pub services: Vec<Uuid>,
+}
+
+impl Seen {
+    /// Names of the decoders that can read this device's advertised services.
+    pub fn decoders(&self) -> Vec<&'static str> {
+        let supported = supported_services();
+        let mut names: Vec<&'static str> = self
+            .services
+            .iter()
+            .filter(|s| supported.contains(s))
+            .map(|s| match *s {
+                s if s == decode::heart_rate::SERVICE => decode::heart_rate::NAME,
+                s if s == decode::battery::SERVICE => decode::battery::NAME,
+                s if s == decode::sim_band::SERVICE => "phr-reference-band/1",
+                _ => "pams",
+            })
+            .collect();
+        names.dedup();
+        names
+    }
+}
+
+/// What the transport reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Connected {
+        address: String,
+    },
+    Disconnected {
+        address: String,
+    },
+    /// A characteristic's value, notified or read, with the time it arrived.
+    Value {
+        address: String,
+        characteristic: Uuid,
+        bytes: Vec<u8>,
+        received_at: DateTime<Utc>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Addresses to connect to; empty means every device advertising a supported service.
+    pub allow: Vec<String>,
+    pub connect_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            connect_timeout: Duration::from_secs(20),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+fn ble(e: btleplug::Error) -> Error {
+    Error::Bluetooth(e.to_string())
+}
+
+/// The first Bluetooth adapter BlueZ offers.
+pub async fn adapter() -> Result<Adapter> {
+    let manager = Manager::new().await.map_err(|e| {
+        Error::Bluetooth(format!(
+            "cannot reach BlueZ over the D-Bus system bus ({e}); is bluetoothd running?"
+        ))
+    })?;
+    manager
+        .adapters()
+        .await
+        .map_err(ble)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Bluetooth("no Bluetooth adapter found".into()))
+}
+
+async fn seen(p: &Peripheral) -> Result<Seen> {
+    let props = p.properties().await.map_err(ble)?;
+    Ok(Seen {
+        address: p.address().to_string(),
+        name: props.as_ref().and_then(|p| p.local_name.clone()),
+        rssi: props.as_ref().and_then(|p| p.rssi),
+        services: props.map(|p| p.services).unwrap_or_default(),
+    })
+}
+
+/// Scans for `duration` and lists what was seen.
+pub async fn scan(duration: Duration) -> Result<Vec<Seen>> {
+    let central = adapter().await?;
+    central
+        .start_scan(ScanFilter::default())
+        .await
+        .map_err(ble)?;
+    tokio::time::sleep(duration).await;
+    let mut out = Vec::new();
+    for p in central.peripherals().await.map_err(ble)? {
+        out.push(seen(&p).await?);
+    }
+    let _ = central.stop_scan().await;
+    out.sort_by_key(|s| std::cmp::Reverse(s.rssi));
+    Ok(out)
+}
+
+fn wanted(cfg: &TransportConfig, s: &Seen) -> bool {
+    if cfg.allow.is_empty() {
+        let supported = supported_services();
+        s.services.iter().any(|u| supported.contains(u))
+    } else {
+        cfg.allow.iter().any(|a| a.eq_ignore_ascii_case(&s.address))
+    }
+}
+
+/// One supervised device.
+#[derive(Debug)]
+struct Slot {
+    task: Option<JoinHandle<Result<()>>>,
+    stop: CancellationToken,
+    failures: u32,
+    next_attempt: tokio::time::Instant,
+}
+
+/// Runs until `shutdown`: keeps every wanted device connected and forwards its values.
+pub async fn run(
+    cfg: TransportConfig,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let central = adapter().await?;
+    let mut central_events = central.events().await.map_err(ble)?;
+    central
+        .start_scan(ScanFilter::default())
+        .await
+        .map_err(ble)?;
+    let adapter_info = central.adapter_info().await.unwrap_or_default();
+    info!(adapter = %adapter_info, "scanning for devices");
+    let mut slots: HashMap<PeripheralId, Slot> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            e = central_events.next() => {
+                let Some(e) = e else { return Err(Error::Bluetooth("BlueZ event stream ended".into())) };
+                match e {
+                    CentralEvent::DeviceDiscovered(id) | CentralEvent::DeviceUpdated(id) => {
+                        if slots.contains_key(&id) {
+                            continue;
+                        }
+                        let Ok(p) = central.peripheral(&id).await else { continue };
+                        let Ok(s) = seen(&p).await else { continue };
+                        if wanted(&cfg, &s) {
+                            info!(address = %s.address, name = ?s.name, rssi = ?s.rssi, "found a supported device");
+                            slots.insert(id, Slot { task: None, stop: shutdown.child_token(), failures: 0, next_attempt: tokio::time::Instant::now() });
+                        }
+                    }
+                    CentralEvent::DeviceDisconnected(id) => {
+                        if let Some(slot) = slots.get_mut(&id) {
+                            // The task notices through its token; the tick restarts it later.
+                            slot.stop.cancel();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ = tick.tick() => {
+                for (id, slot) in slots.iter_mut() {
+                    if slot.task.as_ref().is_some_and(|t| t.is_finished()) {
+                        let failed = match slot.task.take().and_then(|t| t.now_or_never()) {
+                            Some(Ok(Ok(()))) => false,
+                            Some(Ok(Err(e))) => { warn!(error = %e, "device task ended with an error"); true }
+                            Some(Err(e)) if e.is_panic() => { error!("device task panicked; it will be restarted"); true }
+                            _ => true,
+                        };
+                        slot.failures = if failed { slot.failures + 1 } else { 1 };
+                        let backoff = (cfg.backoff_min * 2u32.saturating_pow(slot.failures.min(16).saturating_sub(1))).min(cfg.backoff_max);
+                        slot.next_attempt = tokio::time::Instant::now() + backoff;
+                        slot.stop = shutdown.child_token();
+                        debug!(?backoff, "device will be retried");
+                    }
+                    if slot.task.is_none() && tokio::time::Instant::now() >= slot.next_attempt {
+                        match central.peripheral(id).await {
+                            Ok(p) => {
+                                slot.task = Some(tokio::spawn(device(p, cfg.connect_timeout, events.clone(), slot.stop.clone())));
+                            }
+                            Err(_) => slot.next_attempt = tokio::time::Instant::now() + cfg.backoff_max,
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for slot in slots.values() {
+        slot.stop.cancel();
+    }
+    for slot in slots.values_mut() {
+        if let Some(t) = slot.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+    let _ = central.stop_scan().await;
+    Ok(())
+}
+
+/// One connection to one device, until it drops or `stop`.
+async fn device(
+    p: Peripheral,
+    connect_timeout: Duration,
+    events: mpsc::Sender<Event>,
+    stop: CancellationToken,
+) -> Result<()> {
+    let address = p.address().to_string();
+    tokio::time::timeout(connect_timeout, p.connect())
+        .await
+        .map_err(|_| Error::Bluetooth(format!("connecting to {address} timed out")))?
+        .map_err(ble)?;
+    p.discover_services().await.map_err(ble)?;
+    info!(%address, services = p.services().len(), "connected");
+    let _ = events
+        .send(Event::Connected {
+            address: address.clone(),
+        })
+        .await;
+    let result = serve(&p, &address, &events, &stop).await;
+    let _ = p.disconnect().await;
+    let _ = events
+        .send(Event::Disconnected {
+            address: address.clone(),
+        })
+        .await;
+    info!(%address, "disconnected");
+    result
+}
+
+async fn serve(
+    p: &Peripheral,
+    address: &str,
+    events: &mpsc::Sender<Event>,
+    stop: &CancellationToken,
+) -> Result<()> {
+    let mut notifications = p.notifications().await.map_err(ble)?;
+    for c in p.characteristics() {
+        if (c.uuid == SERIAL_NUMBER || c.uuid == BATTERY_LEVEL)
+            && c.properties.contains(CharPropFlags::READ)
+        {
+            match p.read(&c).await {
+                Ok(bytes) => {
+                    let e = Event::Value {
+                        address: address.to_owned(),
+                        characteristic: c.uuid,
+                        bytes,
+                        received_at: Utc::now(),
+                    };
+                    if events.send(e).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(e) => warn!(%address, characteristic = %c.uuid, error = %e, "read failed"),
+            }
+        }
+        let notifies = c
+            .properties
+            .intersects(CharPropFlags::NOTIFY | CharPropFlags::INDICATE);
+        if notifies && decode::decoder_for(c.uuid).is_some() {
+            p.subscribe(&c).await.map_err(ble)?;
+            debug!(%address, characteristic = %c.uuid, "subscribed");
+        }
+    }
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            n = notifications.next() => {
+                let Some(n) = n else { return Ok(()) };
+                let e = Event::Value { address: address.to_owned(), characteristic: n.uuid, bytes: n.value, received_at: Utc::now() };
+                if events.send(e).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
