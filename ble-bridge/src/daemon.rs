@@ -28,14 +28,14 @@ use tracing::{info, warn};
 
 use phr_schema::{Record, Topics};
 
-use crate::decode::{self, DecodeError};
+use crate::decode::{self, DeviceInfoField, Reading};
 use crate::identity::BridgeKey;
 use crate::mqtt::MqttUrl;
 use crate::normalise::normalise;
 use crate::outbox::Outbox;
-use crate::publish::{self, blocking, DeviceIdentity, PublisherConfig, Status};
+use crate::publish::{self, blocking, PublisherConfig, Status};
 use crate::simulate::batches;
-use crate::transport::{self, Event, TransportConfig, SERIAL_NUMBER};
+use crate::transport::{self, Event, TransportConfig};
 use crate::{Error, Result};
 
 /// The bridge's configuration file (TOML). Unknown keys are an error.
@@ -185,18 +185,17 @@ pub async fn run(
                         Ok((decoder, readings)) => {
                             let p = pending.entry(address.clone()).or_default();
                             for r in &readings {
+                                if let Reading::DeviceInfo { field: DeviceInfoField::Serial, value } = r {
+                                    if let Ok(mut ids) = identities.write() {
+                                        ids.entry(address.clone()).or_default().serial_number = Some(value.clone());
+                                    }
+                                }
                                 if let Some(record) = normalise(r, decoder, &address, &cfg.bridge_id, offset, received_at) {
                                     p.records.push(record);
                                     p.since.get_or_insert_with(Instant::now);
                                 }
                             }
                             p.last_seen = Some(received_at);
-                        }
-                        Err(DecodeError::UnknownCharacteristic(_)) if characteristic == SERIAL_NUMBER => {
-                            let serial = String::from_utf8_lossy(&bytes).trim_end_matches('\0').trim().to_owned();
-                            if let Ok(mut ids) = identities.write() {
-                                ids.entry(address.clone()).or_insert_with(|| DeviceIdentity { address: Some(address.clone()), serial_number: None }).serial_number = Some(serial);
-                            }
                         }
                         Err(e) => warn!(%address, %characteristic, error = %e, "could not decode a value; dropped"),
                     }

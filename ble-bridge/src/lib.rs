@@ -8,11 +8,13 @@
 //! - [`sim`]: simulated wearables that emit the bytes real GATT characteristics would carry.
 //! - [`outbox`]: the durable on-disk queue; batches leave it only on the gateway's ack.
 //! - [`publish`]: the MQTT publisher (rumqttc): resend until acked.
+//! - [`cumulative`]: running daily step totals to interval deltas (per device, persisted).
 //! - [`daemon`]: `phr-bridge run`, real devices through the same pipeline.
 //! - [`simulate`]: `phr-bridge simulate`, simulated bands through the whole pipeline.
 //! - [`transport`]: Bluetooth LE through btleplug (the only module that imports it).
 //! - [`mqtt`]: broker URLs and client options shared with the gateway.
 
+pub mod cumulative;
 pub mod daemon;
 pub mod decode;
 pub mod identity;

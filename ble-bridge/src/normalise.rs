@@ -21,7 +21,9 @@ use phr_schema::{
 use crate::decode::{Reading, SleepReading};
 
 /// The record for one reading, or `None` for readings that are device state, not health data
-/// (battery level).
+/// (battery level, device information, device clock), and for PAMS step summaries, whose
+/// session-relative times become wall-clock intervals only in the bridge's per-device state
+/// (see [`crate::decode::pams`]).
 pub fn normalise(
     reading: &Reading,
     decoder: &str,
@@ -43,7 +45,10 @@ pub fn normalise(
             },
             heart_rate: UnitValue::new(f64::from(*bpm), BEATS_PER_MINUTE),
         }),
-        Reading::Battery { .. } => return None,
+        Reading::Battery { .. }
+        | Reading::DeviceInfo { .. }
+        | Reading::DeviceClock { .. }
+        | Reading::PamsSteps { .. } => return None,
     };
     Some(Record::new(
         device_id,
@@ -222,6 +227,32 @@ mod tests {
     fn battery_is_not_a_record() {
         let at = t("2026-01-01T00:05:00Z");
         assert_eq!(run(&Reading::Battery { at, percent: 80 }, at), None);
+    }
+
+    #[test]
+    fn device_state_and_session_relative_steps_are_not_records() {
+        let at = t("2026-01-01T00:05:00Z");
+        let readings = [
+            Reading::DeviceInfo {
+                field: crate::decode::DeviceInfoField::Serial,
+                value: "SN-1".to_owned(),
+            },
+            Reading::DeviceClock {
+                device_time: at.naive_utc(),
+                received_at: at,
+            },
+            Reading::PamsSteps {
+                session_id: 1,
+                sub_session_id: 0,
+                relative_seconds: 60,
+                sequence: 1,
+                steps: 90,
+                floor_steps: None,
+            },
+        ];
+        for reading in &readings {
+            assert_eq!(run(reading, at), None, "{reading:?}");
+        }
     }
 
     fn stage(

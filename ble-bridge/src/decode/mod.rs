@@ -7,18 +7,28 @@
 //! speaks them:
 //! - [`heart_rate`]: Heart Rate Measurement (0x2A37, Heart Rate Service 0x180D).
 //! - [`battery`]: Battery Level (0x2A19, Battery Service 0x180F).
+//! - [`device_information`]: Serial Number, Manufacturer Name and Model Number strings (0x2A25,
+//!   0x2A29, 0x2A24, Device Information Service 0x180A), read while pairing.
+//! - [`current_time`]: Current Time (0x2A2B, Current Time Service 0x1805), the device's clock.
+//! - [`pams`]: Step Counter Activity Summary Data (0x2B40, Physical Activity Monitor Service
+//!   0x183E), complete single-segment messages.
 //! - [`sim_band`]: the vendor protocol of the project's simulated "PHR reference band".
 //!
 //! Decoder names carry a version (`heart-rate-measurement/1`) and travel in every record's
 //! provenance, so a decoder fix can be traced to the records it produced.
 
 pub mod battery;
+pub mod current_time;
+pub mod device_information;
 pub mod heart_rate;
+pub mod pams;
 pub mod sim_band;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use phr_schema::SleepStageKind;
 use uuid::Uuid;
+
+pub use device_information::DeviceInfoField;
 
 /// What a decoder read from one notification, before normalisation into records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +54,32 @@ pub enum Reading {
     },
     /// Battery level of the device; device state, not a health record.
     Battery { at: DateTime<Utc>, percent: u8 },
+    /// A Device Information string (serial, manufacturer, model); used by pairing, not a
+    /// health record.
+    DeviceInfo {
+        field: DeviceInfoField,
+        value: String,
+    },
+    /// The device's own local wall-clock time, read when the bridge received it at
+    /// `received_at`; the bridge learns the device clock's offset from it. Not a health record.
+    DeviceClock {
+        device_time: NaiveDateTime,
+        received_at: DateTime<Utc>,
+    },
+    /// A PAMS Step Counter Activity Summary ([`pams`]), timed relative to the start of session
+    /// `session_id`. Becomes wall-clock steps only through the bridge's per-device session
+    /// state (see the [`pams`] contract); the normaliser alone produces no record from it.
+    PamsSteps {
+        session_id: u16,
+        sub_session_id: u16,
+        /// Seconds since the start of the session.
+        relative_seconds: u32,
+        sequence: u32,
+        /// Normal walking + intensity steps.
+        steps: u32,
+        /// Floor steps, reported apart: whether they overlap `steps` is not confirmed.
+        floor_steps: Option<u32>,
+    },
 }
 
 /// A sleep episode `[start, end)` and its stages, each `(kind, start, end)`.
@@ -92,6 +128,31 @@ pub static DECODERS: &[Decoder] = &[
         name: battery::NAME,
         characteristic: battery::CHARACTERISTIC,
         decode: battery::decode,
+    },
+    Decoder {
+        name: device_information::SERIAL_NUMBER_NAME,
+        characteristic: device_information::SERIAL_NUMBER,
+        decode: device_information::decode_serial_number,
+    },
+    Decoder {
+        name: device_information::MANUFACTURER_NAME_NAME,
+        characteristic: device_information::MANUFACTURER_NAME,
+        decode: device_information::decode_manufacturer_name,
+    },
+    Decoder {
+        name: device_information::MODEL_NUMBER_NAME,
+        characteristic: device_information::MODEL_NUMBER,
+        decode: device_information::decode_model_number,
+    },
+    Decoder {
+        name: current_time::NAME,
+        characteristic: current_time::CHARACTERISTIC,
+        decode: current_time::decode,
+    },
+    Decoder {
+        name: pams::NAME,
+        characteristic: pams::STEP_COUNTER_ACTIVITY_SUMMARY,
+        decode: pams::decode_step_counter_summary,
     },
     Decoder {
         name: sim_band::ACTIVITY_NAME,
@@ -200,6 +261,36 @@ mod tests {
         let (name, readings) = decode(uuid16(0x2A19), &[55], at).unwrap();
         assert_eq!(name, "battery-level/1");
         assert_eq!(readings, vec![Reading::Battery { at, percent: 55 }]);
+        let (name, readings) = decode(uuid16(0x2A25), b"SN-1\0", at).unwrap();
+        assert_eq!(name, "serial-number-string/1");
+        assert_eq!(
+            readings,
+            vec![Reading::DeviceInfo {
+                field: DeviceInfoField::Serial,
+                value: "SN-1".to_owned()
+            }]
+        );
+        let (name, _) = decode(uuid16(0x2A29), b"PHR", at).unwrap();
+        assert_eq!(name, "manufacturer-name-string/1");
+        let (name, _) = decode(uuid16(0x2A24), b"B1", at).unwrap();
+        assert_eq!(name, "model-number-string/1");
+        let clock = [0xea, 0x07, 1, 1, 9, 0, 0, 4, 0, 0];
+        let (name, readings) = decode(uuid16(0x2A2B), &clock, at).unwrap();
+        assert_eq!(name, "current-time/1");
+        assert!(
+            matches!(readings[..], [Reading::DeviceClock { received_at, .. }] if received_at == at)
+        );
+        let summary = pams::StepCounterSummary {
+            normal_walking_steps: Some(12),
+            ..Default::default()
+        };
+        let bytes = pams::encode_step_counter_summary(&summary).unwrap();
+        let (name, readings) = decode(uuid16(0x2B40), &bytes, at).unwrap();
+        assert_eq!(name, "pams-step-counter-activity-summary/1");
+        assert!(matches!(
+            readings[..],
+            [Reading::PamsSteps { steps: 12, .. }]
+        ));
     }
 
     #[test]
