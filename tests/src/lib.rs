@@ -7,6 +7,8 @@
 //!   instead of the embedded one. Every test uses its own topic prefix, so tests sharing one
 //!   broker never see each other's messages.
 
+pub mod bluez;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -199,7 +199,11 @@ pub async fn run(
                 let Some(e) = e else { return Err(Error::Bluetooth("BlueZ event stream ended".into())) };
                 match e {
                     CentralEvent::DeviceDiscovered(id) | CentralEvent::DeviceUpdated(id) => {
-                        if slots.contains_key(&id) {
+                        if let Some(slot) = slots.get_mut(&id) {
+                            // Back in range: try again now instead of waiting out the backoff.
+                            if slot.task.is_none() {
+                                slot.next_attempt = tokio::time::Instant::now();
+                            }
                             continue;
                         }
                         let Ok(p) = central.peripheral(&id).await else { continue };

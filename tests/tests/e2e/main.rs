@@ -7,6 +7,7 @@
 
 mod api;
 mod batches;
+mod ble;
 mod consent;
 mod corrections;
 mod crash;

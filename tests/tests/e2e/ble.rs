@@ -1,0 +1,208 @@
+//! The real `phr-bridge run` against an emulated BlueZ on a private D-Bus (no Bluetooth
+//! hardware here): the bridge discovers the band through btleplug, the owner pairs it with the
+//! code the bridge prints, and what the band notifies reaches the API exactly.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use serde_json::json;
+
+use phr_bridge::decode::{heart_rate, sim_band};
+use phr_e2e::bluez::{uuids, EmulatedBand, PrivateBluez};
+use phr_e2e::{binary, call, wait_for, Process, TestGateway};
+
+const BAND: &str = "C0:FF:EE:00:00:01";
+const BRIDGE: &str = "br-ble";
+
+/// The bridge binary with its stdout collected, as a person at the hub would read it.
+fn start_bridge(
+    gw: &TestGateway,
+    bluez: &PrivateBluez,
+) -> anyhow::Result<(Process, Arc<Mutex<Vec<String>>>)> {
+    let dir = gw.dir.path().join("ble-bridge");
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("bridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bridge_id = \"{BRIDGE}\"\ndata_dir = \"{}\"\nmqtt_url = \"{}\"\ntopic_prefix = \"{}\"\nflush_after_ms = 100\n",
+            dir.display(),
+            gw.gateway.mqtt,
+            gw.topics().prefix()
+        ),
+    )?;
+    let mut child = Command::new(binary("phr-bridge", "phr-bridge")?)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bluez.system_bus_address())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let out = child.stdout.take().expect("piped");
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            sink.lock().expect("lines").push(line);
+        }
+    });
+    Ok((Process(child), lines))
+}
+
+fn values(gw: &TestGateway, who: &str, kind: &str, field: &str) -> anyhow::Result<Vec<f64>> {
+    let (s, b) = call(
+        "GET",
+        &gw.url(&format!("/api/v1/me/records?type={kind}")),
+        Some(&gw.owner_token(who)),
+        None,
+    )?;
+    anyhow::ensure!(s == 200, "{b}");
+    Ok(b["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| match field {
+            "heart_rate" => r["body"]["heart_rate"]["value"].as_f64().unwrap(),
+            _ => r["body"]["step_count"].as_f64().unwrap(),
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs dbus-daemon and python3-dbus/python3-gi for the emulated BlueZ; .ci/run installs them"]
+async fn the_real_bridge_pairs_an_emulated_band_and_delivers_what_it_sends() -> anyhow::Result<()> {
+    let gw = TestGateway::start().await?;
+    let band = EmulatedBand::new(BAND, "PHR Band 01");
+    let serial = band.serial.clone();
+    let bluez = PrivateBluez::start(&[band])?;
+    let (_bridge, stdout) = start_bridge(&gw, &bluez)?;
+    // The bridge found the band, connected and subscribed, through btleplug and D-Bus.
+    bluez
+        .wait_notifying(BAND, uuids::HEART_RATE_MEASUREMENT, Duration::from_secs(60))
+        .await?;
+    bluez
+        .wait_notifying(BAND, uuids::VENDOR_ACTIVITY, Duration::from_secs(10))
+        .await?;
+
+    // The owner consents to storage and pairs the band with the code the bridge prints.
+    let ana = gw.owner_token("ana");
+    let storage = json!({"grantee": "phr-gateway", "grantee_kind": "gateway", "purpose": "storage",
+                         "data_types": ["step-count", "sleep-episode", "heart-rate"]});
+    assert_eq!(
+        call(
+            "POST",
+            &gw.url("/api/v1/me/consents"),
+            Some(&ana),
+            Some(storage)
+        )?
+        .0,
+        201
+    );
+    let (s, b) = call(
+        "POST",
+        &gw.url("/api/v1/me/devices/pairings"),
+        Some(&ana),
+        Some(json!({"bridge_id": BRIDGE, "device_id": BAND})),
+    )?;
+    assert_eq!(s, 201, "{b}");
+    let id = b["pairing"]["pairing_id"].as_str().unwrap().to_owned();
+    let code = wait_for(
+        "the bridge to print the code",
+        Duration::from_secs(20),
+        || {
+            let lines = stdout.lock().ok()?;
+            lines.iter().find_map(|l| {
+                l.strip_prefix(&format!("PAIRING CODE for device {BAND}: "))
+                    .map(|r| r[..6].to_owned())
+            })
+        },
+    )
+    .await?;
+    let url = gw.url(&format!("/api/v1/me/devices/pairings/{id}"));
+    wait_for("the bridge's report", Duration::from_secs(20), || {
+        call("GET", &url, Some(&ana), None)
+            .ok()
+            .filter(|(_, b)| b["pairing"]["reported_serial"].is_string())
+    })
+    .await?;
+    let (s, b) = call(
+        "POST",
+        &format!("{url}/confirm"),
+        Some(&ana),
+        Some(json!({"code": code, "serial_number": serial})),
+    )?;
+    assert_eq!(
+        s, 200,
+        "the serial the bridge read over GATT matches the label: {b}"
+    );
+
+    // The band measures: heart rate, and two minutes of steps in its vendor protocol.
+    let start = (Utc::now() + TimeDelta::seconds(2)).with_timezone(&Utc);
+    for bpm in [61u16, 62, 63] {
+        assert!(bluez.notify(
+            BAND,
+            uuids::HEART_RATE_MEASUREMENT,
+            &heart_rate::encode(bpm, Some(true), None, &[])
+        )?);
+    }
+    let activity =
+        sim_band::encode_activity(&[(start, 60, 101), (start + TimeDelta::seconds(60), 60, 102)]);
+    assert!(bluez.notify(BAND, uuids::VENDOR_ACTIVITY, &activity)?);
+    let hr = wait_for("three heart rates", Duration::from_secs(30), || {
+        values(&gw, "ana", "heart-rate", "heart_rate")
+            .ok()
+            .filter(|v| v.len() == 3)
+    })
+    .await?;
+    let mut hr = hr;
+    hr.sort_by(f64::total_cmp);
+    assert_eq!(hr, [61.0, 62.0, 63.0]);
+    let steps = wait_for("two minutes of steps", Duration::from_secs(30), || {
+        values(&gw, "ana", "step-count", "step_count")
+            .ok()
+            .filter(|v| v.len() == 2)
+    })
+    .await?;
+    assert_eq!(steps, [101.0, 102.0]);
+
+    // The band walks out of range and comes back: the bridge reconnects by itself.
+    bluez.set_present(BAND, false)?;
+    bluez
+        .wait_connected(BAND, false, Duration::from_secs(20))
+        .await?;
+    bluez.set_present(BAND, true)?;
+    bluez
+        .wait_notifying(BAND, uuids::HEART_RATE_MEASUREMENT, Duration::from_secs(60))
+        .await?;
+    assert!(bluez.notify(
+        BAND,
+        uuids::HEART_RATE_MEASUREMENT,
+        &heart_rate::encode(64, Some(true), None, &[])
+    )?);
+    wait_for(
+        "the heart rate sent after the reconnect",
+        Duration::from_secs(30),
+        || {
+            values(&gw, "ana", "heart-rate", "heart_rate")
+                .ok()
+                .filter(|v| v.contains(&64.0))
+        },
+    )
+    .await?;
+    // Everything the band sent, and nothing else, is stored.
+    let sent = bluez.sent()?;
+    assert_eq!(
+        sent.iter()
+            .filter(|n| n.uuid == uuids::HEART_RATE_MEASUREMENT)
+            .count(),
+        4
+    );
+    assert_eq!(values(&gw, "ana", "heart-rate", "heart_rate")?.len(), 4);
+    gw.stop().await;
+    Ok(())
+}
