@@ -12,7 +12,9 @@ use serde_json::json;
 
 use phr_bridge::decode::{heart_rate, sim_band};
 use phr_e2e::bluez::{uuids, EmulatedBand, PrivateBluez};
-use phr_e2e::{binary, call, wait_for, Process, TestGateway};
+use phr_e2e::{
+    binary, call, free_port, loopback, spawn_gateway, test_prefix, wait_for, Process, TestGateway,
+};
 
 const BAND: &str = "C0:FF:EE:00:00:01";
 const BRIDGE: &str = "br-ble";
@@ -22,16 +24,29 @@ fn start_bridge(
     gw: &TestGateway,
     bluez: &PrivateBluez,
 ) -> anyhow::Result<(Process, Arc<Mutex<Vec<String>>>)> {
-    let dir = gw.dir.path().join("ble-bridge");
-    std::fs::create_dir_all(&dir)?;
+    spawn_bridge(
+        &gw.dir.path().join("ble-bridge"),
+        &gw.gateway.mqtt.to_string(),
+        gw.topics().prefix(),
+        bluez,
+    )
+}
+
+fn spawn_bridge(
+    dir: &std::path::Path,
+    mqtt: &str,
+    prefix: &str,
+    bluez: &PrivateBluez,
+) -> anyhow::Result<(Process, Arc<Mutex<Vec<String>>>)> {
+    std::fs::create_dir_all(dir)?;
     let config = dir.join("bridge.toml");
     std::fs::write(
         &config,
         format!(
             "bridge_id = \"{BRIDGE}\"\ndata_dir = \"{}\"\nmqtt_url = \"{}\"\ntopic_prefix = \"{}\"\nflush_after_ms = 100\n",
             dir.display(),
-            gw.gateway.mqtt,
-            gw.topics().prefix()
+            mqtt,
+            prefix
         ),
     )?;
     let mut child = Command::new(binary("phr-bridge", "phr-bridge")?)
@@ -204,5 +219,215 @@ async fn the_real_bridge_pairs_an_emulated_band_and_delivers_what_it_sends() -> 
     );
     assert_eq!(values(&gw, "ana", "heart-rate", "heart_rate")?.len(), 4);
     gw.stop().await;
+    Ok(())
+}
+
+/// Pairs `band` to `who` through `base` (a gateway's URL) with the code the bridge printed.
+async fn pair(
+    base: &str,
+    token: &str,
+    band: &str,
+    serial: &str,
+    stdout: &Arc<Mutex<Vec<String>>>,
+) -> anyhow::Result<()> {
+    let (s, b) = call(
+        "POST",
+        &format!("{base}/api/v1/me/devices/pairings"),
+        Some(token),
+        Some(json!({"bridge_id": BRIDGE, "device_id": band})),
+    )?;
+    anyhow::ensure!(s == 201, "{b}");
+    let id = b["pairing"]["pairing_id"].as_str().unwrap().to_owned();
+    let prefix = format!("PAIRING CODE for device {band}: ");
+    let code = wait_for(
+        "the bridge to print the code",
+        Duration::from_secs(20),
+        || {
+            let lines = stdout.lock().ok()?;
+            lines
+                .iter()
+                .rev()
+                .find_map(|l| l.strip_prefix(&prefix).map(|r| r[..6].to_owned()))
+        },
+    )
+    .await?;
+    let url = format!("{base}/api/v1/me/devices/pairings/{id}");
+    wait_for("the bridge's report", Duration::from_secs(20), || {
+        call("GET", &url, Some(token), None)
+            .ok()
+            .filter(|(_, b)| b["pairing"]["reported_serial"].is_string())
+    })
+    .await?;
+    let (s, b) = call(
+        "POST",
+        &format!("{url}/confirm"),
+        Some(token),
+        Some(json!({"code": code, "serial_number": serial})),
+    )?;
+    anyhow::ensure!(s == 200, "{b}");
+    Ok(())
+}
+
+/// `phr-bridge status`'s first line: batches and records waiting.
+fn outbox_line(dir: &std::path::Path) -> anyhow::Result<String> {
+    let out = Command::new(binary("phr-bridge", "phr-bridge")?)
+        .args(["status", "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "off")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs dbus-daemon and python3-dbus/python3-gi for the emulated BlueZ; .ci/run installs them"]
+async fn two_bands_keep_measuring_while_the_gateway_is_down_and_the_outbox_drains(
+) -> anyhow::Result<()> {
+    phr_e2e::init_tracing();
+    let (a, b) = (
+        EmulatedBand::new("C0:FF:EE:00:00:0A", "Band A"),
+        EmulatedBand::new("C0:FF:EE:00:00:0B", "Band B"),
+    );
+    let bluez = PrivateBluez::start(&[a.clone(), b.clone()])?;
+    // `phr-bridge scan` sees both, with the decoder that reads them.
+    let out = Command::new(binary("phr-bridge", "phr-bridge")?)
+        .args(["scan", "--seconds", "2"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bluez.system_bus_address())
+        .env("RUST_LOG", "off")
+        .output()?;
+    let scan = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{scan}");
+    for band in [&a, &b] {
+        let line = scan
+            .lines()
+            .find(|l| l.starts_with(&band.address))
+            .unwrap_or_default();
+        assert!(
+            line.contains(&band.name)
+                && line.contains("dBm")
+                && line.contains("heart-rate-measurement/1"),
+            "{scan}"
+        );
+    }
+
+    // A gateway as a separate process, so it can go down and come back on the same ports.
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("gateway");
+    let (http, mqtt) = (loopback(free_port()), loopback(free_port()));
+    let prefix = test_prefix();
+    let bin = binary("phr-gateway", "phr-gateway")?;
+    let mut gateway = spawn_gateway(&bin, &data, http, mqtt, None, &prefix)?;
+    let base = format!("http://{http}");
+    wait_for("the gateway", Duration::from_secs(20), || {
+        ureq::get(&format!("{base}/healthz")).call().ok()
+    })
+    .await?;
+    let keys =
+        phr_gateway::auth::Keys::load_or_create(&data.join("keys"), "phr-gateway", "phr-api")?;
+    let token = keys.issue("kai", phr_e2e::OWNER_SCOPE, TimeDelta::hours(1), Utc::now())?;
+    let storage = json!({"grantee": "phr-gateway", "grantee_kind": "gateway", "purpose": "storage", "data_types": ["heart-rate", "step-count"]});
+    assert_eq!(
+        call(
+            "POST",
+            &format!("{base}/api/v1/me/consents"),
+            Some(&token),
+            Some(storage)
+        )?
+        .0,
+        201
+    );
+
+    let bridge_dir = dir.path().join("bridge");
+    let (_bridge, stdout) = spawn_bridge(&bridge_dir, &format!("mqtt://{mqtt}"), &prefix, &bluez)?;
+    for band in [&a, &b] {
+        bluez
+            .wait_notifying(
+                &band.address,
+                uuids::HEART_RATE_MEASUREMENT,
+                Duration::from_secs(60),
+            )
+            .await?;
+        pair(&base, &token, &band.address, &band.serial, &stdout).await?;
+    }
+    let heart_rates = |who: &str| -> anyhow::Result<Vec<(String, f64)>> {
+        let (s, body) = call(
+            "GET",
+            &format!("{base}/api/v1/me/records?type=heart-rate"),
+            Some(who),
+            None,
+        )?;
+        anyhow::ensure!(s == 200, "{body}");
+        Ok(body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["device_id"].as_str().unwrap().to_owned(),
+                    r["body"]["heart_rate"]["value"].as_f64().unwrap(),
+                )
+            })
+            .collect())
+    };
+    let notify = |band: &EmulatedBand, bpm: u16| {
+        bluez.notify(
+            &band.address,
+            uuids::HEART_RATE_MEASUREMENT,
+            &heart_rate::encode(bpm, Some(true), None, &[]),
+        )
+    };
+    assert!(notify(&a, 70)? && notify(&b, 80)?);
+    wait_for("both bands' first values", Duration::from_secs(30), || {
+        heart_rates(&token).ok().filter(|v| v.len() == 2)
+    })
+    .await?;
+
+    // The gateway (and its embedded broker) goes down; the bands keep measuring.
+    gateway.kill();
+    for bpm in 71..76 {
+        assert!(notify(&a, bpm)?);
+        assert!(notify(&b, bpm + 10)?);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waiting = wait_for(
+        "the outbox to hold the new values",
+        Duration::from_secs(10),
+        || {
+            outbox_line(&bridge_dir)
+                .ok()
+                .filter(|l| !l.starts_with("outbox: 0 batches"))
+        },
+    )
+    .await?;
+    assert!(waiting.contains("records waiting"), "{waiting}");
+
+    // It comes back: the bridge reconnects (its key is the paired one) and drains in order.
+    let _gateway = spawn_gateway(&bin, &data, http, mqtt, None, &prefix)?;
+    let all = wait_for("all twelve values", Duration::from_secs(60), || {
+        heart_rates(&token).ok().filter(|v| v.len() == 12)
+    })
+    .await?;
+    let of = |band: &EmulatedBand| -> Vec<f64> {
+        all.iter()
+            .filter(|(d, _)| *d == band.address)
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    assert_eq!(of(&a), [70.0, 71.0, 72.0, 73.0, 74.0, 75.0]);
+    assert_eq!(of(&b), [80.0, 81.0, 82.0, 83.0, 84.0, 85.0]);
+    wait_for("the outbox to be empty", Duration::from_secs(20), || {
+        outbox_line(&bridge_dir)
+            .ok()
+            .filter(|l| l.starts_with("outbox: 0 batches"))
+    })
+    .await?;
     Ok(())
 }
