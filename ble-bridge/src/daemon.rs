@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{FixedOffset, Utc};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
@@ -123,7 +123,6 @@ pub const MAX_PENDING: usize = 10_000;
 struct Pending {
     records: Vec<Record>,
     since: Option<Instant>,
-    last_seen: Option<DateTime<Utc>>,
 }
 
 /// Runs the bridge until `shutdown`.
@@ -158,9 +157,19 @@ pub async fn run(
         status.clone(),
         shutdown.child_token(),
     ));
+    // History marks: the end of the latest durable measurement per device, on disk in the
+    // outbox's cursor table, so a restarted bridge asks devices for the right history.
+    let marks: transport::HistoryMarks = Default::default();
+    {
+        let known = blocking(&outbox, |o| o.cursors()).await?;
+        if let Ok(mut m) = marks.write() {
+            m.extend(known);
+        }
+    }
     let (tx, mut events) = mpsc::channel::<Event>(4096);
     let transport_config = TransportConfig {
         allow: cfg.allow.clone(),
+        history: marks.clone(),
         ..TransportConfig::default()
     };
     let transport = tokio::spawn(transport::run(transport_config, tx, shutdown.child_token()));
@@ -195,7 +204,6 @@ pub async fn run(
                                     p.since.get_or_insert_with(Instant::now);
                                 }
                             }
-                            p.last_seen = Some(received_at);
                         }
                         Err(e) => warn!(%address, %characteristic, error = %e, "could not decode a value; dropped"),
                     }
@@ -218,10 +226,20 @@ pub async fn run(
                 records.clone(),
                 cfg.batch_records,
             );
-            let cursors = vec![(device.clone(), p.last_seen.unwrap_or_else(Utc::now))];
+            // The mark only moves forward: late or out-of-order data must not move it back.
+            let previous = marks.read().ok().and_then(|m| m.get(device).copied());
+            let newest = records
+                .iter()
+                .map(|r| r.measured().1.with_timezone(&Utc))
+                .max();
+            let mark = newest.into_iter().chain(previous).max();
+            let cursors: Vec<_> = mark.map(|m| (device.clone(), m)).into_iter().collect();
             match blocking(&outbox, move |o| o.push(&b, &cursors, Utc::now())).await {
                 Ok(()) => {
                     p.since = None;
+                    if let (Some(m), Ok(mut marks)) = (mark, marks.write()) {
+                        marks.insert(device.clone(), m);
+                    }
                     wake.notify_one();
                 }
                 Err(e) => {

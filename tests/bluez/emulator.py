@@ -45,6 +45,7 @@ BASE_UUID_SUFFIX = "-0000-1000-8000-00805f9b34fb"
 VENDOR_SERVICE = "7e4a0000-5048-5200-8000-00805f9b34fb"
 VENDOR_ACTIVITY = "7e4a0001-5048-5200-8000-00805f9b34fb"
 VENDOR_SLEEP = "7e4a0002-5048-5200-8000-00805f9b34fb"
+VENDOR_HISTORY = "7e4a0003-5048-5200-8000-00805f9b34fb"
 CCCD = "00002902" + BASE_UUID_SUFFIX
 
 VERBOSE = False
@@ -102,6 +103,8 @@ def default_services(band):
         {"uuid": VENDOR_SERVICE, "characteristics": [
             {"uuid": VENDOR_ACTIVITY, "flags": ["notify"], "value": []},
             {"uuid": VENDOR_SLEEP, "flags": ["notify"], "value": []},
+            # History request: the test, playing the band's firmware, answers it.
+            {"uuid": VENDOR_HISTORY, "flags": ["write"], "value": []},
         ]},
     ]
 

@@ -32,6 +32,7 @@ pub mod uuids {
     pub const VENDOR_SERVICE: &str = "7e4a0000-5048-5200-8000-00805f9b34fb";
     pub const VENDOR_ACTIVITY: &str = "7e4a0001-5048-5200-8000-00805f9b34fb";
     pub const VENDOR_SLEEP: &str = "7e4a0002-5048-5200-8000-00805f9b34fb";
+    pub const VENDOR_HISTORY: &str = "7e4a0003-5048-5200-8000-00805f9b34fb";
 }
 
 /// One emulated wearable. It serves Device Information (serial, manufacturer), Battery,
@@ -106,6 +107,26 @@ pub struct EmulatorStatus {
     pub powered: bool,
     pub discovering: bool,
     pub bands: Vec<BandStatus>,
+    /// Every GATT write a client made, oldest first.
+    #[serde(default)]
+    pub writes: Vec<Write>,
+}
+
+/// One GATT write by a client.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Write {
+    pub address: String,
+    pub uuid: String,
+    /// Hex.
+    pub value: String,
+}
+
+impl Write {
+    pub fn bytes(&self) -> Vec<u8> {
+        (0..self.value.len() / 2)
+            .filter_map(|i| u8::from_str_radix(self.value.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

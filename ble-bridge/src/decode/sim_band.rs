@@ -36,6 +36,16 @@
 //!
 //! Stages are in time order, do not overlap and lie inside the episode; gaps are allowed
 //! (unscored time). The payload length must be exactly `10 + 9 × n_stages` and at most 512.
+//!
+//! ## History request `7e4a0003` (write)
+//!
+//! | offset | type | field |
+//! | --- | --- | --- |
+//! | 0 | u32 | send everything measured since this Unix second |
+//!
+//! The band answers with the activity and sleep notifications above for what it stored,
+//! then carries on live. The bridge writes it at every connection with its per-device
+//! high-water mark, so nothing measured while the bridge was away is lost.
 
 use chrono::{DateTime, Duration, Utc};
 use phr_schema::SleepStageKind;
@@ -53,6 +63,24 @@ pub const SERVICE: Uuid = Uuid::from_u128(0x7e4a_0000_5048_5200_8000_0080_5f9b_3
 pub const ACTIVITY: Uuid = Uuid::from_u128(0x7e4a_0001_5048_5200_8000_0080_5f9b_34fb);
 /// Sleep summary characteristic.
 pub const SLEEP: Uuid = Uuid::from_u128(0x7e4a_0002_5048_5200_8000_0080_5f9b_34fb);
+/// History request (write).
+pub const HISTORY: Uuid = Uuid::from_u128(0x7e4a_0003_5048_5200_8000_0080_5f9b_34fb);
+
+/// The bytes of a history request for everything measured since `since` (clamped to the
+/// protocol's u32 seconds).
+pub fn encode_history_request(since: DateTime<Utc>) -> Vec<u8> {
+    let secs = since.timestamp().clamp(0, i64::from(u32::MAX)) as u32;
+    secs.to_le_bytes().to_vec()
+}
+
+/// The `since` of a history request (what a band reads from the write).
+pub fn decode_history_request(bytes: &[u8]) -> Result<DateTime<Utc>, DecodeError> {
+    let raw: [u8; 4] = bytes
+        .try_into()
+        .map_err(|_| DecodeError::Invalid("a history request is 4 bytes"))?;
+    DateTime::from_timestamp(i64::from(u32::from_le_bytes(raw)), 0)
+        .ok_or(DecodeError::Invalid("time out of range"))
+}
 
 /// Size of one activity entry.
 pub const ACTIVITY_ENTRY_LEN: usize = 8;
@@ -501,5 +529,23 @@ mod tests {
             prop_assert!(bytes.len() <= MAX_LEN);
             prop_assert_eq!(decode_sleep(&bytes, t(0)).unwrap(), vec![Reading::Sleep(sleep)]);
         }
+    }
+
+    #[test]
+    fn history_requests_round_trip_and_refuse_other_lengths() {
+        let t = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert_eq!(
+            encode_history_request(t),
+            1_800_000_000u32.to_le_bytes().to_vec()
+        );
+        assert_eq!(
+            decode_history_request(&encode_history_request(t)).unwrap(),
+            t
+        );
+        assert!(decode_history_request(&[1, 2, 3]).is_err());
+        assert_eq!(
+            encode_history_request(DateTime::from_timestamp(-5, 0).unwrap()),
+            vec![0, 0, 0, 0]
+        );
     }
 }

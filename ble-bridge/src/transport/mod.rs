@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use btleplug::api::{
-    Central, CentralEvent, CharPropFlags, Manager as _, Peripheral as _, ScanFilter,
+    Central, CentralEvent, CharPropFlags, Manager as _, Peripheral as _, ScanFilter, WriteType,
 };
 use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
 use chrono::{DateTime, Utc};
@@ -91,10 +91,18 @@ pub enum Event {
     },
 }
 
+/// Per device (by address), the end of the latest measurement already durable: the bridge
+/// asks a device for its history from there at every connection.
+pub type HistoryMarks = std::sync::Arc<std::sync::RwLock<HashMap<String, DateTime<Utc>>>>;
+
+/// How far back a device is asked for history when the bridge has nothing of it yet.
+pub const FIRST_HISTORY: chrono::TimeDelta = chrono::TimeDelta::days(7);
+
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
     /// Addresses to connect to; empty means every device advertising a supported service.
     pub allow: Vec<String>,
+    pub history: HistoryMarks,
     pub connect_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -104,6 +112,7 @@ impl Default for TransportConfig {
     fn default() -> Self {
         Self {
             allow: Vec::new(),
+            history: HistoryMarks::default(),
             connect_timeout: Duration::from_secs(20),
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
@@ -240,7 +249,7 @@ pub async fn run(
                     if slot.task.is_none() && tokio::time::Instant::now() >= slot.next_attempt {
                         match central.peripheral(id).await {
                             Ok(p) => {
-                                slot.task = Some(tokio::spawn(device(p, cfg.connect_timeout, events.clone(), slot.stop.clone())));
+                                slot.task = Some(tokio::spawn(device(p, cfg.clone(), events.clone(), slot.stop.clone())));
                             }
                             Err(_) => slot.next_attempt = tokio::time::Instant::now() + cfg.backoff_max,
                         }
@@ -264,12 +273,12 @@ pub async fn run(
 /// One connection to one device, until it drops or `stop`.
 async fn device(
     p: Peripheral,
-    connect_timeout: Duration,
+    cfg: TransportConfig,
     events: mpsc::Sender<Event>,
     stop: CancellationToken,
 ) -> Result<()> {
     let address = p.address().to_string();
-    tokio::time::timeout(connect_timeout, p.connect())
+    tokio::time::timeout(cfg.connect_timeout, p.connect())
         .await
         .map_err(|_| Error::Bluetooth(format!("connecting to {address} timed out")))?
         .map_err(ble)?;
@@ -280,7 +289,7 @@ async fn device(
             address: address.clone(),
         })
         .await;
-    let result = serve(&p, &address, &events, &stop).await;
+    let result = serve(&p, &address, &cfg.history, &events, &stop).await;
     let _ = p.disconnect().await;
     let _ = events
         .send(Event::Disconnected {
@@ -294,6 +303,7 @@ async fn device(
 async fn serve(
     p: &Peripheral,
     address: &str,
+    history: &HistoryMarks,
     events: &mpsc::Sender<Event>,
     stop: &CancellationToken,
 ) -> Result<()> {
@@ -324,6 +334,23 @@ async fn serve(
             p.subscribe(&c).await.map_err(ble)?;
             debug!(%address, characteristic = %c.uuid, "subscribed");
         }
+    }
+    // Ask for what the device measured while the bridge was away.
+    if let Some(c) = p
+        .characteristics()
+        .into_iter()
+        .find(|c| c.uuid == decode::sim_band::HISTORY)
+    {
+        let since = history
+            .read()
+            .ok()
+            .and_then(|m| m.get(address).copied())
+            .unwrap_or_else(|| Utc::now() - FIRST_HISTORY);
+        let request = decode::sim_band::encode_history_request(since);
+        p.write(&c, &request, WriteType::WithResponse)
+            .await
+            .map_err(ble)?;
+        info!(%address, %since, "requested history");
     }
     loop {
         tokio::select! {

@@ -431,3 +431,105 @@ async fn two_bands_keep_measuring_while_the_gateway_is_down_and_the_outbox_drain
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs dbus-daemon and python3-dbus/python3-gi for the emulated BlueZ; .ci/run installs them"]
+async fn what_the_band_measured_while_the_bridge_was_away_is_fetched_on_reconnect(
+) -> anyhow::Result<()> {
+    let gw = TestGateway::start().await?;
+    let band = EmulatedBand::new(BAND, "PHR Band 01");
+    let bluez = PrivateBluez::start(std::slice::from_ref(&band))?;
+    let (bridge, stdout) = start_bridge(&gw, &bluez)?;
+    bluez
+        .wait_notifying(BAND, uuids::VENDOR_ACTIVITY, Duration::from_secs(60))
+        .await?;
+    let ana = gw.owner_token("ana");
+    let storage = json!({"grantee": "phr-gateway", "grantee_kind": "gateway", "purpose": "storage", "data_types": ["step-count"]});
+    assert_eq!(
+        call(
+            "POST",
+            &gw.url("/api/v1/me/consents"),
+            Some(&ana),
+            Some(storage)
+        )?
+        .0,
+        201
+    );
+    pair(&gw.url(""), &ana, BAND, &band.serial, &stdout).await?;
+
+    // One minute live.
+    let t = Utc::now() + TimeDelta::seconds(2);
+    let minute = |i: i64, steps: u16| (t + TimeDelta::seconds(60 * i), 60u16, steps);
+    assert!(bluez.notify(
+        BAND,
+        uuids::VENDOR_ACTIVITY,
+        &sim_band::encode_activity(&[minute(0, 90)])
+    )?);
+    wait_for("the live minute", Duration::from_secs(30), || {
+        values(&gw, "ana", "step-count", "step_count")
+            .ok()
+            .filter(|v| v.len() == 1)
+    })
+    .await?;
+
+    // The band walks away and the bridge restarts; the band keeps counting by itself.
+    bluez.set_present(BAND, false)?;
+    bluez
+        .wait_connected(BAND, false, Duration::from_secs(20))
+        .await?;
+    drop(bridge);
+    let stored_in_band = [minute(1, 91), minute(2, 92)];
+    let writes_before = bluez.status()?.writes.len();
+    let (_bridge, _stdout) = start_bridge(&gw, &bluez)?;
+    bluez.set_present(BAND, true)?;
+
+    // On reconnecting, the bridge asks for history since the end of the last minute it made
+    // durable, read back from its disk after the restart.
+    let request = bluez
+        .wait_until("a history request", Duration::from_secs(60), |s| {
+            s.writes
+                .iter()
+                .skip(writes_before)
+                .any(|w| w.uuid == uuids::VENDOR_HISTORY)
+        })
+        .await?
+        .writes
+        .into_iter()
+        .skip(writes_before)
+        .find(|w| w.uuid == uuids::VENDOR_HISTORY)
+        .expect("found above");
+    let since = sim_band::decode_history_request(&request.bytes())?;
+    assert_eq!(
+        since.timestamp(),
+        (t + TimeDelta::seconds(60)).timestamp(),
+        "the end of the live minute"
+    );
+
+    // The band (this test, playing its firmware) answers with what it stored since then.
+    let history: Vec<_> = stored_in_band
+        .into_iter()
+        .filter(|(start, _, _)| *start >= since)
+        .collect();
+    assert_eq!(history.len(), 2);
+    bluez
+        .wait_notifying(BAND, uuids::VENDOR_ACTIVITY, Duration::from_secs(20))
+        .await?;
+    assert!(bluez.notify(
+        BAND,
+        uuids::VENDOR_ACTIVITY,
+        &sim_band::encode_activity(&history)
+    )?);
+    let steps = wait_for(
+        "the minutes measured while away",
+        Duration::from_secs(30),
+        || {
+            values(&gw, "ana", "step-count", "step_count")
+                .ok()
+                .filter(|v| v.len() == 3)
+        },
+    )
+    .await?;
+    assert_eq!(steps, [90.0, 91.0, 92.0]);
+    gw.stop().await;
+    Ok(())
+}
