@@ -319,4 +319,25 @@ mod tests {
             "invalid payload: battery level above 100%"
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+        /// Every registered decoder, any bytes: a reading or a typed error, never a panic; and
+        /// whatever decodes normalises without panicking either.
+        #[test]
+        fn no_decoder_panics_on_any_bytes(
+            which in 0usize..64,
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            secs in 0i64..4_000_000_000,
+        ) {
+            let d = &DECODERS[which % DECODERS.len()];
+            let at = DateTime::from_timestamp(secs, 0).expect("in range");
+            if let Ok((name, readings)) = decode(d.characteristic, &bytes, at) {
+                let offset = chrono::FixedOffset::east_opt(9 * 3600).expect("valid");
+                for r in &readings {
+                    let _ = crate::normalise::normalise(r, name, "dev", "br", offset, at);
+                }
+            }
+        }
+    }
 }

@@ -533,3 +533,74 @@ async fn what_the_band_measured_while_the_bridge_was_away_is_fetched_on_reconnec
     gw.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto, dbus-daemon and python3-dbus/python3-gi; .ci/run installs them"]
+async fn the_bridge_rides_out_refused_connects_and_a_broker_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let mut mosquitto = phr_e2e::spawn_mosquitto(dir.path(), port)?;
+    wait_for("mosquitto", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(loopback(port)).ok()
+    })
+    .await?;
+    let gw =
+        TestGateway::start_with(Some(phr_bridge::mqtt::MqttUrl::new("127.0.0.1", port))).await?;
+    let band = EmulatedBand::new(BAND, "PHR Band 01");
+    let bluez = PrivateBluez::start(std::slice::from_ref(&band))?;
+    // The band's first two connections fail: the bridge's device task fails, and is retried
+    // with backoff until it connects.
+    bluez.fail_connects(BAND, 2)?;
+    let (_bridge, stdout) = start_bridge(&gw, &bluez)?;
+    bluez
+        .wait_notifying(BAND, uuids::HEART_RATE_MEASUREMENT, Duration::from_secs(60))
+        .await?;
+    assert!(bluez.status()?.band(BAND).is_some_and(|b| b.connects >= 1));
+
+    let ana = gw.owner_token("ana");
+    let storage = json!({"grantee": "phr-gateway", "grantee_kind": "gateway", "purpose": "storage", "data_types": ["heart-rate"]});
+    assert_eq!(
+        call(
+            "POST",
+            &gw.url("/api/v1/me/consents"),
+            Some(&ana),
+            Some(storage)
+        )?
+        .0,
+        201
+    );
+    pair(&gw.url(""), &ana, BAND, &band.serial, &stdout).await?;
+    let hr = |bpm: u16| {
+        bluez.notify(
+            BAND,
+            uuids::HEART_RATE_MEASUREMENT,
+            &heart_rate::encode(bpm, Some(true), None, &[]),
+        )
+    };
+    assert!(hr(70)?);
+    wait_for("the first value", Duration::from_secs(30), || {
+        values(&gw, "ana", "heart-rate", "heart_rate")
+            .ok()
+            .filter(|v| v.len() == 1)
+    })
+    .await?;
+
+    // The broker goes down mid-stream; the band keeps measuring; the broker comes back.
+    mosquitto.kill();
+    assert!(hr(71)? && hr(72)?);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _mosquitto = phr_e2e::spawn_mosquitto(dir.path(), port)?;
+    let all = wait_for(
+        "the values measured while the broker was down",
+        Duration::from_secs(60),
+        || {
+            values(&gw, "ana", "heart-rate", "heart_rate")
+                .ok()
+                .filter(|v| v.len() == 3)
+        },
+    )
+    .await?;
+    assert_eq!(all, [70.0, 71.0, 72.0]);
+    gw.stop().await;
+    Ok(())
+}
