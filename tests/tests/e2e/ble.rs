@@ -38,12 +38,23 @@ fn spawn_bridge(
     prefix: &str,
     bluez: &PrivateBluez,
 ) -> anyhow::Result<(Process, Arc<Mutex<Vec<String>>>)> {
+    spawn_bridge_with(dir, mqtt, prefix, bluez, "")
+}
+
+/// As [`spawn_bridge`], with `extra` TOML lines in the bridge's configuration.
+fn spawn_bridge_with(
+    dir: &std::path::Path,
+    mqtt: &str,
+    prefix: &str,
+    bluez: &PrivateBluez,
+    extra: &str,
+) -> anyhow::Result<(Process, Arc<Mutex<Vec<String>>>)> {
     std::fs::create_dir_all(dir)?;
     let config = dir.join("bridge.toml");
     std::fs::write(
         &config,
         format!(
-            "bridge_id = \"{BRIDGE}\"\ndata_dir = \"{}\"\nmqtt_url = \"{}\"\ntopic_prefix = \"{}\"\nflush_after_ms = 100\n",
+            "bridge_id = \"{BRIDGE}\"\ndata_dir = \"{}\"\nmqtt_url = \"{}\"\ntopic_prefix = \"{}\"\nflush_after_ms = 100\n{extra}\n",
             dir.display(),
             mqtt,
             prefix
@@ -602,5 +613,89 @@ async fn the_bridge_rides_out_refused_connects_and_a_broker_restart() -> anyhow:
     .await?;
     assert_eq!(all, [70.0, 71.0, 72.0]);
     gw.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs dbus-daemon and python3-dbus/python3-gi for the emulated BlueZ; .ci/run installs them"]
+async fn a_full_outbox_holds_new_records_until_the_gateway_returns() -> anyhow::Result<()> {
+    let band = EmulatedBand::new(BAND, "PHR Band 01");
+    let bluez = PrivateBluez::start(std::slice::from_ref(&band))?;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("gateway");
+    let (http, mqtt) = (loopback(free_port()), loopback(free_port()));
+    let prefix = test_prefix();
+    let bin = binary("phr-gateway", "phr-gateway")?;
+    let mut gateway = spawn_gateway(&bin, &data, http, mqtt, None, &prefix)?;
+    let base = format!("http://{http}");
+    wait_for("the gateway", Duration::from_secs(20), || {
+        ureq::get(&format!("{base}/healthz")).call().ok()
+    })
+    .await?;
+    let keys =
+        phr_gateway::auth::Keys::load_or_create(&data.join("keys"), "phr-gateway", "phr-api")?;
+    let token = keys.issue("lea", phr_e2e::OWNER_SCOPE, TimeDelta::hours(1), Utc::now())?;
+    let storage = json!({"grantee": "phr-gateway", "grantee_kind": "gateway", "purpose": "storage", "data_types": ["heart-rate"]});
+    assert_eq!(
+        call(
+            "POST",
+            &format!("{base}/api/v1/me/consents"),
+            Some(&token),
+            Some(storage)
+        )?
+        .0,
+        201
+    );
+    // An outbox of two batches: the bound is reached after two flushes.
+    let bridge_dir = dir.path().join("bridge");
+    let (_bridge, stdout) = spawn_bridge_with(
+        &bridge_dir,
+        &format!("mqtt://{mqtt}"),
+        &prefix,
+        &bluez,
+        "outbox_max_batches = 2",
+    )?;
+    bluez
+        .wait_notifying(BAND, uuids::HEART_RATE_MEASUREMENT, Duration::from_secs(60))
+        .await?;
+    pair(&base, &token, BAND, &band.serial, &stdout).await?;
+
+    gateway.kill();
+    // Eight values, flushed one by one (200 ms apart, the bridge flushes after 100 ms): two
+    // fill the outbox, six wait in memory.
+    for bpm in 60..68u16 {
+        assert!(bluez.notify(
+            BAND,
+            uuids::HEART_RATE_MEASUREMENT,
+            &heart_rate::encode(bpm, Some(true), None, &[])
+        )?);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        outbox_line(&bridge_dir)?.starts_with("outbox: 2 batches"),
+        "the bound holds"
+    );
+    let _gateway = spawn_gateway(&bin, &data, http, mqtt, None, &prefix)?;
+    let hr = wait_for("all eight values", Duration::from_secs(60), || {
+        let (s, b) = call(
+            "GET",
+            &format!("{base}/api/v1/me/records?type=heart-rate"),
+            Some(&token),
+            None,
+        )
+        .ok()?;
+        let v: Vec<f64> = b["records"]
+            .as_array()?
+            .iter()
+            .filter_map(|r| r["body"]["heart_rate"]["value"].as_f64())
+            .collect();
+        (s == 200 && v.len() == 8).then_some(v)
+    })
+    .await?;
+    assert_eq!(
+        hr,
+        (60..68).map(f64::from).collect::<Vec<_>>(),
+        "nothing lost, nothing twice"
+    );
     Ok(())
 }
