@@ -275,6 +275,7 @@ async fn poll(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut awaiting_subacks = 0u32;
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -283,13 +284,23 @@ async fn poll(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(100);
+                awaiting_subacks = 0;
                 for t in [&topics.acks, &topics.pairing] {
                     if client.try_subscribe(t.clone(), QoS::AtLeastOnce).is_err() {
                         warn!(topic = %t, "could not request a subscription");
+                    } else {
+                        awaiting_subacks += 1;
                     }
                 }
-                info!(topic = %topics.acks, "connected to broker");
-                link.send_modify(|l| *l = (l.0 + 1, true));
+            }
+            // Connected means subscribed: an ack or a pairing request sent before the
+            // subscription is live would be lost.
+            Ok(Event::Incoming(Packet::SubAck(_))) if awaiting_subacks > 0 => {
+                awaiting_subacks -= 1;
+                if awaiting_subacks == 0 {
+                    info!(topic = %topics.acks, "connected to broker");
+                    link.send_modify(|l| *l = (l.0 + 1, true));
+                }
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topics.pairing => {
                 match serde_json::from_slice::<PairingRequest>(&p.payload) {

@@ -120,16 +120,11 @@ pub fn encode(time: NaiveDateTime, adjust_reason: u8) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::test_hex as hex;
     use proptest::prelude::*;
 
     fn at() -> DateTime<Utc> {
         DateTime::from_timestamp(1_767_225_600, 0).unwrap()
-    }
-
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect()
     }
 
     fn naive(s: &str) -> NaiveDateTime {

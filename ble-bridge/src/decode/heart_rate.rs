@@ -134,16 +134,11 @@ fn ms_to_rr(ms: u16) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::test_hex as hex;
     use proptest::prelude::*;
 
     fn at() -> DateTime<Utc> {
         DateTime::from_timestamp(1_767_225_600, 0).unwrap()
-    }
-
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect()
     }
 
     fn hr(

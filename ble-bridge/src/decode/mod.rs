@@ -220,6 +220,14 @@ fn u32_le(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
+/// Test fixtures written as spaced hex bytes (`"16 48 00"`), as specifications print them.
+#[cfg(test)]
+pub(crate) fn test_hex(s: &str) -> Vec<u8> {
+    s.split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).expect("a hex byte"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -257,16 +257,11 @@ pub fn encode_with_counter(summary: &StepCounterSummary, counter: u8) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::test_hex as hex;
     use proptest::prelude::*;
 
     fn at() -> DateTime<Utc> {
         DateTime::from_timestamp(1_767_225_600, 0).unwrap()
-    }
-
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect()
     }
 
     /// Session 0x0102, sub-session 3, 3600 s into the session, sequence 7.

@@ -265,16 +265,11 @@ fn unix_u64(seconds: u64) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::test_hex as hex;
     use proptest::prelude::*;
 
     fn t(s: u32) -> DateTime<Utc> {
         unix(s)
-    }
-
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect()
     }
 
     // 2026-01-01T00:00:00Z = 1 767 225 600 = 0x6955_B900.

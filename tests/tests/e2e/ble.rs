@@ -117,18 +117,11 @@ async fn the_real_bridge_pairs_an_emulated_band_and_delivers_what_it_sends() -> 
 
     // The owner consents to storage and pairs the band with the code the bridge prints.
     let ana = gw.owner_token("ana");
-    let storage = json!({"grantee": "phr-gateway", "grantee_kind": "gateway", "purpose": "storage",
-                         "data_types": ["step-count", "sleep-episode", "heart-rate"]});
-    assert_eq!(
-        call(
-            "POST",
-            &gw.url("/api/v1/me/consents"),
-            Some(&ana),
-            Some(storage)
-        )?
-        .0,
-        201
-    );
+    consent_to_storage(
+        &gw.url(""),
+        &ana,
+        &["step-count", "sleep-episode", "heart-rate"],
+    )?;
     let (s, b) = call(
         "POST",
         &gw.url("/api/v1/me/devices/pairings"),
@@ -331,30 +324,10 @@ async fn two_bands_keep_measuring_while_the_gateway_is_down_and_the_outbox_drain
 
     // A gateway as a separate process, so it can go down and come back on the same ports.
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("gateway");
-    let (http, mqtt) = (loopback(free_port()), loopback(free_port()));
-    let prefix = test_prefix();
-    let bin = binary("phr-gateway", "phr-gateway")?;
-    let mut gateway = spawn_gateway(&bin, &data, http, mqtt, None, &prefix)?;
-    let base = format!("http://{http}");
-    wait_for("the gateway", Duration::from_secs(20), || {
-        ureq::get(&format!("{base}/healthz")).call().ok()
-    })
-    .await?;
-    let keys =
-        phr_gateway::auth::Keys::load_or_create(&data.join("keys"), "phr-gateway", "phr-api")?;
-    let token = keys.issue("kai", phr_e2e::OWNER_SCOPE, TimeDelta::hours(1), Utc::now())?;
-    let storage = json!({"grantee": "phr-gateway", "grantee_kind": "gateway", "purpose": "storage", "data_types": ["heart-rate", "step-count"]});
-    assert_eq!(
-        call(
-            "POST",
-            &format!("{base}/api/v1/me/consents"),
-            Some(&token),
-            Some(storage)
-        )?
-        .0,
-        201
-    );
+    let mut gateway = GatewayProcess::start(dir.path()).await?;
+    let (base, prefix, mqtt) = (gateway.base.clone(), gateway.prefix.clone(), gateway.mqtt);
+    let token = gateway.token("kai")?;
+    consent_to_storage(&base, &token, &["heart-rate", "step-count"])?;
 
     let bridge_dir = dir.path().join("bridge");
     let (_bridge, stdout) = spawn_bridge(&bridge_dir, &format!("mqtt://{mqtt}"), &prefix, &bluez)?;
@@ -421,7 +394,7 @@ async fn two_bands_keep_measuring_while_the_gateway_is_down_and_the_outbox_drain
     assert!(waiting.contains("records waiting"), "{waiting}");
 
     // It comes back: the bridge reconnects (its key is the paired one) and drains in order.
-    let _gateway = spawn_gateway(&bin, &data, http, mqtt, None, &prefix)?;
+    gateway.restart()?;
     let all = wait_for("all twelve values", Duration::from_secs(60), || {
         heart_rates(&token).ok().filter(|v| v.len() == 12)
     })
@@ -455,17 +428,7 @@ async fn what_the_band_measured_while_the_bridge_was_away_is_fetched_on_reconnec
         .wait_notifying(BAND, uuids::VENDOR_ACTIVITY, Duration::from_secs(60))
         .await?;
     let ana = gw.owner_token("ana");
-    let storage = json!({"grantee": "phr-gateway", "grantee_kind": "gateway", "purpose": "storage", "data_types": ["step-count"]});
-    assert_eq!(
-        call(
-            "POST",
-            &gw.url("/api/v1/me/consents"),
-            Some(&ana),
-            Some(storage)
-        )?
-        .0,
-        201
-    );
+    consent_to_storage(&gw.url(""), &ana, &["step-count"])?;
     pair(&gw.url(""), &ana, BAND, &band.serial, &stdout).await?;
 
     // One minute live.
@@ -569,17 +532,7 @@ async fn the_bridge_rides_out_refused_connects_and_a_broker_restart() -> anyhow:
     assert!(bluez.status()?.band(BAND).is_some_and(|b| b.connects >= 1));
 
     let ana = gw.owner_token("ana");
-    let storage = json!({"grantee": "phr-gateway", "grantee_kind": "gateway", "purpose": "storage", "data_types": ["heart-rate"]});
-    assert_eq!(
-        call(
-            "POST",
-            &gw.url("/api/v1/me/consents"),
-            Some(&ana),
-            Some(storage)
-        )?
-        .0,
-        201
-    );
+    consent_to_storage(&gw.url(""), &ana, &["heart-rate"])?;
     pair(&gw.url(""), &ana, BAND, &band.serial, &stdout).await?;
     let hr = |bpm: u16| {
         bluez.notify(
@@ -622,30 +575,10 @@ async fn a_full_outbox_holds_new_records_until_the_gateway_returns() -> anyhow::
     let band = EmulatedBand::new(BAND, "PHR Band 01");
     let bluez = PrivateBluez::start(std::slice::from_ref(&band))?;
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("gateway");
-    let (http, mqtt) = (loopback(free_port()), loopback(free_port()));
-    let prefix = test_prefix();
-    let bin = binary("phr-gateway", "phr-gateway")?;
-    let mut gateway = spawn_gateway(&bin, &data, http, mqtt, None, &prefix)?;
-    let base = format!("http://{http}");
-    wait_for("the gateway", Duration::from_secs(20), || {
-        ureq::get(&format!("{base}/healthz")).call().ok()
-    })
-    .await?;
-    let keys =
-        phr_gateway::auth::Keys::load_or_create(&data.join("keys"), "phr-gateway", "phr-api")?;
-    let token = keys.issue("lea", phr_e2e::OWNER_SCOPE, TimeDelta::hours(1), Utc::now())?;
-    let storage = json!({"grantee": "phr-gateway", "grantee_kind": "gateway", "purpose": "storage", "data_types": ["heart-rate"]});
-    assert_eq!(
-        call(
-            "POST",
-            &format!("{base}/api/v1/me/consents"),
-            Some(&token),
-            Some(storage)
-        )?
-        .0,
-        201
-    );
+    let mut gateway = GatewayProcess::start(dir.path()).await?;
+    let (base, prefix, mqtt) = (gateway.base.clone(), gateway.prefix.clone(), gateway.mqtt);
+    let token = gateway.token("lea")?;
+    consent_to_storage(&base, &token, &["heart-rate"])?;
     // An outbox of two batches: the bound is reached after two flushes.
     let bridge_dir = dir.path().join("bridge");
     let (_bridge, stdout) = spawn_bridge_with(
@@ -675,7 +608,7 @@ async fn a_full_outbox_holds_new_records_until_the_gateway_returns() -> anyhow::
         outbox_line(&bridge_dir)?.starts_with("outbox: 2 batches"),
         "the bound holds"
     );
-    let _gateway = spawn_gateway(&bin, &data, http, mqtt, None, &prefix)?;
+    gateway.restart()?;
     let hr = wait_for("all eight values", Duration::from_secs(60), || {
         let (s, b) = call(
             "GET",
@@ -698,4 +631,82 @@ async fn a_full_outbox_holds_new_records_until_the_gateway_returns() -> anyhow::
         "nothing lost, nothing twice"
     );
     Ok(())
+}
+
+/// The person lets the gateway at `base` store these data types.
+fn consent_to_storage(base: &str, token: &str, types: &[&str]) -> anyhow::Result<()> {
+    let body = json!({"grantee": "phr-gateway", "grantee_kind": "gateway", "purpose": "storage", "data_types": types});
+    let (s, b) = call(
+        "POST",
+        &format!("{base}/api/v1/me/consents"),
+        Some(token),
+        Some(body),
+    )?;
+    anyhow::ensure!(s == 201, "{b}");
+    Ok(())
+}
+
+/// The real `phr-gateway` binary with its embedded broker, on ports that stay the same across
+/// a kill and a restart.
+struct GatewayProcess {
+    bin: std::path::PathBuf,
+    data: std::path::PathBuf,
+    http: std::net::SocketAddr,
+    mqtt: std::net::SocketAddr,
+    prefix: String,
+    base: String,
+    process: Process,
+}
+
+impl GatewayProcess {
+    async fn start(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let (bin, data) = (binary("phr-gateway", "phr-gateway")?, dir.join("gateway"));
+        let (http, mqtt, prefix) = (loopback(free_port()), loopback(free_port()), test_prefix());
+        let process = spawn_gateway(&bin, &data, http, mqtt, None, &prefix)?;
+        let base = format!("http://{http}");
+        wait_for("the gateway", Duration::from_secs(20), || {
+            ureq::get(&format!("{base}/healthz")).call().ok()
+        })
+        .await?;
+        Ok(Self {
+            bin,
+            data,
+            http,
+            mqtt,
+            prefix,
+            base,
+            process,
+        })
+    }
+
+    /// An owner token signed with the gateway's own key (read from its data dir).
+    fn token(&self, person: &str) -> anyhow::Result<String> {
+        let keys = phr_gateway::auth::Keys::load_or_create(
+            &self.data.join("keys"),
+            "phr-gateway",
+            "phr-api",
+        )?;
+        Ok(keys.issue(
+            person,
+            phr_e2e::OWNER_SCOPE,
+            TimeDelta::hours(1),
+            Utc::now(),
+        )?)
+    }
+
+    fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    fn restart(&mut self) -> anyhow::Result<()> {
+        self.process = spawn_gateway(
+            &self.bin,
+            &self.data,
+            self.http,
+            self.mqtt,
+            None,
+            &self.prefix,
+        )?;
+        Ok(())
+    }
 }
