@@ -140,7 +140,15 @@ async fn time_window_and_pages_partition_the_records() -> anyhow::Result<()> {
     run_bridge(cfg, Duration::from_secs(60)).await?;
 
     let token = gw.owner_token("carol");
-    let mid = until - TimeDelta::hours(6);
+    // Split at the middle step record's start, so both halves hold data whatever the hour
+    // (a split at a fixed time can fall in a night with no steps at all).
+    let mut starts: Vec<_> = want
+        .iter()
+        .map(|r| r.measured().0.with_timezone(&chrono::Utc))
+        .collect();
+    starts.sort();
+    assert!(starts.len() >= 2, "12 hours of a simulated day hold steps");
+    let mid = starts[starts.len() / 2];
     let fmt =
         |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let window = |from: &str, to: &str| -> anyhow::Result<usize> {
