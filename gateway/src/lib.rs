@@ -135,8 +135,9 @@ pub async fn start(
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     };
-    let embedded = config.external_broker()?.is_none();
-    let mqtt = match config.external_broker()? {
+    let external = config.external_broker()?;
+    let embedded = external.is_none();
+    let mqtt = match external {
         Some(url) => url,
         None => {
             let listen = config.mqtt.listen;

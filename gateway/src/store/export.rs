@@ -137,11 +137,7 @@ impl Store {
         let now_ms = now.timestamp_millis();
         let now_text = now.to_rfc3339();
         self.write(|tx| {
-            tx.execute(
-                "INSERT INTO people (person_id, display_name, time_zone, created_at)
-                 VALUES (?1, ?1, 'UTC', ?2) ON CONFLICT(person_id) DO NOTHING",
-                params![person_id, now_text],
-            )?;
+            super::insert_person(tx, person_id, person_id, "UTC", now)?;
             let mut bridge = tx.prepare_cached(
                 "INSERT INTO bridges (bridge_id, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
             )?;

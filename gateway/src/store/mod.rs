@@ -239,14 +239,7 @@ impl Store {
     // ----- registry -----
 
     pub fn add_person(&self, person_id: &str, display_name: &str, time_zone: &str) -> Result<()> {
-        self.write(|tx| {
-            tx.execute(
-                "INSERT INTO people (person_id, display_name, time_zone, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(person_id) DO NOTHING",
-                params![person_id, display_name, time_zone, Utc::now().to_rfc3339()],
-            )?;
-            Ok(())
-        })
+        self.write(|tx| insert_person(tx, person_id, display_name, time_zone, Utc::now()))
     }
 
     /// The key `bridge_id` registered at pairing, if any.
@@ -492,6 +485,22 @@ impl Store {
             Ok((records as u64, quarantined as u64))
         })
     }
+}
+
+/// Registers a person inside the caller's transaction; an existing one is left as it is.
+fn insert_person(
+    tx: &Transaction<'_>,
+    person_id: &str,
+    display_name: &str,
+    time_zone: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO people (person_id, display_name, time_zone, created_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(person_id) DO NOTHING",
+    )?
+    .execute(params![person_id, display_name, time_zone, now.to_rfc3339()])?;
+    Ok(())
 }
 
 /// Binds `device_id` to `person_id` from `from` on, inside the caller's transaction: closes

@@ -154,11 +154,7 @@ impl Store {
         let pairing_id = Uuid::new_v4();
         let expires_at = now + TTL;
         self.write(|tx| {
-            tx.execute(
-                "INSERT INTO people (person_id, display_name, time_zone, created_at) VALUES (?1, ?1, 'UTC', ?2)
-                 ON CONFLICT(person_id) DO NOTHING",
-                params![person_id, now.to_rfc3339()],
-            )?;
+            super::insert_person(tx, person_id, person_id, "UTC", now)?;
             tx.execute(
                 "INSERT INTO pairings (pairing_id, person_id, bridge_id, device_id, code_hash, created_at_ms, expires_at_ms, state)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
