@@ -164,13 +164,7 @@ impl Keys {
         typ: &str,
         token: &str,
     ) -> Result<T, TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
-        if header.alg != Algorithm::EdDSA
-            || header.typ.as_deref() != Some(typ)
-            || header.kid.as_deref() != Some(self.kid.as_str())
-        {
-            return Err(TokenError::Invalid);
-        }
+        self.check_header(token, typ)?;
         let mut v = Validation::new(Algorithm::EdDSA);
         v.required_spec_claims.clear();
         v.validate_exp = false;
@@ -180,15 +174,23 @@ impl Keys {
             .map_err(|_| TokenError::Invalid)
     }
 
-    /// Verifies a compact JWS and returns its claims.
-    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+    /// The header rules every token of ours meets (RFC 8725): the pinned algorithm, the
+    /// expected `typ`, and our `kid`. Checked before the signature, so `none` and algorithm
+    /// confusion never reach the verifier.
+    fn check_header(&self, token: &str, typ: &str) -> Result<(), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         if header.alg != Algorithm::EdDSA
-            || header.typ.as_deref() != Some(ACCESS_TOKEN_TYP)
+            || header.typ.as_deref() != Some(typ)
             || header.kid.as_deref() != Some(self.kid.as_str())
         {
             return Err(TokenError::Invalid);
         }
+        Ok(())
+    }
+
+    /// Verifies a compact JWS and returns its claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.check_header(token, ACCESS_TOKEN_TYP)?;
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|d| d.claims)
             .map_err(|_| TokenError::Invalid)
