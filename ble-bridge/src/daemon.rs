@@ -32,9 +32,8 @@ use crate::decode::{self, DeviceInfoField, Reading};
 use crate::identity::BridgeKey;
 use crate::mqtt::MqttUrl;
 use crate::normalise::normalise;
-use crate::outbox::Outbox;
+use crate::outbox::{batches, Outbox};
 use crate::publish::{self, blocking, PublisherConfig, Status};
-use crate::simulate::batches;
 use crate::transport::{self, Event, TransportConfig};
 use crate::{Error, Result};
 

@@ -16,9 +16,30 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
-use phr_schema::Batch;
+use phr_schema::{Batch, Record};
+
+use crate::identity::BridgeKey;
 
 use crate::{Error, Result};
+
+/// Groups one device's records, in measured order, into batches signed by `key`.
+pub fn batches(
+    key: &BridgeKey,
+    bridge_id: &str,
+    device_id: &str,
+    mut records: Vec<Record>,
+    size: usize,
+) -> Vec<Batch> {
+    records.sort_by_key(|r| r.measured().0);
+    records
+        .chunks(size.max(1))
+        .map(|c| {
+            let mut batch = Batch::new(bridge_id, device_id, Uuid::new_v4(), c.to_vec());
+            key.sign(&mut batch);
+            batch
+        })
+        .collect()
+}
 
 /// A batch waiting for its ack.
 #[derive(Debug, Clone)]

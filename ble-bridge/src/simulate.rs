@@ -13,13 +13,12 @@ use chrono::{DateTime, DurationRound, FixedOffset, TimeDelta, Utc};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use uuid::Uuid;
 
-use phr_schema::{Batch, Record, Topics};
+use phr_schema::Topics;
 
 use crate::identity::BridgeKey;
 use crate::mqtt::MqttUrl;
-use crate::outbox::Outbox;
+use crate::outbox::{batches, Outbox};
 use crate::publish::{self, blocking, PublisherConfig, Status};
 use crate::sim::SimBand;
 use crate::{Error, Result};
@@ -77,25 +76,6 @@ impl SimulateConfig {
             .map(|i| SimBand::new(i, self.seed, self.utc_offset))
             .collect()
     }
-}
-
-/// Groups one device's records, in measured order, into batches signed by `key`.
-pub fn batches(
-    key: &BridgeKey,
-    bridge_id: &str,
-    device_id: &str,
-    mut records: Vec<Record>,
-    size: usize,
-) -> Vec<Batch> {
-    records.sort_by_key(|r| r.measured().0);
-    records
-        .chunks(size.max(1))
-        .map(|c| {
-            let mut batch = Batch::new(bridge_id, device_id, Uuid::new_v4(), c.to_vec());
-            key.sign(&mut batch);
-            batch
-        })
-        .collect()
 }
 
 /// Runs the simulated bridge until `shutdown`, or until drained when so configured.
