@@ -220,6 +220,19 @@ pub fn all_records(
     }
 }
 
+/// The step counts of `who`'s records, in measured order, read through the owner API.
+pub fn step_counts(gw: &TestGateway, who: &str) -> Result<Vec<i64>> {
+    let url = gw.url("/api/v1/me/records?type=step-count&limit=5000");
+    let (s, b) = get_json(&url, Some(&gw.owner_token(who)))?;
+    anyhow::ensure!(s == 200, "{b}");
+    b["records"]
+        .as_array()
+        .context("records")?
+        .iter()
+        .map(|r| r["body"]["step_count"].as_i64().context("step_count"))
+        .collect()
+}
+
 /// The value of an unlabelled Prometheus sample from `/metrics`.
 pub fn metric(base: &str, name: &str) -> Result<f64> {
     let text = ureq::get(&format!("{base}/metrics"))

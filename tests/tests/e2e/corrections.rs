@@ -4,26 +4,10 @@
 use chrono::{DurationRound, TimeDelta, Utc};
 use serde_json::json;
 
-use phr_e2e::{call, minute_steps, send, RawBridge, TestGateway};
+use phr_e2e::{call, minute_steps, send, step_counts, RawBridge, TestGateway};
 
 fn rfc(t: chrono::DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-fn step_counts(gw: &TestGateway, who: &str) -> anyhow::Result<Vec<i64>> {
-    let (s, b) = call(
-        "GET",
-        &gw.url("/api/v1/me/records?type=step-count"),
-        Some(&gw.owner_token(who)),
-        None,
-    )?;
-    assert_eq!(s, 200, "{b}");
-    Ok(b["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["body"]["step_count"].as_i64().unwrap())
-        .collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

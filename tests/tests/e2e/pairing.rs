@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 use phr_bridge::identity::BridgeKey;
 use phr_bridge::publish::Status;
 use phr_bridge::simulate::{self, SimulateConfig};
-use phr_e2e::{call, metric, minute_steps, send, send_signed, wait_for, RawBridge, TestGateway};
+use phr_e2e::{
+    call, metric, minute_steps, send, send_signed, step_counts, wait_for, RawBridge, TestGateway,
+};
 use phr_gateway::store::pairing::{Refusal, MAX_ATTEMPTS, TTL};
 use phr_schema::Reason;
 
@@ -357,20 +359,7 @@ async fn a_device_moved_to_a_new_owner_splits_its_records_at_that_moment() -> an
     ];
     let ack = send_signed(&mut raw, BAND, records, Some(&h.key)).await?;
     assert_eq!((ack.stored, ack.quarantined), (3, 0), "{ack:?}");
-    let counts = |who: &str| -> anyhow::Result<Vec<i64>> {
-        let (_, b) = call(
-            "GET",
-            &h.gw.url("/api/v1/me/records?type=step-count"),
-            Some(&h.gw.owner_token(who)),
-            None,
-        )?;
-        Ok(b["records"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["body"]["step_count"].as_i64().unwrap())
-            .collect())
-    };
+    let counts = |who: &str| step_counts(&h.gw, who);
     assert_eq!(
         counts("ana")?,
         [1, 2],
