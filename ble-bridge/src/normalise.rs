@@ -48,7 +48,10 @@ pub fn normalise(
         Reading::Battery { .. }
         | Reading::DeviceInfo { .. }
         | Reading::DeviceClock { .. }
-        | Reading::PamsSteps { .. } => return None,
+        | Reading::PamsSteps { .. }
+        | Reading::PamsSleep(_)
+        | Reading::PamsSession(_)
+        | Reading::StepsToday { .. } => return None,
     };
     Some(Record::new(
         device_id,
@@ -92,6 +95,15 @@ fn sleep_episode(
                 .filter(|(kind, _, _)| *kind == SleepStageKind::Awake)
                 .count() as i64,
         );
+    } else {
+        // No stages: what the device reported itself, if anything.
+        let r = &sleep.reported;
+        total_sleep_time = r.total_sleep.map(|d| UnitValue::new(minutes(d), MINUTES));
+        latency = r.latency.map(|d| UnitValue::new(minutes(d), MINUTES));
+        awakenings = r.awakenings.map(i64::from);
+        efficiency = r
+            .efficiency_percent
+            .map(|p| UnitValue::new(f64::from(p), PERCENT));
     }
 
     SleepEpisode {
@@ -283,6 +295,7 @@ mod tests {
                 stage(Light, "2026-01-01T18:05:00Z", "2026-01-01T21:45:00Z"),
                 stage(Awake, "2026-01-01T21:45:00Z", "2026-01-01T22:00:00Z"),
             ],
+            reported: Default::default(),
         };
         let at = t("2026-01-01T22:00:00Z");
         let r = run(&Reading::Sleep(sleep), at).unwrap();
@@ -321,6 +334,7 @@ mod tests {
             end,
             is_main_sleep: false,
             stages: vec![],
+            reported: Default::default(),
         };
         let r = run(&Reading::Sleep(bare.clone()), end).unwrap();
         let Body::SleepEpisode(s) = &r.body else {

@@ -189,6 +189,7 @@ impl SimBand {
                 end,
                 is_main_sleep: true,
                 stages,
+                reported: Default::default(),
             };
             out.push(Notification {
                 characteristic: sim_band::SLEEP,

@@ -80,6 +80,44 @@ pub enum Reading {
         /// Floor steps, reported apart: whether they overlap `steps` is not confirmed.
         floor_steps: Option<u32>,
     },
+    /// A PAMS Sleep Activity Summary, timed relative to the start of its session; like
+    /// [`Reading::PamsSteps`] it needs the bridge's session state to become a record.
+    PamsSleep(PamsSleepSummary),
+    /// When a PAMS session or sub-session started (and ended), from Activity Current Session
+    /// (0x2B44) or a Physical Activity Session Descriptor (0x2B45): the anchor that turns the
+    /// relative timestamps of PAMS summaries into wall-clock time. Not a health record.
+    PamsSession(PamsSessionTiming),
+    /// A running total of the steps taken since the device's local midnight, read at `at`;
+    /// the bridge turns consecutive totals into interval deltas ([`crate::cumulative`]).
+    StepsToday { at: DateTime<Utc>, total: u32 },
+}
+
+/// The fields of a PAMS Sleep Activity Summary the bridge uses (see `pams_sleep`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PamsSleepSummary {
+    pub session_id: u16,
+    pub sub_session_id: u16,
+    /// Seconds since the start of the session.
+    pub relative_seconds: u32,
+    pub sequence: u32,
+    pub total_sleep_seconds: Option<u32>,
+    pub total_wake_seconds: Option<u32>,
+    pub total_bed_seconds: Option<u32>,
+    pub awakenings: Option<u16>,
+    pub latency_seconds: Option<u16>,
+    pub efficiency_percent: Option<u8>,
+}
+
+/// When a PAMS session (`sub_session_id: None`) or one of its sub-sessions started, and
+/// ended if it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PamsSessionTiming {
+    pub session_id: u16,
+    pub sub_session_id: Option<u16>,
+    pub start: DateTime<Utc>,
+    pub end: Option<DateTime<Utc>>,
+    /// Still running (the device is still measuring into it).
+    pub running: bool,
 }
 
 /// A sleep episode `[start, end)` and its stages, each `(kind, start, end)`.
@@ -89,6 +127,18 @@ pub struct SleepReading {
     pub end: DateTime<Utc>,
     pub is_main_sleep: bool,
     pub stages: Vec<(SleepStageKind, DateTime<Utc>, DateTime<Utc>)>,
+    /// Totals the device reported itself (a summary without stages); where stages exist the
+    /// normaliser derives the totals from them instead.
+    pub reported: SleepTotals,
+}
+
+/// Sleep totals as a device reports them, each optional.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SleepTotals {
+    pub total_sleep: Option<chrono::TimeDelta>,
+    pub latency: Option<chrono::TimeDelta>,
+    pub awakenings: Option<u16>,
+    pub efficiency_percent: Option<u8>,
 }
 
 /// Why bytes from a device could not be decoded. Messages name sizes and rules, never values.

@@ -205,6 +205,7 @@ pub fn decode_sleep(
         end: unix(end),
         is_main_sleep: flags & MAIN_SLEEP != 0,
         stages,
+        reported: Default::default(),
     })])
 }
 
@@ -336,6 +337,7 @@ mod tests {
                 (SleepStageKind::Deep, t(T0 + 1800), t(T0 + 2400)),
                 (SleepStageKind::Rem, t(T0 + 2700), t(T0 + 3600)),
             ],
+            reported: Default::default(),
         }
     }
 
@@ -363,6 +365,7 @@ mod tests {
                 end: t(T0 + 1800),
                 is_main_sleep: false,
                 stages: vec![],
+                reported: Default::default(),
             })]
         );
         // Reserved flag bits are ignored.
@@ -445,6 +448,7 @@ mod tests {
             end: t(T0 + 4 * 3600),
             is_main_sleep: true,
             stages,
+            reported: Default::default(),
         };
         let bytes = encode_sleep(&sleep);
         assert!(bytes.len() <= MAX_LEN);
@@ -519,6 +523,7 @@ mod tests {
                 end: t(at + tail),
                 is_main_sleep: main,
                 stages,
+                reported: Default::default(),
             };
             let bytes = encode_sleep(&sleep);
             prop_assert!(bytes.len() <= MAX_LEN);
