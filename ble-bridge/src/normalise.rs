@@ -70,8 +70,7 @@ fn sleep_episode(
     stages.sort_by_key(|&(_, start, _)| start);
     let minutes = |d: Duration| d.num_milliseconds() as f64 / 60_000.0;
 
-    let (mut total_sleep_time, mut efficiency, mut latency, mut awakenings) =
-        (None, None, None, None);
+    let (total_sleep_time, efficiency, latency, awakenings);
     if !stages.is_empty() {
         let asleep: Duration = stages
             .iter()
@@ -80,10 +79,10 @@ fn sleep_episode(
             .sum();
         total_sleep_time = Some(UnitValue::new(minutes(asleep), MINUTES));
         let episode = sleep.end - sleep.start;
-        if episode > Duration::zero() {
+        efficiency = (episode > Duration::zero()).then(|| {
             let percent = asleep.num_milliseconds() as f64 / episode.num_milliseconds() as f64;
-            efficiency = Some(UnitValue::new((percent * 1000.0).round() / 10.0, PERCENT));
-        }
+            UnitValue::new((percent * 1000.0).round() / 10.0, PERCENT)
+        });
         let onset = stages
             .iter()
             .position(|(kind, _, _)| *kind != SleepStageKind::Awake);
