@@ -29,6 +29,7 @@ use tracing::{info, warn};
 use phr_schema::{Record, Topics};
 
 use crate::decode::{self, DeviceInfoField, Reading};
+use crate::device_state::DeviceState;
 use crate::identity::BridgeKey;
 use crate::mqtt::MqttUrl;
 use crate::normalise::normalise;
@@ -165,6 +166,17 @@ pub async fn run(
             m.extend(known);
         }
     }
+    // Decoding state per device (PAMS sessions, running daily totals), saved with the records
+    // it produced.
+    let mut states: HashMap<String, DeviceState> = HashMap::new();
+    for (device, json) in blocking(&outbox, |o| o.states()).await? {
+        match DeviceState::from_json(&json, offset) {
+            Some(s) => {
+                states.insert(device, s);
+            }
+            None => warn!(device_id = %device, "saved decoding state unreadable; starting afresh"),
+        }
+    }
     let (tx, mut events) = mpsc::channel::<Event>(4096);
     let transport_config = TransportConfig {
         allow: cfg.allow.clone(),
@@ -192,15 +204,25 @@ pub async fn run(
                     match decode::decode(characteristic, &bytes, received_at) {
                         Ok((decoder, readings)) => {
                             let p = pending.entry(address.clone()).or_default();
-                            for r in &readings {
-                                if let Reading::DeviceInfo { field: DeviceInfoField::Serial, value } = r {
+                            let state = states.entry(address.clone()).or_insert_with(|| DeviceState::new(offset));
+                            for r in readings {
+                                if let Reading::DeviceInfo { field: DeviceInfoField::Serial, value } = &r {
                                     if let Ok(mut ids) = identities.write() {
                                         ids.entry(address.clone()).or_default().serial_number = Some(value.clone());
                                     }
                                 }
-                                if let Some(record) = normalise(r, decoder, &address, &cfg.bridge_id, offset, received_at) {
-                                    p.records.push(record);
-                                    p.since.get_or_insert_with(Instant::now);
+                                let (readings, fx) = state.process(r);
+                                if fx.dropped > 0 {
+                                    tracing::error!(device_id = %address, dropped = fx.dropped, "PAMS summaries dropped: their session's start never came");
+                                }
+                                if fx.held > 0 {
+                                    info!(device_id = %address, held = fx.held, "PAMS summary held until its session's start is known");
+                                }
+                                for r in &readings {
+                                    if let Some(record) = normalise(r, decoder, &address, &cfg.bridge_id, offset, received_at) {
+                                        p.records.push(record);
+                                        p.since.get_or_insert_with(Instant::now);
+                                    }
                                 }
                             }
                         }
@@ -233,7 +255,13 @@ pub async fn run(
                 .max();
             let mark = newest.into_iter().chain(previous).max();
             let cursors: Vec<_> = mark.map(|m| (device.clone(), m)).into_iter().collect();
-            match blocking(&outbox, move |o| o.push(&b, &cursors, Utc::now())).await {
+            // The state that produced these records, saved with them.
+            let saved: Vec<_> = states
+                .get(device)
+                .map(|s| (device.clone(), s.to_json()))
+                .into_iter()
+                .collect();
+            match blocking(&outbox, move |o| o.push(&b, &cursors, &saved, Utc::now())).await {
                 Ok(()) => {
                     p.since = None;
                     if let (Some(m), Ok(mut marks)) = (mark, marks.write()) {

@@ -17,6 +17,7 @@
 pub mod cumulative;
 pub mod daemon;
 pub mod decode;
+pub mod device_state;
 pub mod identity;
 pub mod mqtt;
 pub mod normalise;

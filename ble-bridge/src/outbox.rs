@@ -74,17 +74,23 @@ impl Outbox {
              CREATE TABLE IF NOT EXISTS cursor (
                  device_id TEXT PRIMARY KEY,
                  until TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS device_state (
+                 device_id TEXT PRIMARY KEY,
+                 state TEXT NOT NULL
              );",
         )?;
         Ok(Self { conn, max_batches })
     }
 
-    /// Stores batches and, in the same transaction, moves each device's high-water mark, so a
-    /// crash leaves either both or neither: no measurement is skipped or lost.
+    /// Stores batches and, in the same transaction, moves each device's high-water mark and
+    /// saves each device's decoding state (`states`: device id and state as JSON), so a crash
+    /// leaves either all or none: no measurement is skipped, lost or counted twice.
     pub fn push(
         &mut self,
         batches: &[Batch],
         cursors: &[(String, DateTime<Utc>)],
+        states: &[(String, String)],
         now: DateTime<Utc>,
     ) -> Result<()> {
         let depth = self.depth()?;
@@ -116,6 +122,13 @@ impl Outbox {
             )?;
             for (device, until) in cursors {
                 cursor.execute(params![device, until.to_rfc3339()])?;
+            }
+            let mut state = tx.prepare_cached(
+                "INSERT INTO device_state (device_id, state) VALUES (?1, ?2)
+                 ON CONFLICT(device_id) DO UPDATE SET state = excluded.state",
+            )?;
+            for (device, json) in states {
+                state.execute(params![device, json])?;
             }
         }
         tx.commit()?;
@@ -201,6 +214,15 @@ impl Outbox {
         Ok(out)
     }
 
+    /// Every device's saved decoding state (JSON), by device id.
+    pub fn states(&self) -> Result<Vec<(String, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT device_id, state FROM device_state ORDER BY device_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// How far data of `device_id` has been put into the outbox.
     pub fn cursor(&self, device_id: &str) -> Result<Option<DateTime<Utc>>> {
         let until: Option<String> = self
@@ -237,7 +259,8 @@ mod tests {
         let (a, b) = (batch("d1"), batch("d2"));
         {
             let mut o = Outbox::open(&path, 10).unwrap();
-            o.push(&[a.clone(), b.clone()], &[("d1".into(), now)], now)
+            let state = vec![("d1".to_owned(), r#"{"v":1}"#.to_owned())];
+            o.push(&[a.clone(), b.clone()], &[("d1".into(), now)], &state, now)
                 .unwrap();
         }
         let mut o = Outbox::open(&path, 10).unwrap();
@@ -254,6 +277,11 @@ mod tests {
             Some(now.timestamp())
         );
         assert_eq!(o.cursor("d2").unwrap(), None);
+        assert_eq!(
+            o.states().unwrap(),
+            vec![("d1".to_owned(), r#"{"v":1}"#.to_owned())],
+            "device state saved with its batches"
+        );
         assert_eq!(o.remove(&[a.batch_id]).unwrap(), vec![a.batch_id]);
         assert!(
             o.remove(&[a.batch_id]).unwrap().is_empty(),
@@ -267,9 +295,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut o = Outbox::open(&dir.path().join("o.sqlite"), 2).unwrap();
         let now = Utc::now();
-        o.push(&[batch("d"), batch("d")], &[], now).unwrap();
+        o.push(&[batch("d"), batch("d")], &[], &[], now).unwrap();
         let err = o
-            .push(&[batch("d")], &[("d".into(), now)], now)
+            .push(
+                &[batch("d")],
+                &[("d".into(), now)],
+                &[("d".into(), "{}".into())],
+                now,
+            )
             .unwrap_err();
         assert!(
             matches!(err, Error::OutboxFull { depth: 2, max: 2 }),
@@ -280,6 +313,10 @@ mod tests {
             o.cursor("d").unwrap(),
             None,
             "a refused push moves no cursor"
+        );
+        assert!(
+            o.states().unwrap().is_empty(),
+            "a refused push saves no state"
         );
     }
 }

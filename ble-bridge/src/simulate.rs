@@ -195,7 +195,7 @@ async fn generate(
         cfg.batch_records,
     );
     let cursor = vec![(band.device_id.clone(), to)];
-    blocking(outbox, move |o| o.push(&batches, &cursor, Utc::now())).await?;
+    blocking(outbox, move |o| o.push(&batches, &cursor, &[], Utc::now())).await?;
     info!(device_id = %band.device_id, %from, %to, records = count, "generated");
     Ok(to >= end)
 }
