@@ -185,6 +185,56 @@ struct Slot {
     next_attempt: tokio::time::Instant,
 }
 
+impl Slot {
+    fn new(stop: CancellationToken) -> Self {
+        Self {
+            task: None,
+            stop,
+            failures: 0,
+            next_attempt: tokio::time::Instant::now(),
+        }
+    }
+
+    /// If the device task has ended (disconnected, failed or panicked), collects it and
+    /// schedules the next attempt: the backoff doubles with each consecutive failure, from
+    /// `backoff_min` up to `backoff_max`; a clean end retries after `backoff_min`. Returns the
+    /// backoff when it did.
+    fn reap(&mut self, cfg: &TransportConfig, stop: CancellationToken) -> Option<Duration> {
+        if !self.task.as_ref().is_some_and(|t| t.is_finished()) {
+            return None;
+        }
+        let failed = match self.task.take().and_then(|t| t.now_or_never()) {
+            Some(Ok(Ok(()))) => false,
+            Some(Ok(Err(e))) => {
+                warn!(error = %e, "device task ended with an error");
+                true
+            }
+            Some(Err(e)) if e.is_panic() => {
+                error!("device task panicked; it will be restarted");
+                true
+            }
+            _ => true,
+        };
+        self.failures = if failed { self.failures + 1 } else { 1 };
+        let backoff = backoff(cfg, self.failures);
+        self.next_attempt = tokio::time::Instant::now() + backoff;
+        self.stop = stop;
+        debug!(?backoff, "device will be retried");
+        Some(backoff)
+    }
+
+    /// Whether a new device task should be started now.
+    fn due(&self) -> bool {
+        self.task.is_none() && tokio::time::Instant::now() >= self.next_attempt
+    }
+}
+
+/// The wait before the next attempt after `failures` consecutive failures (at least 1).
+fn backoff(cfg: &TransportConfig, failures: u32) -> Duration {
+    let doublings = failures.clamp(1, 17) - 1;
+    (cfg.backoff_min * 2u32.saturating_pow(doublings)).min(cfg.backoff_max)
+}
+
 /// Runs until `shutdown`: keeps every wanted device connected and forwards its values.
 pub async fn run(
     cfg: TransportConfig,
@@ -219,7 +269,7 @@ pub async fn run(
                         let Ok(s) = seen(&p).await else { continue };
                         if wanted(&cfg, &s) {
                             info!(address = %s.address, name = ?s.name, rssi = ?s.rssi, "found a supported device");
-                            slots.insert(id, Slot { task: None, stop: shutdown.child_token(), failures: 0, next_attempt: tokio::time::Instant::now() });
+                            slots.insert(id, Slot::new(shutdown.child_token()));
                         }
                     }
                     CentralEvent::DeviceDisconnected(id) => {
@@ -233,20 +283,8 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 for (id, slot) in slots.iter_mut() {
-                    if slot.task.as_ref().is_some_and(|t| t.is_finished()) {
-                        let failed = match slot.task.take().and_then(|t| t.now_or_never()) {
-                            Some(Ok(Ok(()))) => false,
-                            Some(Ok(Err(e))) => { warn!(error = %e, "device task ended with an error"); true }
-                            Some(Err(e)) if e.is_panic() => { error!("device task panicked; it will be restarted"); true }
-                            _ => true,
-                        };
-                        slot.failures = if failed { slot.failures + 1 } else { 1 };
-                        let backoff = (cfg.backoff_min * 2u32.saturating_pow(slot.failures.min(16).saturating_sub(1))).min(cfg.backoff_max);
-                        slot.next_attempt = tokio::time::Instant::now() + backoff;
-                        slot.stop = shutdown.child_token();
-                        debug!(?backoff, "device will be retried");
-                    }
-                    if slot.task.is_none() && tokio::time::Instant::now() >= slot.next_attempt {
+                    slot.reap(&cfg, shutdown.child_token());
+                    if slot.due() {
                         match central.peripheral(id).await {
                             Ok(p) => {
                                 slot.task = Some(tokio::spawn(device(p, cfg.clone(), events.clone(), slot.stop.clone())));
@@ -363,5 +401,85 @@ async fn serve(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> TransportConfig {
+        TransportConfig {
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            ..TransportConfig::default()
+        }
+    }
+
+    async fn finished(slot: &Slot) {
+        while !slot.task.as_ref().is_some_and(|t| t.is_finished()) {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Fault injection: real tokio tasks that panic or fail stand in for device tasks (a
+    /// device task panics only on a bug, so none can be provoked through BlueZ); the
+    /// supervisor's slot collects each, keeps running, and schedules a restart with a backoff
+    /// that grows and is capped, and resets after a clean run.
+    #[tokio::test]
+    async fn a_panicking_or_failing_device_task_is_restarted_with_backoff() {
+        let cfg = cfg();
+        let mut slot = Slot::new(CancellationToken::new());
+        assert!(slot.due(), "a new device is tried at once");
+        assert_eq!(
+            slot.reap(&cfg, CancellationToken::new()),
+            None,
+            "nothing to reap"
+        );
+
+        let mut waits = Vec::new();
+        for i in 0..9 {
+            slot.task = Some(tokio::spawn(async move {
+                if i % 2 == 0 {
+                    panic!("injected fault in a device task");
+                }
+                Err(Error::Bluetooth("injected failure".into()))
+            }));
+            assert!(!slot.due(), "a running task is not started twice");
+            finished(&slot).await;
+            let cancelled = slot.stop.clone();
+            cancelled.cancel();
+            waits.push(slot.reap(&cfg, CancellationToken::new()).expect("reaped"));
+            assert!(slot.task.is_none());
+            assert!(
+                !slot.stop.is_cancelled(),
+                "a fresh stop token for the restart"
+            );
+        }
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(
+            ms,
+            [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
+        );
+        assert_eq!(slot.failures, 9);
+
+        // A clean end (the device walked away) retries soon and forgets the failures.
+        slot.task = Some(tokio::spawn(async { Ok(()) }));
+        finished(&slot).await;
+        assert_eq!(
+            slot.reap(&cfg, CancellationToken::new()),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(slot.failures, 1);
+        assert!(!slot.due(), "not before the backoff");
+        slot.next_attempt = tokio::time::Instant::now();
+        assert!(slot.due());
+    }
+
+    #[test]
+    fn backoff_never_overflows() {
+        let cfg = cfg();
+        assert_eq!(backoff(&cfg, 0), Duration::from_millis(500));
+        assert_eq!(backoff(&cfg, u32::MAX), Duration::from_secs(60));
     }
 }
