@@ -12,6 +12,11 @@
 //! - [`current_time`]: Current Time (0x2A2B, Current Time Service 0x1805), the device's clock.
 //! - [`pams`]: Step Counter Activity Summary Data (0x2B40, Physical Activity Monitor Service
 //!   0x183E), complete single-segment messages.
+//! - [`pams_sleep`]: PAMS Sleep Activity Summary Data (0x2B42), complete single-segment
+//!   messages.
+//! - [`pams_session`]: PAMS Activity Current Session (0x2B44) and Physical Activity Session
+//!   Descriptor (0x2B45), when sessions started and ended; also the Control Point (0x2B43)
+//!   "Enquire Sessions" command, which is sent, not decoded.
 //! - [`sim_band`]: the vendor protocol of the project's simulated "PHR reference band".
 //!
 //! Decoder names carry a version (`heart-rate-measurement/1`) and travel in every record's
@@ -22,6 +27,8 @@ pub mod current_time;
 pub mod device_information;
 pub mod heart_rate;
 pub mod pams;
+pub mod pams_session;
+pub mod pams_sleep;
 pub mod sim_band;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -205,6 +212,21 @@ pub static DECODERS: &[Decoder] = &[
         decode: pams::decode_step_counter_summary,
     },
     Decoder {
+        name: pams_sleep::NAME,
+        characteristic: pams_sleep::SLEEP_ACTIVITY_SUMMARY,
+        decode: pams_sleep::decode_sleep_activity_summary,
+    },
+    Decoder {
+        name: pams_session::ACTIVITY_CURRENT_SESSION_NAME,
+        characteristic: pams_session::ACTIVITY_CURRENT_SESSION,
+        decode: pams_session::decode_current_session,
+    },
+    Decoder {
+        name: pams_session::SESSION_DESCRIPTOR_NAME,
+        characteristic: pams_session::SESSION_DESCRIPTOR,
+        decode: pams_session::decode_session_descriptor,
+    },
+    Decoder {
         name: sim_band::ACTIVITY_NAME,
         characteristic: sim_band::ACTIVITY,
         decode: sim_band::decode_activity,
@@ -349,6 +371,68 @@ mod tests {
             readings[..],
             [Reading::PamsSteps { steps: 12, .. }]
         ));
+        let sleep = pams_sleep::SleepActivitySummary {
+            total_sleep_seconds: Some(25_200),
+            ..Default::default()
+        };
+        let bytes = pams_sleep::encode_sleep_activity_summary(&sleep).unwrap();
+        let (name, readings) = decode(uuid16(0x2B42), &bytes, at).unwrap();
+        assert_eq!(name, "pams-sleep-activity-summary/1");
+        assert!(matches!(
+            readings[..],
+            [Reading::PamsSleep(PamsSleepSummary {
+                total_sleep_seconds: Some(25_200),
+                ..
+            })]
+        ));
+        let start = pams_session::SessionTime {
+            at,
+            offset_minutes: 0,
+        };
+        let current = pams_session::CurrentSession {
+            running: true,
+            session_id: 4,
+            session_start: start,
+            sub_session_id: 5,
+            sub_session_start: start,
+        };
+        let bytes = pams_session::encode_current_session(&current).unwrap();
+        let (name, readings) = decode(uuid16(0x2B44), &bytes, at).unwrap();
+        assert_eq!(name, "pams-activity-current-session/1");
+        assert!(matches!(
+            readings[..],
+            [
+                Reading::PamsSession(PamsSessionTiming {
+                    session_id: 4,
+                    sub_session_id: None,
+                    ..
+                }),
+                Reading::PamsSession(PamsSessionTiming {
+                    sub_session_id: Some(5),
+                    ..
+                })
+            ]
+        ));
+        let descriptor = pams_session::SessionDescriptor {
+            session_id: 4,
+            sub_session_id: None,
+            start,
+            end: None,
+            deleted: false,
+        };
+        let bytes = pams_session::encode_session_descriptor(&descriptor).unwrap();
+        let (name, readings) = decode(uuid16(0x2B45), &bytes, at).unwrap();
+        assert_eq!(name, "pams-session-descriptor/1");
+        assert_eq!(
+            readings,
+            vec![Reading::PamsSession(PamsSessionTiming {
+                session_id: 4,
+                sub_session_id: None,
+                start: at,
+                end: None,
+                running: true,
+            })]
+        );
     }
 
     #[test]
