@@ -46,6 +46,13 @@
 //! The band answers with the activity and sleep notifications above for what it stored,
 //! then carries on live. The bridge writes it at every connection with its per-device
 //! high-water mark, so nothing measured while the bridge was away is lost.
+//!
+//! # Steps today, `7e4a0004-5048-5200-8000-00805f9b34fb` (read, notify)
+//! Exactly 4 bytes: u32, the steps counted since the band's local midnight (it resets to 0
+//! there, and after a reboot). The band notifies it when the count changes; the value
+//! carries no time of its own, so it is taken at the moment the bridge receives it. This is
+//! how many consumer bands report steps; the bridge turns consecutive totals into interval
+//! deltas ([`crate::cumulative`]). A band offering minute activity need not offer it.
 
 use chrono::{DateTime, Duration, Utc};
 use phr_schema::SleepStageKind;
@@ -65,6 +72,28 @@ pub const ACTIVITY: Uuid = Uuid::from_u128(0x7e4a_0001_5048_5200_8000_0080_5f9b_
 pub const SLEEP: Uuid = Uuid::from_u128(0x7e4a_0002_5048_5200_8000_0080_5f9b_34fb);
 /// History request (write).
 pub const HISTORY: Uuid = Uuid::from_u128(0x7e4a_0003_5048_5200_8000_0080_5f9b_34fb);
+/// Steps today (running daily total) characteristic.
+pub const STEPS_TODAY: Uuid = Uuid::from_u128(0x7e4a_0004_5048_5200_8000_0080_5f9b_34fb);
+/// Decoder name and version of the steps-today characteristic, recorded in provenance.
+pub const STEPS_TODAY_NAME: &str = "phr-reference-band-steps-today/1";
+
+/// Decodes a steps-today value into one [`Reading::StepsToday`] at `received_at`.
+pub fn decode_steps_today(
+    bytes: &[u8],
+    received_at: DateTime<Utc>,
+) -> Result<Vec<Reading>, DecodeError> {
+    at_most(bytes, 4)?;
+    let total = u32_le(bytes, 0).ok_or(truncated(bytes, 4))?;
+    Ok(vec![Reading::StepsToday {
+        at: received_at,
+        total,
+    }])
+}
+
+/// The bytes of a steps-today value.
+pub fn encode_steps_today(total: u32) -> Vec<u8> {
+    total.to_le_bytes().to_vec()
+}
 
 /// The bytes of a history request for everything measured since `since` (clamped to the
 /// protocol's u32 seconds).
@@ -266,6 +295,26 @@ fn unix_u64(seconds: u64) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steps_today_is_four_bytes_taken_when_received() {
+        let at = DateTime::from_timestamp(1_767_225_600, 0).unwrap();
+        assert_eq!(
+            decode_steps_today(&crate::decode::test_hex("39 30 00 00"), at),
+            Ok(vec![Reading::StepsToday { at, total: 12345 }])
+        );
+        assert_eq!(encode_steps_today(12345), crate::decode::test_hex("39 30 00 00"));
+        for n in 0..4 {
+            assert_eq!(
+                decode_steps_today(&[0; 4][..n], at),
+                Err(DecodeError::Truncated { needed: 4, got: n })
+            );
+        }
+        assert_eq!(
+            decode_steps_today(&[0; 5], at),
+            Err(DecodeError::Oversized { max: 4, got: 5 })
+        );
+    }
     use crate::decode::test_hex as hex;
     use proptest::prelude::*;
 
