@@ -236,6 +236,11 @@ pub static DECODERS: &[Decoder] = &[
         characteristic: sim_band::SLEEP,
         decode: sim_band::decode_sleep,
     },
+    Decoder {
+        name: sim_band::STEPS_TODAY_NAME,
+        characteristic: sim_band::STEPS_TODAY,
+        decode: sim_band::decode_steps_today,
+    },
 ];
 
 /// The decoder registered for `characteristic`, if any.

@@ -53,21 +53,22 @@
 //! duration are checked for length but not reported (their units could not be confirmed).
 //!
 //! The timestamp is relative to the start of the session `session_id`, which the device
-//! publishes in its Physical Activity Session Descriptor (0x2B45), not in this characteristic.
-//! Turning a reading into a wall-clock interval is the bridge's per-device state: it must know
-//! the session's start time (and the device clock's offset, see
-//! [`super::current_time`]), must treat `(session_id, sub_session_id, sequence)` as the identity
-//! of a summary (a repeated indication is the same summary), and must derive the interval from
-//! consecutive summaries of one sub-session. Until that state exists the normaliser produces no
-//! record from a PAMS reading.
+//! publishes in Activity Current Session (0x2B44) and its Session Descriptors (0x2B45), both
+//! decoded in [`super::pams_session`]. Turning a reading into a wall-clock interval is the
+//! bridge's per-device state ([`crate::device_state`]): it anchors the session's start, treats
+//! `(session_id, sub_session_id, sequence)` as the identity of a summary (a repeated
+//! indication is the same summary) and derives intervals from consecutive summaries of one
+//! sub-session. The normaliser alone produces no record from a PAMS reading.
 //!
 //! # Not implemented
 //! - Multi-segment messages (reassembly needs per-connection state: a segment buffer per
 //!   characteristic and the rolling counter to detect a lost segment).
-//! - General Activity Summary Data (0x2B3D) and Sleep Activity Summary Data (0x2B42): their
-//!   layouts are long flag-driven lists (32-bit flags in the public sources, with fields whose
-//!   sizes the sources do not agree on), so they are left until the specification's tables can
-//!   be checked directly.
+//! - General Activity Summary Data (0x2B3D): in the public layouts (Cypress `pamGasd.h`) it
+//!   carries energy, MET, distance, speed, cadence, floors, elevation and activity levels but
+//!   no step count, and none of the product's record types (steps, sleep, heart rate) comes
+//!   from it; it is left undecoded rather than decoded into nothing.
+//! - Sleep Activity Instantaneous Data (0x2B41): sleep stages over time; no two public sources
+//!   agree on its layout. Sleep comes from the summary ([`super::pams_sleep`]).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;

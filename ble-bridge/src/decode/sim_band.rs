@@ -303,7 +303,10 @@ mod tests {
             decode_steps_today(&crate::decode::test_hex("39 30 00 00"), at),
             Ok(vec![Reading::StepsToday { at, total: 12345 }])
         );
-        assert_eq!(encode_steps_today(12345), crate::decode::test_hex("39 30 00 00"));
+        assert_eq!(
+            encode_steps_today(12345),
+            crate::decode::test_hex("39 30 00 00")
+        );
         for n in 0..4 {
             assert_eq!(
                 decode_steps_today(&[0; 4][..n], at),

@@ -34,6 +34,16 @@ pub const SERIAL_NUMBER: Uuid = uuid16(0x2A25);
 /// Battery Level, read at every connection.
 pub const BATTERY_LEVEL: Uuid = uuid16(0x2A19);
 
+/// Characteristics read at every connection, where the device has them: the serial number
+/// (pairing), the battery, the running PAMS session (the anchor of PAMS summaries' times)
+/// and the running daily step total (a baseline for the next one).
+pub const READ_AT_CONNECT: [Uuid; 4] = [
+    SERIAL_NUMBER,
+    BATTERY_LEVEL,
+    decode::pams_session::ACTIVITY_CURRENT_SESSION,
+    decode::sim_band::STEPS_TODAY,
+];
+
 /// Services that make a device worth connecting to.
 pub fn supported_services() -> Vec<Uuid> {
     vec![
@@ -347,9 +357,7 @@ async fn serve(
 ) -> Result<()> {
     let mut notifications = p.notifications().await.map_err(ble)?;
     for c in p.characteristics() {
-        if (c.uuid == SERIAL_NUMBER || c.uuid == BATTERY_LEVEL)
-            && c.properties.contains(CharPropFlags::READ)
-        {
+        if READ_AT_CONNECT.contains(&c.uuid) && c.properties.contains(CharPropFlags::READ) {
             match p.read(&c).await {
                 Ok(bytes) => {
                     let e = Event::Value {
@@ -368,9 +376,24 @@ async fn serve(
         let notifies = c
             .properties
             .intersects(CharPropFlags::NOTIFY | CharPropFlags::INDICATE);
-        if notifies && decode::decoder_for(c.uuid).is_some() {
+        // The PAMS control point answers by indication, which must be on before writing it.
+        let control = c.uuid == decode::pams_session::CONTROL_POINT;
+        if notifies && (control || decode::decoder_for(c.uuid).is_some()) {
             p.subscribe(&c).await.map_err(ble)?;
             debug!(%address, characteristic = %c.uuid, "subscribed");
+        }
+    }
+    // A PAMS device lists its sessions (Session Descriptors), so summaries of sessions that
+    // started before this connection can be timed.
+    if let Some(c) = p
+        .characteristics()
+        .into_iter()
+        .find(|c| c.uuid == decode::pams_session::CONTROL_POINT)
+    {
+        let request = decode::pams_session::encode_enquire_sessions();
+        match p.write(&c, &request, WriteType::WithResponse).await {
+            Ok(()) => info!(%address, "asked the device for its PAMS sessions"),
+            Err(e) => warn!(%address, error = %e, "PAMS Enquire Sessions refused"),
         }
     }
     // Ask for what the device measured while the bridge was away.
@@ -395,6 +418,11 @@ async fn serve(
             _ = stop.cancelled() => return Ok(()),
             n = notifications.next() => {
                 let Some(n) = n else { return Ok(()) };
+                if decode::decoder_for(n.uuid).is_none() {
+                    // A control point's response: nothing to decode into data.
+                    debug!(%address, characteristic = %n.uuid, bytes = n.value.len(), "value without a decoder");
+                    continue;
+                }
                 let e = Event::Value { address: address.to_owned(), characteristic: n.uuid, bytes: n.value, received_at: Utc::now() };
                 if events.send(e).await.is_err() {
                     return Ok(());
