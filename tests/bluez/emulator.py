@@ -46,6 +46,7 @@ VENDOR_SERVICE = "7e4a0000-5048-5200-8000-00805f9b34fb"
 VENDOR_ACTIVITY = "7e4a0001-5048-5200-8000-00805f9b34fb"
 VENDOR_SLEEP = "7e4a0002-5048-5200-8000-00805f9b34fb"
 VENDOR_HISTORY = "7e4a0003-5048-5200-8000-00805f9b34fb"
+VENDOR_STEPS_TODAY = "7e4a0004-5048-5200-8000-00805f9b34fb"
 CCCD = "00002902" + BASE_UUID_SUFFIX
 
 VERBOSE = False
@@ -88,7 +89,12 @@ def failed(msg, name="org.bluez.Error.Failed"):
 
 
 def default_services(band):
-    """Standard Heart Rate, Battery, Device Information plus the project's vendor service."""
+    """Standard Heart Rate, Battery, Device Information, Physical Activity Monitor, plus the
+    project's vendor service."""
+    # Activity Current Session is readable once the band has a session to describe.
+    session = band.get("pams_current_session")
+    session_char = ({"uuid": "2b44", "flags": ["read", "notify"], "value": session} if session
+                    else {"uuid": "2b44", "flags": ["notify"], "value": []})
     return [
         {"uuid": "180a", "characteristics": [
             {"uuid": "2a29", "flags": ["read"], "value": list(band.get("manufacturer", "PHR Labs").encode())},
@@ -100,11 +106,21 @@ def default_services(band):
         {"uuid": "180d", "characteristics": [
             {"uuid": "2a37", "flags": ["notify"], "value": []},
         ]},
+        {"uuid": "183e", "characteristics": [
+            {"uuid": "2b40", "flags": ["indicate"], "value": []},  # Step Counter Activity Summary
+            {"uuid": "2b42", "flags": ["indicate"], "value": []},  # Sleep Activity Summary
+            {"uuid": "2b43", "flags": ["write", "indicate"], "value": []},  # Control Point
+            session_char,
+            {"uuid": "2b45", "flags": ["indicate"], "value": []},  # Session Descriptor
+        ]},
         {"uuid": VENDOR_SERVICE, "characteristics": [
             {"uuid": VENDOR_ACTIVITY, "flags": ["notify"], "value": []},
             {"uuid": VENDOR_SLEEP, "flags": ["notify"], "value": []},
             # History request: the test, playing the band's firmware, answers it.
             {"uuid": VENDOR_HISTORY, "flags": ["write"], "value": []},
+            # Steps today: a running daily total.
+            {"uuid": VENDOR_STEPS_TODAY, "flags": ["read", "notify"],
+             "value": list(int(band.get("steps_today", 0)).to_bytes(4, "little"))},
         ]},
     ]
 

@@ -33,10 +33,19 @@ pub mod uuids {
     pub const VENDOR_ACTIVITY: &str = "7e4a0001-5048-5200-8000-00805f9b34fb";
     pub const VENDOR_SLEEP: &str = "7e4a0002-5048-5200-8000-00805f9b34fb";
     pub const VENDOR_HISTORY: &str = "7e4a0003-5048-5200-8000-00805f9b34fb";
+    pub const VENDOR_STEPS_TODAY: &str = "7e4a0004-5048-5200-8000-00805f9b34fb";
+    pub const PAMS_SERVICE: &str = "0000183e-0000-1000-8000-00805f9b34fb";
+    pub const PAMS_STEP_COUNTER_SUMMARY: &str = "00002b40-0000-1000-8000-00805f9b34fb";
+    pub const PAMS_SLEEP_SUMMARY: &str = "00002b42-0000-1000-8000-00805f9b34fb";
+    pub const PAMS_CONTROL_POINT: &str = "00002b43-0000-1000-8000-00805f9b34fb";
+    pub const PAMS_CURRENT_SESSION: &str = "00002b44-0000-1000-8000-00805f9b34fb";
+    pub const PAMS_SESSION_DESCRIPTOR: &str = "00002b45-0000-1000-8000-00805f9b34fb";
 }
 
 /// One emulated wearable. It serves Device Information (serial, manufacturer), Battery,
-/// Heart Rate and the project's vendor service (activity, sleep).
+/// Heart Rate, the Physical Activity Monitor Service (step and sleep summaries, control
+/// point, current session, session descriptors) and the project's vendor service (activity,
+/// sleep, history, steps today).
 #[derive(Clone, Debug)]
 pub struct EmulatedBand {
     /// `AA:BB:CC:DD:EE:FF`.
@@ -51,6 +60,11 @@ pub struct EmulatedBand {
     pub rssi: i16,
     /// Whether it is in range from the start (else it appears after `set_present(.., true)`).
     pub present: bool,
+    /// The Activity Current Session value (0x2B44) the band answers reads with; `None`: no
+    /// session yet (the characteristic is then not readable).
+    pub pams_current_session: Option<Vec<u8>>,
+    /// The steps-today value (vendor `7e4a0004`) at the start.
+    pub steps_today: u32,
 }
 
 impl EmulatedBand {
@@ -65,6 +79,8 @@ impl EmulatedBand {
             battery: 87,
             rssi: -60,
             present: true,
+            pams_current_session: None,
+            steps_today: 0,
         }
     }
 }
@@ -471,6 +487,8 @@ fn emulator_config(bands: &[EmulatedBand], options: &EmulatorOptions) -> serde_j
             "battery": b.battery,
             "rssi": b.rssi,
             "present": b.present,
+            "pams_current_session": b.pams_current_session,
+            "steps_today": b.steps_today,
         })).collect::<Vec<_>>(),
     })
 }

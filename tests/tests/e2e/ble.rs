@@ -7,9 +7,15 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Timelike, Utc};
 use serde_json::json;
 
+use phr_bridge::decode::pams::{encode_step_counter_summary, StepCounterSummary};
+use phr_bridge::decode::pams_session::{
+    encode_current_session, encode_session_descriptor, CurrentSession, SessionDescriptor,
+    SessionTime,
+};
+use phr_bridge::decode::pams_sleep::{encode_sleep_activity_summary, SleepActivitySummary};
 use phr_bridge::decode::{heart_rate, sim_band};
 use phr_e2e::bluez::{uuids, EmulatedBand, PrivateBluez};
 use phr_e2e::{
@@ -709,4 +715,223 @@ impl GatewayProcess {
         )?;
         Ok(())
     }
+}
+
+/// A record's measured interval and its body.
+type Measured = (DateTime<Utc>, DateTime<Utc>, serde_json::Value);
+
+/// Every record of `kind` `who` can read, in time order.
+fn intervals(gw: &TestGateway, who: &str, kind: &str) -> anyhow::Result<Vec<Measured>> {
+    let (s, b) = call(
+        "GET",
+        &gw.url(&format!("/api/v1/me/records?type={kind}")),
+        Some(&gw.owner_token(who)),
+        None,
+    )?;
+    anyhow::ensure!(s == 200, "{b}");
+    let time = |v: &serde_json::Value| -> anyhow::Result<DateTime<Utc>> {
+        Ok(DateTime::parse_from_rfc3339(v.as_str().unwrap_or_default())?.with_timezone(&Utc))
+    };
+    let mut out = Vec::new();
+    for r in b["records"].as_array().into_iter().flatten() {
+        let frame = &r["body"]["effective_time_frame"]["time_interval"];
+        out.push((
+            time(&frame["start_date_time"])?,
+            time(&frame["end_date_time"])?,
+            r["body"].clone(),
+        ));
+    }
+    out.sort_by_key(|(start, end, _)| (*start, *end));
+    Ok(out)
+}
+
+/// A UTC offset under which it is about noon now, so no local midnight falls inside a test.
+fn noon_offset() -> String {
+    let hours = (12 - Utc::now().hour() as i32).rem_euclid(24);
+    let hours = if hours > 12 { hours - 24 } else { hours };
+    format!("{}{:02}:00", if hours < 0 { '-' } else { '+' }, hours.abs())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs dbus-daemon and python3-dbus/python3-gi for the emulated BlueZ; .ci/run installs them"]
+async fn pams_summaries_are_timed_by_their_session_and_daily_totals_become_deltas(
+) -> anyhow::Result<()> {
+    let gw = TestGateway::start().await?;
+    let now = Utc::now().duration_trunc(TimeDelta::seconds(1))?;
+    let s1 = now - TimeDelta::hours(10);
+    let at = |t| SessionTime {
+        at: t,
+        offset_minutes: 0,
+    };
+    let mut band = EmulatedBand::new(BAND, "PAMS Band");
+    band.pams_current_session = encode_current_session(&CurrentSession {
+        running: true,
+        session_id: 1,
+        session_start: at(s1),
+        sub_session_id: 1,
+        sub_session_start: at(s1),
+    });
+    band.steps_today = 1000;
+    let serial = band.serial.clone();
+    let bluez = PrivateBluez::start(&[band])?;
+    let started = Utc::now();
+    let (_bridge, stdout) = spawn_bridge_with(
+        &gw.dir.path().join("ble-bridge"),
+        &gw.gateway.mqtt.to_string(),
+        gw.topics().prefix(),
+        &bluez,
+        &format!("utc_offset = \"{}\"", noon_offset()),
+    )?;
+    for uuid in [
+        uuids::PAMS_STEP_COUNTER_SUMMARY,
+        uuids::PAMS_SLEEP_SUMMARY,
+        uuids::PAMS_SESSION_DESCRIPTOR,
+        uuids::VENDOR_STEPS_TODAY,
+    ] {
+        bluez
+            .wait_notifying(BAND, uuid, Duration::from_secs(60))
+            .await?;
+    }
+    // At connect the bridge asked for the device's sessions through the control point.
+    wait_for("Enquire Sessions", Duration::from_secs(10), || {
+        let writes = bluez.status().ok()?.writes;
+        writes
+            .iter()
+            .any(|w| w.uuid == uuids::PAMS_CONTROL_POINT && w.bytes() == [0x01])
+            .then_some(())
+    })
+    .await?;
+    let ana = gw.owner_token("ana");
+    consent_to_storage(
+        &gw.url(""),
+        &ana,
+        &["step-count", "sleep-episode", "heart-rate"],
+    )?;
+    pair(&gw.url(""), &ana, BAND, &serial, &stdout).await?;
+
+    // The band, playing PAMS firmware: running totals of sub-session 1 of session 1 (the one
+    // read at connect), one indication repeated; a night's summary; a summary of session 2
+    // before the descriptor that says when session 2 started; a new daily total.
+    let steps = |session_id, sub_session_id, relative_seconds, sequence, n| {
+        encode_step_counter_summary(&StepCounterSummary {
+            session_id,
+            sub_session_id,
+            relative_seconds,
+            sequence,
+            normal_walking_steps: Some(n),
+            ..Default::default()
+        })
+        .expect("fits")
+    };
+    let s2 = now - TimeDelta::hours(1);
+    let night = SleepActivitySummary {
+        session_id: 1,
+        sub_session_id: 2,
+        relative_seconds: 9 * 3600,
+        sequence: 3,
+        total_sleep_seconds: Some(6 * 3600 + 1800),
+        total_wake_seconds: Some(1800),
+        total_bed_seconds: Some(7 * 3600),
+        awakenings: Some(2),
+        latency_seconds: Some(900),
+        efficiency_percent: Some(92),
+        ..Default::default()
+    };
+    let descriptor = SessionDescriptor {
+        session_id: 2,
+        sub_session_id: None,
+        start: at(s2),
+        end: None,
+        deleted: false,
+    };
+    let sends: Vec<(&str, Vec<u8>)> = vec![
+        (uuids::PAMS_STEP_COUNTER_SUMMARY, steps(1, 1, 3600, 1, 400)),
+        (uuids::PAMS_STEP_COUNTER_SUMMARY, steps(1, 1, 5400, 2, 650)),
+        (uuids::PAMS_STEP_COUNTER_SUMMARY, steps(1, 1, 5400, 2, 650)),
+        (
+            uuids::PAMS_SLEEP_SUMMARY,
+            encode_sleep_activity_summary(&night).expect("fits"),
+        ),
+        (uuids::PAMS_STEP_COUNTER_SUMMARY, steps(2, 0, 600, 1, 30)),
+        (
+            uuids::PAMS_SESSION_DESCRIPTOR,
+            encode_session_descriptor(&descriptor).expect("fits"),
+        ),
+        (
+            uuids::VENDOR_STEPS_TODAY,
+            sim_band::encode_steps_today(1250),
+        ),
+    ];
+    for (uuid, bytes) in &sends {
+        assert!(bluez.notify(BAND, uuid, bytes)?, "{uuid} subscribed");
+    }
+
+    // All of it was measured before the pairing: quarantined until Ana confirms it is hers.
+    let quarantined = || -> Option<u64> {
+        let (_, b) = call("GET", &gw.url("/api/v1/me/quarantine"), Some(&ana), None).ok()?;
+        Some(
+            b["quarantine"]
+                .as_array()?
+                .iter()
+                .filter_map(|q| q["records"].as_u64())
+                .sum(),
+        )
+    };
+    wait_for(
+        "five records in quarantine",
+        Duration::from_secs(30),
+        || quarantined().filter(|n| *n == 5),
+    )
+    .await?;
+    let range = json!({"device_id": BAND, "from": (s1 - TimeDelta::minutes(1)).to_rfc3339(),
+                       "to": (Utc::now() + TimeDelta::minutes(1)).to_rfc3339()});
+    let (s, b) = call(
+        "POST",
+        &gw.url("/api/v1/me/quarantine/confirm"),
+        Some(&ana),
+        Some(range),
+    )?;
+    assert_eq!(
+        (s, b["correction"]["records"].as_u64()),
+        (200, Some(5)),
+        "{b}"
+    );
+
+    let got = intervals(&gw, "ana", "step-count")?;
+    let h = TimeDelta::hours;
+    let plain: Vec<_> = got
+        .iter()
+        .map(|(a, b, body)| (*a, *b, body["step_count"].as_i64().unwrap_or(-1)))
+        .collect();
+    assert_eq!(plain.len(), 4, "{plain:?}");
+    assert_eq!(
+        plain[..3],
+        [
+            (s1, s1 + h(1), 400),
+            (s1 + h(1), s1 + TimeDelta::minutes(90), 250),
+            (s2, s2 + TimeDelta::minutes(10), 30),
+        ],
+        "PAMS totals as deltas, timed by their session; the repeat not counted"
+    );
+    let (from, to, today) = plain[3];
+    assert_eq!(today, 250, "1250 - the 1000 read at connect");
+    assert!(
+        started <= from && from < to && to <= Utc::now(),
+        "{from} {to}"
+    );
+
+    let sleep = intervals(&gw, "ana", "sleep-episode")?;
+    assert_eq!(sleep.len(), 1);
+    let (from, to, body) = &sleep[0];
+    assert_eq!((*from, *to), (s1 + h(2), s1 + h(9)));
+    assert_eq!(body["total_sleep_time"]["value"].as_f64(), Some(390.0));
+    assert_eq!(body["latency_to_sleep_onset"]["value"].as_f64(), Some(15.0));
+    assert_eq!(body["number_of_awakenings"].as_i64(), Some(2));
+    assert_eq!(
+        body["sleep_maintenance_efficiency_percentage"]["value"].as_f64(),
+        Some(92.0)
+    );
+    assert_eq!(body["is_main_sleep"], json!(true));
+    gw.stop().await;
+    Ok(())
 }
