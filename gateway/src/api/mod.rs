@@ -17,6 +17,7 @@ pub mod devices;
 pub mod error;
 pub mod export;
 pub mod me;
+pub mod openapi;
 pub mod records;
 pub mod subjects;
 
@@ -56,16 +57,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     corrections::configure(cfg);
     export::configure(cfg);
     subjects::configure(cfg);
+    openapi::configure(cfg);
 }
 
 /// The largest request body any route accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-async fn healthz() -> HttpResponse {
+/// Liveness: the process answers HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The gateway is up", body = Object, example = json!({"status": "ok"}))))]
+pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// Prometheus text-format metrics (ingest, acks, rejections by reason, quarantine, API
+/// latency, MQTT connections).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain", body = String)))]
+pub(crate) async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let (series, quarantine) = web::block(move || store.counts())
         .await
