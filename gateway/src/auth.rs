@@ -229,16 +229,47 @@ impl Principal {
 
     /// Whether a SMART v2 scope `{context}/{resource}.{perms}` grants `perm` (one of
     /// `c r u d s`) on `resource`; `*` as resource grants every resource.
+    /// A SMART v2 granular scope may narrow it with a query (`?code=...`), which
+    /// [`Principal::allowed_types`] reads.
     pub fn has_scope(&self, context: &str, resource: &str, perm: char) -> bool {
-        self.scopes.iter().any(|s| {
-            let Some((ctx, rest)) = s.split_once('/') else {
-                return false;
+        self.scopes
+            .iter()
+            .any(|s| scope_grants(s, context, resource, perm))
+    }
+
+    /// The record types the caller's `Observation` read scopes are narrowed to by LOINC code
+    /// (`system/Observation.rs?code=http://loinc.org|55423-8`); `None` when a read scope is
+    /// not narrowed (every type), or there is none.
+    pub fn allowed_types(&self) -> Option<Vec<phr_schema::RecordType>> {
+        let mut types = Vec::new();
+        for s in &self.scopes {
+            let reads = ["patient", "user", "system"]
+                .iter()
+                .any(|ctx| scope_grants(s, ctx, "Observation", 'r'));
+            if !reads {
+                continue;
+            }
+            let Some((_, query)) = s.split_once('?') else {
+                return None;
             };
-            let Some((res, perms)) = rest.split_once('.') else {
-                return false;
-            };
-            ctx == context && (res == resource || res == "*") && perms.contains(perm)
-        })
+            for pair in query.split('&') {
+                let Some(codes) = pair.strip_prefix("code=") else {
+                    continue;
+                };
+                for code in codes.split(',') {
+                    let code = code.strip_prefix("http://loinc.org|").unwrap_or(code);
+                    if let Some(t) = phr_schema::RecordType::ALL
+                        .into_iter()
+                        .find(|t| phr_schema::fhir::loinc(*t).code == code)
+                    {
+                        if !types.contains(&t) {
+                            types.push(t);
+                        }
+                    }
+                }
+            }
+        }
+        Some(types)
     }
 
     /// Whether the caller may read their own observations: SMART v2 `patient/Observation.rs`
@@ -246,6 +277,19 @@ impl Principal {
     pub fn may_read_own_observations(&self) -> bool {
         self.has_scope("patient", "Observation", 'r')
     }
+}
+
+/// Whether one SMART v2 scope `{context}/{resource}.{perms}[?query]` grants `perm` on
+/// `resource`; `*` as resource grants every resource.
+fn scope_grants(scope: &str, context: &str, resource: &str, perm: char) -> bool {
+    let scope = scope.split_once('?').map_or(scope, |(s, _)| s);
+    let Some((ctx, rest)) = scope.split_once('/') else {
+        return false;
+    };
+    let Some((res, perms)) = rest.split_once('.') else {
+        return false;
+    };
+    ctx == context && (res == resource || res == "*") && perms.contains(perm)
 }
 
 #[cfg(test)]

@@ -118,6 +118,15 @@ pub const AWAKE_DURATION: LoincCode = LoincCode {
     display: "Nighttime awakening duration",
 };
 
+/// The LOINC code an Observation of a record type carries.
+pub fn loinc(record_type: crate::RecordType) -> LoincCode {
+    match record_type {
+        crate::RecordType::StepCount => STEPS,
+        crate::RecordType::SleepEpisode => SLEEP_DURATION,
+        crate::RecordType::HeartRate => HEART_RATE,
+    }
+}
+
 pub const LOINC_SYSTEM: &str = "http://loinc.org";
 pub const UCUM_SYSTEM: &str = "http://unitsofmeasure.org";
 pub const OBSERVATION_CATEGORY_SYSTEM: &str =
@@ -401,16 +410,16 @@ pub fn record_from_observation(obs: &Value, bridge_id_fallback: &str) -> Result<
 
 /// Per-kind stage durations of an episode, in minutes.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct StageMinutes {
-    pub(crate) deep: f64,
-    pub(crate) light: f64,
-    pub(crate) rem: f64,
-    pub(crate) awake: f64,
+pub struct StageMinutes {
+    pub deep: f64,
+    pub light: f64,
+    pub rem: f64,
+    pub awake: f64,
 }
 
 impl StageMinutes {
     /// `None` when the episode has no stages (sums of nothing are unknown, not zero).
-    pub(crate) fn of(episode: &SleepEpisode) -> Option<Self> {
+    pub fn of(episode: &SleepEpisode) -> Option<Self> {
         if episode.stages.is_empty() {
             return None;
         }
@@ -435,13 +444,14 @@ impl StageMinutes {
         })
     }
 
-    pub(crate) fn asleep(&self) -> f64 {
+    /// Minutes in the non-awake stages.
+    pub fn asleep(&self) -> f64 {
         self.deep + self.light + self.rem
     }
 }
 
 /// Total sleep time in minutes: as sent when in minutes, else summed from non-awake stages.
-pub(crate) fn total_sleep_minutes(episode: &SleepEpisode) -> Option<f64> {
+pub fn total_sleep_minutes(episode: &SleepEpisode) -> Option<f64> {
     match &episode.total_sleep_time {
         Some(t) if t.unit == MINUTES => Some(t.value),
         _ => StageMinutes::of(episode).map(|m| m.asleep()),

@@ -20,6 +20,7 @@ pub mod me;
 pub mod openapi;
 pub mod records;
 pub mod subjects;
+pub mod sync;
 
 use std::future::{ready, Ready};
 use std::sync::Arc;
@@ -58,6 +59,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     export::configure(cfg);
     subjects::configure(cfg);
     openapi::configure(cfg);
+    sync::configure(cfg);
 }
 
 /// The largest request body any route accepts.

@@ -38,11 +38,12 @@ pub struct ErrorDetail {
                        for PHR companies (client credentials at `POST /oauth/token`), \
                        `phr:admin` for operators."
     ),
-    paths(super::healthz, super::metrics),
+    paths(super::healthz, super::metrics, super::sync::sync),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),
     tags(
         (name = "operations", description = "Health and metrics"),
+        (name = "companies", description = "PHR companies and clinicians: who consents, incremental sync"),
     )
 )]
 pub struct ApiDoc;

@@ -227,6 +227,20 @@ pub(super) fn in_force(
     Ok(out)
 }
 
+/// Every consent ever given to `grantee` (of `kind`), by anyone, as it stands at `now`.
+pub(super) fn of_grantee(
+    conn: &Connection,
+    grantee: &str,
+    kind: GranteeKind,
+    now: DateTime<Utc>,
+) -> Result<Vec<Consent>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{SELECT_CONSENTS} AND g.grantee = ?1 AND g.grantee_kind = ?2 ORDER BY g.seq"
+    ))?;
+    let rows = stmt.query_map(params![grantee, kind.as_str()], |r| from_row(r, now))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
 fn append(conn: &Connection, event: &str, c: &Consent, at: DateTime<Utc>, by: &str) -> Result<()> {
     let ms = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis());
     let types = c
@@ -272,6 +286,7 @@ pub(super) fn withdraw_all(
     let mut n = 0;
     for c in all.iter().filter(|c| c.status != ConsentStatus::Withdrawn) {
         append(conn, "withdrawn", c, now, by)?;
+        super::changes::on_withdraw(conn, c.consent_id)?;
         n += 1;
     }
     Ok(n)
@@ -299,7 +314,7 @@ impl Store {
         };
         self.write(|tx| {
             append(tx, "granted", &consent, now, by)?;
-            Ok(())
+            super::changes::on_grant(tx, &consent, now)
         })?;
         Ok(consent)
     }
@@ -327,6 +342,7 @@ impl Store {
             };
             if c.status != ConsentStatus::Withdrawn {
                 append(tx, "withdrawn", &c, now, by)?;
+                super::changes::on_withdraw(tx, c.consent_id)?;
                 c.status = ConsentStatus::Withdrawn;
                 c.withdrawn_at = Some(now);
             }

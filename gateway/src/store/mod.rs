@@ -24,6 +24,7 @@ use phr_schema::{Ack, Reason, RecordType};
 use crate::ingest::{self, Binding, Checked, Decision, DeviceView};
 
 pub mod audit;
+pub mod changes;
 pub mod consent;
 pub mod corrections;
 pub mod export;
@@ -140,7 +141,7 @@ pub struct Store {
 
 /// Version of the tables below, kept in SQLite's `user_version`. Development versions before
 /// the first release are not migrated: a data dir from one is refused with a clear error.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 fn check_version(conn: &Connection, path: &Path) -> Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -178,6 +179,7 @@ impl Store {
         let conn = open_connection(path)?;
         check_version(&conn, path)?;
         conn.execute_batch(SERIES_SCHEMA)?;
+        conn.execute_batch(changes::SCHEMA)?;
         conn.execute_batch(REGISTRY_AND_QUARANTINE)?;
         conn.execute_batch(consent::SCHEMA)?;
         conn.execute_batch(audit::SCHEMA)?;

@@ -15,6 +15,7 @@ mod demo;
 mod export;
 mod pairing;
 mod pipeline;
+mod sync;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,0 +1,211 @@
+//! Incremental sync for PHR companies and clinicians: `GET /api/v1/sync?cursor=&limit=`.
+//!
+//! Every record the caller may see that was stored, corrected or erased since the cursor,
+//! across all the people who consent to it, in commit order (see [`crate::store::changes`]
+//! for the visibility rules). The cursor is opaque; it never skips and never repeats a change,
+//! and a page may be short or empty while `has_more` is true (the gateway bounds how much one
+//! request examines). Keep calling while `has_more`; afterwards, call again later with the
+//! last `next_cursor` to get what arrived since. Each person whose records a page carries gets
+//! one disclosure-log entry, written before the page is returned.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::access::party_kind;
+use crate::auth::Principal;
+use crate::store::audit::{Action, Entry, Outcome};
+use crate::store::changes::{FeedPage, Op};
+use crate::store::GranteeKind;
+
+pub const SYNC: &str = "/api/v1/sync";
+pub const DEFAULT_LIMIT: usize = 500;
+pub const MAX_LIMIT: usize = 5000;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(SYNC, web::get().to(sync));
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SyncQuery {
+    /// `next_cursor` of the previous page; absent to start from the beginning.
+    cursor: Option<String>,
+    /// Changes per page, 1 to 5000 (default 500).
+    limit: Option<usize>,
+}
+
+/// One change: a record stored (or moved to this person), or erased (or moved away).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SyncChange {
+    /// `stored` or `erased`.
+    op: &'static str,
+    person_id: String,
+    record_type: &'static str,
+    record_id: String,
+    /// The record (`stored` only), as `GET /api/v1/subjects/{id}/records` returns it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    record: Option<Box<RawValue>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SyncPage {
+    changes: Vec<SyncChange>,
+    /// Where the next call starts; opaque.
+    next_cursor: String,
+    /// Call again now: there may be more.
+    has_more: bool,
+}
+
+const CURSOR_PREFIX: &str = "s1.";
+
+fn encode_cursor(seq: i64) -> String {
+    format!("{CURSOR_PREFIX}{seq:x}")
+}
+
+fn decode_cursor(c: &str) -> Option<i64> {
+    c.strip_prefix(CURSOR_PREFIX)
+        .filter(|h| !h.is_empty() && h.len() <= 16)
+        .and_then(|h| i64::from_str_radix(h, 16).ok())
+        .filter(|s| *s >= 0)
+}
+
+/// The changes since the cursor that the caller may see.
+#[utoipa::path(get, path = "/api/v1/sync", tag = "companies", params(SyncQuery),
+    security(("bearer" = [])),
+    description = "Scopes: `system/Observation.rs` (PHR companies) or `user/Observation.rs` \
+                   (clinicians); a type-narrowed scope narrows the feed.",
+    responses(
+        (status = 200, description = "A page of changes", body = SyncPage),
+        (status = 400, description = "Bad cursor or limit", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token is not a company's or a clinician's", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn sync(
+    principal: Principal,
+    state: web::Data<AppState>,
+    query: Result<web::Query<SyncQuery>, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query
+        .map_err(|_| ApiError::bad_request("invalid_query", "allowed parameters: cursor, limit"))?
+        .into_inner();
+    let after = match q.cursor.as_deref() {
+        None => 0,
+        Some(c) => decode_cursor(c).ok_or_else(|| {
+            ApiError::bad_request("invalid_cursor", "`cursor` is not one this gateway issued")
+        })?,
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("`limit` must be 1..={MAX_LIMIT}"),
+        ));
+    }
+    let Some(kind) = party_kind(&principal) else {
+        return Err(ApiError::Forbidden);
+    };
+    let store = state.store.clone();
+    let types = principal.allowed_types();
+    let page = web::block(move || -> crate::Result<FeedPage> {
+        let now = Utc::now();
+        let page = store.feed(
+            &principal.subject,
+            kind,
+            types.as_deref(),
+            after,
+            limit,
+            now,
+        )?;
+        log(&store, &principal, kind, &page, now)?;
+        Ok(page)
+    })
+    .await
+    .map_err(|_| ApiError::Internal)??;
+    let changes = page
+        .changes
+        .into_iter()
+        .map(|c| SyncChange {
+            op: c.op.as_str(),
+            person_id: c.person_id,
+            record_type: c.record_type.as_str(),
+            record_id: c.record_id,
+            record: c.json.and_then(|j| RawValue::from_string(j).ok()),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(SyncPage {
+        changes,
+        next_cursor: encode_cursor(page.last_seq),
+        has_more: page.more,
+    }))
+}
+
+/// One disclosure entry per person whose records the page carries (an erasure notice
+/// carries no health data and is not a disclosure).
+fn log(
+    store: &crate::store::Store,
+    principal: &Principal,
+    kind: GranteeKind,
+    page: &FeedPage,
+    now: DateTime<Utc>,
+) -> crate::Result<()> {
+    let mut per_person: BTreeMap<&str, (u64, Vec<&'static str>, uuid::Uuid)> = BTreeMap::new();
+    for c in page.changes.iter().filter(|c| c.op == Op::Stored) {
+        let e = per_person
+            .entry(&c.person_id)
+            .or_insert((0, Vec::new(), c.consent_id));
+        e.0 += 1;
+        if !e.1.contains(&c.record_type.as_str()) {
+            e.1.push(c.record_type.as_str());
+        }
+    }
+    for (person, (records, types, consent_id)) in per_person {
+        store.log_disclosure(&Entry {
+            at: now,
+            actor: principal.subject.clone(),
+            actor_kind: kind.as_str().to_owned(),
+            person_id: person.to_owned(),
+            action: Action::Read,
+            outcome: Outcome::Disclosed,
+            data_types: types.into_iter().map(str::to_owned).collect(),
+            window_from: None,
+            window_to: None,
+            purpose: "incremental sync".to_owned(),
+            consent_id: Some(consent_id),
+            records,
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_foreign_ones_are_refused() {
+        for seq in [0, 1, 255, i64::MAX] {
+            assert_eq!(decode_cursor(&encode_cursor(seq)), Some(seq));
+        }
+        for bad in [
+            "",
+            "s1.",
+            "s1.-1",
+            "s1.zz",
+            "x.10",
+            "s1.10000000000000000",
+            "10",
+        ] {
+            assert_eq!(decode_cursor(bad), None, "{bad}");
+        }
+    }
+}
