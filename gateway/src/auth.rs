@@ -249,9 +249,7 @@ impl Principal {
             if !reads {
                 continue;
             }
-            let Some((_, query)) = s.split_once('?') else {
-                return None;
-            };
+            let (_, query) = s.split_once('?')?;
             for pair in query.split('&') {
                 let Some(codes) = pair.strip_prefix("code=") else {
                     continue;

@@ -28,6 +28,10 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// Requests a caller (a token's subject, else an address) may make per minute...
+    pub requests_per_minute: u32,
+    /// ...and at once, after being idle.
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -75,6 +79,8 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            requests_per_minute: 600,
+            burst: 120,
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - [`access`]: the data access layer: scope AND consent AND object, plus the disclosure log.
 //! - [`api`]: HTTP routes.
 //! - [`metrics`]: Prometheus counters.
+//! - [`oauth`]: client credentials for PHR companies (token endpoint logic, discovery).
 //! - [`pairing`]: starting a pairing (code to the bridge over MQTT).
 //! - [`demo`]: `phr-gateway demo`, the whole pipeline on embedded defaults.
 
@@ -24,7 +25,9 @@ pub mod config;
 pub mod consumer;
 pub mod demo;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
+pub mod oauth;
 pub mod pairing;
 pub mod store;
 
@@ -180,6 +183,10 @@ pub async fn start(
         metrics: metrics.clone(),
         mqtt: client.clone(),
         topics: topics.clone(),
+        limiter: Arc::new(limits::RateLimiter::new(
+            config.http.requests_per_minute,
+            config.http.burst,
+        )),
     };
     let http_addr = http
         .local_addr()
@@ -191,7 +198,26 @@ pub async fn start(
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
                 api::error::ApiError::bad_request("invalid_query", e.to_string()).into()
             }))
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(api::MAX_BODY_BYTES)
+                    .error_handler(|e, _| {
+                        api::body_error(&e.to_string(), actix_web::ResponseError::status_code(&e))
+                    }),
+            )
+            .app_data(
+                web::FormConfig::default()
+                    .limit(api::MAX_BODY_BYTES)
+                    .error_handler(|e, _| {
+                        api::body_error(&e.to_string(), actix_web::ResponseError::status_code(&e))
+                    }),
+            )
+            .app_data(web::PathConfig::default().error_handler(|e, _| {
+                api::error::ApiError::bad_request("invalid_path", e.to_string()).into()
+            }))
+            .wrap(actix_web::middleware::from_fn(limits::rate_limit))
             .configure(api::configure)
+            .default_service(web::to(api::not_found))
     })
     .workers(2)
     .disable_signals()

@@ -29,6 +29,9 @@ enum Command {
     /// Disclosure-log commands.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// OAuth clients (PHR companies) that get tokens at POST /oauth/token.
+    #[command(subcommand)]
+    Clients(ClientsCommand),
     /// Import a person's `fhir` export (FHIR R4 NDJSON from GET /api/v1/me/export) as that
     /// person's records. Exit 0 when every record was stored or already there; 1 when a
     /// line could not be read (then nothing is stored) or a record was refused.
@@ -54,6 +57,44 @@ enum AuditCommand {
     Verify {
         #[arg(long, env = "PHR_DATA_DIR", default_value = "phr-data")]
         data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientsCommand {
+    /// Register a client. With --secret, a secret is generated and printed once; the gateway
+    /// keeps only a salted hash of it.
+    Add {
+        #[arg(long, env = "PHR_DATA_DIR", default_value = "phr-data")]
+        data_dir: PathBuf,
+        /// 1-64 characters of A-Z a-z 0-9 . _ : -
+        #[arg(long)]
+        client_id: String,
+        /// The company's name, for people.
+        #[arg(long)]
+        name: String,
+        /// Space-separated SMART v2 system scopes, e.g. "system/Observation.rs" or
+        /// "system/Observation.rs?code=http://loinc.org|55423-8".
+        #[arg(long)]
+        scope: String,
+        /// The client's public keys (a JWK Set, JSON) for private_key_jwt.
+        #[arg(long)]
+        jwks: Option<PathBuf>,
+        /// Generate a client secret (client_secret_basic / client_secret_post).
+        #[arg(long)]
+        secret: bool,
+    },
+    /// List the registered clients (never their secrets).
+    List {
+        #[arg(long, env = "PHR_DATA_DIR", default_value = "phr-data")]
+        data_dir: PathBuf,
+    },
+    /// Disable a client: it gets no more tokens (those it holds expire within minutes).
+    Disable {
+        #[arg(long, env = "PHR_DATA_DIR", default_value = "phr-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        client_id: String,
     },
 }
 
@@ -204,12 +245,111 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             println!("{}", keys.issue(&subject, &scope, ttl, chrono::Utc::now())?);
         }
         Command::Audit(AuditCommand::Verify { data_dir }) => return verify_audit(&data_dir),
+        Command::Clients(c) => return clients(c),
         Command::Import {
             data_dir,
             subject,
             file,
             grant_storage_consent,
         } => return import(&data_dir, &subject, &file, grant_storage_consent),
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn open_store(data_dir: &std::path::Path) -> anyhow::Result<phr_gateway::Store> {
+    let config = Config {
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
+    std::fs::create_dir_all(data_dir).with_context(|| format!("{}", data_dir.display()))?;
+    Ok(phr_gateway::Store::open(&config.store_path())?)
+}
+
+/// `clients add|list|disable`.
+fn clients(command: ClientsCommand) -> anyhow::Result<std::process::ExitCode> {
+    use phr_gateway::store::clients::NewClient;
+    match command {
+        ClientsCommand::Add {
+            data_dir,
+            client_id,
+            name,
+            scope,
+            jwks,
+            secret,
+        } => {
+            let jwks = match jwks {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("{}", path.display()))?;
+                    Some(
+                        serde_json::from_str(&text)
+                            .with_context(|| format!("{} is not JSON", path.display()))?,
+                    )
+                }
+                None => None,
+            };
+            let new = NewClient {
+                client_id,
+                name,
+                allowed_scopes: scope.split_whitespace().map(str::to_owned).collect(),
+                jwks,
+                secret,
+            };
+            if let Err(e) = phr_gateway::oauth::check_new_client(&new) {
+                anyhow::bail!("{} ({})", e.message, e.code);
+            }
+            let store = open_store(&data_dir)?;
+            let generated = store.add_client(&new)?;
+            println!(
+                "registered client {} with scopes: {}",
+                new.client_id,
+                new.allowed_scopes.join(" ")
+            );
+            if let Some(s) = generated {
+                println!("client_secret: {}", s.expose());
+                println!(
+                    "WARNING: this secret is shown only now and is NOT stored by the gateway \
+                     (only a salted hash is). Hand it to the client securely; if it is lost, \
+                     register a new client."
+                );
+            }
+        }
+        ClientsCommand::List { data_dir } => {
+            let config = Config {
+                data_dir,
+                ..Config::default()
+            };
+            let store = phr_gateway::Store::open_read_only(&config.store_path())?;
+            let clients = store.list_clients()?;
+            if clients.is_empty() {
+                println!("no clients registered");
+            }
+            for c in clients {
+                println!(
+                    "{}\t{}\t{}\tauth: {}\tcreated {}{}",
+                    c.client_id,
+                    c.name,
+                    c.allowed_scopes.join(" "),
+                    c.auth_methods().join(","),
+                    c.created_at.to_rfc3339(),
+                    c.disabled_at
+                        .map(|d| format!("\tDISABLED {}", d.to_rfc3339()))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        ClientsCommand::Disable {
+            data_dir,
+            client_id,
+        } => {
+            let store = open_store(&data_dir)?;
+            if store.disable_client(&client_id, chrono::Utc::now())? {
+                println!("client {client_id} disabled");
+            } else {
+                println!("no enabled client {client_id}");
+                return Ok(std::process::ExitCode::from(1));
+            }
+        }
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -97,17 +97,29 @@ impl TestGateway {
     }
 
     pub async fn start_with(external: Option<MqttUrl>) -> Result<Self> {
+        Self::start_configured(external, |_| {}).await
+    }
+
+    /// As [`TestGateway::start_with`], with `configure` applied to the configuration last.
+    /// Rate limits are off unless `configure` sets them (tests make many calls at once).
+    pub async fn start_configured(
+        external: Option<MqttUrl>,
+        configure: impl FnOnce(&mut Config),
+    ) -> Result<Self> {
         init_tracing();
         let dir = tempfile::tempdir()?;
         let mut config = Config {
             data_dir: dir.path().join("gateway"),
             ..Config::default()
         };
+        config.http.requests_per_minute = u32::MAX;
+        config.http.burst = u32::MAX;
         config.mqtt.topic_prefix = test_prefix();
         match external {
             Some(url) => config.mqtt.url = Some(url.to_string()),
             None => config.mqtt.listen = loopback(free_port()),
         }
+        configure(&mut config);
         let http = TcpListener::bind("127.0.0.1:0")?;
         let shutdown = CancellationToken::new();
         let mut gateway = phr_gateway::start(&config, http, shutdown.clone()).await?;

@@ -11,6 +11,7 @@
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::AppState;
@@ -39,12 +40,18 @@ fn require(p: &Principal, resource: &str, perm: char) -> Result<(), ApiError> {
         .ok_or(ApiError::Forbidden)
 }
 
-#[derive(Debug, Deserialize)]
+/// A device's records measured (start) in `[from, to)`, and why.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RangeBody {
+pub(crate) struct RangeBody {
     device_id: String,
+    /// Earliest measured start, inclusive.
+    #[schema(value_type = String, format = DateTime)]
     from: DateTime<Utc>,
+    /// Latest measured start, exclusive; after `from`.
+    #[schema(value_type = String, format = DateTime)]
     to: DateTime<Utc>,
+    /// Why, in words (at most 500 characters; required to unlink).
     why: Option<String>,
 }
 
@@ -76,10 +83,23 @@ impl RangeBody {
 
 fn body<T>(b: Result<web::Json<T>, actix_web::Error>) -> Result<T, ApiError> {
     b.map(web::Json::into_inner)
-        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
+        .map_err(|e| ApiError::from_body_error(&e))
 }
 
-async fn quarantine(
+/// Quarantined records of the devices the owner has now, summarised per device (no values).
+#[utoipa::path(get, path = "/api/v1/me/quarantine", tag = "owner", operation_id = "my_quarantine",
+    security(("bearer" = [])),
+    description = "Scope: `patient/Device.r`. Records the gateway could not attribute to \
+                   anyone (or that were unlinked), of the devices bound to the owner now; \
+                   take them with `POST /api/v1/me/quarantine/confirm`.",
+    responses(
+        (status = 200, description = "One summary per device with quarantined records", body = doc::QuarantineList),
+        (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token lacks `patient/Device.r`", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
+        (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn quarantine(
     principal: Principal,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -91,7 +111,26 @@ async fn quarantine(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "quarantine": q })))
 }
 
-async fn confirm(
+/// Takes a device's quarantined records of a range as the owner's.
+#[utoipa::path(post, path = "/api/v1/me/quarantine/confirm", tag = "owner",
+    operation_id = "confirm_quarantine",
+    request_body = RangeBody,
+    security(("bearer" = [])),
+    description = "Scope: `patient/Device.c`. Only the device's current owner may, and only \
+                   under their storage consent covering the records. `notify` lists every \
+                   party that had received the corrected data.",
+    responses(
+        (status = 200, description = "The correction", body = doc::CorrectionResult),
+        (status = 400, description = "`invalid_body`, `invalid_range` or `invalid_why`", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token lacks `patient/Device.c`", body = super::openapi::ErrorBody),
+        (status = 404, description = "The device is not bound to the owner now", body = super::openapi::ErrorBody),
+        (status = 409, description = "No storage consent of the owner's covers these records", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
+        (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn confirm(
     principal: Principal,
     state: web::Data<AppState>,
     b: Result<web::Json<RangeBody>, actix_web::Error>,
@@ -112,7 +151,24 @@ async fn confirm(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "correction": c })))
 }
 
-async fn unlink(
+/// Says a range of a device's records is not the owner's: they go to quarantine.
+#[utoipa::path(post, path = "/api/v1/me/corrections/unlink", tag = "owner",
+    operation_id = "unlink",
+    request_body = RangeBody,
+    security(("bearer" = [])),
+    description = "Scope: `patient/Observation.d`. `why` is required. The owner's records of \
+                   the device measured in `[from, to)` leave their data for quarantine. \
+                   `notify` lists every party that had received them.",
+    responses(
+        (status = 200, description = "The correction", body = doc::CorrectionResult),
+        (status = 400, description = "`invalid_body`, `invalid_range` or `invalid_why`", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token lacks `patient/Observation.d`", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
+        (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn unlink(
     principal: Principal,
     state: web::Data<AppState>,
     b: Result<web::Json<RangeBody>, actix_web::Error>,
@@ -137,7 +193,22 @@ async fn unlink(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "correction": c })))
 }
 
-async fn mine(principal: Principal, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// Corrections that concern the owner (as old or new owner of the records), oldest first.
+#[utoipa::path(get, path = "/api/v1/me/corrections", tag = "owner",
+    operation_id = "my_corrections",
+    security(("bearer" = [])),
+    description = "Scope: `patient/Observation.r`.",
+    responses(
+        (status = 200, description = "The corrections", body = doc::CorrectionList),
+        (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token lacks `patient/Observation.r`", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
+        (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn mine(
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     require(&principal, "Observation", 'r')?;
     let store = state.store.clone();
     let list = web::block(move || store.corrections_of(&principal.subject))
@@ -146,19 +217,47 @@ async fn mine(principal: Principal, state: web::Data<AppState>) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(serde_json::json!({ "corrections": list })))
 }
 
-#[derive(Debug, Deserialize)]
+/// An operator's correction of a device's records measured (start) in `[from, to)`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AdminCorrection {
+pub(crate) struct AdminCorrection {
+    /// `reattribute` (needs `to_person`) or `unlink` (takes none); `confirm_quarantine` is
+    /// refused here (the device's owner confirms quarantine).
+    #[schema(value_type = doc::CorrectionKind)]
     kind: Kind,
     device_id: String,
+    /// Earliest measured start, inclusive.
+    #[schema(value_type = String, format = DateTime)]
     from: DateTime<Utc>,
+    /// Latest measured start, exclusive; after `from`.
+    #[schema(value_type = String, format = DateTime)]
     to: DateTime<Utc>,
+    /// Whose records they are now.
     from_person: String,
+    /// Whose they become (`reattribute` only); they need a storage consent covering them.
     to_person: Option<String>,
+    /// Why, in words (1-500 characters).
     why: String,
 }
 
-async fn admin(
+/// An operator re-attributes a range of a device's records to another person, or unlinks it.
+#[utoipa::path(post, path = "/api/v1/admin/corrections", tag = "admin",
+    operation_id = "admin_correction",
+    request_body = AdminCorrection,
+    security(("bearer" = [])),
+    description = "Scope: `phr:admin`. `notify` lists every party that had received the \
+                   corrected data.",
+    responses(
+        (status = 200, description = "The correction", body = doc::CorrectionResult),
+        (status = 400, description = "`invalid_body`, `invalid_why`, `invalid_range`, `invalid_correction`, or `invalid` (the same person on both sides)", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token lacks `phr:admin`", body = super::openapi::ErrorBody),
+        (status = 409, description = "`to_person` has no storage consent covering these records", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
+        (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn admin(
     principal: Principal,
     state: web::Data<AppState>,
     b: Result<web::Json<AdminCorrection>, actix_web::Error>,
@@ -193,4 +292,104 @@ async fn admin(
     }
     .map_err(|_| ApiError::Internal)??;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "correction": c })))
+}
+
+/// The JSON these handlers write, for the OpenAPI document only.
+#[allow(dead_code)]
+pub(crate) mod doc {
+    use utoipa::ToSchema;
+
+    #[derive(Debug, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub(crate) enum CorrectionKind {
+        Reattribute,
+        Unlink,
+        ConfirmQuarantine,
+    }
+
+    /// A party that received data a correction changed, and must be told.
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct Recipient {
+        actor: String,
+        actor_kind: String,
+        /// Whose data they received.
+        person_id: String,
+        /// How many logged disclosures overlap the corrected range.
+        disclosures: u64,
+    }
+
+    /// The outcome of a correction.
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct Correction {
+        /// A UUID.
+        correction_id: String,
+        kind: CorrectionKind,
+        device_id: String,
+        #[schema(format = DateTime)]
+        from: String,
+        #[schema(format = DateTime)]
+        to: String,
+        /// Whose the records were; null for quarantine.
+        old_person: Option<String>,
+        /// Whose they are now; null for quarantine.
+        new_person: Option<String>,
+        /// How many records moved.
+        records: u64,
+        why: String,
+        by: String,
+        #[schema(format = DateTime)]
+        at: String,
+        /// Who must be told (from the disclosure log).
+        notify: Vec<Recipient>,
+    }
+
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct CorrectionResult {
+        correction: Correction,
+    }
+
+    /// A past correction (without `notify`).
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct CorrectionSummary {
+        /// A UUID.
+        correction_id: String,
+        kind: CorrectionKind,
+        device_id: String,
+        #[schema(format = DateTime)]
+        from: String,
+        #[schema(format = DateTime)]
+        to: String,
+        old_person: Option<String>,
+        new_person: Option<String>,
+        records: i64,
+        why: String,
+        by: String,
+        #[schema(format = DateTime)]
+        at: String,
+    }
+
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct CorrectionList {
+        corrections: Vec<CorrectionSummary>,
+    }
+
+    /// Quarantined records of one device, summarised (no values).
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct QuarantineSummary {
+        device_id: String,
+        records: u64,
+        /// Earliest measured start.
+        #[schema(format = DateTime)]
+        first_start: String,
+        /// Latest measured end.
+        #[schema(format = DateTime)]
+        last_end: String,
+        /// Why they are quarantined: `no_binding`, `spans_binding_change`, `unlinked`.
+        reasons: Vec<String>,
+    }
+
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct QuarantineList {
+        quarantine: Vec<QuarantineSummary>,
+    }
 }

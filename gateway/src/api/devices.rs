@@ -13,6 +13,7 @@
 use actix_web::{web, HttpResponse};
 use chrono::Utc;
 use serde::Deserialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use phr_schema::envelope::is_valid_id;
@@ -42,7 +43,22 @@ fn require(p: &Principal, perm: char) -> Result<(), ApiError> {
     }
 }
 
-async fn list(principal: Principal, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// The owner's device bindings with their validity intervals, oldest first.
+#[utoipa::path(get, path = "/api/v1/me/devices", tag = "owner", operation_id = "list_devices",
+    security(("bearer" = [])),
+    description = "Scope: `patient/Device.r`. Every binding of a device to the owner, \
+                   `[valid_from, valid_to)`; `valid_to` is null while the device is theirs.",
+    responses(
+        (status = 200, description = "The owner's bindings", body = doc::DeviceList),
+        (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token lacks `patient/Device.r`", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
+        (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn list(
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     require(&principal, 'r')?;
     let store = state.store.clone();
     let bindings = web::block(move || store.bindings_of(&principal.subject))
@@ -52,21 +68,43 @@ async fn list(principal: Principal, state: web::Data<AppState>) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(serde_json::json!({ "devices": devices })))
 }
 
-#[derive(Debug, Deserialize)]
+/// What to pair: a device, through the bridge that can reach it.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct StartPairing {
+pub(crate) struct StartPairing {
+    /// The bridge that shows the code (1-64 characters of `A-Z a-z 0-9 . _ : -`).
     bridge_id: String,
+    /// The device to pair (1-64 characters of `A-Z a-z 0-9 . _ : -`).
     device_id: String,
 }
 
-async fn start(
+/// Starts pairing a device: the bridge is sent a one-time code to show.
+#[utoipa::path(post, path = "/api/v1/me/devices/pairings", tag = "owner",
+    operation_id = "start_pairing",
+    request_body = StartPairing,
+    security(("bearer" = [])),
+    description = "Scope: `patient/Device.c`. The gateway sends the bridge a one-time code \
+                   over MQTT; the bridge shows it and reports the device's address and serial \
+                   number. Confirm with that code at \
+                   `POST /api/v1/me/devices/pairings/{pairing_id}/confirm` before `expires_at`.",
+    responses(
+        (status = 201, description = "The pending pairing", body = doc::PairingStarted),
+        (status = 400, description = "`invalid_body` or `invalid_id`", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token lacks `patient/Device.c`", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
+        (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
+        (status = 503, description = "The request could not be queued for the bridge; try again", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn start(
     principal: Principal,
     state: web::Data<AppState>,
     body: Result<web::Json<StartPairing>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
     require(&principal, 'c')?;
     let body = body
-        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?
+        .map_err(|e| ApiError::from_body_error(&e))?
         .into_inner();
     if !is_valid_id(&body.bridge_id) || !is_valid_id(&body.device_id) {
         return Err(ApiError::bad_request(
@@ -103,7 +141,22 @@ async fn start(
     })))
 }
 
-async fn show(
+/// One of the owner's pairings: its state, and what the bridge reported.
+#[utoipa::path(get, path = "/api/v1/me/devices/pairings/{pairing_id}", tag = "owner",
+    operation_id = "show_pairing",
+    params(("pairing_id" = String, Path, description = "The pairing's id (a UUID)")),
+    security(("bearer" = [])),
+    description = "Scope: `patient/Device.r`. `reported_address` and `reported_serial` are \
+                   null until the bridge has reported the device.",
+    responses(
+        (status = 200, description = "The pairing", body = doc::PairingOnly),
+        (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token lacks `patient/Device.r`", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such pairing of the owner's (or not a UUID)", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
+        (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn show(
     principal: Principal,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -118,23 +171,47 @@ async fn show(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "pairing": pairing })))
 }
 
-#[derive(Debug, Deserialize)]
+/// The code the bridge shows, and optionally the serial number printed on the device.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Confirm {
+pub(crate) struct ConfirmPairing {
+    /// The one-time code the bridge shows.
     code: String,
+    /// If given, must equal the serial number the bridge read from the device.
     serial_number: Option<String>,
 }
 
-async fn confirm(
+/// Confirms a pairing with the bridge's code: the device is bound to the owner from now on.
+#[utoipa::path(post, path = "/api/v1/me/devices/pairings/{pairing_id}/confirm", tag = "owner",
+    operation_id = "confirm_pairing",
+    params(("pairing_id" = String, Path, description = "The pairing's id (a UUID)")),
+    request_body = ConfirmPairing,
+    security(("bearer" = [])),
+    description = "Scope: `patient/Device.c`. On success the device is registered through \
+                   the pairing's bridge and bound to the owner from now, closing its previous \
+                   binding. Every refusal is logged; too many wrong codes, an expired pairing \
+                   or a serial or bridge-key mismatch end the pairing.",
+    responses(
+        (status = 200, description = "The pairing, confirmed", body = doc::PairingOnly),
+        (status = 400, description = "`invalid_body`, or refused: `pairing_expired`, `pairing_used`, `wrong_code`, `device_not_reported`, `serial_mismatch`, `bridge_key_mismatch`", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token lacks `patient/Device.c`", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such pairing of the owner's (or not a UUID)", body = super::openapi::ErrorBody),
+        (status = 409, description = "The device has a binding starting at or after now", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
+        (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn confirm(
     principal: Principal,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: Result<web::Json<Confirm>, actix_web::Error>,
+    body: Result<web::Json<ConfirmPairing>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
     require(&principal, 'c')?;
     let id = Uuid::parse_str(&path.into_inner()).map_err(|_| ApiError::NotFound)?;
     let body = body
-        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?
+        .map_err(|e| ApiError::from_body_error(&e))?
         .into_inner();
     let store = state.store.clone();
     let result = web::block(move || {
@@ -152,5 +229,55 @@ async fn confirm(
         Ok(pairing) => Ok(HttpResponse::Ok().json(serde_json::json!({ "pairing": pairing }))),
         Err(Refusal::Unknown) => Err(ApiError::NotFound),
         Err(r) => Err(ApiError::bad_request(r.code(), r.to_string())),
+    }
+}
+
+/// The JSON these handlers write, for the OpenAPI document only.
+#[allow(dead_code)]
+pub(crate) mod doc {
+    use utoipa::ToSchema;
+
+    /// A device's binding to the owner, `[valid_from, valid_to)`.
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct DeviceBinding {
+        device_id: String,
+        #[schema(format = DateTime)]
+        valid_from: String,
+        /// Null while the binding is open.
+        #[schema(format = DateTime)]
+        valid_to: Option<String>,
+    }
+
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct DeviceList {
+        devices: Vec<DeviceBinding>,
+    }
+
+    /// A pairing as the owner sees it.
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct Pairing {
+        /// A UUID.
+        pairing_id: String,
+        bridge_id: String,
+        device_id: String,
+        #[schema(format = DateTime)]
+        expires_at: String,
+        /// `pending`, `confirmed` or `refused`.
+        state: String,
+        /// What the bridge reported about the device; null until it has.
+        reported_address: Option<String>,
+        reported_serial: Option<String>,
+    }
+
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct PairingStarted {
+        pairing: Pairing,
+        /// What to do next, in words.
+        next: String,
+    }
+
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct PairingOnly {
+        pairing: Pairing,
     }
 }

@@ -23,6 +23,10 @@ pub enum ApiError {
     Internal,
     #[error("temporarily unavailable; try again")]
     Unavailable,
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("the request body is larger than {max} bytes")]
+    PayloadTooLarge { max: usize },
 }
 
 impl ApiError {
@@ -30,6 +34,17 @@ impl ApiError {
         Self::BadRequest {
             code,
             message: message.into(),
+        }
+    }
+
+    /// A JSON body that could not be read: too large (413) or malformed (400 `invalid_body`).
+    pub fn from_body_error(e: &actix_web::Error) -> Self {
+        if e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::PayloadTooLarge {
+                max: super::MAX_BODY_BYTES,
+            }
+        } else {
+            Self::bad_request("invalid_body", e.to_string())
         }
     }
 
@@ -43,6 +58,8 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
         }
     }
 }
@@ -71,6 +88,8 @@ impl ResponseError for ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -78,6 +97,9 @@ impl ResponseError for ApiError {
         let mut res = HttpResponse::build(self.status_code());
         if matches!(self, Self::Unauthorized) {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
+        }
+        if let Self::RateLimited { retry_after_secs } = self {
+            res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
         }
         res.json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
     }

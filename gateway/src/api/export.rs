@@ -33,6 +33,7 @@ use actix_web::{web, HttpResponse};
 use chrono::{DateTime, FixedOffset, NaiveDate, Offset, Utc};
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use phr_schema::{Body, Record};
@@ -106,10 +107,25 @@ impl std::str::FromStr for Format {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ExportQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct ExportQuery {
+    /// `fhir` (default, FHIR R4 NDJSON), `fhir-bundle` (one FHIR `collection` Bundle), `omh`
+    /// (a JSON array of Open mHealth data points) or `csv`.
+    #[param(value_type = Option<ExportFormat>, inline)]
     format: Option<String>,
+}
+
+/// The export formats, for the OpenAPI document.
+#[derive(Debug, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+#[allow(dead_code)]
+pub(crate) enum ExportFormat {
+    Fhir,
+    FhirBundle,
+    Omh,
+    Csv,
 }
 
 fn require(p: &Principal, resource: &str, perm: char) -> Result<(), ApiError> {
@@ -120,7 +136,34 @@ fn require(p: &Principal, resource: &str, perm: char) -> Result<(), ApiError> {
     }
 }
 
-async fn export(
+/// Everything stored about the owner, as one download.
+#[utoipa::path(get, path = "/api/v1/me/export", tag = "export", operation_id = "export",
+    params(ExportQuery),
+    security(("bearer" = [])),
+    description = "Scope: `patient/Observation.r`. Only the token's own subject is exported, \
+                   as an attachment (`Content-Disposition`, `Cache-Control: no-store`). The \
+                   content type follows `format`: `fhir` (default) `application/fhir+ndjson`, \
+                   one FHIR R4 Observation per line (per record, then one `41950-7` daily step \
+                   total per local day; empty when nothing is stored); `fhir-bundle` \
+                   `application/fhir+json`, the same resources in one `collection` Bundle; \
+                   `omh` `application/json`, an array of Open mHealth data points; `csv` \
+                   `text/csv; charset=utf-8`, a header row and one row per record. Daily \
+                   totals split days at local midnight for `Asia/Tokyo` and at UTC midnight \
+                   for every other zone. The export is logged for the owner.",
+    responses(
+        (status = 200, description = "The export, in the content type of its `format`", content(
+            (String = "application/fhir+ndjson"),
+            (Object = "application/fhir+json"),
+            (Vec<Object> = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 400, description = "`invalid_format` or `invalid_query`", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token lacks `patient/Observation.r`", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
+        (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn export(
     principal: Principal,
     state: web::Data<AppState>,
     query: Result<web::Query<ExportQuery>, actix_web::Error>,

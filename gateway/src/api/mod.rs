@@ -10,16 +10,23 @@
 //! - [`subjects`]: other parties' reads of a person's data (`/api/v1/subjects/...`).
 //! - [`records`]: query parsing and output formats shared by both.
 //! - [`export`]: the owner's export (FHIR R4, Open mHealth, CSV).
+//! - [`summary`]: who consents to the caller (`/api/v1/subjects`), daily summaries.
+//! - [`fhir`]: FHIR R4 Observation search and the CapabilityStatement (`/fhir/...`); its
+//!   errors are `OperationOutcome` resources.
+//! - [`oauth`]: the token endpoint, discovery, and operators' client registration.
 //! - this file: app state, the bearer-token extractor, `/healthz`, `/metrics`, the dashboard.
 
 pub mod corrections;
 pub mod devices;
 pub mod error;
 pub mod export;
+pub mod fhir;
 pub mod me;
+pub mod oauth;
 pub mod openapi;
 pub mod records;
 pub mod subjects;
+pub mod summary;
 pub mod sync;
 
 use std::future::{ready, Ready};
@@ -45,6 +52,8 @@ pub struct AppState {
     /// The gateway's MQTT client, for messages to bridges (pairing requests).
     pub mqtt: rumqttc::AsyncClient,
     pub topics: phr_schema::Topics,
+    /// Per-caller request rate limits.
+    pub limiter: Arc<crate::limits::RateLimiter>,
 }
 
 /// Mounts every route.
@@ -58,12 +67,33 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     corrections::configure(cfg);
     export::configure(cfg);
     subjects::configure(cfg);
+    summary::configure(cfg);
+    fhir::configure(cfg);
+    oauth::configure(cfg);
     openapi::configure(cfg);
     sync::configure(cfg);
 }
 
 /// The largest request body any route accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A body that could not be read: too large (413 `payload_too_large`) or malformed (400
+/// `invalid_body`), as JSON like every other error.
+pub fn body_error(message: &str, status: actix_web::http::StatusCode) -> actix_web::Error {
+    if status == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge {
+            max: MAX_BODY_BYTES,
+        }
+        .into()
+    } else {
+        ApiError::bad_request("invalid_body", message.to_owned()).into()
+    }
+}
+
+/// Any path or method no route serves: a JSON 404 like every other error.
+pub async fn not_found() -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::NotFound)
+}
 
 /// Liveness: the process answers HTTP.
 #[utoipa::path(get, path = "/healthz", tag = "operations",

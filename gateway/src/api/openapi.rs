@@ -33,17 +33,35 @@ pub struct ErrorDetail {
         title = "PHR lifelog gateway API",
         description = "Steps, sleep and heart rate from wearables, bound to the right person, \
                        disclosed only under that person's consent. Every error is JSON with a \
-                       stable `code`. Scopes are SMART v2 style: `patient/...` for a person's \
+                       stable `code`, except under `/fhir`, where errors are FHIR \
+                       `OperationOutcome` resources (`application/fhir+json`, same status) \
+                       with the stable code in `issue[0].details.coding[0].code` and the FHIR \
+                       issue type in `issue[0].code`. Scopes are SMART v2 style: `patient/...` for a person's \
                        own data, `user/Observation.rs` for clinicians, `system/Observation.rs` \
                        for PHR companies (client credentials at `POST /oauth/token`), \
                        `phr:admin` for operators."
     ),
-    paths(super::healthz, super::metrics, super::sync::sync),
+    paths(super::healthz, super::metrics, super::sync::sync,
+        super::summary::subjects, super::summary::daily, super::fhir::search, super::fhir::metadata,
+        super::oauth::token, super::oauth::jwks, super::oauth::smart_configuration,
+        super::oauth::create_client, super::oauth::list_clients,
+        super::me::own_records, super::me::list_consents, super::me::grant_consent,
+        super::me::withdraw_consent, super::me::disclosures, super::me::erase,
+        super::devices::list, super::devices::start, super::devices::show,
+        super::devices::confirm,
+        super::corrections::quarantine, super::corrections::confirm,
+        super::corrections::unlink, super::corrections::mine, super::corrections::admin,
+        super::export::export),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),
     tags(
         (name = "operations", description = "Health and metrics"),
+        (name = "owner", description = "A person's own data (`patient/...` scopes): records, consents, disclosures, erasure, devices and pairing, quarantine and corrections"),
+        (name = "export", description = "The owner's export of everything stored about them (FHIR R4, Open mHealth, CSV)"),
+        (name = "fhir", description = "FHIR R4: Observation search (searchset Bundles) and the CapabilityStatement; errors are OperationOutcome resources"),
         (name = "companies", description = "PHR companies and clinicians: who consents, incremental sync"),
+        (name = "oauth", description = "Client credentials for PHR companies (SMART Backend Services): token endpoint, discovery"),
+        (name = "admin", description = "Operators (`phr:admin`)"),
     )
 )]
 pub struct ApiDoc;
@@ -169,5 +187,42 @@ mod tests {
         let html = render_docs(&ApiDoc::openapi());
         assert!(html.contains("/healthz"));
         assert!(!html.contains("<script"));
+    }
+
+    #[test]
+    fn every_route_is_documented() {
+        use super::super::{corrections, devices, export, me, sync, HEALTHZ, METRICS};
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let routes: &[(&str, &[&str])] = &[
+            (me::RECORDS, &["get"]),
+            (me::CONSENTS, &["get", "post"]),
+            (me::CONSENT, &["delete"]),
+            (me::DISCLOSURES, &["get"]),
+            (me::DATA, &["delete"]),
+            (devices::DEVICES, &["get"]),
+            (devices::PAIRINGS, &["post"]),
+            (devices::PAIRING, &["get"]),
+            (devices::CONFIRM, &["post"]),
+            (corrections::QUARANTINE, &["get"]),
+            (corrections::CONFIRM_QUARANTINE, &["post"]),
+            (corrections::UNLINK, &["post"]),
+            (corrections::MY_CORRECTIONS, &["get"]),
+            (corrections::ADMIN_CORRECTIONS, &["post"]),
+            (export::EXPORT, &["get"]),
+            (sync::SYNC, &["get"]),
+            (HEALTHZ, &["get"]),
+            (METRICS, &["get"]),
+        ];
+        for (path, methods) in routes {
+            for method in *methods {
+                let op = &doc["paths"][path][method];
+                assert!(op.is_object(), "{method} {path} is not documented");
+                assert!(op["summary"].is_string(), "{method} {path} has no summary");
+                assert!(
+                    op["responses"]["200"].is_object() || op["responses"]["201"].is_object(),
+                    "{method} {path} documents no success"
+                );
+            }
+        }
     }
 }

@@ -21,16 +21,30 @@ use crate::store::PageKey;
 pub const DEFAULT_LIMIT: usize = 500;
 pub const MAX_LIMIT: usize = 5000;
 
-#[derive(Debug, Deserialize)]
+/// The query of a records read. Unknown parameters are refused (400 `invalid_query`).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RecordsQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct RecordsQuery {
+    /// The record type: `step-count`, `sleep-episode` or `heart-rate`.
     #[serde(rename = "type")]
+    #[param(pattern = "^(step-count|sleep-episode|heart-rate)$")]
     record_type: String,
+    /// Earliest measured start, inclusive: an RFC 3339 date-time with an offset.
+    #[param(format = DateTime)]
     from: Option<String>,
+    /// Latest measured start, exclusive: an RFC 3339 date-time with an offset; after `from`,
+    /// and at most 366 days after it when both are given.
+    #[param(format = DateTime)]
     to: Option<String>,
+    /// `next_cursor` of the previous page; absent for the first page.
     cursor: Option<String>,
+    /// Records per page, 1 to 5000 (default 500).
+    #[param(minimum = 1, maximum = 5000)]
     limit: Option<usize>,
+    /// `record` (default): the gateway's records; `omh`: Open mHealth data points.
     #[serde(default)]
+    #[param(value_type = Option<String>, pattern = "^(record|omh)$")]
     format: Format,
 }
 
@@ -58,6 +72,25 @@ fn parse_time(name: &'static str, v: Option<&str>) -> Result<Option<DateTime<Utc
     .transpose()
 }
 
+/// The longest measured-time span one request may name with both `from` and `to` (a read
+/// without bounds is paged instead).
+pub const MAX_SPAN_DAYS: i64 = 366;
+
+/// 400 `span_too_large` when `[from_ms, to_ms)`, both given, is longer than
+/// [`MAX_SPAN_DAYS`].
+pub(crate) fn check_span(from_ms: i64, to_ms: i64) -> Result<(), ApiError> {
+    let bounded = from_ms != i64::MIN && to_ms != i64::MAX;
+    if bounded && to_ms.saturating_sub(from_ms) > MAX_SPAN_DAYS * 86_400_000 {
+        return Err(ApiError::bad_request(
+            "span_too_large",
+            format!(
+                "`from` to `to` may span at most {MAX_SPAN_DAYS} days; page through longer ranges"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads `person_id`'s records as `principal` (through the access layer) and writes the
 /// page in the requested format.
 pub(super) async fn respond(
@@ -83,6 +116,7 @@ pub(super) async fn respond(
             "`to` must be after `from`",
         ));
     }
+    check_span(from, to)?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -144,14 +178,14 @@ struct RecordsPage {
 }
 
 /// Cursors are opaque to clients: hex of `start_ms:end_ms:device_id`.
-fn encode_cursor(k: &PageKey) -> String {
+pub(super) fn encode_cursor(k: &PageKey) -> String {
     format!("{}:{}:{}", k.start_ms, k.end_ms, k.device_id)
         .bytes()
         .map(|b| format!("{b:02x}"))
         .collect()
 }
 
-fn decode_cursor(s: &str) -> Result<PageKey, ApiError> {
+pub(super) fn decode_cursor(s: &str) -> Result<PageKey, ApiError> {
     let bad = || ApiError::bad_request("invalid_cursor", "`cursor` is not one this API returned");
     if !s.len().is_multiple_of(2) || s.len() > 512 {
         return Err(bad());

@@ -25,10 +25,12 @@ use crate::ingest::{self, Binding, Checked, Decision, DeviceView};
 
 pub mod audit;
 pub mod changes;
+pub mod clients;
 pub mod consent;
 pub mod corrections;
 pub mod export;
 pub mod pairing;
+pub mod subjects;
 
 use crate::{Error, Result};
 pub use consent::{Consent, ConsentStatus, GranteeKind, Terms, STORAGE_GRANTEE, STORAGE_PURPOSE};
@@ -185,6 +187,7 @@ impl Store {
         conn.execute_batch(audit::SCHEMA)?;
         conn.execute_batch(pairing::SCHEMA)?;
         conn.execute_batch(corrections::SCHEMA)?;
+        conn.execute_batch(clients::SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Self {
             writer: Mutex::new(conn),
