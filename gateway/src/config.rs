@@ -13,6 +13,9 @@ use phr_schema::Limits;
 
 use crate::{Error, Result};
 
+/// Where the gateway writes the issuer it runs with (under the keys directory).
+pub const ISSUER_FILE: &str = "issuer";
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -48,6 +51,9 @@ pub struct MqttConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
+    /// The gateway's public base URL: the `iss` of its tokens, the base of its discovery
+    /// document and token endpoint (`{issuer}/oauth/token`, the `aud` of client assertions).
+    /// Empty: `http://{http.listen}`.
     pub issuer: String,
     pub audience: String,
     /// Lifetime of tokens the gateway issues, in seconds.
@@ -98,7 +104,7 @@ impl Default for MqttConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
-            issuer: "phr-gateway".into(),
+            issuer: String::new(),
             audience: "phr-api".into(),
             token_ttl_secs: 3600,
         }
@@ -141,6 +147,15 @@ impl Config {
             max_batch_records: self.ingest.max_batch_records,
             max_future: chrono::Duration::seconds(self.ingest.max_future_secs),
             ..Limits::default()
+        }
+    }
+
+    /// The issuer URL: `auth.issuer`, or `http://{http.listen}` when that is empty.
+    pub fn issuer(&self) -> String {
+        if self.auth.issuer.is_empty() {
+            format!("http://{}", self.http.listen)
+        } else {
+            self.auth.issuer.trim_end_matches('/').to_owned()
         }
     }
 

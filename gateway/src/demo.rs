@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use phr_bridge::simulate::{self, SimulateConfig};
 use phr_schema::RecordType;
 
+use crate::store::clients::NewClient;
 use crate::store::corrections::Range;
 use crate::store::{GranteeKind, Terms, STORAGE_GRANTEE};
 use crate::{Config, Error, Result};
@@ -261,6 +262,25 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     })
     .await?;
 
+    // The company is a registered OAuth client with a secret (a new one at every start: the
+    // gateway keeps only its hash).
+    let store = gateway.store.clone();
+    let secret = blocking(move || {
+        let rotated = store.rotate_client_secret(DEMO_COMPANY)?;
+        let secret = match rotated {
+            Some(s) => Some(s),
+            None => store.add_client(&NewClient {
+                client_id: DEMO_COMPANY.into(),
+                name: "Demo PHR company".into(),
+                allowed_scopes: vec!["system/Observation.rs".into()],
+                jwks: None,
+                secret: true,
+            })?,
+        };
+        secret.ok_or_else(|| Error::Config("the demo client got no secret".into()))
+    })
+    .await?;
+
     let ttl = TimeDelta::hours(12);
     let token = gateway
         .keys
@@ -309,6 +329,20 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
         auth(&company)
     );
     println!("  curl -s {} \"{base}/api/v1/subjects/{DEMO_PERSON}/records?type=heart-rate\"   # not consented: 404", auth(&company));
+    println!();
+    println!("As the company, through OAuth 2.0 client credentials and incremental sync:");
+    println!("  client id:     {DEMO_COMPANY}");
+    println!(
+        "  client secret: {}   (shown once; a new one at every demo start)",
+        secret.expose()
+    );
+    println!(
+        "  TOKEN=$(curl -s -u {DEMO_COMPANY}:{} -d grant_type=client_credentials -d scope=system/Observation.rs {base}/oauth/token | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')",
+        secret.expose()
+    );
+    println!("  curl -s -H \"Authorization: Bearer $TOKEN\" \"{base}/api/v1/subjects\"");
+    println!("  curl -s -H \"Authorization: Bearer $TOKEN\" \"{base}/api/v1/sync?limit=5\"");
+    println!("API documentation: {base}/docs (OpenAPI: {base}/openapi.json)");
     println!();
     println!("Press Ctrl-C to stop.");
 

@@ -127,11 +127,19 @@ pub async fn start(
 ) -> Result<Gateway> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
     let store = Arc::new(Store::open(&config.store_path())?);
+    // The issuer: as configured, else the address actually bound. Written down so that
+    // `phr-gateway token issue` signs for the same issuer.
+    let issuer = match http.local_addr() {
+        Ok(addr) if config.auth.issuer.is_empty() => format!("http://{addr}"),
+        _ => config.issuer(),
+    };
     let keys = Arc::new(auth::Keys::load_or_create(
         &config.keys_dir(),
-        &config.auth.issuer,
+        &issuer,
         &config.auth.audience,
     )?);
+    std::fs::write(config.keys_dir().join(config::ISSUER_FILE), &issuer)
+        .map_err(|e| Error::io(&config.keys_dir(), e))?;
     let metrics = Arc::new(metrics::Metrics::default());
 
     // The gateway's own credential towards its embedded broker, fresh at every start.

@@ -236,9 +236,18 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         }) => {
             let mut config = load(config.as_ref())?;
             config.data_dir = data_dir;
+            // The issuer the gateway last ran with, unless one is configured.
+            let issuer = match std::fs::read_to_string(
+                config.keys_dir().join(phr_gateway::config::ISSUER_FILE),
+            ) {
+                Ok(i) if config.auth.issuer.is_empty() && !i.trim().is_empty() => {
+                    i.trim().to_owned()
+                }
+                _ => config.issuer(),
+            };
             let keys = phr_gateway::auth::Keys::load_or_create(
                 &config.keys_dir(),
-                &config.auth.issuer,
+                &issuer,
                 &config.auth.audience,
             )?;
             let ttl = chrono::TimeDelta::seconds(ttl.unwrap_or(config.auth.token_ttl_secs));

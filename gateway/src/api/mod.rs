@@ -60,7 +60,7 @@ pub struct AppState {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(HEALTHZ, web::get().to(healthz))
         .route(METRICS, web::get().to(metrics))
-        .route("/", web::get().to(dashboard))
+        .route("/", web::get().to(home))
         .route(DASHBOARD, web::get().to(dashboard));
     me::configure(cfg);
     devices::configure(cfg);
@@ -116,7 +116,17 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, 
         .body(state.metrics.render(series, quarantine)))
 }
 
-async fn dashboard() -> HttpResponse {
+/// The start page (the dashboard).
+#[utoipa::path(get, path = "/", tag = "operations",
+    responses((status = 200, description = "HTML", content_type = "text/html", body = String)))]
+pub(crate) async fn home() -> HttpResponse {
+    dashboard().await
+}
+
+/// The dashboard page.
+#[utoipa::path(get, path = "/dashboard", tag = "operations",
+    responses((status = 200, description = "HTML", content_type = "text/html", body = String)))]
+pub(crate) async fn dashboard() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header((

@@ -51,11 +51,12 @@ pub struct ErrorDetail {
         super::devices::confirm,
         super::corrections::quarantine, super::corrections::confirm,
         super::corrections::unlink, super::corrections::mine, super::corrections::admin,
-        super::export::export),
+        super::export::export, super::subjects::subject_records,
+        super::home, super::dashboard, openapi_json, docs),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),
     tags(
-        (name = "operations", description = "Health and metrics"),
+        (name = "operations", description = "Health, metrics, this document, the dashboard"),
         (name = "owner", description = "A person's own data (`patient/...` scopes): records, consents, disclosures, erasure, devices and pairing, quarantine and corrections"),
         (name = "export", description = "The owner's export of everything stored about them (FHIR R4, Open mHealth, CSV)"),
         (name = "fhir", description = "FHIR R4: Observation search (searchset Bundles) and the CapabilityStatement; errors are OperationOutcome resources"),
@@ -89,13 +90,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(DOCS, web::get().to(docs));
 }
 
-async fn openapi_json() -> HttpResponse {
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
+pub(crate) async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())
 }
 
 /// A plain HTML page listing every operation with its parameters, scopes and responses,
 /// rendered on the server from the same document (no scripts, no CDN).
-async fn docs() -> HttpResponse {
+#[utoipa::path(get, path = "/docs", tag = "operations",
+    responses((status = 200, description = "This document as an HTML page", content_type = "text/html", body = String)))]
+pub(crate) async fn docs() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header((
@@ -191,7 +197,10 @@ mod tests {
 
     #[test]
     fn every_route_is_documented() {
-        use super::super::{corrections, devices, export, me, sync, HEALTHZ, METRICS};
+        use super::super::{
+            corrections, devices, export, fhir, me, oauth, subjects, summary, sync, DASHBOARD,
+            HEALTHZ, METRICS,
+        };
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
         let routes: &[(&str, &[&str])] = &[
             (me::RECORDS, &["get"]),
@@ -212,6 +221,19 @@ mod tests {
             (sync::SYNC, &["get"]),
             (HEALTHZ, &["get"]),
             (METRICS, &["get"]),
+            (oauth::TOKEN, &["post"]),
+            (oauth::JWKS, &["get"]),
+            (oauth::SMART_CONFIGURATION, &["get"]),
+            (oauth::ADMIN_CLIENTS, &["get", "post"]),
+            (fhir::OBSERVATION, &["get"]),
+            (fhir::METADATA, &["get"]),
+            (subjects::RECORDS, &["get"]),
+            (summary::SUBJECTS, &["get"]),
+            (summary::DAILY, &["get"]),
+            (OPENAPI, &["get"]),
+            (DOCS, &["get"]),
+            (DASHBOARD, &["get"]),
+            ("/", &["get"]),
         ];
         for (path, methods) in routes {
             for method in *methods {

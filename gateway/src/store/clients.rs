@@ -241,6 +241,20 @@ impl Store {
         })
     }
 
+    /// Gives `client_id` a new secret (the old one stops working); `None` if there is no such
+    /// client. Like at registration, the secret exists only in this answer.
+    pub fn rotate_client_secret(&self, client_id: &str) -> Result<Option<ClientSecret>> {
+        let secret = generate_secret();
+        let hash = SecretHash::new(secret.expose()).0;
+        let changed = self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE clients SET secret_hash = ?2 WHERE client_id = ?1",
+                params![client_id, hash],
+            )?)
+        })?;
+        Ok((changed == 1).then_some(secret))
+    }
+
     /// Disables a client: it gets no more tokens. Returns whether it was enabled.
     pub fn disable_client(&self, client_id: &str, now: DateTime<Utc>) -> Result<bool> {
         self.write(|tx| {

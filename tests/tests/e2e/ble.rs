@@ -689,7 +689,7 @@ impl GatewayProcess {
     fn token(&self, person: &str) -> anyhow::Result<String> {
         let keys = phr_gateway::auth::Keys::load_or_create(
             &self.data.join("keys"),
-            "phr-gateway",
+            &format!("http://{}", self.http),
             "phr-api",
         )?;
         Ok(keys.issue(

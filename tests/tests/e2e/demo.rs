@@ -70,6 +70,40 @@ async fn demo_prints_a_dashboard_and_a_token_that_reads_the_simulated_data() -> 
     )
     .await?;
     assert!(records > 0);
+
+    // The company's printed client credentials get a token at /oauth/token, which reads the
+    // demo person's consented data through the sync feed.
+    let field = |name: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_owned)
+            .expect(name)
+    };
+    let (client_id, secret) = (field("client id:"), field("client secret:"));
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("/oauth/token") && l.contains(&secret)));
+    let resp: serde_json::Value = ureq::post(&format!("http://{http}/oauth/token"))
+        .send_form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &client_id),
+            ("client_secret", &secret),
+        ])?
+        .into_json()?;
+    let company = resp["access_token"].as_str().expect("a token").to_owned();
+    let (s, page) = get_json(
+        &format!("http://{http}/api/v1/sync?limit=5"),
+        Some(&company),
+    )?;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["changes"].as_array().map(Vec::len), Some(5), "{page}");
+    assert!(page["changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|c| c["record_type"] != "heart-rate"));
     Ok(())
 }
 
