@@ -494,7 +494,8 @@ async fn forged_and_misissued_tokens_are_all_401() -> anyhow::Result<()> {
     let url = w.gw.url("/api/v1/me/records?type=step-count");
     let now = Utc::now().timestamp();
     let claims = |aud: &str, iss: &str, exp: i64, nbf: i64| json!({"iss": iss, "sub": "ana", "aud": aud, "exp": exp, "nbf": nbf, "iat": now, "jti": "x", "scope": "patient/*.rs"});
-    let good = claims("phr-api", "phr-gateway", now + 3600, now - 10);
+    let issuer = keys.issuer().to_owned();
+    let good = claims("phr-api", &issuer, now + 3600, now - 10);
     let jws = |header: Value, claims: &Value, sign: &dyn Fn(&[u8]) -> Vec<u8>| {
         let input = format!(
             "{}.{}",
@@ -548,7 +549,7 @@ async fn forged_and_misissued_tokens_are_all_401() -> anyhow::Result<()> {
             "wrong aud",
             sign_ours(
                 "at+jwt",
-                &claims("someone-else", "phr-gateway", now + 3600, now - 10),
+                &claims("someone-else", &issuer, now + 3600, now - 10),
             ),
         ),
         (
@@ -559,14 +560,14 @@ async fn forged_and_misissued_tokens_are_all_401() -> anyhow::Result<()> {
             "expired",
             sign_ours(
                 "at+jwt",
-                &claims("phr-api", "phr-gateway", now - 3600, now - 7200),
+                &claims("phr-api", &issuer, now - 3600, now - 7200),
             ),
         ),
         (
             "not yet valid",
             sign_ours(
                 "at+jwt",
-                &claims("phr-api", "phr-gateway", now + 7200, now + 3600),
+                &claims("phr-api", &issuer, now + 7200, now + 3600),
             ),
         ),
         ("wrong typ", sign_ours("JWT", &good)),
