@@ -157,34 +157,16 @@ pub fn decode_step_counter_summary(
 /// Parses one complete Step Counter Activity Summary Data message with the rules of the
 /// module docs.
 pub fn parse_step_counter_summary(bytes: &[u8]) -> Result<StepCounterSummary, DecodeError> {
-    at_most(bytes, ATT_MAX_LEN)?;
-    let header = *bytes.first().ok_or(truncated(bytes, FIXED_LEN))?;
-    if header & (FIRST_SEGMENT | LAST_SEGMENT) != FIRST_SEGMENT | LAST_SEGMENT {
-        return Err(DecodeError::Invalid(
-            "segmented PAMS messages are not supported yet",
-        ));
-    }
-    let flags = *bytes.get(1).ok_or(truncated(bytes, FIXED_LEN))?;
-    let fixed = |at| u32_le(bytes, at).ok_or(truncated(bytes, FIXED_LEN));
-    let (session_id, sub_session_id) = match (u16_le(bytes, 2), u16_le(bytes, 4)) {
-        (Some(s), Some(ss)) => (s, ss),
-        _ => return Err(truncated(bytes, FIXED_LEN)),
-    };
-    let relative_seconds = fixed(6)?;
-    let sequence = fixed(10)?;
-    if flags & !KNOWN_FLAGS != 0 {
-        return Err(DecodeError::Invalid("reserved PAMS flag bits set"));
-    }
-    let expected = FIXED_LEN + 3 * flags.count_ones() as usize;
-    if bytes.len() < expected {
-        return Err(truncated(bytes, expected));
-    }
-    if bytes.len() > expected {
-        return Err(DecodeError::Oversized {
-            max: expected,
-            got: bytes.len(),
-        });
-    }
+    let p = parse_prefix(bytes, 1, u32::from(KNOWN_FLAGS), |flags| {
+        FIXED_LEN + 3 * flags.count_ones() as usize
+    })?;
+    let (flags, session_id, sub_session_id, relative_seconds, sequence) = (
+        p.flags as u8,
+        p.session_id,
+        p.sub_session_id,
+        p.relative_seconds,
+        p.sequence,
+    );
     let mut at = FIXED_LEN;
     let mut field = |bit: u8| {
         (flags & bit != 0).then(|| {
@@ -215,6 +197,72 @@ pub fn parse_step_counter_summary(bytes: &[u8]) -> Result<StepCounterSummary, De
         ));
     }
     Ok(summary)
+}
+
+/// What every PAMS summary message starts with, after its segmentation header and flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Prefix {
+    pub(super) flags: u32,
+    pub(super) session_id: u16,
+    pub(super) sub_session_id: u16,
+    pub(super) relative_seconds: u32,
+    pub(super) sequence: u32,
+}
+
+/// Checks and reads the part PAMS summary characteristics share: at most [`ATT_MAX_LEN`]
+/// bytes; a segmentation header with both segment bits (else `Invalid`); `flags_len` bytes of
+/// little-endian flags with no bit outside `known_flags`; session, sub-session, relative
+/// timestamp and sequence number; and a total length of exactly `expected_len(flags)`.
+pub(super) fn parse_prefix(
+    bytes: &[u8],
+    flags_len: usize,
+    known_flags: u32,
+    expected_len: impl Fn(u32) -> usize,
+) -> Result<Prefix, DecodeError> {
+    let fixed_len = 1 + flags_len + 12;
+    at_most(bytes, ATT_MAX_LEN)?;
+    let header = *bytes.first().ok_or(truncated(bytes, fixed_len))?;
+    if header & (FIRST_SEGMENT | LAST_SEGMENT) != FIRST_SEGMENT | LAST_SEGMENT {
+        return Err(DecodeError::Invalid(
+            "segmented PAMS messages are not supported yet",
+        ));
+    }
+    let raw_flags = bytes
+        .get(1..1 + flags_len)
+        .ok_or(truncated(bytes, fixed_len))?;
+    let flags = raw_flags
+        .iter()
+        .rev()
+        .fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+    let at = 1 + flags_len;
+    let (Some(session_id), Some(sub_session_id), Some(relative_seconds), Some(sequence)) = (
+        u16_le(bytes, at),
+        u16_le(bytes, at + 2),
+        u32_le(bytes, at + 4),
+        u32_le(bytes, at + 8),
+    ) else {
+        return Err(truncated(bytes, fixed_len));
+    };
+    if flags & !known_flags != 0 {
+        return Err(DecodeError::Invalid("reserved PAMS flag bits set"));
+    }
+    let expected = expected_len(flags);
+    if bytes.len() < expected {
+        return Err(truncated(bytes, expected));
+    }
+    if bytes.len() > expected {
+        return Err(DecodeError::Oversized {
+            max: expected,
+            got: bytes.len(),
+        });
+    }
+    Ok(Prefix {
+        flags,
+        session_id,
+        sub_session_id,
+        relative_seconds,
+        sequence,
+    })
 }
 
 /// Encodes a summary as one complete single-segment message (rolling counter 0), the way a

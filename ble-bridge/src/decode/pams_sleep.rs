@@ -68,7 +68,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::pams::{FIRST_SEGMENT, LAST_SEGMENT};
-use super::{at_most, truncated, u16_le, u32_le, uuid16, DecodeError, PamsSleepSummary, Reading};
+use super::{truncated, uuid16, DecodeError, PamsSleepSummary, Reading};
 
 /// Decoder name and version recorded in provenance.
 pub const NAME: &str = "pams-sleep-activity-summary/1";
@@ -106,8 +106,6 @@ const KNOWN_FLAGS: u32 = (1 << 20) - 1;
 const FIELD_SIZES: [usize; 20] = [3, 3, 3, 2, 2, 1, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 1, 3];
 const FIELD_SIZES_SUM: usize = 52;
 const U24_MAX: u32 = 0xFF_FFFF;
-/// The longest ATT attribute value; longer input is refused before anything else.
-const ATT_MAX_LEN: usize = 512;
 
 /// The fields of one complete Sleep Activity Summary Data message. Units as the module docs
 /// assume them.
@@ -235,38 +233,14 @@ fn expected_len(flags: u32) -> usize {
 
 /// Parses one complete Sleep Activity Summary Data message with the rules of the module docs.
 pub fn parse_sleep_activity_summary(bytes: &[u8]) -> Result<SleepActivitySummary, DecodeError> {
-    at_most(bytes, ATT_MAX_LEN)?;
-    let header = *bytes.first().ok_or(truncated(bytes, FIXED_LEN))?;
-    if header & (FIRST_SEGMENT | LAST_SEGMENT) != FIRST_SEGMENT | LAST_SEGMENT {
-        return Err(DecodeError::Invalid(
-            "segmented PAMS messages are not supported yet",
-        ));
-    }
-    let &[_, f0, f1, f2, ..] = bytes else {
-        return Err(truncated(bytes, FIXED_LEN));
-    };
-    let flags = u32::from_le_bytes([f0, f1, f2, 0]);
-    let (Some(session_id), Some(sub_session_id), Some(relative_seconds), Some(sequence)) = (
-        u16_le(bytes, 4),
-        u16_le(bytes, 6),
-        u32_le(bytes, 8),
-        u32_le(bytes, 12),
-    ) else {
-        return Err(truncated(bytes, FIXED_LEN));
-    };
-    if flags & !KNOWN_FLAGS != 0 {
-        return Err(DecodeError::Invalid("reserved PAMS flag bits set"));
-    }
-    let expected = expected_len(flags);
-    if bytes.len() < expected {
-        return Err(truncated(bytes, expected));
-    }
-    if bytes.len() > expected {
-        return Err(DecodeError::Oversized {
-            max: expected,
-            got: bytes.len(),
-        });
-    }
+    let p = super::pams::parse_prefix(bytes, 3, KNOWN_FLAGS, expected_len)?;
+    let (flags, session_id, sub_session_id, relative_seconds, sequence) = (
+        p.flags,
+        p.session_id,
+        p.sub_session_id,
+        p.relative_seconds,
+        p.sequence,
+    );
     let mut f = Fields {
         bytes,
         flags,
