@@ -186,6 +186,21 @@ pub fn enrol(
     Ok(())
 }
 
+/// `person` grants the consent `body` describes (`POST /api/v1/me/consents`); returns its id.
+pub fn grant_consent(gw: &TestGateway, person: &str, body: serde_json::Value) -> Result<String> {
+    let (s, b) = call(
+        "POST",
+        &gw.url("/api/v1/me/consents"),
+        Some(&gw.owner_token(person)),
+        Some(body),
+    )?;
+    anyhow::ensure!(s == 201, "{b}");
+    Ok(b["consent"]["consent_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
+}
+
 /// `GET` with an optional bearer token; returns status and parsed JSON body.
 pub fn get_json(url: &str, token: Option<&str>) -> Result<(u16, serde_json::Value)> {
     let mut req = ureq::get(url);

@@ -8,7 +8,7 @@ use chrono::{DateTime, FixedOffset, NaiveDate, NaiveTime, TimeDelta, TimeZone, U
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use phr_e2e::{call, minute_steps, night, send, RawBridge, TestGateway};
+use phr_e2e::{call, grant_consent, minute_steps, night, send, RawBridge, TestGateway};
 use phr_schema::record::{HeartRate, PointFrame, Provenance, UnitValue, BEATS_PER_MINUTE};
 use phr_schema::{Body, Record};
 
@@ -17,20 +17,6 @@ fn token(gw: &TestGateway, subject: &str, scope: &str) -> String {
         .keys
         .issue(subject, scope, TimeDelta::hours(1), Utc::now())
         .expect("token")
-}
-
-fn grant(gw: &TestGateway, person: &str, body: Value) -> anyhow::Result<String> {
-    let (s, b) = call(
-        "POST",
-        &gw.url("/api/v1/me/consents"),
-        Some(&gw.owner_token(person)),
-        Some(body),
-    )?;
-    anyhow::ensure!(s == 201, "{b}");
-    Ok(b["consent"]["consent_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned())
 }
 
 fn disclosures(gw: &TestGateway, person: &str) -> anyhow::Result<Vec<Value>> {
@@ -166,7 +152,7 @@ async fn world() -> anyhow::Result<World> {
     all.extend(hearts);
     let ack = send(&mut bridge, "band-ana", all).await?;
     assert_eq!((ack.stored, ack.rejected.len()), (9, 0), "{ack:?}");
-    grant(
+    grant_consent(
         &gw,
         "ana",
         json!({"grantee": "acme", "grantee_kind": "client", "purpose": "wellness programme",
@@ -200,27 +186,27 @@ async fn subjects_lists_exactly_the_people_consenting_now() -> anyhow::Result<()
     assert!(list(&acme)?.is_empty());
 
     let (from, to) = ("2026-01-01T00:00:00Z", "2026-07-01T00:00:00Z");
-    let ana_1 = grant(
+    let ana_1 = grant_consent(
         &gw,
         "ana",
         json!({"grantee": "acme", "grantee_kind": "client", "purpose": "wellness programme",
                "data_types": ["step-count", "sleep-episode"]}),
     )?;
-    let ana_2 = grant(
+    let ana_2 = grant_consent(
         &gw,
         "ana",
         json!({"grantee": "acme", "grantee_kind": "client", "purpose": "research",
                "data_types": ["heart-rate"], "window_from": from, "window_to": to,
                "valid_until": "2099-01-01T00:00:00Z"}),
     )?;
-    let ben = grant(
+    let ben = grant_consent(
         &gw,
         "ben",
         json!({"grantee": "acme", "grantee_kind": "client", "purpose": "coaching",
                "data_types": ["step-count"]}),
     )?;
     // Cy consents to a clinician who happens to be called acme: not to the company.
-    grant(
+    grant_consent(
         &gw,
         "cy",
         json!({"grantee": "acme", "grantee_kind": "practitioner", "purpose": "treatment",
@@ -228,7 +214,7 @@ async fn subjects_lists_exactly_the_people_consenting_now() -> anyhow::Result<()
     )?;
     // Dee's consent lapses by itself in a moment.
     let lapse = Utc::now() + TimeDelta::seconds(2);
-    grant(
+    grant_consent(
         &gw,
         "dee",
         json!({"grantee": "acme", "grantee_kind": "client", "purpose": "trial",
@@ -236,7 +222,7 @@ async fn subjects_lists_exactly_the_people_consenting_now() -> anyhow::Result<()
                "valid_until": lapse.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)}),
     )?;
     // Eve consents to another company only.
-    grant(
+    grant_consent(
         &gw,
         "eve",
         json!({"grantee": "globex", "grantee_kind": "client", "purpose": "x",

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::{json, Value};
 
-use phr_e2e::{call, minute_steps, night, send, RawBridge, TestGateway};
+use phr_e2e::{call, grant_consent, minute_steps, night, send, RawBridge, TestGateway};
 
 const COMPANY: &str = "acme-phr";
 
@@ -130,20 +130,6 @@ fn readable(gw: &TestGateway, token: &str, person: &str) -> anyhow::Result<BTree
     }
 }
 
-fn consent(gw: &TestGateway, person: &str, body: Value) -> anyhow::Result<String> {
-    let (s, b) = call(
-        "POST",
-        &gw.url("/api/v1/me/consents"),
-        Some(&gw.owner_token(person)),
-        Some(body),
-    )?;
-    anyhow::ensure!(s == 201, "{b}");
-    Ok(b["consent"]["consent_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned())
-}
-
 fn steps_consent() -> Value {
     json!({"grantee": COMPANY, "grantee_kind": "client", "purpose": "wellness programme",
            "data_types": ["step-count"]})
@@ -183,7 +169,7 @@ async fn a_company_syncing_through_backfill_corrections_and_erasure_ends_with_ex
     assert!(replica.held.is_empty(), "no consent, no data");
 
     // Ana consents later than she measured: her earlier minutes come through the feed.
-    consent(&gw, "ana", steps_consent())?;
+    grant_consent(&gw, "ana", steps_consent())?;
     assert!(replica.page(&gw, &token, 4)?, "a partial first page");
     // While the company is mid-way, the bridge backfills out of order (newest first), and
     // sleep (not consented) and Ben's steps (no consent) arrive too.
@@ -225,7 +211,7 @@ async fn a_company_syncing_through_backfill_corrections_and_erasure_ends_with_ex
     // repeats nothing the first already lets it see.
     let mut narrower = steps_consent();
     narrower["window_from"] = json!(rfc(now - TimeDelta::days(1)));
-    consent(&gw, "ana", narrower)?;
+    grant_consent(&gw, "ana", narrower)?;
     replica.drain(&gw, &token, 3)?;
     assert_eq!(replica.of("ana").len(), 25);
 
@@ -258,7 +244,7 @@ async fn a_company_syncing_through_backfill_corrections_and_erasure_ends_with_ex
     assert!(replica.of("ben").is_empty(), "Ben has not consented");
 
     // Ben consents: his own minutes and the two moved to him arrive, once.
-    consent(&gw, "ben", steps_consent())?;
+    grant_consent(&gw, "ben", steps_consent())?;
     replica.drain(&gw, &token, 2)?;
     let ben = readable(&gw, &token, "ben")?;
     assert_eq!(ben.len(), 4);
@@ -288,7 +274,7 @@ async fn a_company_syncing_through_backfill_corrections_and_erasure_ends_with_ex
     assert_eq!(replica.of("ben"), readable(&gw, &token, "ben")?);
 
     // Ben withdraws: records stored just before, not yet synced, never reach the company.
-    let id = consent(
+    let id = grant_consent(
         &gw,
         "ben",
         json!({"grantee": "someone-else", "grantee_kind": "client",
