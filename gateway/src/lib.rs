@@ -23,6 +23,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod consumer;
+pub mod dashboard;
 pub mod demo;
 pub mod ingest;
 pub mod limits;

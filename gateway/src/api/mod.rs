@@ -72,6 +72,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     oauth::configure(cfg);
     openapi::configure(cfg);
     sync::configure(cfg);
+    crate::dashboard::configure(cfg);
 }
 
 /// The largest request body any route accepts.

@@ -1,0 +1,158 @@
+//! The dashboards: server-rendered HTML (maud) with SVG charts (plotters), no JavaScript, no
+//! external assets; every view of health data goes through the same data access layer as the
+//! API ([`crate::access`]) and lands in the person's disclosure log.
+//!
+//! - [`session`]: one-time sign-in links exchanged for an HttpOnly, SameSite=Strict session
+//!   cookie; CSRF tokens for forms; sign-out; the [`Viewer`] extractor.
+//! - [`clinician`]: `/dashboard/clinician` (the panel of consenting patients) and
+//!   `/dashboard/clinician/patients/{person_id}` (one patient, printable visit summary).
+//! - [`owner`]: `/dashboard/me`: my charts, devices, consents (withdraw), disclosures,
+//!   export and erasure.
+//! - [`charts`]: SVG charts with a data table alternative each.
+//!
+//! Every page carries a strict Content-Security-Policy (`default-src 'none'`; styles and
+//! images from this origin only; forms post to this origin only).
+
+pub mod charts;
+pub mod clinician;
+pub mod owner;
+pub mod session;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use maud::{html, Markup, DOCTYPE};
+
+use crate::auth::Principal;
+
+pub const STYLE: &str = "/dashboard/assets/style.css";
+
+/// The Content-Security-Policy of every dashboard page: nothing runs, nothing loads from
+/// elsewhere, forms go nowhere else.
+pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; \
+                       form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Who is looking, from their session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Sees the patients who consented to them (grantee kind practitioner).
+    Clinician,
+    /// Sees their own data.
+    Owner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Clinician => "clinician",
+            Role::Owner => "owner",
+        }
+    }
+
+    /// The scopes a session of this role acts with (the same the API would need).
+    pub fn scopes(self) -> &'static str {
+        match self {
+            Role::Clinician => "user/Observation.rs",
+            Role::Owner => "patient/*.cruds",
+        }
+    }
+}
+
+/// A signed-in person, as handlers receive it (see [`session`] for how).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Viewer {
+    pub subject: String,
+    pub role: Role,
+    /// The session's CSRF token; every state-changing form carries it.
+    pub csrf: String,
+}
+
+impl Viewer {
+    /// The principal the data access layer checks, with the role's scopes.
+    pub fn principal(&self) -> Principal {
+        Principal {
+            subject: self.subject.clone(),
+            scopes: self
+                .role
+                .scopes()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(STYLE, web::get().to(style));
+    session::configure(cfg);
+    clinician::configure(cfg);
+    owner::configure(cfg);
+}
+
+async fn style() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .insert_header(("Cache-Control", "max-age=3600"))
+        .body(include_str!("../../../dashboards/assets/style.css"))
+}
+
+/// A whole page: the layout around `body`, with the security headers.
+pub fn page(title: &str, viewer: Option<&Viewer>, body: Markup) -> HttpResponse {
+    respond(StatusCode::OK, title, viewer, body)
+}
+
+/// A page with another status (404, 403, 400 pages are HTML too).
+pub fn respond(
+    status: StatusCode,
+    title: &str,
+    viewer: Option<&Viewer>,
+    body: Markup,
+) -> HttpResponse {
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · PHR" }
+                link rel="stylesheet" href=(STYLE);
+            }
+            body {
+                header class="top" {
+                    span class="brand" { "PHR lifelog" }
+                    @if let Some(v) = viewer {
+                        nav {
+                            @match v.role {
+                                Role::Clinician => a href=(clinician::PANEL) { "Patients" },
+                                Role::Owner => a href=(owner::HOME) { "My data" },
+                            }
+                            span class="who" { (v.subject) " (" (v.role.as_str()) ")" }
+                            form method="post" action=(session::SIGN_OUT) class="inline" {
+                                input type="hidden" name="csrf" value=(v.csrf);
+                                button type="submit" { "Sign out" }
+                            }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    };
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Content-Security-Policy", CSP))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .insert_header(("Cache-Control", "no-store"))
+        .body(markup.into_string())
+}
+
+/// The HTML 404: unknown pages and patients without consent look the same.
+pub fn not_found(viewer: Option<&Viewer>) -> HttpResponse {
+    respond(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        viewer,
+        html! { h1 { "Not found" } p { "There is nothing here for you." } },
+    )
+}
