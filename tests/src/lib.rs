@@ -8,6 +8,7 @@
 //!   broker never see each other's messages.
 
 pub mod bluez;
+pub mod browser;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
