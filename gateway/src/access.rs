@@ -5,8 +5,9 @@
 //! person, allowed or refused, writes one disclosure-log entry.
 //!
 //! The reads: [`read_records`] (one type, a page), [`search_records`] (several types, a page
-//! across them, for FHIR search) and [`read_daily_summary`] (per local day totals). All three
-//! decide access with the same [`authorize`] and log with the same [`disclose`].
+//! across them, for FHIR search), [`read_daily_summary`] (per local day totals) and
+//! [`read_patient_view`] (the dashboards' aggregates of one person). All of them decide
+//! access with the same [`authorize`] and log with the same [`disclose`].
 //!
 //! Refusals do not say why beyond the status: 403 when the token's scopes do not allow the
 //! kind of read at all or the request lies wholly outside the consented window, 404 when
@@ -18,6 +19,7 @@ use phr_schema::RecordType;
 
 use crate::auth::Principal;
 use crate::store::audit::{Action, Entry, Outcome};
+use crate::store::dashboard::PatientView;
 use crate::store::subjects::{self, DailySummary, DayWindow};
 use crate::store::{Consent, GranteeKind, Page, PageKey, Store, StoredRecord};
 use crate::Error;
@@ -483,6 +485,105 @@ pub fn read_daily_summary(
         now,
     )?;
     Ok(summary)
+}
+
+/// A dashboard's view of one person: `days` local days ending `to` (their registered time
+/// zone), and the hypnogram of `night`.
+#[derive(Debug, Clone)]
+pub struct ViewQuery {
+    pub person_id: String,
+    /// Days the charts show, ending `to` (at most [`MAX_VIEW_DAYS`]).
+    pub days: u32,
+    /// The last local day shown; `None`: the person's today at `now`.
+    pub to: Option<NaiveDate>,
+    /// The night (the local day one wakes up) whose hypnogram is wanted; `None`: the latest
+    /// night shown that has a staged main-sleep episode.
+    pub night: Option<NaiveDate>,
+}
+
+/// The most days one dashboard view shows.
+pub const MAX_VIEW_DAYS: u32 = 366;
+
+/// Reads what a dashboard shows of one person as `principal`: daily step totals, nightly
+/// sleep (sums and episodes), daily resting heart rate and the last sync, with the same
+/// checks as [`read_records`]: scope, consent in force now and its window, every type that
+/// is consented (unconsented ones are left out, not refused; no consent for any type is 404,
+/// as for a person who does not exist). The days read are the `days` shown plus enough
+/// before them for the 7-day rolling mean and the triage flags
+/// ([`PatientView::read_from`]); under a consent, only records inside its window count, as in
+/// [`read_daily_summary`].
+///
+/// Exactly one disclosure-log entry per call (per page view): the types shown, the window
+/// read, the consent's purpose and the number of records the aggregates were made from. The
+/// person reading their own data is not logged.
+pub fn read_patient_view(
+    store: &Store,
+    principal: &Principal,
+    q: &ViewQuery,
+    now: DateTime<Utc>,
+) -> Result<PatientView, AccessError> {
+    let registered = store.person_time_zone(&q.person_id)?;
+    let zone = subjects::Zone::resolve(registered.as_deref());
+    let days_shown = q.days.clamp(1, MAX_VIEW_DAYS);
+    let to =
+        q.to.unwrap_or_else(|| now.with_timezone(&zone.tz).date_naive());
+    let from = PatientView::read_from(to, days_shown);
+    let days = zone.days(from, to);
+    let (Some(first), Some(last)) = (days.first(), days.last()) else {
+        return Err(Error::Invalid("no local days in that range").into());
+    };
+    let ask = Ask {
+        person_id: &q.person_id,
+        types: &RecordType::ALL,
+        from_ms: first.start_ms,
+        to_ms: last.end_ms,
+        all_required: false,
+    };
+    let granted = authorize(store, principal, &ask, now)?;
+    let mut summary = DailySummary::new(&q.person_id, &zone, from, to);
+    let mut episodes = Vec::new();
+    let mut resting = Vec::new();
+    let mut last_sync: Option<DateTime<Utc>> = None;
+    let mut records = 0;
+    for g in &granted.grants {
+        let clipped: Vec<DayWindow> = days.iter().filter_map(|d| d.clip(g.window)).collect();
+        match g.record_type {
+            RecordType::StepCount => {
+                records += store.daily_steps(&q.person_id, &clipped, &mut summary)?;
+            }
+            RecordType::SleepEpisode => {
+                records += store.daily_sleep(&q.person_id, &clipped, g.window, &mut summary)?;
+                episodes = store.sleep_episodes(&q.person_id, &clipped, g.window, zone.tz)?;
+            }
+            RecordType::HeartRate => {
+                let (rows, n) = store.daily_resting_heart_rate(&q.person_id, &clipped)?;
+                resting = rows;
+                records += n;
+            }
+        }
+        summary.types.push(g.record_type);
+        let stored = store.last_stored(&q.person_id, g.record_type, g.from_ms, g.to_ms)?;
+        last_sync = last_sync.max(stored);
+    }
+    summary.records = records;
+    disclose(store, principal, &q.person_id, &granted, records, now)?;
+    let display_name = store
+        .display_name(&q.person_id)?
+        .unwrap_or_else(|| q.person_id.clone());
+    Ok(PatientView {
+        person_id: q.person_id.clone(),
+        display_name,
+        tz: zone.tz,
+        to,
+        days: days_shown,
+        types: summary.types.clone(),
+        summary,
+        episodes,
+        resting,
+        last_sync,
+        night: q.night,
+        records,
+    })
 }
 
 #[cfg(test)]

@@ -1,30 +1,63 @@
 //! `phr-gateway demo`: the whole pipeline on embedded defaults, in one process.
 //!
 //! Starts the gateway with its embedded broker and SQLite store; registers a demo person who
-//! consents to storage and to a demo PHR company reading steps and sleep; runs a simulated
-//! bridge in-process (simulated GATT bytes → decoders → signed batches → outbox → MQTT); pairs
-//! each band to the person through the real pairing flow (the bridge shows the code, the
-//! person confirms it); confirms the history the bands held out of quarantine; and prints
-//! what to open and what to try.
+//! consents to storage, to a demo PHR company reading steps and sleep, and to a demo
+//! clinician (`dr-demo`) reading steps, sleep and heart rate for treatment; registers a
+//! second demo person who consents to storage only; runs a simulated bridge in-process
+//! (simulated GATT bytes → decoders → signed batches → outbox → MQTT); pairs each band to its
+//! person through the real pairing flow (the bridge shows the code, the person confirms it);
+//! confirms the history the bands held out of quarantine; and prints what to open and what to
+//! try, with one-time dashboard sign-in links for the clinician and the demo person.
+//!
+//! # History
+//! The demo person's bands hold `--history-hours` of history when the bridge first meets them
+//! ([`DEFAULT_HISTORY_HOURS`], 30 days, is the intended default); the second person's band
+//! holds [`SECOND_PERSON_HISTORY_HOURS`] (3 days, or less if `--history-hours` is less). All
+//! of it goes the normal ingest path (bridge outbox, MQTT, group commit, quarantine, owner's
+//! confirmation). The simulated bands send steps per minute (minutes with steps only), heart
+//! rate every 5 minutes (the simulator's rate; minute-level heart rate would be 43,200
+//! readings per band and month, five times the records, for no visible gain in daily charts)
+//! and one sleep episode with stages a night: about 27,000 records for 30 days of two bands
+//! plus 3 days of the third. On a 2-core machine (debug build) that takes about 2 s to seed,
+//! and the demo is ready about 3 s after it starts; a restarted demo (same `--data-dir`)
+//! resumes where it stopped.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use phr_bridge::outbox::Outbox;
 use phr_bridge::simulate::{self, SimulateConfig};
 use phr_schema::RecordType;
 
+use crate::dashboard::session::{signin_url, SIGNIN_CODE_TTL};
+use crate::dashboard::Role;
 use crate::store::clients::NewClient;
 use crate::store::corrections::Range;
 use crate::store::{GranteeKind, Terms, STORAGE_GRANTEE};
 use crate::{Config, Error, Result};
 
 pub const DEMO_PERSON: &str = "demo-person";
+/// A second person, with their own band, who has not consented to the clinician (nor to the
+/// company): the clinician must not see them.
+pub const DEMO_PERSON_2: &str = "demo-person-2";
+/// The demo clinician (a token subject / dashboard sign-in of role clinician).
+pub const DEMO_CLINICIAN: &str = "dr-demo";
 pub const DEMO_BRIDGE: &str = "demo-bridge";
+/// History the demo person's bands hold at first start: 30 days.
+pub const DEFAULT_HISTORY_HOURS: i64 = 30 * 24;
+/// History the second person's band holds at first start: 3 days.
+pub const SECOND_PERSON_HISTORY_HOURS: i64 = 3 * 24;
+/// How long seeding the history may take before the demo gives up.
+const SEED_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// The simulated bridge's outbox, in its data directory (see `phr_bridge::simulate::run`).
+const BRIDGE_OUTBOX: &str = "outbox.sqlite";
 /// Everything an owner may do with their own data (SMART v2: create, read, update, delete,
 /// search, on every resource).
 pub const OWNER_SCOPE: &str = "patient/*.cruds";
@@ -50,18 +83,19 @@ async fn wait(
     }
 }
 
-/// Pairs `band` to the demo person the way an owner would: start, read the code the bridge
-/// shows, confirm with it and the serial number the bridge read. Skipped if already paired.
+/// Pairs `band` to `person` the way an owner would: start, read the code the bridge shows,
+/// confirm with it and the serial number the bridge read. Skipped if already paired.
 async fn pair(
     gateway: &crate::Gateway,
     status: &mut watch::Receiver<phr_bridge::publish::Status>,
+    person: &'static str,
     band: &str,
 ) -> Result<()> {
     let store = gateway.store.clone();
     let device = band.to_owned();
     let paired = blocking(move || {
         Ok(store
-            .bindings_of(DEMO_PERSON)?
+            .bindings_of(person)?
             .iter()
             .any(|b| b.device_id == device && b.valid_to.is_none()))
     })
@@ -73,7 +107,7 @@ async fn pair(
         &gateway.store,
         &gateway.client,
         &gateway.topics,
-        DEMO_PERSON,
+        person,
         DEMO_BRIDGE,
         band,
         Utc::now(),
@@ -93,13 +127,13 @@ async fn pair(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let store = gateway.store.clone();
-        let reported = blocking(move || store.pairing(DEMO_PERSON, id))
+        let reported = blocking(move || store.pairing(person, id))
             .await?
             .and_then(|p| p.reported_serial);
         if let Some(serial) = reported {
             let store = gateway.store.clone();
             let result = blocking(move || {
-                store.confirm_pairing(DEMO_PERSON, id, &code, Some(&serial), Utc::now())
+                store.confirm_pairing(person, id, &code, Some(&serial), Utc::now())
             })
             .await?;
             return result
@@ -110,6 +144,64 @@ async fn pair(
             return Err(Error::Broker(format!("the bridge did not report {band}")));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `hours` as days when whole days, else as hours.
+fn span(hours: i64) -> String {
+    match (hours % 24, hours / 24) {
+        (0, 1) => "1 day".into(),
+        (0, d) => format!("{d} days"),
+        _ => format!("{hours} h"),
+    }
+}
+
+/// `t` truncated to the whole minute (the simulated bands' clock).
+fn minute(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(TimeDelta::minutes(1)).unwrap_or(t)
+}
+
+/// Waits until the bridge has generated every band's history up to `until` and the gateway
+/// has acked all of it (the outbox is empty): then none of the history is still on its way,
+/// and what the owners confirm out of quarantine is all of it. (An empty outbox alone is not
+/// enough: the bridge generates a long history in steps, and may be between two.)
+async fn history_in(
+    outbox: &Path,
+    bands: Vec<String>,
+    until: DateTime<Utc>,
+    bridge: &JoinHandle<phr_bridge::Result<()>>,
+) -> Result<()> {
+    let path = outbox.to_owned();
+    let outbox =
+        blocking(move || Ok(Arc::new(Mutex::new(Outbox::open(&path, usize::MAX)?)))).await?;
+    let deadline = tokio::time::Instant::now() + SEED_TIMEOUT;
+    loop {
+        let (outbox, bands) = (outbox.clone(), bands.clone());
+        let done = blocking(move || {
+            let o = outbox.lock().map_err(|_| Error::Poisoned)?;
+            for b in &bands {
+                if o.cursor(b)?.is_none_or(|c| c < until) {
+                    return Ok(false);
+                }
+            }
+            Ok(o.depth()? == 0)
+        })
+        .await?;
+        if done {
+            return Ok(());
+        }
+        if bridge.is_finished() {
+            return Err(Error::Broker(
+                "the demo bridge stopped while handing over the history".into(),
+            ));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::Broker(format!(
+                "the bands' history did not arrive within {} minutes",
+                SEED_TIMEOUT.as_secs() / 60
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -184,44 +276,96 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
             "the gateway could not subscribe to the embedded broker".into(),
         ));
     }
-    let sim = SimulateConfig::new(
+    if opts.history_hours <= 0 {
+        return Err(Error::Config("--history-hours must be at least 1".into()));
+    }
+    // One bridge: the demo person's bands, then the second person's band (the last one).
+    let mut sim = SimulateConfig::new(
         DEMO_BRIDGE,
-        opts.devices,
+        opts.devices + 1,
         opts.data_dir.join("bridge"),
         gateway.mqtt.clone(),
     );
-    let bands: Vec<String> = sim.bands().into_iter().map(|b| b.device_id).collect();
+    sim.history = TimeDelta::hours(opts.history_hours);
+    let mut bands: Vec<String> = sim.bands().into_iter().map(|b| b.device_id).collect();
+    let second_band = bands.pop().ok_or(Error::Poisoned)?;
+    let outbox_path = sim.data_dir.join(BRIDGE_OUTBOX);
+    let seeding_from = Utc::now();
+    {
+        // The second person's band met the bridge only a few days ago: its history starts
+        // there (the bridge's per-band high-water mark, as a band it had just read would
+        // leave it). Only on the first start; afterwards the bridge resumes by itself.
+        let (dir, path, band) = (
+            sim.data_dir.clone(),
+            outbox_path.clone(),
+            second_band.clone(),
+        );
+        let since = minute(
+            seeding_from - TimeDelta::hours(SECOND_PERSON_HISTORY_HOURS.min(opts.history_hours)),
+        );
+        blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            let mut outbox = Outbox::open(&path, usize::MAX)?;
+            if outbox.cursor(&band)?.is_none() {
+                outbox.push(&[], &[(band, since)], &[], Utc::now())?;
+            }
+            Ok(())
+        })
+        .await?;
+    }
     let store = gateway.store.clone();
     blocking(move || {
-        store.add_person(DEMO_PERSON, "Demo Person", "Asia/Tokyo")?;
-        // The person lets the gateway store their data (as `POST /api/v1/me/consents` would).
         let now = Utc::now();
-        if store
-            .consents_in_force(DEMO_PERSON, STORAGE_GRANTEE, GranteeKind::Gateway, now)?
-            .is_empty()
-        {
-            store.grant_consent(
-                DEMO_PERSON,
-                Terms::storage(&RecordType::ALL),
-                DEMO_PERSON,
-                now,
-            )?;
+        for (person, name) in [
+            (DEMO_PERSON, "Demo Person"),
+            (DEMO_PERSON_2, "Second Demo Person"),
+        ] {
+            store.add_person(person, name, "Asia/Tokyo")?;
+            // Each lets the gateway store their data (as `POST /api/v1/me/consents` would).
+            if store
+                .consents_in_force(person, STORAGE_GRANTEE, GranteeKind::Gateway, now)?
+                .is_empty()
+            {
+                store.grant_consent(person, Terms::storage(&RecordType::ALL), person, now)?;
+            }
         }
-        // And a PHR company may read steps and sleep for a wellness programme.
-        if store
-            .consents_in_force(DEMO_PERSON, DEMO_COMPANY, GranteeKind::Client, now)?
-            .is_empty()
-        {
-            let terms = Terms {
-                grantee: DEMO_COMPANY.into(),
-                grantee_kind: GranteeKind::Client,
-                purpose: "wellness programme".into(),
-                data_types: vec![RecordType::StepCount, RecordType::SleepEpisode],
-                window_from: None,
-                window_to: None,
-                valid_until: None,
-            };
-            store.grant_consent(DEMO_PERSON, terms, DEMO_PERSON, now)?;
+        // The demo person lets a PHR company read steps and sleep for a wellness programme,
+        // and their clinician read steps, sleep and heart rate for treatment. The second
+        // person consents to neither.
+        let grants = [
+            (
+                DEMO_COMPANY,
+                GranteeKind::Client,
+                "wellness programme",
+                vec![RecordType::StepCount, RecordType::SleepEpisode],
+            ),
+            (
+                DEMO_CLINICIAN,
+                GranteeKind::Practitioner,
+                "treatment",
+                vec![
+                    RecordType::StepCount,
+                    RecordType::SleepEpisode,
+                    RecordType::HeartRate,
+                ],
+            ),
+        ];
+        for (grantee, kind, purpose, data_types) in grants {
+            if store
+                .consents_in_force(DEMO_PERSON, grantee, kind, now)?
+                .is_empty()
+            {
+                let terms = Terms {
+                    grantee: grantee.into(),
+                    grantee_kind: kind,
+                    purpose: purpose.into(),
+                    data_types,
+                    window_from: None,
+                    window_to: None,
+                    valid_until: None,
+                };
+                store.grant_consent(DEMO_PERSON, terms, DEMO_PERSON, now)?;
+            }
         }
         Ok(())
     })
@@ -232,33 +376,32 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     let mut bridge = tokio::spawn(simulate::run(sim, status_tx, shutdown.clone()));
     wait(&mut status, "the demo bridge to connect", |s| s.connected).await?;
     for band in &bands {
-        pair(&gateway, &mut status, band).await?;
+        pair(&gateway, &mut status, DEMO_PERSON, band).await?;
     }
-    // Once the history is in, the owner confirms it as theirs (their band held it).
-    wait(&mut status, "the bands' history to arrive", |s| {
-        s.outbox_batches == 0 && s.batches_acked > 0
-    })
-    .await?;
+    pair(&gateway, &mut status, DEMO_PERSON_2, &second_band).await?;
+    // Once the history is in, each owner confirms it as theirs (their band held it).
+    let all_bands: Vec<String> = bands.iter().chain([&second_band]).cloned().collect();
+    history_in(&outbox_path, all_bands, minute(seeding_from), &bridge).await?;
+    let seeded_in = (Utc::now() - seeding_from).as_seconds_f64();
     let store = gateway.store.clone();
-    let confirmed = blocking(move || {
-        let mut n = 0;
+    let second = second_band.clone();
+    let (confirmed, confirmed_2) = blocking(move || {
         let now = Utc::now();
-        for device_id in bands {
+        let confirm = |device_id: String, person: &str| -> Result<u64> {
             let range = Range {
                 device_id,
                 from: DateTime::UNIX_EPOCH,
                 to: now,
             };
-            if let Some(c) = store.confirm_quarantine(
-                &range,
-                DEMO_PERSON,
-                "history the band held before pairing",
-                now,
-            )? {
-                n += c.records;
-            }
+            Ok(store
+                .confirm_quarantine(&range, person, "history the band held before pairing", now)?
+                .map_or(0, |c| c.records))
+        };
+        let mut n = 0;
+        for device_id in bands {
+            n += confirm(device_id, DEMO_PERSON)?;
         }
-        Ok(n)
+        Ok((n, confirm(second, DEMO_PERSON_2)?))
     })
     .await?;
 
@@ -281,6 +424,17 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     })
     .await?;
 
+    // One-time dashboard sign-in links for the clinician and the demo person.
+    let store = gateway.store.clone();
+    let (clinician_code, owner_code) = blocking(move || {
+        let now = Utc::now();
+        Ok((
+            store.issue_signin_code(DEMO_CLINICIAN, Role::Clinician, SIGNIN_CODE_TTL, now)?,
+            store.issue_signin_code(DEMO_PERSON, Role::Owner, SIGNIN_CODE_TTL, now)?,
+        ))
+    })
+    .await?;
+
     let ttl = TimeDelta::hours(12);
     let token = gateway
         .keys
@@ -297,8 +451,16 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     println!("  dashboard:     {base}/dashboard");
     println!("  metrics:       {base}/metrics");
     println!(
-        "  demo person:   {DEMO_PERSON}: {} band(s) paired through {DEMO_BRIDGE}, {confirmed} records of history confirmed",
-        opts.devices
+        "  demo person:   {DEMO_PERSON}: {} band(s) paired through {DEMO_BRIDGE}, {confirmed} records of history confirmed ({} of history, seeded in {seeded_in:.1} s)",
+        opts.devices,
+        span(opts.history_hours)
+    );
+    println!(
+        "  second person: {DEMO_PERSON_2}: 1 band paired through {DEMO_BRIDGE}, {confirmed_2} records of history confirmed ({}); no consent to {DEMO_CLINICIAN} or {DEMO_COMPANY}",
+        span(SECOND_PERSON_HISTORY_HOURS.min(opts.history_hours))
+    );
+    println!(
+        "  clinician:     {DEMO_CLINICIAN}: {DEMO_PERSON} consented to steps, sleep and heart rate for treatment; {DEMO_PERSON_2} did not"
     );
     println!(
         "  owner token (valid {}h, scope {OWNER_SCOPE}):",
@@ -343,6 +505,20 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     println!("  curl -s -H \"Authorization: Bearer $TOKEN\" \"{base}/api/v1/subjects\"");
     println!("  curl -s -H \"Authorization: Bearer $TOKEN\" \"{base}/api/v1/sync?limit=5\"");
     println!("API documentation: {base}/docs (OpenAPI: {base}/openapi.json)");
+    println!();
+    println!(
+        "Sign in to the dashboards (one-time links: each works once, within {} minutes):",
+        SIGNIN_CODE_TTL.num_minutes()
+    );
+    println!(
+        "  clinician sign-in: {}",
+        signin_url(&base, &clinician_code)
+    );
+    println!("  owner sign-in: {}", signin_url(&base, &owner_code));
+    println!(
+        "  new links: phr-gateway dashboard link --data-dir {} --subject {DEMO_PERSON_2} --role owner",
+        opts.data_dir.display()
+    );
     println!();
     println!("Press Ctrl-C to stop.");
 

@@ -203,6 +203,7 @@ pub async fn start(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
+            .app_data(web::Data::from(state.metrics.clone()))
             .app_data(web::PayloadConfig::new(api::MAX_BODY_BYTES))
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
                 api::error::ApiError::bad_request("invalid_query", e.to_string()).into()
@@ -225,6 +226,8 @@ pub async fn start(
                 api::error::ApiError::bad_request("invalid_path", e.to_string()).into()
             }))
             .wrap(actix_web::middleware::from_fn(limits::rate_limit))
+            // Outermost, so that it times rate-limited requests too.
+            .wrap(actix_web::middleware::from_fn(metrics::observe_requests))
             .configure(api::configure)
             .default_service(web::to(api::not_found))
     })

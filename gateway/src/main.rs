@@ -32,6 +32,9 @@ enum Command {
     /// OAuth clients (PHR companies) that get tokens at POST /oauth/token.
     #[command(subcommand)]
     Clients(ClientsCommand),
+    /// Dashboard commands (sign-in links).
+    #[command(subcommand)]
+    Dashboard(DashboardCommand),
     /// Import a person's `fhir` export (FHIR R4 NDJSON from GET /api/v1/me/export) as that
     /// person's records. Exit 0 when every record was stored or already there; 1 when a
     /// line could not be read (then nothing is stored) or a record was refused.
@@ -58,6 +61,32 @@ enum AuditCommand {
         #[arg(long, env = "PHR_DATA_DIR", default_value = "phr-data")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DashboardCommand {
+    /// Print a one-time sign-in link to the dashboards for a person. The link works once,
+    /// for 15 minutes, and opens an 8-hour session; hand it over privately.
+    Link {
+        #[arg(long, env = "PHR_DATA_DIR", default_value = "phr-data")]
+        data_dir: PathBuf,
+        /// Who signs in: the person (owner) or the clinician's id.
+        #[arg(long)]
+        subject: String,
+        /// `owner` sees their own data; `clinician` the patients who consented to them.
+        #[arg(long, value_enum)]
+        role: DashboardRole,
+        /// The gateway's address as the browser reaches it [default: the issuer the gateway
+        /// last ran with ({data_dir}/keys/issuer), else http://127.0.0.1:8080].
+        #[arg(long)]
+        base_url: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DashboardRole {
+    Clinician,
+    Owner,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,8 +163,8 @@ struct DemoArgs {
     /// Simulated bands.
     #[arg(long, default_value_t = 2)]
     devices: usize,
-    /// Hours of history the bands hold at start.
-    #[arg(long, default_value_t = 24)]
+    /// Hours of history the bands hold at start (30 days by default).
+    #[arg(long, default_value_t = demo::DEFAULT_HISTORY_HOURS)]
     history_hours: i64,
 }
 
@@ -255,6 +284,12 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Audit(AuditCommand::Verify { data_dir }) => return verify_audit(&data_dir),
         Command::Clients(c) => return clients(c),
+        Command::Dashboard(DashboardCommand::Link {
+            data_dir,
+            subject,
+            role,
+            base_url,
+        }) => dashboard_link(&data_dir, &subject, role, base_url)?,
         Command::Import {
             data_dir,
             subject,
@@ -361,6 +396,57 @@ fn clients(command: ClientsCommand) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `dashboard link`: issues a one-time sign-in code and prints the link carrying it.
+fn dashboard_link(
+    data_dir: &std::path::Path,
+    subject: &str,
+    role: DashboardRole,
+    base_url: Option<String>,
+) -> anyhow::Result<()> {
+    use phr_gateway::dashboard::{session, Role};
+    if !phr_schema::envelope::is_valid_id(subject) {
+        anyhow::bail!("--subject must be 1-64 characters of A-Z a-z 0-9 . _ : -");
+    }
+    let role = match role {
+        DashboardRole::Clinician => Role::Clinician,
+        DashboardRole::Owner => Role::Owner,
+    };
+    let config = Config {
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
+    let base = match base_url {
+        Some(b) => b,
+        None => std::fs::read_to_string(config.keys_dir().join(phr_gateway::config::ISSUER_FILE))
+            .ok()
+            .map(|i| i.trim().to_owned())
+            .filter(|i| !i.is_empty())
+            .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned()),
+    };
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        anyhow::bail!("--base-url must start with http:// or https://");
+    }
+    if !config.store_path().exists() {
+        anyhow::bail!(
+            "no store at {}; is --data-dir the gateway's data directory?",
+            config.store_path().display()
+        );
+    }
+    let store = phr_gateway::Store::open(&config.store_path())?;
+    if role == Role::Owner && store.person_time_zone(subject)?.is_none() {
+        eprintln!("note: {subject} is not registered here yet; their dashboard will be empty");
+    }
+    let ttl = session::SIGNIN_CODE_TTL;
+    let code = store.issue_signin_code(subject, role, ttl, chrono::Utc::now())?;
+    println!("{}", session::signin_url(&base, &code));
+    eprintln!(
+        "one-time sign-in link for {subject} ({}), valid {} minutes",
+        role.as_str(),
+        ttl.num_minutes()
+    );
+    Ok(())
 }
 
 /// `audit verify`: the exit code is the answer, so scripts and cron can use it.

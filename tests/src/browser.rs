@@ -168,12 +168,35 @@ impl Browser {
         })
     }
 
+    /// The first element inside `parent` matching a CSS selector; an error when none does.
+    pub fn find_in(&self, parent: &Element, css: &str) -> Result<Element> {
+        let found = post(
+            &self.url(&format!("/element/{}/element", parent.id)),
+            &json!({"using": "css selector", "value": css}),
+        )?;
+        let id = found[ELEMENT]
+            .as_str()
+            .with_context(|| format!("no element matches {css:?} inside the given one"))?;
+        Ok(Element { id: id.to_owned() })
+    }
+
     /// The rendered text of an element (what a person reads).
     pub fn text(&self, e: &Element) -> Result<String> {
         Ok(get(&self.url(&format!("/element/{}/text", e.id)))?
             .as_str()
             .unwrap_or_default()
             .to_owned())
+    }
+
+    /// An element's text content, shown or not (a data table inside a closed `<details>`
+    /// has no rendered text, but a screen reader and this read it).
+    pub fn content(&self, e: &Element) -> Result<String> {
+        Ok(
+            get(&self.url(&format!("/element/{}/property/textContent", e.id)))?
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
     }
 
     /// An attribute of an element (`None` when absent).

@@ -28,6 +28,8 @@
 //! about 2 s; a person with 500k records needs about 550 MB for the `fhir` format. Streaming
 //! the body (a bounded channel from the blocking reader) is the fix when that matters.
 
+use std::sync::Arc;
+
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, FixedOffset, NaiveDate, Offset, Utc};
@@ -173,8 +175,16 @@ pub(crate) async fn export(
         .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
         .into_inner();
     let format: Format = q.format.as_deref().unwrap_or("fhir").parse()?;
-    let store = state.store.clone();
-    let person = principal.subject;
+    download(state.store.clone(), principal.subject, format).await
+}
+
+/// `person`'s whole export in `format` as a download: the response of `GET
+/// /api/v1/me/export` (the owner's dashboard answers its downloads with this too).
+pub async fn download(
+    store: Arc<Store>,
+    person: String,
+    format: Format,
+) -> Result<HttpResponse, ApiError> {
     let filename = format!("phr-export-{}.{}", file_safe(&person), format.extension());
     let body = web::block(move || write_export(&store, &person, format, Utc::now()))
         .await

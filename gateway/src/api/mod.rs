@@ -130,10 +130,7 @@ pub(crate) async fn home() -> HttpResponse {
 pub(crate) async fn dashboard() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
-        .insert_header((
-            "Content-Security-Policy",
-            "default-src 'none'; style-src 'self' 'unsafe-inline'",
-        ))
+        .insert_header(("Content-Security-Policy", crate::dashboard::CSP))
         .body(include_str!("../../../dashboards/index.html"))
 }
 

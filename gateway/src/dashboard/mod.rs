@@ -8,6 +8,9 @@
 //!   `/dashboard/clinician/patients/{person_id}` (one patient, printable visit summary).
 //! - [`owner`]: `/dashboard/me`: my charts, devices, consents (withdraw), disclosures,
 //!   export and erasure.
+//! - [`patient`]: one person's charts (steps, sleep stages, hypnogram, sleep timing, resting
+//!   heart rate, weekly averages), shared by the clinician's patient page and the owner's
+//!   `/dashboard/me/charts`.
 //! - [`charts`]: SVG charts with a data table alternative each.
 //!
 //! Every page carries a strict Content-Security-Policy (`default-src 'none'`; styles and
@@ -16,6 +19,7 @@
 pub mod charts;
 pub mod clinician;
 pub mod owner;
+pub mod patient;
 pub mod session;
 
 use actix_web::http::StatusCode;
@@ -87,6 +91,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     session::configure(cfg);
     clinician::configure(cfg);
     owner::configure(cfg);
+    patient::configure(cfg);
 }
 
 async fn style() -> HttpResponse {

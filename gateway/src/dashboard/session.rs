@@ -1,21 +1,408 @@
-//! Sign-in for the dashboards (to be built): one-time sign-in links, session cookies, CSRF.
+//! Sign-in for the dashboards, with no token ever in a URL that stays anywhere:
+//!
+//! 1. An operator (`phr-gateway dashboard link`) or the demo issues a one-time sign-in code
+//!    ([`crate::store::sessions`]) and hands over the link `{base}/dashboard/signin?code=...`.
+//! 2. `GET /dashboard/signin?code=...` redeems the code (once), sets the session cookie
+//!    `phr_session` (`HttpOnly; SameSite=Strict; Path=/dashboard`, `Secure` over https) and
+//!    answers 303 to the role's home, so the code leaves the address bar at once; the answer
+//!    carries `Referrer-Policy: no-referrer` and `Cache-Control: no-store`.
+//! 3. Handlers take a [`Viewer`]: the extractor looks the cookie's session up at every
+//!    request (expired or ended sessions are refused with an HTML 401 page).
+//! 4. Every state-changing form carries the session's CSRF token in `csrf`, checked with
+//!    [`check_csrf`] (constant time; 403 page when wrong).
+//! 5. `POST /dashboard/signout` ends the session and expires the cookie.
+//!
+//! Sessions last [`SESSION_TTL`]; sign-in codes [`SIGNIN_CODE_TTL`] unless the issuer says
+//! otherwise.
+//!
+//! Known limit: with `SameSite=Strict`, a browser that opens the sign-in link from another
+//! site (a webmail, say) may not send the fresh cookie on the redirected request; the 401
+//! page then offers a same-site link to the page asked for, which works.
 
-use std::future::{ready, Ready};
+use std::future::Future;
+use std::pin::Pin;
 
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
+use chrono::{TimeDelta, Utc};
+use maud::html;
+use serde::Deserialize;
 
-use super::Viewer;
+use super::{clinician, owner, respond, Role, Viewer};
+use crate::api::AppState;
 
 pub const SIGN_IN: &str = "/dashboard/signin";
 pub const SIGN_OUT: &str = "/dashboard/signout";
+/// Where the dashboards start (the static landing page).
+pub const START: &str = "/dashboard";
 
-pub fn configure(_cfg: &mut web::ServiceConfig) {}
+/// The session cookie's name and path.
+pub const COOKIE: &str = "phr_session";
+pub const COOKIE_PATH: &str = "/dashboard";
 
+/// How long a session lasts after sign-in.
+pub const SESSION_TTL: TimeDelta = TimeDelta::hours(8);
+/// How long a sign-in link is usable, by default.
+pub const SIGNIN_CODE_TTL: TimeDelta = TimeDelta::minutes(15);
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(SIGN_IN, web::get().to(sign_in))
+        .route(SIGN_OUT, web::post().to(sign_out));
+}
+
+/// The sign-in link for `code` on the gateway at `base` (e.g. `http://127.0.0.1:8080`).
+pub fn signin_url(base: &str, code: &str) -> String {
+    // Codes are base64url: nothing in them needs escaping in a query.
+    format!("{}{SIGN_IN}?code={code}", base.trim_end_matches('/'))
+}
+
+/// Where a role lands after sign-in.
+pub fn home_of(role: Role) -> &'static str {
+    match role {
+        Role::Clinician => clinician::PANEL,
+        Role::Owner => owner::HOME,
+    }
+}
+
+/// The value of the session cookie the request carries, if any.
+pub fn session_cookie(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| name.trim() == COOKIE)
+        .map(|(_, value)| value.trim().trim_matches('"').to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn secure(req: &HttpRequest) -> bool {
+    req.connection_info().scheme() == "https"
+}
+
+/// The `Set-Cookie` value that stores session `id` for `max_age`.
+fn session_cookie_header(id: &str, max_age: TimeDelta, secure: bool) -> String {
+    format!(
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path={COOKIE_PATH}; Max-Age={}{}",
+        max_age.num_seconds().max(0),
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// The `Set-Cookie` value that makes the browser forget the session cookie.
+pub fn expired_cookie(req: &HttpRequest) -> String {
+    session_cookie_header("", TimeDelta::zero(), secure(req))
+}
+
+/// Why a page needing a session could not be shown.
+#[derive(Debug)]
+pub enum SessionError {
+    /// No cookie, or its session is unknown, expired or ended. `retry` is the page asked for,
+    /// when it can be asked for again with a plain link (a GET).
+    NotSignedIn { retry: Option<String> },
+    /// The session store could not be read.
+    Unavailable,
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotSignedIn { .. } => f.write_str("not signed in"),
+            Self::Unavailable => f.write_str("sessions are unavailable"),
+        }
+    }
+}
+
+impl ResponseError for SessionError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::NotSignedIn { .. } => StatusCode::UNAUTHORIZED,
+            Self::Unavailable => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            Self::NotSignedIn { retry } => respond(
+                StatusCode::UNAUTHORIZED,
+                "Sign-in needed",
+                None,
+                html! {
+                    h1 { "Sign-in needed" }
+                    p {
+                        "You are not signed in, or your session has ended or expired "
+                        "(sessions last " (SESSION_TTL.num_hours()) " hours)."
+                    }
+                    p {
+                        "Sign-in links work once. Ask for a new one; the "
+                        a href=(START) { "dashboard start page" }
+                        " explains how."
+                    }
+                    @if let Some(path) = retry {
+                        p class="muted" {
+                            "If you have just opened a sign-in link, "
+                            a href=(path) { "continue to the page you asked for" } "."
+                        }
+                    }
+                },
+            ),
+            Self::Unavailable => internal_error(None),
+        }
+    }
+}
+
+/// The HTML 500 page.
+pub fn internal_error(viewer: Option<&Viewer>) -> HttpResponse {
+    respond(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Something went wrong",
+        viewer,
+        html! {
+            h1 { "Something went wrong" }
+            p { "The gateway could not answer this request. Please try again in a moment." }
+        },
+    )
+}
+
+/// A signed-in person, from the session cookie. Without a valid session: [`SessionError`],
+/// an HTML 401 page.
 impl FromRequest for Viewer {
-    type Error = actix_web::Error;
-    type Future = Ready<Result<Self, Self::Error>>;
+    type Error = SessionError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
 
-    fn from_request(_req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(Err(actix_web::error::ErrorUnauthorized("not signed in")))
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let id = session_cookie(req);
+        let retry = (req.method() == actix_web::http::Method::GET)
+            .then(|| req.uri().path_and_query().map(|p| p.as_str().to_owned()))
+            .flatten()
+            .filter(|p| p.starts_with(COOKIE_PATH));
+        Box::pin(async move {
+            let state = state.ok_or(SessionError::Unavailable)?;
+            let not_signed_in = || SessionError::NotSignedIn {
+                retry: retry.clone(),
+            };
+            let id = id.ok_or_else(not_signed_in)?;
+            let store = state.store.clone();
+            web::block(move || store.session(&id, Utc::now()))
+                .await
+                .map_err(|_| SessionError::Unavailable)?
+                .map_err(|e| {
+                    tracing::error!(error = %e, "session lookup failed");
+                    SessionError::Unavailable
+                })?
+                .ok_or_else(not_signed_in)
+        })
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess was right.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Checks a form's CSRF token against the session's; a mismatch is the HTML 403 page.
+// The refusal is a whole page; it is built only on the rare failure.
+#[allow(clippy::result_large_err)]
+pub fn check_csrf(viewer: &Viewer, form_csrf: &str) -> Result<(), HttpResponse> {
+    if !viewer.csrf.is_empty() && same(&viewer.csrf, form_csrf) {
+        Ok(())
+    } else {
+        Err(respond(
+            StatusCode::FORBIDDEN,
+            "Form expired",
+            Some(viewer),
+            html! {
+                h1 { "This form cannot be sent" }
+                p {
+                    "The form did not come from your current session (it may be from an "
+                    "older page, or from another site). Nothing was changed."
+                }
+                p { a href=(home_of(viewer.role)) { "Back to your dashboard" } }
+            },
+        ))
+    }
+}
+
+/// The body of a form that only carries the CSRF token (and whatever else, ignored).
+#[derive(Debug, Default, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct SignInQuery {
+    code: Option<String>,
+}
+
+fn bad_link(status: StatusCode, why: &str) -> HttpResponse {
+    respond(
+        status,
+        "Sign-in link not valid",
+        None,
+        html! {
+            h1 { "This sign-in link is not valid" }
+            p { (why) }
+            p {
+                "Sign-in links work once and only for a short while. Ask for a new one; the "
+                a href=(START) { "dashboard start page" }
+                " explains how."
+            }
+        },
+    )
+}
+
+/// `GET /dashboard/signin?code=...`: the code for a session cookie, then off to the role's
+/// home (so the code does not stay in the address bar or the history entry shown).
+async fn sign_in(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: Result<web::Query<SignInQuery>, actix_web::Error>,
+) -> HttpResponse {
+    let code = query.ok().and_then(|q| q.into_inner().code);
+    let Some(code) = code.filter(|c| !c.is_empty()) else {
+        return bad_link(
+            StatusCode::BAD_REQUEST,
+            "The link has no sign-in code in it; it may have been cut short when copied.",
+        );
+    };
+    let previous = session_cookie(&req);
+    let store = state.store.clone();
+    let redeemed = web::block(move || {
+        let now = Utc::now();
+        let session = store.redeem_signin_code(&code, SESSION_TTL, now)?;
+        // A new sign-in replaces the session this browser had (a bad link leaves it be).
+        if let (Some(_), Some(old)) = (&session, previous) {
+            store.end_session(&old, now)?;
+        }
+        Ok::<_, crate::Error>(session)
+    })
+    .await;
+    let session = match redeemed {
+        Ok(Ok(Some(s))) => s,
+        Ok(Ok(None)) => {
+            return bad_link(
+                StatusCode::UNAUTHORIZED,
+                "The link is invalid, has been used already, or has expired.",
+            )
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "sign-in failed");
+            return internal_error(None);
+        }
+        Err(_) => return internal_error(None),
+    };
+    let cookie = session_cookie_header(&session.id, SESSION_TTL, secure(&req));
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, home_of(session.role)))
+        .insert_header((header::SET_COOKIE, cookie))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(("Content-Security-Policy", super::CSP))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .finish()
+}
+
+/// `POST /dashboard/signout` (form with `csrf`): ends the session, forgets the cookie, back to
+/// the start page. Without a session there is nothing to end; the cookie is forgotten anyway.
+async fn sign_out(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    viewer: Option<Viewer>,
+    form: Result<web::Form<CsrfForm>, actix_web::Error>,
+) -> HttpResponse {
+    if let Some(v) = &viewer {
+        let form = form.map(web::Form::into_inner).unwrap_or_default();
+        if let Err(refused) = check_csrf(v, &form.csrf) {
+            return refused;
+        }
+        if let Some(id) = session_cookie(&req) {
+            let store = state.store.clone();
+            match web::block(move || store.end_session(&id, Utc::now())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "sign-out failed");
+                    return internal_error(Some(v));
+                }
+                Err(_) => return internal_error(Some(v)),
+            }
+        }
+    }
+    signed_out_redirect(&req)
+}
+
+/// 303 to the start page, with the cookie expired.
+pub fn signed_out_redirect(req: &HttpRequest) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, START))
+        .insert_header((header::SET_COOKIE, expired_cookie(req)))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn cookie_header_has_the_flags() {
+        let c = session_cookie_header("abc", SESSION_TTL, false);
+        assert_eq!(
+            c,
+            "phr_session=abc; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age=28800"
+        );
+        assert!(session_cookie_header("abc", SESSION_TTL, true).ends_with("; Secure"));
+        let req = TestRequest::default().to_http_request();
+        assert!(expired_cookie(&req).contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let req = TestRequest::default()
+            .insert_header((header::COOKIE, "a=1; phr_session=xyz; b=2"))
+            .to_http_request();
+        assert_eq!(session_cookie(&req).as_deref(), Some("xyz"));
+        let req = TestRequest::default()
+            .insert_header((header::COOKIE, "phr_sessionx=1; b=2"))
+            .to_http_request();
+        assert_eq!(session_cookie(&req), None);
+        let req = TestRequest::default().to_http_request();
+        assert_eq!(session_cookie(&req), None);
+    }
+
+    #[test]
+    fn csrf_must_match_exactly() {
+        let v = Viewer {
+            subject: "ana".into(),
+            role: Role::Owner,
+            csrf: "token-123".into(),
+        };
+        assert!(check_csrf(&v, "token-123").is_ok());
+        for wrong in ["", "token-12", "token-1234", "token-124"] {
+            let r = check_csrf(&v, wrong).unwrap_err();
+            assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        }
+        let empty = Viewer {
+            csrf: String::new(),
+            ..v
+        };
+        assert!(check_csrf(&empty, "").is_err(), "no token is never a match");
+    }
+
+    #[test]
+    fn links_and_homes() {
+        assert_eq!(
+            signin_url("http://127.0.0.1:8080/", "abc"),
+            "http://127.0.0.1:8080/dashboard/signin?code=abc"
+        );
+        assert_eq!(home_of(Role::Owner), "/dashboard/me");
+        assert_eq!(home_of(Role::Clinician), clinician::PANEL);
     }
 }

@@ -33,8 +33,10 @@ use super::Store;
 use crate::Result;
 
 pub(super) const SCHEMA: &str = "
+-- `seq` is the rowid: rows are only ever appended (never deleted), so it only grows, without
+-- AUTOINCREMENT's extra write per row.
 CREATE TABLE IF NOT EXISTS changes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     op TEXT NOT NULL CHECK (op IN ('stored', 'erased')),
     person_id TEXT NOT NULL,
     record_type TEXT NOT NULL,
@@ -45,7 +47,8 @@ CREATE TABLE IF NOT EXISTS changes (
     -- NULL: for every reader the consents allow; else only for this consent (a backfill).
     audience TEXT
 );
-CREATE INDEX IF NOT EXISTS changes_by_person ON changes(person_id, seq);
+CREATE TRIGGER IF NOT EXISTS changes_append_only BEFORE DELETE ON changes
+    BEGIN SELECT RAISE(ABORT, 'the change feed is append-only'); END;
 CREATE TABLE IF NOT EXISTS consent_feed (
     consent_id TEXT NOT NULL,
     event TEXT NOT NULL CHECK (event IN ('granted', 'withdrawn')),

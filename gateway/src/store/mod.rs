@@ -28,8 +28,10 @@ pub mod changes;
 pub mod clients;
 pub mod consent;
 pub mod corrections;
+pub mod dashboard;
 pub mod export;
 pub mod pairing;
+pub mod sessions;
 pub mod subjects;
 
 use crate::{Error, Result};
@@ -182,12 +184,15 @@ impl Store {
         check_version(&conn, path)?;
         conn.execute_batch(SERIES_SCHEMA)?;
         conn.execute_batch(changes::SCHEMA)?;
+        conn.execute_batch(dashboard::SCHEMA)?;
+        dashboard::backfill(&conn)?;
         conn.execute_batch(REGISTRY_AND_QUARANTINE)?;
         conn.execute_batch(consent::SCHEMA)?;
         conn.execute_batch(audit::SCHEMA)?;
         conn.execute_batch(pairing::SCHEMA)?;
         conn.execute_batch(corrections::SCHEMA)?;
         conn.execute_batch(clients::SCHEMA)?;
+        conn.execute_batch(sessions::SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Self {
             writer: Mutex::new(conn),

@@ -17,9 +17,12 @@
 //! - Sleep: the day an episode *ends* in, the day one wakes up: Monday night's sleep, woken
 //!   from on Tuesday, is Tuesday's.
 //!
-//! Steps are summed in SQL: the day boundaries go in as one JSON array and each day is an
-//! index range scan of `records_by_person`. Sleep episodes are selected per day the same way
-//! and summed here with the FHIR mapping's own rules (total sleep time, stage minutes).
+//! Steps are summed in SQL: the day boundaries go in as one JSON array, and each day is a
+//! range of the 5-minute rollup (`series_5min`, kept by triggers on the series, see
+//! [`super::dashboard`]), plus, for a day a consent's window cuts mid-interval, an index
+//! range scan of `records_by_person` at its ends. Sleep episodes are selected per day with
+//! an index range scan and summed here with the FHIR mapping's own rules (total sleep time,
+//! stage minutes).
 //! Records from two devices measuring the same time both count, as in the export's totals.
 
 use chrono::{DateTime, FixedOffset, LocalResult, NaiveDate, NaiveTime, TimeDelta, TimeZone, Utc};
@@ -361,37 +364,58 @@ fn day_bounds(days: &[DayWindow], lo: impl Fn(&DayWindow) -> i64) -> String {
 
 impl Store {
     /// Adds to `summary` the steps of `person_id`'s records starting in each of `days`; returns
-    /// how many records were summed.
+    /// how many records were summed. Whole 5-minute intervals come from the rollup
+    /// ([`super::dashboard`]), the ends of a day a consent's window cuts mid-interval from the
+    /// records themselves.
     pub fn daily_steps(
         &self,
         person_id: &str,
         days: &[DayWindow],
         summary: &mut DailySummary,
     ) -> Result<u64> {
-        if days.is_empty() {
-            return Ok(0);
-        }
-        let bounds = day_bounds(days, |d| d.from_ms);
-        let rows: Vec<(usize, i64, i64)> = self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "WITH days(i, s, e) AS (
-                     SELECT CAST(key AS INTEGER), json_extract(value, '$[0]'),
-                            json_extract(value, '$[1]')
-                       FROM json_each(?2))
-                 SELECT days.i, SUM(json_extract(r.body, '$.body.step_count')), COUNT(*)
-                   FROM days CROSS JOIN records r
-                  WHERE r.person_id = ?1 AND r.record_type = 'step-count'
-                    AND r.start_ms >= days.s AND r.start_ms < days.e
-                  GROUP BY days.i
-                  ORDER BY days.i",
-            )?;
-            let rows = stmt.query_map(params![person_id, bounds], |r| {
-                Ok((r.get::<_, i64>(0)? as usize, r.get(1)?, r.get(2)?))
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        let (whole, rest) = super::dashboard::day_slots(days);
+        let mut per_day: std::collections::BTreeMap<usize, (i64, i64)> = Default::default();
+        self.read(|conn| {
+            let queries = [
+                (
+                    whole.as_ref(),
+                    "WITH d(i, a, b) AS (
+                         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+                                json_extract(value, '$[2]')
+                           FROM json_each(?2))
+                     SELECT d.i, SUM(s.total), SUM(s.records)
+                       FROM d CROSS JOIN series_5min s
+                      WHERE s.person_id = ?1 AND s.record_type = 'step-count'
+                        AND s.slot >= d.a AND s.slot < d.b
+                      GROUP BY d.i",
+                ),
+                (
+                    rest.as_ref(),
+                    "WITH d(i, s, e) AS (
+                         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+                                json_extract(value, '$[2]')
+                           FROM json_each(?2))
+                     SELECT d.i, SUM(json_extract(r.body, '$.body.step_count')), COUNT(*)
+                       FROM d CROSS JOIN records r
+                      WHERE r.person_id = ?1 AND r.record_type = 'step-count'
+                        AND r.start_ms >= d.s AND r.start_ms < d.e
+                      GROUP BY d.i",
+                ),
+            ];
+            for (bounds, sql) in queries {
+                let Some(bounds) = bounds else { continue };
+                let mut stmt = conn.prepare_cached(sql)?;
+                let mut rows = stmt.query(params![person_id, bounds])?;
+                while let Some(r) = rows.next()? {
+                    let e = per_day.entry(r.get::<_, i64>(0)? as usize).or_default();
+                    e.0 += r.get::<_, i64>(1)?;
+                    e.1 += r.get::<_, i64>(2)?;
+                }
+            }
+            Ok(())
         })?;
         let mut n = 0;
-        for (i, total, records) in rows {
+        for (i, (total, records)) in per_day {
             let w = days
                 .get(i)
                 .ok_or(Error::Invalid("a day index out of range"))?;
@@ -414,36 +438,7 @@ impl Store {
         window: (i64, i64),
         summary: &mut DailySummary,
     ) -> Result<u64> {
-        if days.is_empty() {
-            return Ok(0);
-        }
-        // No episode is longer than ingest's interval limit, so its start lies at most that
-        // long before its end: the lower bound that keeps the scan on the index.
-        let longest = Limits::default().max_interval.num_milliseconds();
-        let bounds = day_bounds(days, |d| d.from_ms.saturating_sub(longest).max(window.0));
-        let rows: Vec<(usize, String, i64, i64)> = self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "WITH days(i, s, e, lo) AS (
-                     SELECT CAST(key AS INTEGER), json_extract(value, '$[0]'),
-                            json_extract(value, '$[1]'), json_extract(value, '$[2]')
-                       FROM json_each(?2))
-                 SELECT days.i, r.body, r.start_ms, r.end_ms
-                   FROM days CROSS JOIN records r
-                  WHERE r.person_id = ?1 AND r.record_type = 'sleep-episode'
-                    AND r.start_ms >= days.lo AND r.start_ms < days.e
-                    AND r.end_ms >= days.s AND r.end_ms < days.e
-                  ORDER BY days.i, r.start_ms, r.device_id, r.end_ms",
-            )?;
-            let rows = stmt.query_map(params![person_id, bounds], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as usize,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                ))
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })?;
+        let rows = self.sleep_rows(person_id, days, window)?;
         let mut n = 0;
         let mut current: Option<(usize, Totals)> = None;
         for (i, body, start_ms, end_ms) in rows {
@@ -469,6 +464,49 @@ impl Store {
             put_sleep(summary, days, day, &totals)?;
         }
         Ok(n)
+    }
+}
+
+impl Store {
+    /// The sleep episodes of `person_id` ending in each of `days` and starting at or after
+    /// the start of `window`, as `(day index, body, start_ms, end_ms)` in day, then measured
+    /// order. Shared by [`Store::daily_sleep`] and the dashboards' per-episode reads.
+    pub(super) fn sleep_rows(
+        &self,
+        person_id: &str,
+        days: &[DayWindow],
+        window: (i64, i64),
+    ) -> Result<Vec<(usize, String, i64, i64)>> {
+        if days.is_empty() {
+            return Ok(Vec::new());
+        }
+        // No episode is longer than ingest's interval limit, so its start lies at most that
+        // long before its end: the lower bound that keeps the scan on the index.
+        let longest = Limits::default().max_interval.num_milliseconds();
+        let bounds = day_bounds(days, |d| d.from_ms.saturating_sub(longest).max(window.0));
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "WITH days(i, s, e, lo) AS (
+                     SELECT CAST(key AS INTEGER), json_extract(value, '$[0]'),
+                            json_extract(value, '$[1]'), json_extract(value, '$[2]')
+                       FROM json_each(?2))
+                 SELECT days.i, r.body, r.start_ms, r.end_ms
+                   FROM days CROSS JOIN records r
+                  WHERE r.person_id = ?1 AND r.record_type = 'sleep-episode'
+                    AND r.start_ms >= days.lo AND r.start_ms < days.e
+                    AND r.end_ms >= days.s AND r.end_ms < days.e
+                  ORDER BY days.i, r.start_ms, r.device_id, r.end_ms",
+            )?;
+            let rows = stmt.query_map(params![person_id, bounds], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as usize,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                ))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
     }
 }
 

@@ -14,7 +14,8 @@ async fn demo_prints_a_dashboard_and_a_token_that_reads_the_simulated_data() -> 
     let dir = tempfile::tempdir()?;
     let http = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(&bin)
-        .args(["demo", "--history-hours", "6", "--http", &http, "--mqtt"])
+        // A little over a day: whatever the time of day, some steps and a night's sleep.
+        .args(["demo", "--history-hours", "30", "--http", &http, "--mqtt"])
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -104,6 +105,58 @@ async fn demo_prints_a_dashboard_and_a_token_that_reads_the_simulated_data() -> 
         .into_iter()
         .flatten()
         .all(|c| c["record_type"] != "heart-rate"));
+    // The second demo person consented to nobody: the company sees the demo person only.
+    let (s, list) = get_json(&format!("http://{http}/api/v1/subjects"), Some(&company))?;
+    assert_eq!(s, 200, "{list}");
+    let people: Vec<&str> = list["subjects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["person_id"].as_str())
+        .collect();
+    assert_eq!(people, ["demo-person"], "{list}");
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("demo-person-2") && l.contains("no consent to dr-demo")));
+
+    // One-time dashboard sign-in links for the clinician and the owner, said to be so.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Sign in") && l.contains("once") && l.contains("15 minutes")),
+        "{lines:#?}"
+    );
+    let signin = |who: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(who))
+            .map(|r| r.trim().to_owned())
+            .expect(who)
+    };
+    let prefix = format!("http://{http}/dashboard/signin?code=");
+    let (clinician, owner) = (signin("clinician sign-in:"), signin("owner sign-in:"));
+    for link in [&clinician, &owner] {
+        assert!(
+            link.strip_prefix(&prefix)
+                .is_some_and(|code| code.len() >= 32),
+            "{link}"
+        );
+    }
+    assert_ne!(clinician, owner);
+    // A link opens a session once (a redirect setting the cookie), then no more.
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let status = |link: &str| match agent.get(link).call() {
+        Ok(r) => (r.status(), r.header("Set-Cookie").is_some()),
+        Err(ureq::Error::Status(s, r)) => (s, r.header("Set-Cookie").is_some()),
+        Err(e) => panic!("{link}: {e}"),
+    };
+    let (first, cookie) = status(&owner);
+    assert!((300..400).contains(&first) && cookie, "{first}");
+    let (second, _) = status(&owner);
+    assert!(
+        !(300..400).contains(&second),
+        "a used link signed in again: {second}"
+    );
     Ok(())
 }
 

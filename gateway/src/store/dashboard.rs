@@ -1,0 +1,1365 @@
+//! The aggregates behind the dashboards ([`crate::dashboard`]): what one person's charts and
+//! the clinician's panel are drawn from, read by query, never by loading the series.
+//!
+//! - Daily step totals and nightly sleep sums are the daily summary's own
+//!   ([`Store::daily_steps`], [`Store::daily_sleep`] in [`super::subjects`]): the same local
+//!   days (the person's IANA zone, DST handled), the same SQL, the same numbers the API's
+//!   `summary/daily` returns.
+//! - Sleep episodes one by one ([`Store::sleep_episodes`]): bed and wake times, the
+//!   main-sleep flag, stage minutes and the stages themselves (for the hypnogram), selected
+//!   with the daily summary's query.
+//! - Resting heart rate per local day ([`Store::daily_resting_heart_rate`]), defined as the
+//!   **lowest 5-minute mean** of the day: the day's heart-rate readings are averaged per
+//!   5-minute clock interval and the smallest of those means is the day's resting rate
+//!   (one SQL query, `MIN` over `AVG` per interval). Sleep counts: the lowest stretch of the
+//!   day is usually during the night, as with most wearables' resting heart rate.
+//! - When the gateway last stored a record ([`Store::last_stored`]).
+//!
+//! # The 5-minute rollup
+//! Minute-level data is 1,440 step records and as many heart-rate readings a day; summing
+//! their JSON bodies for 90 days takes most of a second. So steps and heart rate are also
+//! kept summed per person, type and 5-minute clock interval (`series_5min`: records, total,
+//! latest `stored_at_ms`), maintained by triggers on `records` in the transaction that
+//! changes the series (insert, delete, re-attribution), like the change feed: no write path
+//! can forget it. A store made before the rollup is backfilled once when opened.
+//!
+//! Local midnights fall on whole quarter hours in every zone in use today, so a local day is
+//! a whole number of intervals and is read from the rollup alone; only a range a consent's
+//! window cuts mid-interval reads the few records at its ends from `records` ([`slots`]).
+//! Results are exactly those of summing the records. The 5-minute means of the resting heart
+//! rate are the rollup's intervals themselves.
+//!
+//! [`PatientView`] holds one read of all of these (through
+//! [`crate::access::read_patient_view`], which checks consent and logs the disclosure) and
+//! derives what the pages show: the 7-day rolling mean, nights, weekly averages and the
+//! triage [`Flags`]. Days without data are absent everywhere, never zeros.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, TimeDelta, Utc};
+use chrono_tz::Tz;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use phr_schema::fhir::{total_sleep_minutes, StageMinutes};
+use phr_schema::record::SleepStageKind;
+use phr_schema::{Body, Record, RecordType};
+
+use super::subjects::{DailySummary, DayWindow, SleepDay};
+use super::Store;
+use crate::{Error, Result};
+
+/// The daily step goal drawn on the steps chart: 8,000 steps, one constant for everyone (the
+/// person record has no goal of its own yet). Commonly cited as the count above which adults'
+/// all-cause mortality stops falling steeply.
+pub const STEP_GOAL: i64 = 8_000;
+
+/// The width of the clock intervals whose mean heart rate is taken (resting heart rate).
+pub const RESTING_INTERVAL_MINUTES: i64 = 5;
+
+/// The rolling mean of daily steps covers this many days (the day and the 6 before it).
+pub const ROLLING_DAYS: i64 = 7;
+
+/// Flag: steps down by at least this much, recent against prior mean, in percent.
+pub const STEPS_DOWN_PERCENT: f64 = 30.0;
+/// The recent period of the steps flag: the last 7 complete days (today is not over).
+pub const RECENT_DAYS: i64 = 7;
+/// The prior period of the steps flag: the 28 days before the recent period.
+pub const PRIOR_DAYS: i64 = 28;
+/// No steps flag when the prior period has fewer days with data than this.
+pub const MIN_PRIOR_DAYS: usize = 7;
+/// Flag: mean sleep under this many hours over the last 7 nights (those with data).
+pub const SHORT_SLEEP_HOURS: f64 = 6.0;
+/// Nights the sleep flag and the panel's mean sleep look at: last night and the 6 before.
+pub const SLEEP_NIGHTS: i64 = 7;
+/// Flag: no data of any shown type for this many days (today included).
+pub const NO_DATA_DAYS: i64 = 3;
+/// The panel's "days with data" count covers this many days, today included.
+pub const COVERAGE_DAYS: i64 = 14;
+/// Days before the last day a view reads at least, so every flag can be computed.
+pub const LOOKBACK_DAYS: i64 = RECENT_DAYS + PRIOR_DAYS;
+
+/// One sleep episode, in the person's time zone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Episode {
+    /// The night it belongs to: the local day it ends in (the day one wakes up).
+    pub night: NaiveDate,
+    /// Bed time: the episode's start.
+    pub start: DateTime<FixedOffset>,
+    /// Wake time: the episode's end.
+    pub end: DateTime<FixedOffset>,
+    pub main: bool,
+    /// Minutes asleep, as the daily summary counts them.
+    pub asleep_minutes: Option<f64>,
+    /// Minutes per stage; `None` when the episode has no stages.
+    pub stages: Option<StageMinutes>,
+    /// The stages in order (the hypnogram).
+    pub spans: Vec<StageSpan>,
+}
+
+impl Episode {
+    /// Minutes in bed: the whole episode.
+    pub fn in_bed_minutes(&self) -> f64 {
+        (self.end - self.start).num_milliseconds() as f64 / 60_000.0
+    }
+}
+
+/// One stage of an episode, in the person's time zone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StageSpan {
+    pub stage: SleepStageKind,
+    pub start: DateTime<FixedOffset>,
+    pub end: DateTime<FixedOffset>,
+}
+
+/// The resting heart rate of one local day.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RestingHeartRate {
+    pub date: NaiveDate,
+    /// The lowest mean of the day's 5-minute intervals, in beats per minute.
+    pub bpm: f64,
+    /// Heart-rate readings of the day.
+    pub readings: u64,
+}
+
+// ----- the 5-minute rollup -----
+
+/// The width of a rollup interval; intervals are `start_ms / INTERVAL_MS`.
+pub const INTERVAL_MS: i64 = 5 * 60_000;
+
+/// The rollup and the triggers that keep it (the value of a record: its `step_count`, or its
+/// heart rate in beats per minute).
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS series_5min (
+    person_id TEXT NOT NULL,
+    record_type TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    records INTEGER NOT NULL,
+    total NUMERIC NOT NULL,
+    -- The latest stored_at_ms of a record added; not lowered when records leave.
+    last_stored_ms INTEGER NOT NULL,
+    PRIMARY KEY (person_id, record_type, slot)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS series_5min_stored AFTER INSERT ON records
+    WHEN NEW.record_type IN ('step-count', 'heart-rate') BEGIN
+    INSERT INTO series_5min (person_id, record_type, slot, records, total, last_stored_ms)
+    VALUES (NEW.person_id, NEW.record_type, NEW.start_ms / 300000, 1,
+            CASE NEW.record_type WHEN 'step-count' THEN json_extract(NEW.body, '$.body.step_count')
+                 ELSE json_extract(NEW.body, '$.body.heart_rate.value') END,
+            NEW.stored_at_ms)
+    ON CONFLICT (person_id, record_type, slot) DO UPDATE
+       SET records = records + 1, total = total + excluded.total,
+           last_stored_ms = max(last_stored_ms, excluded.last_stored_ms);
+END;
+CREATE TRIGGER IF NOT EXISTS series_5min_erased AFTER DELETE ON records
+    WHEN OLD.record_type IN ('step-count', 'heart-rate') BEGIN
+    UPDATE series_5min
+       SET records = records - 1,
+           total = total - CASE OLD.record_type
+                               WHEN 'step-count' THEN json_extract(OLD.body, '$.body.step_count')
+                               ELSE json_extract(OLD.body, '$.body.heart_rate.value') END
+     WHERE person_id = OLD.person_id AND record_type = OLD.record_type
+       AND slot = OLD.start_ms / 300000;
+    DELETE FROM series_5min
+     WHERE person_id = OLD.person_id AND record_type = OLD.record_type
+       AND slot = OLD.start_ms / 300000 AND records <= 0;
+END;
+CREATE TRIGGER IF NOT EXISTS series_5min_moved AFTER UPDATE OF person_id ON records
+    WHEN OLD.person_id <> NEW.person_id AND NEW.record_type IN ('step-count', 'heart-rate') BEGIN
+    UPDATE series_5min
+       SET records = records - 1,
+           total = total - CASE OLD.record_type
+                               WHEN 'step-count' THEN json_extract(OLD.body, '$.body.step_count')
+                               ELSE json_extract(OLD.body, '$.body.heart_rate.value') END
+     WHERE person_id = OLD.person_id AND record_type = OLD.record_type
+       AND slot = OLD.start_ms / 300000;
+    DELETE FROM series_5min
+     WHERE person_id = OLD.person_id AND record_type = OLD.record_type
+       AND slot = OLD.start_ms / 300000 AND records <= 0;
+    INSERT INTO series_5min (person_id, record_type, slot, records, total, last_stored_ms)
+    VALUES (NEW.person_id, NEW.record_type, NEW.start_ms / 300000, 1,
+            CASE NEW.record_type WHEN 'step-count' THEN json_extract(NEW.body, '$.body.step_count')
+                 ELSE json_extract(NEW.body, '$.body.heart_rate.value') END,
+            NEW.stored_at_ms)
+    ON CONFLICT (person_id, record_type, slot) DO UPDATE
+       SET records = records + 1, total = total + excluded.total,
+           last_stored_ms = max(last_stored_ms, excluded.last_stored_ms);
+END;
+";
+
+/// Fills an empty rollup from the series (a store made before it existed); a no-op once the
+/// rollup holds anything.
+pub(super) fn backfill(conn: &Connection) -> Result<()> {
+    let empty: bool = conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM series_5min)", [], |r| {
+        r.get(0)
+    })?;
+    if empty {
+        conn.execute(
+            "INSERT INTO series_5min (person_id, record_type, slot, records, total, last_stored_ms)
+             SELECT person_id, record_type, start_ms / 300000, COUNT(*),
+                    SUM(CASE record_type
+                            WHEN 'step-count' THEN json_extract(body, '$.body.step_count')
+                            ELSE json_extract(body, '$.body.heart_rate.value') END),
+                    MAX(stored_at_ms)
+               FROM records WHERE record_type IN ('step-count', 'heart-rate')
+              GROUP BY person_id, record_type, start_ms / 300000",
+            [],
+        )?;
+    }
+    Ok(())
+}
+
+/// A measured-time range split for the rollup: the whole intervals `[first, end)` in it, if
+/// any, and the parts at its ends that are not whole intervals (`[from_ms, to_ms)` each,
+/// read from the records).
+pub type Slots = (Option<(i64, i64)>, Vec<(i64, i64)>);
+
+/// `[from_ms, to_ms)` as whole rollup intervals and the parts at its ends (see [`Slots`]).
+pub fn slots(from_ms: i64, to_ms: i64) -> Slots {
+    if to_ms <= from_ms {
+        return (None, Vec::new());
+    }
+    // Before 1970 integer division rounds the other way: no rollup there.
+    if from_ms < 0 || to_ms > i64::MAX - INTERVAL_MS {
+        return (None, vec![(from_ms, to_ms)]);
+    }
+    let first = (from_ms + INTERVAL_MS - 1) / INTERVAL_MS;
+    let end = to_ms / INTERVAL_MS;
+    if first >= end {
+        return (None, vec![(from_ms, to_ms)]);
+    }
+    let mut rest = Vec::new();
+    if first * INTERVAL_MS > from_ms {
+        rest.push((from_ms, first * INTERVAL_MS));
+    }
+    if end * INTERVAL_MS < to_ms {
+        rest.push((end * INTERVAL_MS, to_ms));
+    }
+    (Some((first, end)), rest)
+}
+
+/// `days` for the rollup queries: `[[day index, first interval, end interval], ...]` and
+/// `[[day index, from_ms, to_ms], ...]` for the parts read from the records, as JSON arrays
+/// (`None` when empty).
+pub(super) fn day_slots(days: &[DayWindow]) -> (Option<String>, Option<String>) {
+    let mut whole: Vec<[i64; 3]> = Vec::new();
+    let mut rest: Vec<[i64; 3]> = Vec::new();
+    for (i, d) in days.iter().enumerate() {
+        let (w, r) = slots(d.from_ms, d.to_ms);
+        if let Some((a, b)) = w {
+            whole.push([i as i64, a, b]);
+        }
+        rest.extend(r.into_iter().map(|(a, b)| [i as i64, a, b]));
+    }
+    let json = |v: Vec<[i64; 3]>| {
+        (!v.is_empty()).then(|| {
+            serde_json::Value::from(v.iter().map(|x| x.to_vec()).collect::<Vec<_>>()).to_string()
+        })
+    };
+    (json(whole), json(rest))
+}
+
+impl Store {
+    /// The sleep episodes of `person_id` ending in each of `days` and starting inside
+    /// `window` (the records [`Store::daily_sleep`] sums), one by one, with times in `tz`.
+    pub fn sleep_episodes(
+        &self,
+        person_id: &str,
+        days: &[DayWindow],
+        window: (i64, i64),
+        tz: Tz,
+    ) -> Result<Vec<Episode>> {
+        let local = |t: DateTime<FixedOffset>| t.with_timezone(&tz).fixed_offset();
+        let mut out = Vec::new();
+        for (i, body, _, _) in self.sleep_rows(person_id, days, window)? {
+            let record: Record = serde_json::from_str(&body)
+                .map_err(|_| Error::Invalid("a stored record does not parse"))?;
+            let Body::SleepEpisode(e) = &record.body else {
+                continue;
+            };
+            let w = days
+                .get(i)
+                .ok_or(Error::Invalid("a day index out of range"))?;
+            out.push(Episode {
+                night: w.day.date,
+                start: local(e.effective_time_frame.start()),
+                end: local(e.effective_time_frame.end()),
+                main: e.is_main_sleep,
+                asleep_minutes: total_sleep_minutes(e),
+                stages: StageMinutes::of(e),
+                spans: e
+                    .stages
+                    .iter()
+                    .map(|s| StageSpan {
+                        stage: s.stage,
+                        start: local(s.time_interval.start_date_time),
+                        end: local(s.time_interval.end_date_time),
+                    })
+                    .collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The resting heart rate of `person_id` on each of `days` that has heart-rate readings
+    /// starting in it (the lowest 5-minute mean, see the module's documentation), in day
+    /// order; and how many readings were used.
+    pub fn daily_resting_heart_rate(
+        &self,
+        person_id: &str,
+        days: &[DayWindow],
+    ) -> Result<(Vec<RestingHeartRate>, u64)> {
+        let (whole, rest) = day_slots(days);
+        let mut per_day: BTreeMap<usize, (f64, i64)> = BTreeMap::new();
+        let mut add = |i: usize, bpm: f64, n: i64| {
+            let e = per_day.entry(i).or_insert((bpm, 0));
+            e.0 = e.0.min(bpm);
+            e.1 += n;
+        };
+        self.read(|conn| {
+            if let Some(whole) = &whole {
+                let mut stmt = conn.prepare_cached(
+                    "WITH d(i, a, b) AS (
+                         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+                                json_extract(value, '$[2]')
+                           FROM json_each(?2))
+                     SELECT d.i, MIN(s.total * 1.0 / s.records), SUM(s.records)
+                       FROM d CROSS JOIN series_5min s
+                      WHERE s.person_id = ?1 AND s.record_type = 'heart-rate'
+                        AND s.slot >= d.a AND s.slot < d.b
+                      GROUP BY d.i",
+                )?;
+                let mut rows = stmt.query(params![person_id, whole])?;
+                while let Some(r) = rows.next()? {
+                    add(r.get::<_, i64>(0)? as usize, r.get(1)?, r.get(2)?);
+                }
+            }
+            if let Some(rest) = &rest {
+                let mut stmt = conn.prepare_cached(
+                    "WITH d(i, s, e) AS (
+                         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+                                json_extract(value, '$[2]')
+                           FROM json_each(?2)),
+                     intervals(i, bpm, n) AS (
+                         SELECT d.i, AVG(json_extract(r.body, '$.body.heart_rate.value')),
+                                COUNT(*)
+                           FROM d CROSS JOIN records r
+                          WHERE r.person_id = ?1 AND r.record_type = 'heart-rate'
+                            AND r.start_ms >= d.s AND r.start_ms < d.e
+                          GROUP BY d.i, r.start_ms / ?3)
+                     SELECT i, MIN(bpm), SUM(n) FROM intervals GROUP BY i",
+                )?;
+                let mut rows = stmt.query(params![person_id, rest, INTERVAL_MS])?;
+                while let Some(r) = rows.next()? {
+                    add(r.get::<_, i64>(0)? as usize, r.get(1)?, r.get(2)?);
+                }
+            }
+            Ok(())
+        })?;
+        let mut n = 0;
+        let mut out = Vec::with_capacity(per_day.len());
+        for (i, (bpm, readings)) in per_day {
+            let w = days
+                .get(i)
+                .ok_or(Error::Invalid("a day index out of range"))?;
+            out.push(RestingHeartRate {
+                date: w.day.date,
+                bpm,
+                readings: readings as u64,
+            });
+            n += readings as u64;
+        }
+        Ok((out, n))
+    }
+
+    /// When the gateway last stored a record of `person_id` of `record_type` measured from
+    /// `[from_ms, to_ms)`. Steps and heart rate are read from the rollup (whose latest time
+    /// is not lowered when records are erased or moved away).
+    pub fn last_stored(
+        &self,
+        person_id: &str,
+        record_type: RecordType,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let (whole, rest) = match record_type {
+            RecordType::StepCount | RecordType::HeartRate => slots(from_ms, to_ms),
+            RecordType::SleepEpisode => (None, vec![(from_ms, to_ms)]),
+        };
+        let ms: Option<i64> = self.read(|conn| {
+            let mut latest: Option<i64> = None;
+            if let Some((a, b)) = whole {
+                let v: Option<i64> = conn
+                    .prepare_cached(
+                        "SELECT MAX(last_stored_ms) FROM series_5min
+                          WHERE person_id = ?1 AND record_type = ?2 AND slot >= ?3 AND slot < ?4",
+                    )?
+                    .query_row(params![person_id, record_type.as_str(), a, b], |r| r.get(0))?;
+                latest = latest.max(v);
+            }
+            for (a, b) in rest {
+                let v: Option<i64> = conn
+                    .prepare_cached(
+                        "SELECT MAX(stored_at_ms) FROM records
+                          WHERE person_id = ?1 AND record_type = ?2
+                            AND start_ms >= ?3 AND start_ms < ?4",
+                    )?
+                    .query_row(params![person_id, record_type.as_str(), a, b], |r| r.get(0))?;
+                latest = latest.max(v);
+            }
+            Ok(latest)
+        })?;
+        Ok(ms.and_then(DateTime::from_timestamp_millis))
+    }
+
+    /// The name `person_id` was registered with, if they are.
+    pub fn display_name(&self, person_id: &str) -> Result<Option<String>> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT display_name FROM people WHERE person_id = ?1")?
+                .query_row([person_id], |r| r.get(0))
+                .optional()?)
+        })
+    }
+}
+
+// ----- one person's view -----
+
+/// One read of a person's aggregates for the dashboards, clipped to what the reader may see.
+#[derive(Debug, Clone)]
+pub struct PatientView {
+    pub person_id: String,
+    pub display_name: String,
+    /// The zone days are counted in (the summary's `time_zone` says which and whether it
+    /// fell back to UTC).
+    pub tz: Tz,
+    /// The last local day shown ("today" for flags).
+    pub to: NaiveDate,
+    /// How many days the charts show, ending `to`.
+    pub days: u32,
+    /// The types the reader may see, in [`RecordType::ALL`] order.
+    pub types: Vec<RecordType>,
+    /// Steps and sleep per local day over every day read (from [`PatientView::read_from`]).
+    pub summary: DailySummary,
+    /// The sleep episodes of the nights read, in night then start order.
+    pub episodes: Vec<Episode>,
+    /// Resting heart rate per day read, in day order.
+    pub resting: Vec<RestingHeartRate>,
+    /// When the gateway last stored a record the reader may see (of the days read).
+    pub last_sync: Option<DateTime<Utc>>,
+    /// The night asked for (its hypnogram); `None`: the latest with a staged main episode.
+    pub night: Option<NaiveDate>,
+    /// How many records the aggregates were made from.
+    pub records: u64,
+}
+
+/// One night shown: the daily summary's sums and the main-sleep episode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Night {
+    pub date: NaiveDate,
+    pub sleep: SleepDay,
+    /// The longest main-sleep episode of the night, if any is marked main.
+    pub main: Option<Episode>,
+    /// Stage minutes of the night's other episodes (naps, a second device), if staged.
+    pub other_stages: Option<StageMinutes>,
+}
+
+/// Averages over one week (Monday to Sunday, local), over the days with data.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Week {
+    /// The Monday the week starts.
+    pub monday: NaiveDate,
+    /// The days of the week shown (the first and last week may be cut by the range).
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub step_days: usize,
+    pub mean_steps: Option<f64>,
+    pub sleep_nights: usize,
+    pub mean_sleep_hours: Option<f64>,
+    pub resting_days: usize,
+    pub mean_resting_bpm: Option<f64>,
+}
+
+/// The steps trend of the last 7 complete days against the 28 before.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepsTrend {
+    pub recent_mean: f64,
+    pub recent_days: usize,
+    pub prior_mean: f64,
+    pub prior_days: usize,
+    /// `100 * (recent - prior) / prior`.
+    pub change_percent: f64,
+}
+
+/// What a clinician triages by, all over days with data.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Flags {
+    /// The trend, when steps are shown and the prior period has 7 days with data or more
+    /// and the recent one at least one.
+    pub steps: Option<StepsTrend>,
+    /// Steps down by 30% or more.
+    pub steps_down: bool,
+    /// Mean hours asleep over the last 7 nights that have sleep data.
+    pub mean_sleep_hours: Option<f64>,
+    /// Mean sleep under 6 hours.
+    pub short_sleep: bool,
+    /// Days since the last day with data (0: today has data); `None`: no data in the days
+    /// read.
+    pub days_since_data: Option<i64>,
+    /// No data for 3 days or more (today included), or none at all in the days read.
+    pub no_data: bool,
+}
+
+impl Flags {
+    /// How many flags are raised.
+    pub fn count(&self) -> usize {
+        [self.steps_down, self.short_sleep, self.no_data]
+            .iter()
+            .filter(|f| **f)
+            .count()
+    }
+}
+
+fn mean(values: impl IntoIterator<Item = f64>) -> Option<(f64, usize)> {
+    let (sum, n) = values
+        .into_iter()
+        .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| (sum / n as f64, n))
+}
+
+fn days_before(date: NaiveDate, n: i64) -> NaiveDate {
+    date.checked_sub_signed(TimeDelta::days(n))
+        .unwrap_or(NaiveDate::MIN)
+}
+
+impl PatientView {
+    /// The first local day read: enough before the first day shown for the rolling mean and
+    /// every flag.
+    pub fn read_from(to: NaiveDate, days: u32) -> NaiveDate {
+        let shown = i64::from(days.max(1)) - 1;
+        days_before(to, (shown + ROLLING_DAYS - 1).max(LOOKBACK_DAYS))
+    }
+
+    /// The first day shown.
+    pub fn from(&self) -> NaiveDate {
+        days_before(self.to, i64::from(self.days.max(1)) - 1)
+    }
+
+    /// Every day shown, in order.
+    pub fn dates(&self) -> Vec<NaiveDate> {
+        self.from()
+            .iter_days()
+            .take_while(|d| *d <= self.to)
+            .collect()
+    }
+
+    pub fn shows(&self, t: RecordType) -> bool {
+        self.types.contains(&t)
+    }
+
+    /// Daily step totals of every day read that has steps.
+    pub fn steps(&self) -> BTreeMap<NaiveDate, i64> {
+        self.summary
+            .days
+            .iter()
+            .filter_map(|d| d.steps.map(|s| (d.date, s.total)))
+            .collect()
+    }
+
+    /// Days read whose totals a consent's window cuts.
+    pub fn partial_days(&self) -> BTreeSet<NaiveDate> {
+        self.summary
+            .days
+            .iter()
+            .filter(|d| d.partial)
+            .map(|d| d.date)
+            .collect()
+    }
+
+    /// The 7-day rolling mean of daily steps on `date`: the mean over the days with data
+    /// among `date` and the 6 days before it, defined only when `date` itself has data (a
+    /// day without data breaks the line).
+    pub fn rolling_mean(steps: &BTreeMap<NaiveDate, i64>, date: NaiveDate) -> Option<f64> {
+        steps.get(&date)?;
+        let first = days_before(date, ROLLING_DAYS - 1);
+        mean(steps.range(first..=date).map(|(_, v)| *v as f64)).map(|(m, _)| m)
+    }
+
+    /// The nights read that have sleep data, in order.
+    pub fn nights(&self) -> Vec<Night> {
+        self.summary
+            .days
+            .iter()
+            .filter_map(|d| {
+                let sleep = d.sleep?;
+                let of_night: Vec<&Episode> =
+                    self.episodes.iter().filter(|e| e.night == d.date).collect();
+                let main = of_night
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.main)
+                    .max_by(|(_, a), (_, b)| a.in_bed_minutes().total_cmp(&b.in_bed_minutes()))
+                    .map(|(i, _)| i);
+                let mut other: Option<StageMinutes> = None;
+                for (i, e) in of_night.iter().enumerate() {
+                    if main == Some(i) {
+                        continue;
+                    }
+                    if let Some(m) = e.stages {
+                        let o = other.get_or_insert(StageMinutes {
+                            deep: 0.0,
+                            light: 0.0,
+                            rem: 0.0,
+                            awake: 0.0,
+                        });
+                        o.deep += m.deep;
+                        o.light += m.light;
+                        o.rem += m.rem;
+                        o.awake += m.awake;
+                    }
+                }
+                Some(Night {
+                    date: d.date,
+                    sleep,
+                    main: main.and_then(|i| of_night.get(i)).map(|e| (*e).clone()),
+                    other_stages: other,
+                })
+            })
+            .collect()
+    }
+
+    /// The main episode whose hypnogram is shown: the night asked for, else the latest
+    /// night shown with a staged main episode.
+    pub fn hypnogram(&self) -> Option<Episode> {
+        let from = self.from();
+        let nights = self.nights();
+        let staged = |n: &&Night| n.main.as_ref().is_some_and(|m| !m.spans.is_empty());
+        match self.night {
+            Some(date) => nights
+                .iter()
+                .find(|n| n.date == date)
+                .and_then(|n| n.main.clone()),
+            None => nights
+                .iter()
+                .rev()
+                .filter(|n| n.date >= from)
+                .find(staged)
+                .and_then(|n| n.main.clone()),
+        }
+    }
+
+    /// Every day read with data of any shown type.
+    pub fn days_with_data(&self) -> BTreeSet<NaiveDate> {
+        let mut days: BTreeSet<NaiveDate> = self
+            .summary
+            .days
+            .iter()
+            .filter(|d| d.steps.is_some() || d.sleep.is_some())
+            .map(|d| d.date)
+            .collect();
+        days.extend(self.resting.iter().map(|r| r.date));
+        days
+    }
+
+    /// How many of the last `n` days (today included) have data.
+    pub fn coverage(&self, n: i64) -> usize {
+        let first = days_before(self.to, n - 1);
+        self.days_with_data().range(first..=self.to).count()
+    }
+
+    /// Steps of the last 7 complete days, oldest first, `None` on days without data (the
+    /// panel's sparkline).
+    pub fn recent_steps(&self) -> Vec<(NaiveDate, Option<i64>)> {
+        let steps = self.steps();
+        (1..=RECENT_DAYS)
+            .rev()
+            .map(|k| {
+                let d = days_before(self.to, k);
+                (d, steps.get(&d).copied())
+            })
+            .collect()
+    }
+
+    /// Mean hours asleep over the last 7 nights (last night included) that have data.
+    pub fn mean_sleep_hours(&self) -> Option<f64> {
+        let first = days_before(self.to, SLEEP_NIGHTS - 1);
+        mean(
+            self.summary
+                .days
+                .iter()
+                .filter(|d| d.date >= first && d.date <= self.to)
+                .filter_map(|d| d.sleep.and_then(|s| s.total_minutes))
+                .map(|m| m / 60.0),
+        )
+        .map(|(m, _)| m)
+    }
+
+    /// The triage flags as of `to`.
+    pub fn flags(&self) -> Flags {
+        let steps = self.steps();
+        let trend = || {
+            let recent = mean(
+                steps
+                    .range(days_before(self.to, RECENT_DAYS)..=days_before(self.to, 1))
+                    .map(|(_, v)| *v as f64),
+            )?;
+            let prior = mean(
+                steps
+                    .range(
+                        days_before(self.to, RECENT_DAYS + PRIOR_DAYS)
+                            ..=days_before(self.to, RECENT_DAYS + 1),
+                    )
+                    .map(|(_, v)| *v as f64),
+            )?;
+            (prior.1 >= MIN_PRIOR_DAYS && prior.0 > 0.0).then(|| StepsTrend {
+                recent_mean: recent.0,
+                recent_days: recent.1,
+                prior_mean: prior.0,
+                prior_days: prior.1,
+                change_percent: 100.0 * (recent.0 - prior.0) / prior.0,
+            })
+        };
+        let steps = if self.shows(RecordType::StepCount) {
+            trend()
+        } else {
+            None
+        };
+        let sleep = if self.shows(RecordType::SleepEpisode) {
+            self.mean_sleep_hours()
+        } else {
+            None
+        };
+        let since = self
+            .days_with_data()
+            .range(..=self.to)
+            .next_back()
+            .map(|d| (self.to - *d).num_days());
+        Flags {
+            steps,
+            steps_down: steps.is_some_and(|t| t.change_percent <= -STEPS_DOWN_PERCENT),
+            mean_sleep_hours: sleep,
+            short_sleep: sleep.is_some_and(|h| h < SHORT_SLEEP_HOURS),
+            days_since_data: since,
+            no_data: since.is_none_or(|d| d >= NO_DATA_DAYS),
+        }
+    }
+
+    /// Averages per week (Monday to Sunday) over the days shown.
+    pub fn weeks(&self) -> Vec<Week> {
+        let steps = self.steps();
+        let nights = self.nights();
+        let from = self.from();
+        let mut out = Vec::new();
+        let mut monday = days_before(from, i64::from(from.weekday().num_days_from_monday()));
+        while monday <= self.to {
+            let sunday = monday + TimeDelta::days(6);
+            let (a, b) = (monday.max(from), sunday.min(self.to));
+            let s = mean(steps.range(a..=b).map(|(_, v)| *v as f64));
+            let n = mean(
+                nights
+                    .iter()
+                    .filter(|n| n.date >= a && n.date <= b)
+                    .filter_map(|n| n.sleep.total_minutes)
+                    .map(|m| m / 60.0),
+            );
+            let r = mean(
+                self.resting
+                    .iter()
+                    .filter(|r| r.date >= a && r.date <= b)
+                    .map(|r| r.bpm),
+            );
+            out.push(Week {
+                monday,
+                from: a,
+                to: b,
+                step_days: s.map_or(0, |s| s.1),
+                mean_steps: s.map(|s| s.0),
+                sleep_nights: n.map_or(0, |n| n.1),
+                mean_sleep_hours: n.map(|n| n.0),
+                resting_days: r.map_or(0, |r| r.1),
+                mean_resting_bpm: r.map(|r| r.0),
+            });
+            monday += TimeDelta::days(7);
+        }
+        out
+    }
+}
+
+/// A person with known data around the 2026 spring DST change in New York, shared by the
+/// dashboard tests (aggregates here, pages in `crate::dashboard`).
+#[cfg(test)]
+pub(crate) mod fixture {
+    use chrono::{DateTime, FixedOffset, NaiveDate, TimeDelta, Utc};
+    use phr_schema::record::{
+        HeartRate, IntervalFrame, PointFrame, Provenance, SleepEpisode, SleepStage, SleepStageKind,
+        StepCount, TimeInterval, UnitValue, BEATS_PER_MINUTE,
+    };
+    use phr_schema::{Body, Record, RecordType};
+    use std::collections::BTreeMap;
+
+    use crate::auth::Principal;
+    use crate::store::{GranteeKind, Store, Terms};
+
+    pub(crate) const NIA: &str = "nia";
+    pub(crate) const ANN: &str = "ann";
+    pub(crate) const ZED: &str = "zed";
+    pub(crate) const DOCTOR: &str = "dr-who";
+
+    pub(crate) fn at(s: &str) -> DateTime<FixedOffset> {
+        DateTime::parse_from_rfc3339(s).unwrap()
+    }
+
+    pub(crate) fn day(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    /// The "now" of the tests: 2026-03-10, 14:00 in New York.
+    pub(crate) fn now() -> DateTime<Utc> {
+        "2026-03-10T18:00:00Z".parse().unwrap()
+    }
+
+    /// An hour of steps from `start` (a record spanning midnight counts towards its start).
+    fn steps(start: DateTime<FixedOffset>, count: i64) -> Record {
+        let e = start + TimeDelta::hours(1);
+        Record::new(
+            "band",
+            "br",
+            e,
+            Provenance::sensed("test/1"),
+            Body::StepCount(StepCount {
+                effective_time_frame: IntervalFrame::new(start, e),
+                step_count: count,
+            }),
+        )
+    }
+
+    /// An episode from `start` made of `stages` (kind, minutes), back to back.
+    pub(crate) fn sleep(start: &str, stages: &[(SleepStageKind, i64)], main: bool) -> Record {
+        let s = at(start);
+        let mut t = s;
+        let stages: Vec<SleepStage> = stages
+            .iter()
+            .map(|(kind, m)| {
+                let from = t;
+                t += TimeDelta::minutes(*m);
+                SleepStage {
+                    stage: *kind,
+                    time_interval: TimeInterval {
+                        start_date_time: from,
+                        end_date_time: t,
+                    },
+                }
+            })
+            .collect();
+        Record::new(
+            "band",
+            "br",
+            t,
+            Provenance::sensed("test/1"),
+            Body::SleepEpisode(SleepEpisode {
+                effective_time_frame: IntervalFrame::new(s, t),
+                is_main_sleep: main,
+                latency_to_sleep_onset: None,
+                total_sleep_time: None,
+                number_of_awakenings: None,
+                sleep_maintenance_efficiency_percentage: None,
+                stages,
+            }),
+        )
+    }
+
+    fn heart(t: &str, bpm: f64) -> Record {
+        Record::new(
+            "band",
+            "br",
+            at(t),
+            Provenance::sensed("test/1"),
+            Body::HeartRate(HeartRate {
+                effective_time_frame: PointFrame { date_time: at(t) },
+                heart_rate: UnitValue::new(bpm, BEATS_PER_MINUTE),
+            }),
+        )
+    }
+
+    use SleepStageKind::{Awake, Deep, Light, Rem};
+    /// A night: 15 awake, 180 light, 60 deep, 45 REM: 285 min asleep, 300 in bed.
+    pub(crate) const NIGHT: [(SleepStageKind, i64); 4] =
+        [(Awake, 15), (Light, 180), (Deep, 60), (Rem, 45)];
+
+    /// What Nia's steps add up to per local day.
+    pub(crate) fn nia_steps() -> BTreeMap<NaiveDate, i64> {
+        let mut m = BTreeMap::new();
+        for d in day("2026-02-01")
+            .iter_days()
+            .take_while(|d| *d <= day("2026-03-02"))
+        {
+            m.insert(d, 10_000);
+        }
+        for d in [
+            "2026-03-03",
+            "2026-03-04",
+            "2026-03-06",
+            "2026-03-07",
+            "2026-03-08",
+            "2026-03-09",
+        ] {
+            m.insert(day(d), 5_000);
+        }
+        m.insert(day("2026-03-10"), 1_234);
+        m
+    }
+
+    /// Nia (America/New_York): 10,000 steps a day in February, 5,000 a day in March (none on
+    /// March 5th), 1,234 so far on the 10th; nights of 4 h 45 min asleep ending March 4th to
+    /// 10th (one across the DST change of the 8th), a nap on the 9th; heart rate on the 8th
+    /// and 9th. Ann: 8,000 steps every day. Both consent to the doctor: Nia to steps and
+    /// heart rate from February 6th, Ann to steps. Zed consents to no one.
+    pub(crate) fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("phr.sqlite")).unwrap();
+        store.add_person(NIA, "Nia", "America/New_York").unwrap();
+        store.add_person(ANN, "Ann", "America/New_York").unwrap();
+        for p in [NIA, ANN] {
+            store.grant_storage_consent(p, &RecordType::ALL).unwrap();
+        }
+        let mut nia = Vec::new();
+        for d in day("2026-02-01")
+            .iter_days()
+            .take_while(|d| *d <= day("2026-03-02"))
+        {
+            nia.push(steps(at(&format!("{d}T08:00:00-05:00")), 6_000));
+            nia.push(steps(at(&format!("{d}T23:30:00-05:00")), 4_000));
+        }
+        for d in ["2026-03-03", "2026-03-04", "2026-03-06", "2026-03-07"] {
+            nia.push(steps(at(&format!("{d}T08:00:00-05:00")), 3_000));
+            nia.push(steps(at(&format!("{d}T20:00:00-05:00")), 2_000));
+        }
+        // The 23-hour day: 00:30 EST and 23:30 EDT both count towards it.
+        nia.push(steps(at("2026-03-08T00:30:00-05:00"), 3_000));
+        nia.push(steps(at("2026-03-08T23:30:00-04:00"), 2_000));
+        // 00:10 EDT on the 9th is the 9th (it would be the 8th in EST).
+        nia.push(steps(at("2026-03-09T00:10:00-04:00"), 1_000));
+        nia.push(steps(at("2026-03-09T12:00:00-04:00"), 4_000));
+        nia.push(steps(at("2026-03-10T09:00:00-04:00"), 1_234));
+        // Nights ending on the 4th to the 7th, from 23:55 the evening before.
+        for d in ["03", "04", "05", "06"] {
+            nia.push(sleep(&format!("2026-03-{d}T23:55:00-05:00"), &NIGHT, true));
+        }
+        // Across the change: 00:30 EST to 06:30 EDT is 300 minutes.
+        nia.push(sleep("2026-03-08T00:30:00-05:00", &NIGHT, true));
+        nia.push(sleep("2026-03-08T23:50:00-04:00", &NIGHT, true));
+        nia.push(sleep("2026-03-09T14:00:00-04:00", &[(Light, 40)], false));
+        nia.push(sleep("2026-03-09T23:40:00-04:00", &NIGHT, true));
+        // Heart rate: on the 9th the 10:00 interval averages 62, 14:00 holds 58 alone.
+        nia.push(heart("2026-03-09T10:00:00-04:00", 60.0));
+        nia.push(heart("2026-03-09T10:01:00-04:00", 62.0));
+        nia.push(heart("2026-03-09T10:02:00-04:00", 64.0));
+        nia.push(heart("2026-03-09T14:00:00-04:00", 58.0));
+        nia.push(heart("2026-03-08T01:58:00-05:00", 50.0));
+        nia.push(heart("2026-03-08T03:01:00-04:00", 70.0));
+        let report = store.import_records(NIA, &nia, Utc::now()).unwrap();
+        assert_eq!(report.stored as usize, nia.len(), "{report:?}");
+        let ann: Vec<Record> = day("2026-02-01")
+            .iter_days()
+            .take_while(|d| *d <= day("2026-03-10"))
+            .map(|d| steps(at(&format!("{d}T09:00:00-05:00")), 8_000))
+            .collect();
+        store.import_records(ANN, &ann, Utc::now()).unwrap();
+        let consent = |person: &str, types: Vec<RecordType>, from: Option<&str>| {
+            store
+                .grant_consent(
+                    person,
+                    Terms {
+                        grantee: DOCTOR.into(),
+                        grantee_kind: GranteeKind::Practitioner,
+                        purpose: "care".into(),
+                        data_types: types,
+                        window_from: from.map(|f| at(f).to_utc()),
+                        window_to: None,
+                        valid_until: None,
+                    },
+                    person,
+                    Utc::now(),
+                )
+                .unwrap();
+        };
+        consent(
+            NIA,
+            vec![RecordType::StepCount, RecordType::HeartRate],
+            Some("2026-02-06T00:00:00-05:00"),
+        );
+        consent(ANN, vec![RecordType::StepCount], None);
+        // Zed has data and consents to no one.
+        store.add_person(ZED, "Zed", "Europe/Paris").unwrap();
+        store.grant_storage_consent(ZED, &RecordType::ALL).unwrap();
+        let zed = [steps(at("2026-03-09T09:00:00+01:00"), 100)];
+        store.import_records(ZED, &zed, Utc::now()).unwrap();
+        (dir, store)
+    }
+
+    pub(crate) fn principal(subject: &str, scope: &str) -> Principal {
+        Principal {
+            subject: subject.into(),
+            scopes: scope.split_whitespace().map(Into::into).collect(),
+        }
+    }
+
+    pub(crate) fn owner(subject: &str) -> Principal {
+        principal(subject, "patient/*.cruds")
+    }
+
+    pub(crate) fn doctor() -> Principal {
+        principal(DOCTOR, "user/Observation.rs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::{self, day, doctor, owner, ANN, DOCTOR, NIA};
+    use super::*;
+    use crate::access::{read_patient_view, AccessError, ViewQuery};
+    use crate::store::audit::Outcome;
+
+    fn view(store: &Store, who: &crate::auth::Principal, person: &str, to: &str) -> PatientView {
+        let q = ViewQuery {
+            person_id: person.into(),
+            days: 30,
+            to: Some(day(to)),
+            night: None,
+        };
+        read_patient_view(store, who, &q, fixture::now()).unwrap()
+    }
+
+    #[test]
+    fn daily_steps_follow_local_days_across_dst_and_leave_gaps() {
+        let (_dir, store) = fixture::store();
+        let v = view(&store, &owner(NIA), NIA, "2026-03-10");
+        assert_eq!(v.tz.name(), "America/New_York");
+        assert_eq!(v.from(), day("2026-02-09"));
+        assert_eq!(v.dates().len(), 30);
+        // Read: 35 days before the 10th, for the flags.
+        assert_eq!(v.summary.from, day("2026-02-03"));
+        let expected: BTreeMap<NaiveDate, i64> = fixture::nia_steps()
+            .into_iter()
+            .filter(|(d, _)| *d >= day("2026-02-03"))
+            .collect();
+        assert_eq!(v.steps(), expected);
+        assert!(
+            !v.steps().contains_key(&day("2026-03-05")),
+            "a gap, not a zero"
+        );
+        let dst = v
+            .summary
+            .days
+            .iter()
+            .find(|d| d.date == day("2026-03-08"))
+            .unwrap();
+        assert_eq!(dst.hours, 23.0);
+        assert_eq!(dst.steps.unwrap().records, 2);
+        assert_eq!(v.types, RecordType::ALL);
+    }
+
+    #[test]
+    fn rolling_mean_is_over_days_with_data_and_breaks_at_gaps() {
+        let steps = fixture::nia_steps();
+        // 02-28 .. 03-06 with data: three days of 10,000, three of 5,000 (none on the 5th).
+        assert_eq!(
+            PatientView::rolling_mean(&steps, day("2026-03-06")),
+            Some(7_500.0)
+        );
+        assert_eq!(PatientView::rolling_mean(&steps, day("2026-03-05")), None);
+        assert_eq!(
+            PatientView::rolling_mean(&steps, day("2026-02-20")),
+            Some(10_000.0)
+        );
+    }
+
+    #[test]
+    fn nights_episodes_hypnogram_and_resting_heart_rate() {
+        let (_dir, store) = fixture::store();
+        let v = view(&store, &owner(NIA), NIA, "2026-03-10");
+        let nights = v.nights();
+        let dates: Vec<String> = nights.iter().map(|n| n.date.to_string()).collect();
+        assert_eq!(
+            dates,
+            [
+                "2026-03-04",
+                "2026-03-05",
+                "2026-03-06",
+                "2026-03-07",
+                "2026-03-08",
+                "2026-03-09",
+                "2026-03-10"
+            ]
+        );
+        let n9 = &nights[5];
+        assert_eq!(n9.sleep.episodes, 2);
+        assert_eq!(n9.sleep.total_minutes, Some(285.0 + 40.0));
+        let main = n9.main.as_ref().unwrap();
+        assert_eq!(main.start.to_rfc3339(), "2026-03-08T23:50:00-04:00");
+        assert_eq!(main.end.to_rfc3339(), "2026-03-09T04:50:00-04:00");
+        let other = n9.other_stages.unwrap();
+        assert_eq!((other.light, other.deep), (40.0, 0.0));
+        // The night across the change: bed in EST, wake in EDT, 300 minutes in bed.
+        let n8 = nights[4].main.as_ref().unwrap();
+        assert_eq!(n8.start.to_rfc3339(), "2026-03-08T00:30:00-05:00");
+        assert_eq!(n8.end.to_rfc3339(), "2026-03-08T06:30:00-04:00");
+        assert_eq!(n8.in_bed_minutes(), 300.0);
+        // Its stages are shown on the local clock too.
+        let q = ViewQuery {
+            person_id: NIA.into(),
+            days: 30,
+            to: Some(day("2026-03-10")),
+            night: Some(day("2026-03-08")),
+        };
+        let asked = read_patient_view(&store, &owner(NIA), &q, fixture::now()).unwrap();
+        let hyp = asked.hypnogram().unwrap();
+        assert_eq!(hyp.night, day("2026-03-08"));
+        let kinds: Vec<&str> = hyp.spans.iter().map(|s| s.stage.as_str()).collect();
+        assert_eq!(kinds, ["awake", "light", "deep", "rem"]);
+        assert_eq!(hyp.spans[1].start.to_rfc3339(), "2026-03-08T00:45:00-05:00");
+        assert_eq!(hyp.spans[1].end.to_rfc3339(), "2026-03-08T04:45:00-04:00");
+        // Without a night asked for: the latest.
+        assert_eq!(v.hypnogram().unwrap().night, day("2026-03-10"));
+        // Resting heart rate: the lowest 5-minute mean of the day.
+        let rest: Vec<(String, f64, u64)> = v
+            .resting
+            .iter()
+            .map(|r| (r.date.to_string(), r.bpm, r.readings))
+            .collect();
+        assert_eq!(
+            rest,
+            [
+                ("2026-03-08".to_owned(), 50.0, 2),
+                ("2026-03-09".to_owned(), 58.0, 4)
+            ]
+        );
+        assert!(v.last_sync.is_some());
+        // Weeks: Monday 2026-02-09 .. Sunday 03-15, the last one cut at the 10th.
+        let weeks = v.weeks();
+        assert_eq!(weeks.len(), 5);
+        assert_eq!(weeks[0].monday, day("2026-02-09"));
+        assert_eq!(weeks[0].mean_steps, Some(10_000.0));
+        let last = weeks[4];
+        assert_eq!((last.from, last.to), (day("2026-03-09"), day("2026-03-10")));
+        assert_eq!(last.step_days, 2);
+        assert_eq!(last.mean_steps, Some((5_000.0 + 1_234.0) / 2.0));
+        assert_eq!(last.mean_resting_bpm, Some(58.0));
+    }
+
+    #[test]
+    fn flags() {
+        let (_dir, store) = fixture::store();
+        let v = view(&store, &owner(NIA), NIA, "2026-03-10");
+        let f = v.flags();
+        let t = f.steps.unwrap();
+        assert_eq!((t.recent_days, t.prior_days), (6, 28));
+        assert_eq!((t.recent_mean, t.prior_mean), (5_000.0, 10_000.0));
+        assert_eq!(t.change_percent, -50.0);
+        assert!(f.steps_down);
+        let h = (285.0 * 7.0 + 40.0) / 7.0 / 60.0;
+        assert!((f.mean_sleep_hours.unwrap() - h).abs() < 1e-9);
+        assert!(f.short_sleep);
+        assert_eq!(f.days_since_data, Some(0));
+        assert!(!f.no_data);
+        assert_eq!(f.count(), 2);
+        assert_eq!(v.coverage(14), 14);
+        // Four days later: nothing since the 10th.
+        let later = view(&store, &owner(NIA), NIA, "2026-03-14").flags();
+        assert_eq!(later.days_since_data, Some(4));
+        assert!(later.no_data);
+        assert_eq!(later.count(), 3);
+        // Two days later: not yet.
+        assert!(!view(&store, &owner(NIA), NIA, "2026-03-12").flags().no_data);
+        // Early February: too few days before to compare, no steps flag.
+        let early = view(&store, &owner(NIA), NIA, "2026-02-12").flags();
+        assert_eq!(early.steps, None);
+        assert!(!early.steps_down);
+        // Ann walks 8,000 every day: nothing.
+        let ann = view(&store, &owner(ANN), ANN, "2026-03-10").flags();
+        assert_eq!(ann.steps.unwrap().change_percent, 0.0);
+        assert_eq!(ann.count(), 0);
+    }
+
+    type Rows = Vec<(String, String, i64, i64, f64)>;
+
+    /// The rollup as stored, and as the records say it should be.
+    fn rollup_and_records(store: &Store) -> (Rows, Rows) {
+        store
+            .read(|conn| {
+                let rows = |sql: &str| -> Result<Rows> {
+                    let mut stmt = conn.prepare(sql)?;
+                    let v = stmt
+                        .query_map([], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                        })?
+                        .collect::<rusqlite::Result<Rows>>()?;
+                    Ok(v)
+                };
+                Ok((
+                    rows(
+                        "SELECT person_id, record_type, slot, records, total FROM series_5min
+                           ORDER BY 1, 2, 3",
+                    )?,
+                    rows(
+                        "SELECT person_id, record_type, start_ms / 300000, COUNT(*),
+                                 SUM(CASE record_type WHEN 'step-count'
+                                     THEN json_extract(body, '$.body.step_count')
+                                     ELSE json_extract(body, '$.body.heart_rate.value') END)
+                            FROM records WHERE record_type IN ('step-count', 'heart-rate')
+                           GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+                    )?,
+                ))
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn the_rollup_follows_inserts_moves_erasures_and_is_backfilled() {
+        let (_dir, store) = fixture::store();
+        let (rollup, records) = rollup_and_records(&store);
+        assert!(rollup.len() > 100);
+        assert_eq!(rollup, records);
+        // A re-attribution (as corrections do) moves the sums with the records.
+        store
+            .write(|tx| {
+                Ok(tx.execute(
+                    "UPDATE records SET person_id = 'zed'
+                      WHERE person_id = 'nia' AND start_ms < ?1",
+                    [fixture::at("2026-03-09T10:01:30-04:00").timestamp_millis()],
+                )?)
+            })
+            .unwrap();
+        let (rollup, records) = rollup_and_records(&store);
+        assert_eq!(rollup, records);
+        store.erase_person(ANN, ANN, fixture::now()).unwrap();
+        let (rollup, records) = rollup_and_records(&store);
+        assert_eq!(rollup, records);
+        assert!(!rollup.iter().any(|r| r.0 == ANN));
+        // Emptied, it is rebuilt from the records when the store is opened.
+        store
+            .write(|tx| Ok(tx.execute("DELETE FROM series_5min", [])?))
+            .unwrap();
+        store.read(backfill).unwrap();
+        let (rollup, records) = rollup_and_records(&store);
+        assert_eq!(rollup, records);
+    }
+
+    #[test]
+    fn windows_cutting_an_interval_read_its_ends_from_the_records() {
+        assert_eq!(slots(0, 600_000), (Some((0, 2)), vec![]));
+        assert_eq!(
+            slots(150_000, 1_000_000),
+            (Some((1, 3)), vec![(150_000, 300_000), (900_000, 1_000_000)])
+        );
+        assert_eq!(slots(10, 20), (None, vec![(10, 20)]));
+        assert_eq!(slots(-600_000, 0), (None, vec![(-600_000, 0)]));
+        assert_eq!(slots(5, 5), (None, vec![]));
+
+        let (_dir, store) = fixture::store();
+        let zone = crate::store::subjects::Zone::resolve(Some("America/New_York"));
+        let days = zone.days(day("2026-02-06"), day("2026-03-10"));
+        // From 08:02:30 on Feb 6th: its 08:00 hour of steps is out, 23:30 is in.
+        let from = fixture::at("2026-02-06T08:02:30-05:00").timestamp_millis();
+        let clipped: Vec<DayWindow> = days
+            .iter()
+            .filter_map(|d| d.clip((from, i64::MAX)))
+            .collect();
+        let mut s = DailySummary::new(NIA, &zone, day("2026-02-06"), day("2026-03-10"));
+        let n = store.daily_steps(NIA, &clipped, &mut s).unwrap();
+        let first = &s.days[0];
+        assert_eq!((first.date, first.partial), (day("2026-02-06"), true));
+        assert_eq!(first.steps.unwrap().total, 4_000);
+        assert_eq!(s.days[1].steps.unwrap().total, 10_000);
+        assert_eq!(n, 1 + 24 * 2 + 6 * 2 + 1);
+        // Heart rate from 10:02 on March 9th: 10:02 alone (64) and 14:00 (58).
+        let from = fixture::at("2026-03-09T10:02:00-04:00").timestamp_millis();
+        let clipped: Vec<DayWindow> = days
+            .iter()
+            .filter_map(|d| d.clip((from, i64::MAX)))
+            .collect();
+        let (rest, n) = store.daily_resting_heart_rate(NIA, &clipped).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(
+            (rest[0].date, rest[0].bpm, rest[0].readings),
+            (day("2026-03-09"), 58.0, 2)
+        );
+        let from = fixture::at("2026-03-09T10:00:30-04:00").timestamp_millis();
+        let to = fixture::at("2026-03-09T10:02:30-04:00").timestamp_millis();
+        let clipped: Vec<DayWindow> = days.iter().filter_map(|d| d.clip((from, to))).collect();
+        let (rest, n) = store.daily_resting_heart_rate(NIA, &clipped).unwrap();
+        assert_eq!((n, rest[0].bpm), (2, 63.0));
+        assert!(store
+            .last_stored(NIA, RecordType::HeartRate, from, to)
+            .unwrap()
+            .is_some());
+        assert!(store
+            .last_stored(NIA, RecordType::HeartRate, 0, from - 2 * 86_400_000)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn a_clinician_sees_consented_types_and_window_and_each_view_is_logged_once() {
+        let (_dir, store) = fixture::store();
+        let before = store.disclosures(NIA, 0, 1000).unwrap().len();
+        let v = view(&store, &doctor(), NIA, "2026-03-10");
+        assert_eq!(v.types, [RecordType::StepCount, RecordType::HeartRate]);
+        assert!(v.episodes.is_empty() && v.nights().is_empty());
+        assert_eq!(v.steps().keys().next(), Some(&day("2026-02-06")));
+        // Steps from February 6th (25 x 2 + 6 x 2 + 1) and 6 heart-rate readings.
+        assert_eq!(v.records, 63 + 6);
+        // Sleep is not shared: no sleep flag, whatever the nights were.
+        assert_eq!(v.flags().mean_sleep_hours, None);
+        let log = store.disclosures(NIA, 0, 1000).unwrap();
+        assert_eq!(log.len(), before + 1);
+        let e = &log.last().unwrap().entry;
+        assert_eq!(e.outcome, Outcome::Disclosed);
+        assert_eq!(e.actor, DOCTOR);
+        assert_eq!(e.purpose, "care");
+        assert_eq!(e.data_types, ["step-count", "heart-rate"]);
+        assert_eq!(e.records, 69);
+        assert_eq!(
+            e.window_from.unwrap().to_rfc3339(),
+            "2026-02-06T05:00:00+00:00"
+        );
+        // The steps trend is over what the window lets through: 25 days before.
+        assert_eq!(v.flags().steps.unwrap().prior_days, 25);
+        assert!(v.flags().steps_down);
+        // The owner's own views are not logged.
+        let n = log.len();
+        view(&store, &owner(NIA), NIA, "2026-03-10");
+        assert_eq!(store.disclosures(NIA, 0, 1000).unwrap().len(), n);
+        // Someone without consent: 404 (and a denied entry), as for nobody at all.
+        let stranger = fixture::principal("dr-no", "user/Observation.rs");
+        let q = ViewQuery {
+            person_id: NIA.into(),
+            days: 30,
+            to: Some(day("2026-03-10")),
+            night: None,
+        };
+        let err = read_patient_view(&store, &stranger, &q, fixture::now()).unwrap_err();
+        assert!(matches!(err, AccessError::NotFound), "{err:?}");
+        let last = store.disclosures(NIA, 0, 1000).unwrap().pop().unwrap();
+        assert_eq!(last.entry.outcome, Outcome::Denied);
+        let q = ViewQuery {
+            person_id: "nobody".into(),
+            ..q
+        };
+        let err = read_patient_view(&store, &doctor(), &q, fixture::now()).unwrap_err();
+        assert!(matches!(err, AccessError::NotFound), "{err:?}");
+        // Days wholly before the window: refused as outside it.
+        let err = read_patient_view(
+            &store,
+            &doctor(),
+            &ViewQuery {
+                person_id: NIA.into(),
+                days: 30,
+                to: Some(day("2026-01-10")),
+                night: None,
+            },
+            fixture::now(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, AccessError::OutsideWindow), "{err:?}");
+    }
+}

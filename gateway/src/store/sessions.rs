@@ -1,0 +1,438 @@
+//! Dashboard sign-in: one-time sign-in codes and web sessions.
+//!
+//! A sign-in code is handed out of band (`phr-gateway dashboard link`, the demo) as part of a
+//! link; opening the link exchanges the code for a session once. A session is what the
+//! browser's cookie names; it carries the CSRF token of the session's forms.
+//!
+//! Neither a code nor a session id is stored: only their SHA-256 (hex), so a copy of the
+//! SQLite file does not sign anyone in. Both are 32 random bytes from the OS, base64url.
+//! The CSRF token is stored as it is (pages must print it into forms); it is worthless
+//! without the session cookie.
+//!
+//! Rows past their expiry are deleted whenever a code is issued or redeemed or a session
+//! ended, so the tables hold only what may still be used (plus ended sessions until their
+//! expiry).
+
+use chrono::{DateTime, TimeDelta, Utc};
+use rand::RngCore;
+use rusqlite::{params, OptionalExtension, Transaction};
+use sha2::{Digest, Sha256};
+
+use super::Store;
+use crate::dashboard::{Role, Viewer};
+use crate::{Error, Result};
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS signin_codes (
+    code_hash TEXT PRIMARY KEY,
+    subject TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('clinician', 'owner')),
+    expires_at_ms INTEGER NOT NULL,
+    used_at_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS signin_codes_by_expiry ON signin_codes(expires_at_ms);
+CREATE TABLE IF NOT EXISTS web_sessions (
+    id_hash TEXT PRIMARY KEY,
+    subject TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('clinician', 'owner')),
+    csrf TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    ended_at_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS web_sessions_by_expiry ON web_sessions(expires_at_ms);
+CREATE INDEX IF NOT EXISTS web_sessions_by_subject ON web_sessions(subject);
+";
+
+/// Longer inputs are not codes or session ids this store handed out (those are 43
+/// characters); they are refused before hashing.
+const MAX_SECRET_LEN: usize = 128;
+
+/// A session just opened by redeeming a sign-in code. `id` goes into the cookie and nowhere
+/// else (it is not stored here, only its hash).
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewSession {
+    pub id: String,
+    pub subject: String,
+    pub role: Role,
+    pub csrf: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for NewSession {
+    // Never print the secrets (logs, panics).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewSession")
+            .field("id", &"<redacted>")
+            .field("subject", &self.subject)
+            .field("role", &self.role)
+            .field("csrf", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+impl NewSession {
+    /// The session as handlers see it.
+    pub fn viewer(&self) -> Viewer {
+        Viewer {
+            subject: self.subject.clone(),
+            role: self.role,
+            csrf: self.csrf.clone(),
+        }
+    }
+}
+
+/// 32 random bytes from the OS, base64url without padding (43 characters).
+fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    crate::oauth::b64url_encode(&bytes)
+}
+
+/// SHA-256 of `secret`, hex.
+fn hash(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn role_from_db(s: &str) -> rusqlite::Result<Role> {
+    match s {
+        "clinician" => Ok(Role::Clinician),
+        "owner" => Ok(Role::Owner),
+        _ => Err(rusqlite::Error::InvalidColumnType(
+            0,
+            "role".into(),
+            rusqlite::types::Type::Text,
+        )),
+    }
+}
+
+/// Deletes codes and sessions that can no longer be used.
+fn purge(tx: &Transaction<'_>, now_ms: i64) -> Result<()> {
+    tx.prepare_cached("DELETE FROM signin_codes WHERE expires_at_ms <= ?1")?
+        .execute([now_ms])?;
+    tx.prepare_cached("DELETE FROM web_sessions WHERE expires_at_ms <= ?1")?
+        .execute([now_ms])?;
+    Ok(())
+}
+
+impl Store {
+    /// A new one-time sign-in code for `subject` acting as `role`, usable until `now + ttl`.
+    /// Only its hash is kept; the code itself is returned once, here.
+    pub fn issue_signin_code(
+        &self,
+        subject: &str,
+        role: Role,
+        ttl: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<String> {
+        if !phr_schema::envelope::is_valid_id(subject) {
+            return Err(Error::Invalid(
+                "a subject is 1-64 characters of A-Z a-z 0-9 . _ : -",
+            ));
+        }
+        if ttl <= TimeDelta::zero() {
+            return Err(Error::Invalid("a sign-in code must live a while"));
+        }
+        let code = random_secret();
+        let (now_ms, expires_ms) = (now.timestamp_millis(), (now + ttl).timestamp_millis());
+        self.write(|tx| {
+            purge(tx, now_ms)?;
+            tx.prepare_cached(
+                "INSERT INTO signin_codes (code_hash, subject, role, expires_at_ms, used_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, NULL)",
+            )?
+            .execute(params![hash(&code), subject, role.as_str(), expires_ms])?;
+            Ok(())
+        })?;
+        Ok(code)
+    }
+
+    /// Exchanges a sign-in code for a new session lasting `session_ttl`. The code is marked
+    /// used in the same transaction, so it opens at most one session. An unknown, used or
+    /// expired code is `None` (all alike).
+    pub fn redeem_signin_code(
+        &self,
+        code: &str,
+        session_ttl: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<Option<NewSession>> {
+        if code.is_empty() || code.len() > MAX_SECRET_LEN || session_ttl <= TimeDelta::zero() {
+            return Ok(None);
+        }
+        let now_ms = now.timestamp_millis();
+        let code_hash = hash(code);
+        self.write(|tx| {
+            let found = tx
+                .prepare_cached(
+                    "SELECT subject, role FROM signin_codes
+                      WHERE code_hash = ?1 AND used_at_ms IS NULL AND expires_at_ms > ?2",
+                )?
+                .query_row(params![code_hash, now_ms], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        role_from_db(&r.get::<_, String>(1)?)?,
+                    ))
+                })
+                .optional()?;
+            let Some((subject, role)) = found else {
+                purge(tx, now_ms)?;
+                return Ok(None);
+            };
+            let marked = tx
+                .prepare_cached(
+                    "UPDATE signin_codes SET used_at_ms = ?2
+                      WHERE code_hash = ?1 AND used_at_ms IS NULL",
+                )?
+                .execute(params![code_hash, now_ms])?;
+            if marked != 1 {
+                return Ok(None);
+            }
+            let session = NewSession {
+                id: random_secret(),
+                subject,
+                role,
+                csrf: random_secret(),
+                expires_at: now + session_ttl,
+            };
+            tx.prepare_cached(
+                "INSERT INTO web_sessions
+                     (id_hash, subject, role, csrf, created_at_ms, expires_at_ms, ended_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+            )?
+            .execute(params![
+                hash(&session.id),
+                session.subject,
+                session.role.as_str(),
+                session.csrf,
+                now_ms,
+                session.expires_at.timestamp_millis(),
+            ])?;
+            purge(tx, now_ms)?;
+            Ok(Some(session))
+        })
+    }
+
+    /// The signed-in person of session `id`, if it has neither expired nor ended at `now`.
+    pub fn session(&self, id: &str, now: DateTime<Utc>) -> Result<Option<Viewer>> {
+        if id.is_empty() || id.len() > MAX_SECRET_LEN {
+            return Ok(None);
+        }
+        let id_hash = hash(id);
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT subject, role, csrf FROM web_sessions
+                      WHERE id_hash = ?1 AND ended_at_ms IS NULL AND expires_at_ms > ?2",
+                )?
+                .query_row(params![id_hash, now.timestamp_millis()], |r| {
+                    Ok(Viewer {
+                        subject: r.get(0)?,
+                        role: role_from_db(&r.get::<_, String>(1)?)?,
+                        csrf: r.get(2)?,
+                    })
+                })
+                .optional()?)
+        })
+    }
+
+    /// Ends session `id` (sign-out). `false` when there was no such session in use.
+    pub fn end_session(&self, id: &str, now: DateTime<Utc>) -> Result<bool> {
+        if id.is_empty() || id.len() > MAX_SECRET_LEN {
+            return Ok(false);
+        }
+        let now_ms = now.timestamp_millis();
+        let id_hash = hash(id);
+        self.write(|tx| {
+            let ended = tx
+                .prepare_cached(
+                    "UPDATE web_sessions SET ended_at_ms = ?2
+                      WHERE id_hash = ?1 AND ended_at_ms IS NULL AND expires_at_ms > ?2",
+                )?
+                .execute(params![id_hash, now_ms])?;
+            purge(tx, now_ms)?;
+            Ok(ended == 1)
+        })
+    }
+
+    /// Ends every session of `subject` (after an erasure, say) and voids their unused
+    /// sign-in codes; returns how many sessions were ended.
+    pub fn end_sessions_of(&self, subject: &str, now: DateTime<Utc>) -> Result<usize> {
+        let now_ms = now.timestamp_millis();
+        self.write(|tx| {
+            let ended = tx
+                .prepare_cached(
+                    "UPDATE web_sessions SET ended_at_ms = ?2
+                      WHERE subject = ?1 AND ended_at_ms IS NULL AND expires_at_ms > ?2",
+                )?
+                .execute(params![subject, now_ms])?;
+            tx.prepare_cached(
+                "UPDATE signin_codes SET used_at_ms = ?2 WHERE subject = ?1 AND used_at_ms IS NULL",
+            )?
+            .execute(params![subject, now_ms])?;
+            purge(tx, now_ms)?;
+            Ok(ended)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        (dir, store)
+    }
+
+    fn count(store: &Store, table: &str) -> i64 {
+        store
+            .read(|c| Ok(c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?))
+            .unwrap()
+    }
+
+    const TTL: TimeDelta = TimeDelta::minutes(15);
+    const SESSION: TimeDelta = TimeDelta::hours(8);
+
+    #[test]
+    fn a_code_opens_one_session_once() {
+        let (_d, s) = store();
+        let now = Utc::now();
+        let code = s.issue_signin_code("ana", Role::Owner, TTL, now).unwrap();
+        assert_eq!(code.len(), 43);
+        assert!(code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        // Only the hash is stored.
+        let stored: String = s
+            .read(|c| Ok(c.query_row("SELECT code_hash FROM signin_codes", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(stored, hash(&code));
+        assert_ne!(stored, code);
+
+        let new = s
+            .redeem_signin_code(&code, SESSION, now + TimeDelta::minutes(1))
+            .unwrap()
+            .expect("a fresh code opens a session");
+        assert_eq!((new.subject.as_str(), new.role), ("ana", Role::Owner));
+        assert_eq!(new.expires_at, now + TimeDelta::minutes(1) + SESSION);
+        assert_ne!(new.id, new.csrf);
+        assert!(!format!("{new:?}").contains(&new.id), "Debug hides the id");
+
+        // Single use, even a moment later.
+        assert_eq!(
+            s.redeem_signin_code(&code, SESSION, now + TimeDelta::minutes(2))
+                .unwrap(),
+            None
+        );
+        // The session reads back as the viewer, with its CSRF token.
+        let v = s
+            .session(&new.id, now + TimeDelta::hours(1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(v, new.viewer());
+        // Unknown codes and sessions are nothing.
+        assert_eq!(s.redeem_signin_code("nope", SESSION, now).unwrap(), None);
+        assert_eq!(s.redeem_signin_code("", SESSION, now).unwrap(), None);
+        assert_eq!(
+            s.session(&code, now).unwrap(),
+            None,
+            "a code is no session id"
+        );
+        assert_eq!(s.session(&"x".repeat(500), now).unwrap(), None);
+    }
+
+    #[test]
+    fn codes_and_sessions_expire() {
+        let (_d, s) = store();
+        let now = Utc::now();
+        let code = s
+            .issue_signin_code("dr-kim", Role::Clinician, TTL, now)
+            .unwrap();
+        assert_eq!(
+            s.redeem_signin_code(&code, SESSION, now + TTL).unwrap(),
+            None
+        );
+
+        let code = s
+            .issue_signin_code("dr-kim", Role::Clinician, TTL, now)
+            .unwrap();
+        let new = s
+            .redeem_signin_code(&code, SESSION, now + TTL - TimeDelta::milliseconds(1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(new.role, Role::Clinician);
+        let at = now + TTL - TimeDelta::milliseconds(1);
+        assert!(s
+            .session(&new.id, at + SESSION - TimeDelta::milliseconds(1))
+            .unwrap()
+            .is_some());
+        assert_eq!(s.session(&new.id, at + SESSION).unwrap(), None);
+        assert!(
+            !s.end_session(&new.id, at + SESSION).unwrap(),
+            "already expired"
+        );
+
+        // Expired rows are purged by the next write.
+        s.issue_signin_code(
+            "ana",
+            Role::Owner,
+            TTL,
+            at + SESSION + TimeDelta::seconds(1),
+        )
+        .unwrap();
+        assert_eq!(count(&s, "web_sessions"), 0);
+        assert_eq!(count(&s, "signin_codes"), 1);
+    }
+
+    #[test]
+    fn ended_sessions_are_over() {
+        let (_d, s) = store();
+        let now = Utc::now();
+        let open = |subject: &str| {
+            let code = s.issue_signin_code(subject, Role::Owner, TTL, now).unwrap();
+            s.redeem_signin_code(&code, SESSION, now).unwrap().unwrap()
+        };
+        let (a, b) = (open("ana"), open("ana"));
+        let other = open("ben");
+        assert!(s.end_session(&a.id, now).unwrap());
+        assert!(
+            !s.end_session(&a.id, now).unwrap(),
+            "ending twice is nothing"
+        );
+        assert_eq!(s.session(&a.id, now).unwrap(), None);
+        assert!(
+            s.session(&b.id, now).unwrap().is_some(),
+            "only that session"
+        );
+
+        // Ending all of a person's sessions also voids their unused codes.
+        let pending = s.issue_signin_code("ana", Role::Owner, TTL, now).unwrap();
+        assert_eq!(s.end_sessions_of("ana", now).unwrap(), 1);
+        assert_eq!(s.session(&b.id, now).unwrap(), None);
+        assert_eq!(s.redeem_signin_code(&pending, SESSION, now).unwrap(), None);
+        assert!(s.session(&other.id, now).unwrap().is_some());
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let (_d, s) = store();
+        let now = Utc::now();
+        assert!(s.issue_signin_code("", Role::Owner, TTL, now).is_err());
+        assert!(s.issue_signin_code("a b", Role::Owner, TTL, now).is_err());
+        assert!(s
+            .issue_signin_code("ana", Role::Owner, TimeDelta::zero(), now)
+            .is_err());
+        let code = s.issue_signin_code("ana", Role::Owner, TTL, now).unwrap();
+        assert_eq!(
+            s.redeem_signin_code(&code, TimeDelta::zero(), now).unwrap(),
+            None
+        );
+        // A refused redemption does not use the code up.
+        assert!(s.redeem_signin_code(&code, SESSION, now).unwrap().is_some());
+    }
+}
