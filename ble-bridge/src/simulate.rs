@@ -196,6 +196,6 @@ async fn generate(
     );
     let cursor = vec![(band.device_id.clone(), to)];
     blocking(outbox, move |o| o.push(&batches, &cursor, &[], Utc::now())).await?;
-    info!(device_id = %band.device_id, %from, %to, records = count, "generated");
+    tracing::debug!(device_id = %band.device_id, %from, %to, records = count, "generated");
     Ok(to >= end)
 }

@@ -33,6 +33,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use phr_schema::fhir::{total_sleep_minutes, StageMinutes};
+use phr_schema::record::SleepEpisode;
 use phr_schema::{Body, Limits, Record, RecordType};
 
 use super::{consent, ConsentStatus, GranteeKind, Store};
@@ -430,7 +431,9 @@ impl Store {
 
     /// Adds to `summary` the sleep episodes of `person_id` ending in each of `days` and lying
     /// inside the measured-time window `window` (start at or after its start); returns how
-    /// many episodes were summed.
+    /// many episodes were summed. Episodes that overlap a longer one of the same day (the
+    /// same night reported by a second device) are not added again: a night is counted once,
+    /// naps apart from it still count.
     pub fn daily_sleep(
         &self,
         person_id: &str,
@@ -439,28 +442,36 @@ impl Store {
         summary: &mut DailySummary,
     ) -> Result<u64> {
         let rows = self.sleep_rows(person_id, days, window)?;
-        let mut n = 0;
-        let mut current: Option<(usize, Totals)> = None;
+        let mut by_day: std::collections::BTreeMap<usize, Vec<(i64, i64, SleepEpisode)>> =
+            std::collections::BTreeMap::new();
         for (i, body, start_ms, end_ms) in rows {
             let record: Record = serde_json::from_str(&body)
                 .map_err(|_| Error::Invalid("a stored record does not parse"))?;
-            let Body::SleepEpisode(episode) = &record.body else {
-                continue;
-            };
-            if current.as_ref().is_some_and(|(day, _)| *day != i) {
-                if let Some((day, totals)) = current.take() {
-                    put_sleep(summary, days, day, &totals)?;
-                }
+            if let Body::SleepEpisode(episode) = record.body {
+                by_day
+                    .entry(i)
+                    .or_default()
+                    .push((start_ms, end_ms, episode));
             }
-            let (_, totals) = current.get_or_insert_with(|| (i, Totals::default()));
-            totals.add(
-                total_sleep_minutes(episode),
-                StageMinutes::of(episode),
-                (end_ms - start_ms) as f64 / 60_000.0,
-            );
-            n += 1;
         }
-        if let Some((day, totals)) = current {
+        let mut n = 0;
+        for (day, mut episodes) in by_day {
+            // Longest first; ties by start, so the choice is stable.
+            episodes.sort_by_key(|(s, e, _)| (std::cmp::Reverse(e - s), *s));
+            let mut taken: Vec<(i64, i64)> = Vec::new();
+            let mut totals = Totals::default();
+            for (start_ms, end_ms, episode) in &episodes {
+                if taken.iter().any(|(s, e)| start_ms < e && s < end_ms) {
+                    continue;
+                }
+                taken.push((*start_ms, *end_ms));
+                totals.add(
+                    total_sleep_minutes(episode),
+                    StageMinutes::of(episode),
+                    (end_ms - start_ms) as f64 / 60_000.0,
+                );
+                n += 1;
+            }
             put_sleep(summary, days, day, &totals)?;
         }
         Ok(n)
@@ -644,6 +655,52 @@ mod tests {
         assert!(Zone::resolve(Some("UTC"))
             .days(date("2026-01-02"), date("2026-01-01"))
             .is_empty());
+    }
+
+    /// The same night from a band and a watch counts once (the longer); a nap that day,
+    /// apart from the night, still counts.
+    #[test]
+    fn a_night_from_two_devices_counts_once_and_a_nap_still_counts() {
+        use crate::store::dashboard::fixture::{sleep, NIGHT};
+        use phr_schema::record::SleepStageKind::Light;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("phr.sqlite")).unwrap();
+        store.add_person("nia", "Nia", "UTC").unwrap();
+        store
+            .grant_storage_consent("nia", &RecordType::ALL)
+            .unwrap();
+        let band = sleep("2026-03-04T23:00:00Z", &NIGHT, true); // 300 min in bed, 285 asleep
+        let mut watch = sleep("2026-03-04T23:30:00Z", &[(Light, 240)], true);
+        watch.device_id = "watch".into();
+        watch = phr_schema::Record::new(
+            &watch.device_id,
+            &watch.bridge_id,
+            watch.source_created_at,
+            watch.provenance.clone(),
+            watch.body.clone(),
+        );
+        let nap = sleep("2026-03-05T13:00:00Z", &[(Light, 40)], false);
+        let report = store
+            .import_records("nia", &[band, watch, nap], Utc::now())
+            .unwrap();
+        assert_eq!(report.stored, 3, "{report:?}");
+        let zone = Zone::resolve(Some("UTC"));
+        let days: Vec<DayWindow> = zone
+            .days(date("2026-03-05"), date("2026-03-05"))
+            .iter()
+            .filter_map(|d| d.clip((i64::MIN, i64::MAX)))
+            .collect();
+        let mut summary = DailySummary::new("nia", &zone, date("2026-03-05"), date("2026-03-05"));
+        let n = store
+            .daily_sleep("nia", &days, (i64::MIN, i64::MAX), &mut summary)
+            .unwrap();
+        assert_eq!(
+            n, 2,
+            "the band's night and the nap; the watch's overlapping night is not added"
+        );
+        let sleep = summary.days[0].sleep.expect("sleep on the 5th");
+        assert_eq!(sleep.total_minutes, Some(285.0 + 40.0));
+        assert_eq!(sleep.in_bed_minutes, 300.0 + 40.0);
     }
 
     #[test]
