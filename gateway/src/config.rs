@@ -25,6 +25,23 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub auth: AuthConfig,
     pub ingest: IngestConfig,
+    pub people: PeopleConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeopleConfig {
+    /// The IANA time zone (e.g. `Asia/Tokyo`) of people registered without one: their days
+    /// and nights in summaries and dashboards.
+    pub default_time_zone: String,
+}
+
+impl Default for PeopleConfig {
+    fn default() -> Self {
+        Self {
+            default_time_zone: crate::store::DEFAULT_TIME_ZONE.to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -77,6 +94,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             auth: AuthConfig::default(),
             ingest: IngestConfig::default(),
+            people: PeopleConfig::default(),
         }
     }
 }
@@ -127,6 +145,16 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The configured default time zone, checked against the IANA database.
+    pub fn default_time_zone(&self) -> Result<&str> {
+        let z = self.people.default_time_zone.as_str();
+        z.parse::<chrono_tz::Tz>().map(|_| z).map_err(|_| {
+            Error::Config(format!(
+                "people.default_time_zone {z:?} is not an IANA time zone (like Asia/Tokyo)"
+            ))
+        })
     }
 
     /// The external broker, if one is configured.
@@ -180,6 +208,14 @@ mod tests {
         assert!(c.external_broker().unwrap().is_none());
         assert!(toml::from_str::<Config>("[mqtt]\nlisten_addr = \"127.0.0.1:1\"").is_err());
         assert!(toml::from_str::<Config>("datadir = \"x\"").is_err());
+        assert_eq!(c.default_time_zone().unwrap(), "Asia/Tokyo");
+        let mut bad = Config::default();
+        bad.people.default_time_zone = "Mars/Olympus".into();
+        assert!(bad
+            .default_time_zone()
+            .unwrap_err()
+            .to_string()
+            .contains("IANA"));
     }
 
     #[test]

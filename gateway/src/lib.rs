@@ -128,6 +128,7 @@ pub async fn start(
 ) -> Result<Gateway> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
     let store = Arc::new(Store::open(&config.store_path())?);
+    store.set_default_time_zone(config.default_time_zone()?)?;
     // The issuer: as configured, else the address actually bound. Written down so that
     // `phr-gateway token issue` signs for the same issuer.
     let issuer = match http.local_addr() {

@@ -141,7 +141,12 @@ pub struct Store {
     readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
     read_only: bool,
+    /// The IANA time zone of people registered without one (`people.default_time_zone`).
+    default_time_zone: std::sync::RwLock<String>,
 }
+
+/// The time zone of people registered without one, unless configured otherwise.
+pub const DEFAULT_TIME_ZONE: &str = "Asia/Tokyo";
 
 /// Version of the tables below, kept in SQLite's `user_version`. Development versions before
 /// the first release are not migrated: a data dir from one is refused with a clear error.
@@ -199,6 +204,7 @@ impl Store {
             readers: Mutex::new(Vec::new()),
             path: path.to_owned(),
             read_only: false,
+            default_time_zone: std::sync::RwLock::new(DEFAULT_TIME_ZONE.to_owned()),
         })
     }
 
@@ -218,6 +224,7 @@ impl Store {
             readers: Mutex::new(vec![reader]),
             path: path.to_owned(),
             read_only: true,
+            default_time_zone: std::sync::RwLock::new(DEFAULT_TIME_ZONE.to_owned()),
         })
     }
 
@@ -259,7 +266,22 @@ impl Store {
 
     /// Makes sure `person_id` exists (a token's subject granting a consent, say).
     pub fn ensure_person(&self, person_id: &str) -> Result<()> {
-        self.add_person(person_id, person_id, "UTC")
+        let zone = self
+            .default_time_zone
+            .read()
+            .map_err(|_| Error::Poisoned)?
+            .clone();
+        self.add_person(person_id, person_id, &zone)
+    }
+
+    /// Sets the time zone given to people registered without one (the gateway's
+    /// `people.default_time_zone`).
+    pub fn set_default_time_zone(&self, zone: &str) -> Result<()> {
+        *self
+            .default_time_zone
+            .write()
+            .map_err(|_| Error::Poisoned)? = zone.to_owned();
+        Ok(())
     }
 
     /// Registers a device as reached through `bridge_id` (and the bridge, if new).
