@@ -36,20 +36,42 @@ fn jst() -> FixedOffset {
 
 /// A night with every stage: awake 20 min, light 2 h, deep 1 h 30, REM 1 h, light 1 h,
 /// awake 10 min.
-fn night(device: &str, start: DateTime<Utc>) -> (phr_schema::Record, BTreeMap<&'static str, i64>) {
-    let plan = [
-        (SleepStageKind::Awake, 20),
-        (SleepStageKind::Light, 120),
-        (SleepStageKind::Deep, 90),
-        (SleepStageKind::Rem, 60),
-        (SleepStageKind::Light, 60),
-        (SleepStageKind::Awake, 10),
-    ];
+const NIGHT: [(SleepStageKind, i64); 6] = [
+    (SleepStageKind::Awake, 20),
+    (SleepStageKind::Light, 120),
+    (SleepStageKind::Deep, 90),
+    (SleepStageKind::Rem, 60),
+    (SleepStageKind::Light, 60),
+    (SleepStageKind::Awake, 10),
+];
+
+/// A shorter night with another order, the latest one (what the page shows by default).
+const LAST_NIGHT: [(SleepStageKind, i64); 3] = [
+    (SleepStageKind::Light, 200),
+    (SleepStageKind::Deep, 100),
+    (SleepStageKind::Rem, 50),
+];
+
+fn stage_name(kind: SleepStageKind) -> &'static str {
+    match kind {
+        SleepStageKind::Awake => "awake",
+        SleepStageKind::Light => "light",
+        SleepStageKind::Deep => "deep",
+        SleepStageKind::Rem => "rem",
+    }
+}
+
+/// An episode from `start` made of `plan`, with its minutes per stage.
+fn night(
+    device: &str,
+    start: DateTime<Utc>,
+    plan: &[(SleepStageKind, i64)],
+) -> (phr_schema::Record, BTreeMap<&'static str, i64>) {
     let s = start.fixed_offset();
     let mut at = s;
     let mut stages = Vec::new();
     let mut minutes = BTreeMap::new();
-    for (kind, m) in plan {
+    for &(kind, m) in plan {
         stages.push(SleepStage {
             stage: kind,
             time_interval: TimeInterval {
@@ -57,13 +79,7 @@ fn night(device: &str, start: DateTime<Utc>) -> (phr_schema::Record, BTreeMap<&'
                 end_date_time: at + TimeDelta::minutes(m),
             },
         });
-        let name = match kind {
-            SleepStageKind::Awake => "awake",
-            SleepStageKind::Light => "light",
-            SleepStageKind::Deep => "deep",
-            SleepStageKind::Rem => "rem",
-        };
-        *minutes.entry(name).or_insert(0) += m;
+        *minutes.entry(stage_name(kind)).or_insert(0) += m;
         at += TimeDelta::minutes(m);
     }
     let record = phr_schema::Record::new(
@@ -139,8 +155,10 @@ async fn clinician_and_owner_dashboards_in_a_real_browser() -> anyhow::Result<()
         .expect("JST")
         .with_timezone(&Utc)
         .duration_trunc(TimeDelta::minutes(1))?;
-    let (sleep, stage_minutes) = night("band-a", bed);
+    let (sleep, stage_minutes) = night("band-a", bed, &NIGHT);
     records.push(sleep);
+    let (last, _) = night("band-a", bed + TimeDelta::days(1), &LAST_NIGHT);
+    records.push(last);
     let mut a = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-a").await?;
     let n = records.len() as u32;
     let ack = send(&mut a, "band-a", records).await?;
@@ -225,6 +243,36 @@ async fn clinician_and_owner_dashboards_in_a_real_browser() -> anyhow::Result<()
         );
     }
     br.screenshot(&shots.join("clinician-patient.png"))?;
+
+    // A chosen night's hypnogram: the earlier night, not the latest one shown by default.
+    let stages_of = |br: &Browser| -> anyhow::Result<Vec<(String, f64)>> {
+        let mut out = Vec::new();
+        for row in br.find_all("table#hypnogram tr[data-stage]")? {
+            let stage = br.attribute(&row, "data-stage")?.unwrap_or_default();
+            let minutes = br.content(&br.find_in(&row, "td.num")?)?;
+            out.push((stage, minutes.trim().parse()?));
+        }
+        Ok(out)
+    };
+    let planned = |plan: &[(SleepStageKind, i64)]| -> Vec<(String, f64)> {
+        plan.iter()
+            .map(|&(k, m)| (stage_name(k).to_owned(), m as f64))
+            .collect()
+    };
+    assert_eq!(
+        stages_of(br)?,
+        planned(&LAST_NIGHT),
+        "by default, the latest night"
+    );
+    br.goto(&gw.url(&format!(
+        "/dashboard/clinician/patients/pat-a?days=30&night={night_day}"
+    )))?;
+    assert_eq!(
+        stages_of(br)?,
+        planned(&NIGHT),
+        "the chosen night, stage by stage"
+    );
+    br.screenshot(&shots.join("clinician-patient-hypnogram.png"))?;
 
     // Pat B did not consent: her page is a 404, like an unknown id.
     br.goto(&gw.url("/dashboard/clinician/patients/pat-b"))?;
