@@ -70,7 +70,15 @@ impl Access {
 
 /// Starts rumqttd on `listen` (MQTT 3.1.1). It runs until the process ends. With `access`,
 /// every connection is authenticated (see [`Access`]); without, anyone may connect.
-pub fn start(listen: SocketAddr, access: Option<Access>) -> Result<()> {
+///
+/// With `metrics`, the broker's count of open MQTT connections is copied into
+/// `phr_mqtt_connections` from rumqttd's router meters, which it pushes every
+/// [`METER_PUSH_SECS`] while messages flow (an idle broker keeps the last value).
+pub fn start(
+    listen: SocketAddr,
+    access: Option<Access>,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+) -> Result<()> {
     // Fails with the address in the error if something (a Mosquitto, say) holds the port.
     drop(TcpListener::bind(listen).map_err(|e| Error::AddressInUse {
         addr: listen,
@@ -129,12 +137,18 @@ pub fn start(listen: SocketAddr, access: Option<Access>) -> Result<()> {
         console: None,
         bridge: None,
         prometheus: None,
-        metrics: None,
+        metrics: metrics.is_some().then(meter_settings),
     };
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
             let mut broker = Broker::new(config);
+            if let Some(metrics) = metrics {
+                match broker.meters() {
+                    Ok(link) => watch_connections(link, metrics),
+                    Err(e) => tracing::warn!(error = %e, "no MQTT connection meter"),
+                }
+            }
             if let Err(e) = broker.start() {
                 tracing::error!(error = %e, "embedded MQTT broker stopped");
             }
@@ -154,6 +168,47 @@ pub fn start(listen: SocketAddr, access: Option<Access>) -> Result<()> {
     }
     tracing::info!(%listen, "embedded MQTT broker listening");
     Ok(())
+}
+
+/// How often rumqttd pushes its router meters (open connections, publishes), in seconds.
+pub const METER_PUSH_SECS: u64 = 5;
+
+fn meter_settings() -> HashMap<rumqttd::MetricType, rumqttd::MetricSettings> {
+    // `MetricSettings` has no public constructor; its serde form is its documented config.
+    let every = |secs: u64| -> rumqttd::MetricSettings {
+        serde_json::from_value(serde_json::json!({ "push_interval": secs }))
+            .expect("rumqttd's MetricSettings reads push_interval")
+    };
+    // rumqttd 0.20's timer unwraps both intervals whichever is configured, so both are set;
+    // nobody listens to the alerts.
+    HashMap::from([
+        (rumqttd::MetricType::Meters, every(METER_PUSH_SECS)),
+        (rumqttd::MetricType::Alerts, every(3600)),
+    ])
+}
+
+/// Copies the router's open-connection count into the metrics, on a thread of its own.
+fn watch_connections(
+    link: rumqttd::meters::MetersLink,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("mqtt-meters".into())
+        .spawn(move || loop {
+            match link.recv() {
+                Ok(meters) => {
+                    for m in meters {
+                        if let rumqttd::Meter::Router(_, r) = m {
+                            metrics.set_mqtt_connections(r.total_connections as u64);
+                        }
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no MQTT connection meter");
+    }
 }
 
 /// Whether an MQTT 3.1.1 broker answers a CONNECT on `addr` with a CONNACK. A bare TCP probe

@@ -161,7 +161,8 @@ pub async fn start(
                 gateway_secret: gateway_secret.clone(),
                 store: store.clone(),
             };
-            tokio::task::spawn_blocking(move || broker::start(listen, Some(access)))
+            let meters = metrics.clone();
+            tokio::task::spawn_blocking(move || broker::start(listen, Some(access), Some(meters)))
                 .await
                 .map_err(|_| Error::Poisoned)??;
             MqttUrl::new(listen.ip().to_string(), listen.port())

@@ -127,6 +127,8 @@ pub struct Metrics {
     /// Ingest transactions: count, sum and latency distribution.
     commits: Mutex<Histogram>,
     mqtt_connects: AtomicU64,
+    /// Open MQTT connections at the embedded broker, as its router last reported them.
+    mqtt_connections: AtomicU64,
     http: Mutex<BTreeMap<HttpKey, Histogram>>,
 }
 
@@ -157,6 +159,11 @@ impl Metrics {
     /// The consumer's MQTT session (re)connected.
     pub fn mqtt_connected(&self) {
         self.mqtt_connects.fetch_add(1, Relaxed);
+    }
+
+    /// The embedded broker's count of open MQTT connections.
+    pub fn set_mqtt_connections(&self, n: u64) {
+        self.mqtt_connections.store(n, Relaxed);
     }
 
     pub fn store_error(&self) {
@@ -224,6 +231,18 @@ impl Metrics {
             "phr_mqtt_connects_total",
             "Times the gateway's MQTT session connected (more than once means reconnects).",
             self.mqtt_connects.load(Relaxed),
+        );
+        family(
+            &mut out,
+            "phr_mqtt_connections",
+            "Open MQTT connections at the embedded broker (bridges, the gateway itself), as its router last reported them (every 5 s while messages flow; 0 with an external broker).",
+            "gauge",
+        );
+        sample(
+            &mut out,
+            "phr_mqtt_connections",
+            &[],
+            &self.mqtt_connections.load(Relaxed).to_string(),
         );
         // Kept for existing dashboards and alerts; the histogram below has the same sum.
         family(

@@ -808,7 +808,7 @@ fn main() -> anyhow::Result<()> {
 
     // 1. Broker.
     let embedded = free_addr()?;
-    phr_gateway::broker::start(embedded, None)?;
+    phr_gateway::broker::start(embedded, None, None)?;
     let embedded = MqttUrl::new("127.0.0.1", embedded.port());
     let mosquitto = MqttUrl::new("127.0.0.1", 1883);
     let mosquitto_up = std::net::TcpStream::connect_timeout(

@@ -603,3 +603,57 @@ async fn the_grafana_dashboard_imports_and_queries_only_exported_metrics() -> an
     gw.stop().await;
     Ok(())
 }
+
+/// `phr_mqtt_connections` follows the embedded broker's open connections: the gateway's own
+/// session plus each bridge, down again when a bridge goes (the broker reports it every 5 s
+/// while messages flow, so the bridges keep publishing here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_mqtt_connections_are_counted_at_the_embedded_broker() -> anyhow::Result<()> {
+    let gw = TestGateway::start_configured(None, |_| {}).await?;
+    let base = gw.url("");
+    for b in ["br-m1", "br-m2"] {
+        gw.enrol(
+            &format!("p-{b}"),
+            b,
+            &[format!("band-{b}")],
+            Utc::now() - TimeDelta::days(1),
+        )?;
+    }
+    let mut one = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-m1").await?;
+    let mut two = Some(RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-m2").await?);
+    let mut minute = 0;
+    let mut publish = |bridge: &mut RawBridge, band: &str| {
+        minute += 1;
+        let r = phr_e2e::minute_steps(
+            band,
+            &bridge.bridge.clone(),
+            Utc::now() - TimeDelta::minutes(600 - minute),
+            10,
+        );
+        (band.to_owned(), vec![r])
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let (band, recs) = publish(&mut one, "band-br-m1");
+        phr_e2e::send(&mut one, &band, recs).await?;
+        if let Some(t) = two.as_mut() {
+            let (band, recs) = publish(t, "band-br-m2");
+            phr_e2e::send(t, &band, recs).await?;
+        }
+        let n = phr_e2e::metric(&base, "phr_mqtt_connections")?;
+        seen.push(n);
+        if two.is_some() && n == 3.0 {
+            two = None; // the second bridge goes away
+        } else if two.is_none() && n == 2.0 {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "phr_mqtt_connections never showed 3 then 2: {seen:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    gw.stop().await;
+    Ok(())
+}
