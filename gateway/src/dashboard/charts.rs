@@ -203,6 +203,36 @@ fn runs(points: impl IntoIterator<Item = (usize, f64)>) -> Vec<Vec<(f64, f64)>> 
 
 /// Daily steps: one bar per day with data, the rolling mean (`rolling[i]`, a line broken at
 /// days without it) and the goal as a dashed line. `steps` and `rolling` align with `dates`.
+/// The frame every per-day chart shares: one column per date of `dates` (labelled by date,
+/// no vertical grid), the value axis `y` labelled by `y_label`, both axes described.
+fn daily_chart<'a, 'b>(
+    plot: &'a Area<'b>,
+    dates: &'a [NaiveDate],
+    y: Axis,
+    y_area: u32,
+    y_label: &dyn Fn(&f64) -> String,
+    (x_desc, y_desc): (&str, &str),
+) -> Result<ChartContext<'a, SVGBackend<'b>, Cartesian2d<Axis, Axis>>, ChartError> {
+    let n = dates.len();
+    let mut chart = ChartBuilder::on(plot)
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(y_area)
+        .build_cartesian_2d(axis(-0.5..n as f64 - 0.5, date_ticks(n, 10)), y)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .bold_line_style(GRID)
+        .x_label_formatter(&|x| date_label(dates, *x))
+        .y_label_formatter(y_label)
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .axis_desc_style((FONT, 15))
+        .label_style((FONT, 13))
+        .draw()?;
+    Ok(chart)
+}
+
 pub fn steps(
     label: &str,
     dates: &[NaiveDate],
@@ -221,25 +251,14 @@ pub fn steps(
         * 1.08;
     render((WIDTH, HEIGHT), label, |root| {
         let (plot, side) = root.split_horizontally(WIDTH - LEGEND_WIDTH);
-        let mut chart = ChartBuilder::on(&plot)
-            .margin(12)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d(
-                axis(-0.5..n as f64 - 0.5, date_ticks(n, 10)),
-                axis(0.0..top, nice_ticks(0.0, top, 6)),
-            )?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .bold_line_style(GRID)
-            .x_label_formatter(&|x| date_label(dates, *x))
-            .y_label_formatter(&|y| format!("{y:.0}"))
-            .x_desc("local date (month-day)")
-            .y_desc("steps per day")
-            .axis_desc_style((FONT, 15))
-            .label_style((FONT, 13))
-            .draw()?;
+        let mut chart = daily_chart(
+            &plot,
+            dates,
+            axis(0.0..top, nice_ticks(0.0, top, 6)),
+            64,
+            &|y| format!("{y:.0}"),
+            ("local date (month-day)", "steps per day"),
+        )?;
         chart.draw_series(steps.iter().enumerate().filter_map(|(i, v)| {
             let x = i as f64;
             v.map(|v| Rectangle::new([(x - 0.4, 0.0), (x + 0.4, v as f64)], oi::SKY_BLUE.filled()))
@@ -359,7 +378,6 @@ pub fn sleep_stages(
     dates: &[NaiveDate],
     nights: &[Option<NightBar>],
 ) -> Result<String, ChartError> {
-    let n = dates.len();
     let hours = |s: &Stages| s.iter().sum::<f64>() / 60.0;
     let top = nights
         .iter()
@@ -412,25 +430,14 @@ pub fn sleep_stages(
     }
     render((WIDTH, HEIGHT), label, |root| {
         let (plot, side) = root.split_horizontally(WIDTH - LEGEND_WIDTH);
-        let mut chart = ChartBuilder::on(&plot)
-            .margin(12)
-            .x_label_area_size(44)
-            .y_label_area_size(56)
-            .build_cartesian_2d(
-                axis(-0.5..n as f64 - 0.5, date_ticks(n, 10)),
-                axis(0.0..top, nice_ticks(0.0, top, 6)),
-            )?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .bold_line_style(GRID)
-            .x_label_formatter(&|x| date_label(dates, *x))
-            .y_label_formatter(&|y| format!("{y}"))
-            .x_desc("night (local date of waking, month-day)")
-            .y_desc("hours")
-            .axis_desc_style((FONT, 15))
-            .label_style((FONT, 13))
-            .draw()?;
+        let mut chart = daily_chart(
+            &plot,
+            dates,
+            axis(0.0..top, nice_ticks(0.0, top, 6)),
+            56,
+            &|y| format!("{y}"),
+            ("night (local date of waking, month-day)", "hours"),
+        )?;
         for part in segments {
             chart.draw_series(part)?;
         }
@@ -583,7 +590,6 @@ pub fn sleep_timing(
     dates: &[NaiveDate],
     nights: &[Vec<Timing>],
 ) -> Result<String, ChartError> {
-    let n = dates.len();
     let all = nights.iter().flatten();
     let lo = all
         .clone()
@@ -624,25 +630,17 @@ pub fn sleep_timing(
     };
     render((WIDTH, HEIGHT), label, |root| {
         let (plot, side) = root.split_horizontally(WIDTH - LEGEND_WIDTH);
-        let mut chart = ChartBuilder::on(&plot)
-            .margin(12)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d(
-                axis(-0.5..n as f64 - 0.5, date_ticks(n, 10)),
-                axis(-hi..-lo, ticks),
-            )?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .bold_line_style(GRID)
-            .x_label_formatter(&|x| date_label(dates, *x))
-            .y_label_formatter(&|y| clock_hours(-*y))
-            .x_desc("night (local date of waking, month-day)")
-            .y_desc("local clock time (hours)")
-            .axis_desc_style((FONT, 15))
-            .label_style((FONT, 13))
-            .draw()?;
+        let mut chart = daily_chart(
+            &plot,
+            dates,
+            axis(-hi..-lo, ticks),
+            64,
+            &|y| clock_hours(-*y),
+            (
+                "night (local date of waking, month-day)",
+                "local clock time (hours)",
+            ),
+        )?;
         chart.draw_series(bars(true))?;
         let mut items = vec![("main sleep".to_owned(), Mark::Fill(oi::BLUE))];
         let others = bars(false);
@@ -661,7 +659,6 @@ pub fn resting_heart_rate(
     dates: &[NaiveDate],
     bpm: &[Option<f64>],
 ) -> Result<String, ChartError> {
-    let n = dates.len();
     let values = || bpm.iter().flatten().copied();
     let lo = (values().fold(f64::INFINITY, f64::min) - 5.0).floor();
     let hi = (values().fold(f64::NEG_INFINITY, f64::max) + 5.0).ceil();
@@ -672,25 +669,14 @@ pub fn resting_heart_rate(
     };
     render((WIDTH, 260), label, |root| {
         let (plot, side) = root.split_horizontally(WIDTH - LEGEND_WIDTH);
-        let mut chart = ChartBuilder::on(&plot)
-            .margin(12)
-            .x_label_area_size(44)
-            .y_label_area_size(56)
-            .build_cartesian_2d(
-                axis(-0.5..n as f64 - 0.5, date_ticks(n, 10)),
-                axis(lo..hi, nice_ticks(lo, hi, 5)),
-            )?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .bold_line_style(GRID)
-            .x_label_formatter(&|x| date_label(dates, *x))
-            .y_label_formatter(&|y| format!("{y:.0}"))
-            .x_desc("local date (month-day)")
-            .y_desc("resting heart rate (bpm)")
-            .axis_desc_style((FONT, 15))
-            .label_style((FONT, 13))
-            .draw()?;
+        let mut chart = daily_chart(
+            &plot,
+            dates,
+            axis(lo..hi, nice_ticks(lo, hi, 5)),
+            56,
+            &|y| format!("{y:.0}"),
+            ("local date (month-day)", "resting heart rate (bpm)"),
+        )?;
         let points: Vec<(usize, f64)> = bpm
             .iter()
             .enumerate()
