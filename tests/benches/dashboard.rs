@@ -553,7 +553,7 @@ fn main() -> anyhow::Result<()> {
     let after = store.disclosures(PERSON, 0, 1_000_000)?.len();
 
     println!("\n| machine | |\n| --- | --- |");
-    for (k, v) in machine() {
+    for (k, v) in phr_e2e::machine() {
         println!("| {k} | {v} |");
     }
     println!(
@@ -629,29 +629,4 @@ fn main() -> anyhow::Result<()> {
         "expected one disclosure entry per clinician view"
     );
     Ok(())
-}
-
-fn machine() -> Vec<(String, String)> {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let rustc = std::process::Command::new("rustc")
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map_or_else(|| "unknown".into(), |s| s.trim().to_owned());
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    vec![
-        ("nproc".into(), nproc.to_string()),
-        ("cpu".into(), cpu),
-        ("rustc".into(), rustc),
-        ("sqlite".into(), rusqlite::version().to_owned()),
-    ]
 }

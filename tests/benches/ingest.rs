@@ -733,38 +733,6 @@ async fn bridge_e2e(devices: usize, hours: usize) -> anyhow::Result<Measured> {
 
 // ----- report -----
 
-fn machine() -> Vec<(String, String)> {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let rustc = std::process::Command::new("rustc")
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map_or_else(|| "unknown".into(), |s| s.trim().to_owned());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned());
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    vec![
-        ("nproc".into(), nproc.to_string()),
-        ("cpu".into(), cpu),
-        ("kernel".into(), kernel),
-        ("rustc".into(), rustc),
-        ("sqlite".into(), rusqlite::version().to_owned()),
-        (
-            "temp dir".into(),
-            std::env::temp_dir().display().to_string(),
-        ),
-    ]
-}
-
 fn fmt_rate(r: f64) -> String {
     if !r.is_finite() {
         return "-".into();
@@ -887,7 +855,7 @@ fn main() -> anyhow::Result<()> {
     let s3c = Summary::of(&bridge_runs);
 
     println!("\n| machine | |\n| --- | --- |");
-    for (k, v) in machine() {
+    for (k, v) in phr_e2e::machine() {
         println!("| {k} | {v} |");
     }
     println!("\n| measurement | rate (median) | records/s (median) | records/s (min .. max) |");

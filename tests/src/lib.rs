@@ -630,3 +630,37 @@ pub async fn can_connect(broker: &MqttUrl, credentials: Option<(&str, &str)>) ->
     let _ = client.try_disconnect();
     answer
 }
+
+/// The machine a benchmark ran on, as rows for its report: cores, CPU, kernel, compiler,
+/// SQLite and the temp dir (where the benchmarks' stores live).
+pub fn machine() -> Vec<(String, String)> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "unknown".into(), |s| s.trim().to_owned());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned());
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    vec![
+        ("nproc".into(), nproc.to_string()),
+        ("cpu".into(), cpu),
+        ("kernel".into(), kernel),
+        ("rustc".into(), rustc),
+        ("sqlite".into(), rusqlite::version().to_owned()),
+        (
+            "temp dir".into(),
+            std::env::temp_dir().display().to_string(),
+        ),
+    ]
+}
