@@ -26,6 +26,15 @@ pub const ADMIN_CORRECTIONS: &str = "/api/v1/admin/corrections";
 /// The operator scope.
 pub const ADMIN_SCOPE: &str = "phr:admin";
 
+/// 403 unless the token carries [`ADMIN_SCOPE`] (operators' routes).
+pub(super) fn require_admin(p: &Principal) -> Result<(), ApiError> {
+    p.scopes
+        .iter()
+        .any(|s| s == ADMIN_SCOPE)
+        .then_some(())
+        .ok_or(ApiError::Forbidden)
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(QUARANTINE, web::get().to(quarantine))
         .route(CONFIRM_QUARANTINE, web::post().to(confirm))
@@ -262,9 +271,7 @@ pub(crate) async fn admin(
     state: web::Data<AppState>,
     b: Result<web::Json<AdminCorrection>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
-    if !principal.scopes.iter().any(|s| s == ADMIN_SCOPE) {
-        return Err(ApiError::Forbidden);
-    }
+    require_admin(&principal)?;
     let b = body(b)?;
     if b.why.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_why", "say why in `why`"));

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::corrections::ADMIN_SCOPE;
+use super::corrections::require_admin;
 use super::error::ApiError;
 use super::openapi::ErrorBody;
 use super::AppState;
@@ -239,14 +239,6 @@ pub(crate) struct ClientList {
     pub clients: Vec<ClientView>,
 }
 
-fn require_admin(p: &Principal) -> Result<(), ApiError> {
-    p.scopes
-        .iter()
-        .any(|s| s == ADMIN_SCOPE)
-        .then_some(())
-        .ok_or(ApiError::Forbidden)
-}
-
 /// Registers an OAuth client (a PHR company). Operators only (`phr:admin`).
 #[utoipa::path(post, path = "/api/v1/admin/clients", tag = "admin",
     request_body = NewClientBody,
@@ -257,6 +249,7 @@ fn require_admin(p: &Principal) -> Result<(), ApiError> {
         (status = 401, description = "No valid bearer token", body = ErrorBody),
         (status = 403, description = "The token lacks `phr:admin`", body = ErrorBody),
         (status = 409, description = "A client with this `client_id` exists", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 429, description = "Too many requests (`rate_limited`)", body = ErrorBody),
         (status = 500, description = "Internal error", body = ErrorBody),
     ))]
@@ -268,7 +261,7 @@ pub(crate) async fn create_client(
     require_admin(&principal)?;
     let b = body
         .map(web::Json::into_inner)
-        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+        .map_err(|e| ApiError::from_body_error(&e))?;
     let new = NewClient {
         client_id: b.client_id,
         name: b.name,

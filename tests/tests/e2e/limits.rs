@@ -69,6 +69,23 @@ async fn oversized_bodies_long_spans_and_unknown_routes_get_json_errors() -> any
         (413, Some("payload_too_large")),
         "{b}"
     );
+    let admin = gw
+        .gateway
+        .keys
+        .issue("ops", "phr:admin", TimeDelta::hours(1), Utc::now())?;
+    let big_client = serde_json::json!({"client_id": "big", "name": "x".repeat(100 * 1024),
+                                        "scopes": ["system/Observation.rs"], "secret": true});
+    let (s, b) = call(
+        "POST",
+        &gw.url("/api/v1/admin/clients"),
+        Some(&admin),
+        Some(big_client),
+    )?;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "the admin API too: {b}"
+    );
     let (s, b) = call(
         "GET",
         &gw.url(
