@@ -133,17 +133,6 @@ impl DeviceState {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// Whether `reading` is one this state turns into others (rather than passing it on).
-    pub fn is_stateful(reading: &Reading) -> bool {
-        matches!(
-            reading,
-            Reading::StepsToday { .. }
-                | Reading::PamsSteps { .. }
-                | Reading::PamsSleep(_)
-                | Reading::PamsSession(_)
-        )
-    }
-
     /// Turns one reading into the readings it stands for: stateless readings pass through
     /// unchanged; stateful ones update the state and yield zero or more interval readings.
     pub fn process(&mut self, reading: Reading) -> (Vec<Reading>, Effects) {

@@ -73,7 +73,6 @@ fn stateless_readings_pass_through() {
         sensor_contact: None,
         energy_expended_kj: None,
     };
-    assert!(!DeviceState::is_stateful(&hr));
     assert_eq!(s.process(hr.clone()).0, vec![hr]);
 }
 
