@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{web, ResponseError};
+use actix_web::{web, HttpMessage, ResponseError};
 
 use crate::api::error::ApiError;
 use crate::api::AppState;
@@ -96,18 +96,15 @@ pub async fn rate_limit(
     Ok(next.call(req).await?.map_into_boxed_body())
 }
 
-/// Whose bucket a request uses: the verified token's subject, else the peer address.
+/// Whose bucket a request uses: the verified token's subject, else the peer address. The
+/// verified claims are left in the request for the `Principal` extractor.
 fn caller(req: &ServiceRequest, state: &AppState) -> String {
-    let token = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
-    if let Some(claims) = token.and_then(|t| state.keys.verify(t.trim()).ok()) {
-        return format!("sub:{}", claims.sub);
+    let claims = crate::api::bearer_token(req.headers()).and_then(|t| state.keys.verify(t).ok());
+    if let Some(claims) = claims {
+        let key = format!("sub:{}", claims.sub);
+        req.extensions_mut()
+            .insert(crate::api::VerifiedClaims(claims));
+        return key;
     }
     let peer = req
         .peer_addr()

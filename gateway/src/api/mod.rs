@@ -32,7 +32,7 @@ pub mod sync;
 use std::future::{ready, Ready};
 use std::sync::Arc;
 
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 
 use crate::auth::{Keys, Principal};
 use crate::metrics::Metrics;
@@ -134,6 +134,24 @@ pub(crate) async fn dashboard() -> HttpResponse {
         .body(include_str!("../../../dashboards/index.html"))
 }
 
+/// The bearer token of a request's `Authorization` header, if it has a non-empty one.
+pub fn bearer_token(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
+    headers
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Claims already verified for this request (by the rate limiter, which keys on the token's
+/// subject), kept in the request's extensions so the signature is checked once.
+#[derive(Debug, Clone)]
+pub struct VerifiedClaims(pub crate::auth::Claims);
+
 /// The verified caller. Handlers that take a `Principal` cannot run without a valid token.
 impl FromRequest for Principal {
     type Error = ApiError;
@@ -143,22 +161,16 @@ impl FromRequest for Principal {
         let Some(state) = req.app_data::<web::Data<AppState>>() else {
             return ready(Err(ApiError::Internal));
         };
-        let token = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        ready(match token {
-            Some(t) if !t.is_empty() => state
+        if let Some(VerifiedClaims(claims)) = req.extensions().get::<VerifiedClaims>() {
+            return ready(Ok(Principal::from_claims(claims.clone())));
+        }
+        ready(match bearer_token(req.headers()) {
+            Some(t) => state
                 .keys
                 .verify(t)
                 .map(Principal::from_claims)
                 .map_err(|_| ApiError::Unauthorized),
-            _ => Err(ApiError::Unauthorized),
+            None => Err(ApiError::Unauthorized),
         })
     }
 }
