@@ -90,7 +90,7 @@ enum Held {
         sequence: u32,
         steps: u32,
     },
-    Sleep(#[serde(with = "sleep_summary")] PamsSleepSummary),
+    Sleep(PamsSleepSummary),
 }
 
 impl Held {
@@ -327,71 +327,6 @@ mod pairs {
         D: Deserializer<'de>,
     {
         Ok(Vec::<(K, V)>::deserialize(de)?.into_iter().collect())
-    }
-}
-
-/// Serde for [`PamsSleepSummary`], which lives in the sans-io decoders (no serde there).
-mod sleep_summary {
-    use super::PamsSleepSummary;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    type Fields = (
-        u16,
-        u16,
-        u32,
-        u32,
-        [Option<u32>; 3],
-        Option<u16>,
-        Option<u16>,
-        Option<u8>,
-    );
-
-    pub(super) fn serialize<S: Serializer>(
-        s: &PamsSleepSummary,
-        ser: S,
-    ) -> Result<S::Ok, S::Error> {
-        let fields: Fields = (
-            s.session_id,
-            s.sub_session_id,
-            s.relative_seconds,
-            s.sequence,
-            [
-                s.total_sleep_seconds,
-                s.total_wake_seconds,
-                s.total_bed_seconds,
-            ],
-            s.awakenings,
-            s.latency_seconds,
-            s.efficiency_percent,
-        );
-        fields.serialize(ser)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        de: D,
-    ) -> Result<PamsSleepSummary, D::Error> {
-        let (
-            session_id,
-            sub_session_id,
-            relative_seconds,
-            sequence,
-            [sleep, wake, bed],
-            awakenings,
-            latency,
-            efficiency,
-        ): Fields = Deserialize::deserialize(de)?;
-        Ok(PamsSleepSummary {
-            session_id,
-            sub_session_id,
-            relative_seconds,
-            sequence,
-            total_sleep_seconds: sleep,
-            total_wake_seconds: wake,
-            total_bed_seconds: bed,
-            awakenings,
-            latency_seconds: latency,
-            efficiency_percent: efficiency,
-        })
     }
 }
 

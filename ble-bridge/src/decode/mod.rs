@@ -100,7 +100,8 @@ pub enum Reading {
 }
 
 /// The fields of a PAMS Sleep Activity Summary the bridge uses (see `pams_sleep`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Serialisable because the bridge holds summaries in its saved per-device state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct PamsSleepSummary {
     pub session_id: u16,
     pub sub_session_id: u16,
