@@ -264,6 +264,37 @@ impl Store {
         self.read(|conn| bridge_key(conn, bridge_id))
     }
 
+    /// Enrols `bridge_id` with its Ed25519 public key (64 hex characters): from then on the
+    /// bridge authenticates with that key. Re-enrolling with the same key changes nothing; a
+    /// different key is refused (`Error::Conflict`): a bridge's identity does not change
+    /// silently (an operator revokes the bridge first).
+    pub fn register_bridge_key(&self, bridge_id: &str, public_key_hex: &str) -> Result<()> {
+        if parse_key(public_key_hex).is_none() {
+            return Err(Error::Invalid("a bridge key is 64 hex characters of an Ed25519 public key"));
+        }
+        let key = public_key_hex.to_ascii_lowercase();
+        self.write(|tx| {
+            let existing: Option<Option<String>> = tx
+                .query_row("SELECT public_key FROM bridges WHERE bridge_id = ?1", [bridge_id], |r| r.get(0))
+                .optional()?;
+            match existing {
+                Some(Some(old)) if old.eq_ignore_ascii_case(&key) => Ok(()),
+                Some(Some(_)) => Err(Error::Conflict("the bridge is enrolled with another key")),
+                Some(None) => {
+                    tx.execute("UPDATE bridges SET public_key = ?2 WHERE bridge_id = ?1", params![bridge_id, key])?;
+                    Ok(())
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO bridges (bridge_id, created_at, public_key) VALUES (?1, ?2, ?3)",
+                        params![bridge_id, Utc::now().to_rfc3339(), key],
+                    )?;
+                    Ok(())
+                }
+            }
+        })
+    }
+
     /// Makes sure `person_id` exists (a token's subject granting a consent, say).
     pub fn ensure_person(&self, person_id: &str) -> Result<()> {
         let zone = self
