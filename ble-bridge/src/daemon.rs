@@ -48,6 +48,9 @@ pub struct BridgeConfig {
     pub data_dir: PathBuf,
     pub mqtt_url: String,
     pub topic_prefix: String,
+    /// The gateway's channel key, 64 hex characters (`phr-gateway bridges enrol` prints it).
+    /// Required: every message to and from the gateway is sealed with it.
+    pub gateway_key: String,
     /// The UTC offset the devices' clocks and days follow, e.g. `+09:00`.
     pub utc_offset: String,
     /// BLE addresses to connect to; empty means every device with a supported service.
@@ -64,6 +67,7 @@ impl Default for BridgeConfig {
             data_dir: PathBuf::from("phr-bridge-data"),
             mqtt_url: "mqtt://127.0.0.1:1883".into(),
             topic_prefix: phr_schema::envelope::DEFAULT_PREFIX.into(),
+            gateway_key: String::new(),
             utc_offset: "+09:00".into(),
             allow: Vec::new(),
             batch_records: 60,
@@ -92,6 +96,7 @@ impl BridgeConfig {
         }
         self.mqtt()?;
         self.offset()?;
+        self.gateway_key()?;
         if self.batch_records == 0 {
             return Err(Error::Io("batch_records must be at least 1".into()));
         }
@@ -102,6 +107,16 @@ impl BridgeConfig {
         self.mqtt_url
             .parse()
             .map_err(|e: crate::mqtt::MqttUrlError| Error::Io(e.to_string()))
+    }
+
+    /// The gateway's channel key.
+    pub fn gateway_key(&self) -> Result<ed25519_dalek::VerifyingKey> {
+        phr_schema::channel::key_from_hex(&self.gateway_key).ok_or_else(|| {
+            Error::Io(
+                "gateway_key must be the 64 hex characters `phr-gateway bridges enrol` prints"
+                    .into(),
+            )
+        })
     }
 
     pub fn offset(&self) -> Result<FixedOffset> {
@@ -151,6 +166,7 @@ pub async fn run(
             max_inflight: 32,
             identities: identities.clone(),
             key: key.clone(),
+            gateway_key: cfg.gateway_key()?,
         },
         outbox.clone(),
         wake.clone(),
@@ -240,13 +256,7 @@ pub async fn run(
                 continue;
             }
             let records = std::mem::take(&mut p.records);
-            let b = batches(
-                &key,
-                &cfg.bridge_id,
-                device,
-                records.clone(),
-                cfg.batch_records,
-            );
+            let b = batches(&cfg.bridge_id, device, records.clone(), cfg.batch_records);
             // The mark only moves forward: late or out-of-order data must not move it back.
             let previous = marks.read().ok().and_then(|m| m.get(device).copied());
             let newest = records
@@ -296,7 +306,14 @@ mod tests {
     fn the_example_config_parses_and_mistakes_are_named() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bridge.example.toml");
         let cfg = BridgeConfig::from_file(&path).unwrap();
-        assert_eq!(cfg, BridgeConfig::default());
+        assert_eq!(cfg.gateway_key().unwrap().as_bytes().len(), 32);
+        assert_eq!(
+            BridgeConfig {
+                gateway_key: String::new(),
+                ..cfg
+            },
+            BridgeConfig::default()
+        );
         assert!(
             toml::from_str::<BridgeConfig>("bridgeid = \"x\"").is_err(),
             "unknown keys are refused"

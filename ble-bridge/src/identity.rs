@@ -1,7 +1,8 @@
 //! The bridge's own identity: an Ed25519 key generated on first start and kept in its data
-//! dir (`bridge-ed25519.pk8`, PKCS#8 DER, mode 0600). Its public half travels in pairing
-//! reports; the gateway registers it when the owner confirms the first pairing through this
-//! bridge, and from then on accepts on this bridge's topics only batches signed with it.
+//! dir (`bridge-ed25519.pk8`, PKCS#8 DER, mode 0600). An operator enrols the bridge by
+//! registering its public half at the gateway (`phr-bridge identity` prints it); the bridge
+//! then proves itself when it connects (the MQTT password is a signature) and seals every
+//! message with the channel key it shares with the gateway (`phr_schema::channel`).
 //! No secret ever crosses the network.
 
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::path::Path;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{Signer, SigningKey};
 
-use phr_schema::Batch;
+use phr_schema::channel::{ChannelError, ChannelKey};
 
 use crate::{Error, Result};
 
@@ -39,6 +40,17 @@ impl BridgeKey {
         }
     }
 
+    /// A fresh key that lives only in memory (tests, tools).
+    pub fn generate() -> Self {
+        Self(SigningKey::generate(&mut rand::rngs::OsRng))
+    }
+
+    /// The key whose 32-byte secret seed is `seed` (tests and tools that need the same key
+    /// again).
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        Self(SigningKey::from_bytes(seed))
+    }
+
     /// The public key as 64 hex characters.
     pub fn public_hex(&self) -> String {
         self.0
@@ -60,10 +72,11 @@ impl BridgeKey {
             .collect()
     }
 
-    /// Signs a batch (see [`Batch::signing_digest`]).
-    pub fn sign(&self, batch: &mut Batch) {
-        let sig = self.0.sign(&batch.signing_digest());
-        batch.signature = Some(sig.to_bytes().iter().map(|b| format!("{b:02x}")).collect());
+    /// The channel this bridge shares with the gateway whose channel key is `gateway`.
+    pub fn channel(&self, gateway: &ed25519_dalek::VerifyingKey) -> Result<ChannelKey> {
+        ChannelKey::for_bridge(&self.0, gateway).map_err(|e: ChannelError| {
+            Error::Io(format!("the configured gateway key is unusable: {e}"))
+        })
     }
 }
 
@@ -94,8 +107,11 @@ mod tests {
         let again = BridgeKey::load_or_create(dir.path()).unwrap();
         assert_eq!(key.public_hex(), again.public_hex());
         assert_eq!(key.public_hex().len(), 64);
-        let mut batch = Batch::new("b", "d", uuid::Uuid::new_v4(), vec![]);
-        key.sign(&mut batch);
-        assert_eq!(batch.signature.as_ref().map(String::len), Some(128));
+        let gateway = SigningKey::from_bytes(&[3; 32]);
+        let ours = key.channel(&gateway.verifying_key()).unwrap();
+        let public = phr_schema::channel::key_from_hex(&key.public_hex()).unwrap();
+        let theirs = ChannelKey::for_gateway(&gateway, &public).unwrap();
+        let sealed = ours.seal("t", b"batch", [1; 24]);
+        assert_eq!(theirs.open("t", &sealed).unwrap(), b"batch");
     }
 }

@@ -42,7 +42,13 @@ enum Command {
         data_dir: PathBuf,
     },
     /// Run simulated wearables through the real decode → outbox → MQTT pipeline.
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
+    /// Print this bridge's public key (made on first use), for the gateway operator to enrol
+    /// it with `phr-gateway bridges enrol --bridge-id ID --public-key KEY`.
+    Identity {
+        #[arg(long, env = "PHR_BRIDGE_DATA_DIR", default_value = "phr-bridge-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,6 +83,14 @@ struct SimulateArgs {
     /// With --until: exit once the gateway has acked everything.
     #[arg(long, requires = "until")]
     exit_when_drained: bool,
+    /// The gateway's channel key (64 hex characters), printed by `phr-gateway bridges enrol`.
+    #[arg(long, env = "PHR_GATEWAY_KEY", value_parser = parse_key)]
+    gateway_key: ed25519_dalek::VerifyingKey,
+}
+
+fn parse_key(s: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
+    phr_schema::channel::key_from_hex(s.trim())
+        .ok_or_else(|| "expected the 64 hex characters `phr-gateway bridges enrol` prints".into())
 }
 
 fn parse_offset(s: &str) -> Result<FixedOffset, String> {
@@ -146,6 +160,10 @@ async fn main() -> anyhow::Result<()> {
                 println!("  {device:<24} data up to {until}");
             }
         }
+        Command::Identity { data_dir } => {
+            let key = phr_bridge::identity::BridgeKey::load_or_create(&data_dir)?;
+            println!("{}", key.public_hex());
+        }
         Command::Simulate(a) => {
             let mut cfg = SimulateConfig::new(&a.bridge_id, a.devices, a.data_dir, a.mqtt_url);
             cfg.topic_prefix = a.topic_prefix;
@@ -154,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
             cfg.seed = a.seed;
             cfg.until = a.until;
             cfg.exit_when_drained = a.exit_when_drained;
+            cfg.gateway_key = Some(a.gateway_key);
             let shutdown = CancellationToken::new();
             let (status, _) = watch::channel(Default::default());
             let stop = shutdown.clone();

@@ -18,13 +18,11 @@ use uuid::Uuid;
 
 use phr_schema::{Batch, Record};
 
-use crate::identity::BridgeKey;
-
 use crate::{Error, Result};
 
-/// Groups one device's records, in measured order, into batches signed by `key`.
+/// Groups one device's records, in measured order, into batches. (They are sealed with the
+/// channel key when published, not here: the outbox outlives a change of the gateway's key.)
 pub fn batches(
-    key: &BridgeKey,
     bridge_id: &str,
     device_id: &str,
     mut records: Vec<Record>,
@@ -33,11 +31,7 @@ pub fn batches(
     records.sort_by_key(|r| r.measured().0);
     records
         .chunks(size.max(1))
-        .map(|c| {
-            let mut batch = Batch::new(bridge_id, device_id, Uuid::new_v4(), c.to_vec());
-            key.sign(&mut batch);
-            batch
-        })
+        .map(|c| Batch::new(bridge_id, device_id, Uuid::new_v4(), c.to_vec()))
         .collect()
 }
 

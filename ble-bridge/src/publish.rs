@@ -6,6 +6,11 @@
 //! `max_inflight` unacked batches, resends every unacked batch after a reconnect or after
 //! `ack_timeout`, and removes batches on ack. Resending is always safe: the gateway
 //! deduplicates by record id and acks a duplicate like a first delivery.
+//!
+//! Every message is sealed with the channel key this bridge shares with the gateway
+//! (`phr_schema::channel`): batches and pairing reports going out, acks and pairing requests
+//! coming in. A message that does not open (forged by another client of the broker, or meant
+//! for another bridge) is dropped with a warning: a forged ack deletes nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use phr_schema::channel::ChannelKey;
 use phr_schema::{Ack, PairingReport, PairingRequest, Topics};
 
 use crate::identity::BridgeKey;
@@ -34,9 +40,11 @@ pub struct PublisherConfig {
     pub max_inflight: usize,
     /// The devices this bridge can vouch for in a pairing, by device id (learnt at runtime).
     pub identities: Identities,
-    /// This bridge's key: its public half goes in pairing reports, and it signs the MQTT
-    /// password.
+    /// This bridge's key: it signs the MQTT password and, with `gateway_key`, makes the
+    /// channel key.
     pub key: std::sync::Arc<BridgeKey>,
+    /// The gateway's channel key, as configured at enrolment.
+    pub gateway_key: ed25519_dalek::VerifyingKey,
 }
 
 /// The identities of the devices a bridge knows, shared between who learns them (the
@@ -84,6 +92,7 @@ pub async fn run(
     status: watch::Sender<Status>,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let channel = Arc::new(cfg.key.channel(&cfg.gateway_key)?);
     let client_id = format!(
         "phr-bridge-{}-{}",
         cfg.bridge_id,
@@ -104,6 +113,7 @@ pub async fn run(
     let topics = Incoming {
         acks: cfg.topics.acks(&cfg.bridge_id),
         pairing: cfg.topics.pairing_requests(&cfg.bridge_id),
+        channel: channel.clone(),
     };
     let poller = tokio::spawn(poll(
         eventloop,
@@ -136,8 +146,9 @@ pub async fn run(
                 for p in pending {
                     let topic = cfg.topics.records(&cfg.bridge_id, &p.device_id);
                     debug!(batch_id = %p.batch_id, device_id = %p.device_id, "publishing batch");
+                    let sealed = channel.seal(&topic, &p.payload, nonce());
                     if client
-                        .publish(topic, QoS::AtLeastOnce, false, p.payload)
+                        .publish(topic, QoS::AtLeastOnce, false, sealed)
                         .await
                         .is_err()
                     {
@@ -189,7 +200,7 @@ pub async fn run(
                     warn!(batch_id = ?a.batch_id, batch_error = ?a.batch_error.map(|r| r.code()), ?reasons, "gateway rejected records");
                 }
             }
-            Some(request) = pair_rx.recv() => show_code(&cfg, &client, &status, request),
+            Some(request) = pair_rx.recv() => show_code(&cfg, &channel, &client, &status, request),
             _ = wake.notified() => {}
             _ = link_rx.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -203,6 +214,7 @@ pub async fn run(
 /// Shows a pairing code for a device this bridge knows, and reports what the device is.
 fn show_code(
     cfg: &PublisherConfig,
+    channel: &ChannelKey,
     client: &AsyncClient,
     status: &watch::Sender<Status>,
     request: PairingRequest,
@@ -216,10 +228,25 @@ fn show_code(
         warn!(device_id = %request.device_id, "pairing request for a device this bridge does not know");
         return;
     };
-    // The code is meant to be seen by the person standing at the bridge.
+    if request.expires_at.with_timezone(&chrono::Utc) <= chrono::Utc::now() {
+        warn!(pairing_id = %request.pairing_id, "ignoring an expired pairing request");
+        return;
+    }
+    if status
+        .borrow()
+        .pairing_codes
+        .iter()
+        .any(|c| c.pairing_id == request.pairing_id)
+    {
+        debug!(pairing_id = %request.pairing_id, "pairing request seen before");
+        return;
+    }
+    // Computed from the channel key: only this bridge (and the gateway) can know it, and it
+    // is meant to be seen by the person standing at the bridge.
+    let code = channel.pairing_code(&request.pairing_id, &request.device_id);
     println!(
         "PAIRING CODE for device {}: {} (valid until {})",
-        request.device_id, request.code, request.expires_at
+        request.device_id, code, request.expires_at
     );
     info!(device_id = %request.device_id, pairing_id = %request.pairing_id, "pairing code shown");
     let report = PairingReport {
@@ -227,17 +254,13 @@ fn show_code(
         device_id: request.device_id.clone(),
         address: identity.address.clone(),
         serial_number: identity.serial_number.clone(),
-        bridge_key: Some(cfg.key.public_hex()),
     };
+    let topic = cfg.topics.pairing_reports(&cfg.bridge_id);
     match serde_json::to_vec(&report) {
         Ok(body) => {
+            let sealed = channel.seal(&topic, &body, nonce());
             if client
-                .try_publish(
-                    cfg.topics.pairing_reports(&cfg.bridge_id),
-                    QoS::AtLeastOnce,
-                    false,
-                    body,
-                )
+                .try_publish(topic, QoS::AtLeastOnce, false, sealed)
                 .is_err()
             {
                 warn!("could not queue the pairing report; start the pairing again");
@@ -249,18 +272,19 @@ fn show_code(
         s.pairing_codes.push(ShownCode {
             pairing_id: request.pairing_id,
             device_id: request.device_id,
-            code: request.code,
+            code,
         });
         let excess = s.pairing_codes.len().saturating_sub(16);
         s.pairing_codes.drain(..excess);
     });
 }
 
-/// The topics a bridge subscribes to.
+/// The topics a bridge subscribes to, and the channel key what arrives on them must open with.
 #[derive(Debug)]
 struct Incoming {
     acks: String,
     pairing: String,
+    channel: Arc<ChannelKey>,
 }
 
 /// Owns the event loop. Never awaits the client's request channel: a full channel would
@@ -303,7 +327,11 @@ async fn poll(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topics.pairing => {
-                match serde_json::from_slice::<PairingRequest>(&p.payload) {
+                let Ok(plain) = topics.channel.open(&p.topic, &p.payload) else {
+                    warn!("dropped a pairing request that is not sealed by the gateway");
+                    continue;
+                };
+                match serde_json::from_slice::<PairingRequest>(&plain) {
                     Ok(request) => {
                         if pairing.try_send(request).is_err() {
                             warn!("too many pairing requests at once; one was dropped");
@@ -313,7 +341,11 @@ async fn poll(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topics.acks => {
-                match serde_json::from_slice::<Ack>(&p.payload) {
+                let Ok(plain) = topics.channel.open(&p.topic, &p.payload) else {
+                    warn!("dropped an ack that is not sealed by the gateway");
+                    continue;
+                };
+                match serde_json::from_slice::<Ack>(&plain) {
                     // A dropped ack only costs a resend, which the gateway answers again.
                     Ok(ack) => {
                         if acks.try_send(ack).is_err() {
@@ -339,6 +371,14 @@ async fn poll(
             }
         }
     }
+}
+
+/// 24 bytes from the OS's generator, for a seal.
+fn nonce() -> [u8; 24] {
+    use rand::RngCore;
+    let mut n = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut n);
+    n
 }
 
 /// Runs an outbox call off the async workers.

@@ -46,6 +46,9 @@ pub struct SimulateConfig {
     pub max_inflight: usize,
     /// With `until`: return once everything generated has been acked.
     pub exit_when_drained: bool,
+    /// The gateway's channel key (`phr-gateway bridges enrol` prints it): every message to
+    /// and from the gateway is sealed with the key derived from it and this bridge's key.
+    pub gateway_key: Option<ed25519_dalek::VerifyingKey>,
 }
 
 impl SimulateConfig {
@@ -67,6 +70,7 @@ impl SimulateConfig {
             ack_timeout: Duration::from_secs(10),
             max_inflight: 32,
             exit_when_drained: false,
+            gateway_key: None,
         }
     }
 
@@ -92,6 +96,13 @@ pub async fn run(
         cfg.outbox_max_batches,
     )?));
     let key = Arc::new(BridgeKey::load_or_create(&cfg.data_dir)?);
+    let gateway_key = cfg.gateway_key.ok_or_else(|| {
+        Error::Io(format!(
+            "no gateway key: enrol this bridge (public key {}) at the gateway with \
+             `phr-gateway bridges enrol`, then pass the key it prints as --gateway-key",
+            key.public_hex()
+        ))
+    })?;
     let wake = Arc::new(Notify::new());
     let publisher_stop = shutdown.child_token();
     let publisher = tokio::spawn(publish::run(
@@ -108,6 +119,7 @@ pub async fn run(
                     .collect(),
             )),
             key: key.clone(),
+            gateway_key,
         },
         outbox.clone(),
         wake.clone(),
@@ -124,7 +136,7 @@ pub async fn run(
         let end = cfg.until.map_or(now, |u| u.min(now));
         let (mut done, mut full) = (true, false);
         for band in &bands {
-            match generate(&cfg, &key, band, &outbox, end).await {
+            match generate(&cfg, band, &outbox, end).await {
                 Ok(complete) => done &= complete,
                 Err(Error::OutboxFull { depth, max }) => {
                     warn!(device_id = %band.device_id, depth, max, "outbox full; holding new data until the gateway acks");
@@ -172,7 +184,6 @@ pub async fn run(
 /// Moves one band's data up to `end` into the outbox; `true` when the band is caught up.
 async fn generate(
     cfg: &SimulateConfig,
-    key: &BridgeKey,
     band: &SimBand,
     outbox: &Arc<Mutex<Outbox>>,
     end: DateTime<Utc>,
@@ -187,13 +198,7 @@ async fn generate(
     let to = end.min(from + TimeDelta::hours(6));
     let records = band.records(&cfg.bridge_id, from, to)?;
     let count = records.len();
-    let batches = batches(
-        key,
-        &cfg.bridge_id,
-        &band.device_id,
-        records,
-        cfg.batch_records,
-    );
+    let batches = batches(&cfg.bridge_id, &band.device_id, records, cfg.batch_records);
     let cursor = vec![(band.device_id.clone(), to)];
     blocking(outbox, move |o| o.push(&batches, &cursor, &[], Utc::now())).await?;
     tracing::debug!(device_id = %band.device_id, %from, %to, records = count, "generated");

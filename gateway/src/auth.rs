@@ -67,24 +67,7 @@ impl std::fmt::Debug for Keys {
 impl Keys {
     /// Loads the key from `dir`, generating it on first use.
     pub fn load_or_create(dir: &Path, issuer: &str, audience: &str) -> Result<Self> {
-        let path = dir.join(KEY_FILE);
-        let signing = match std::fs::read(&path) {
-            Ok(der) => {
-                use ed25519_dalek::pkcs8::DecodePrivateKey;
-                SigningKey::from_pkcs8_der(&der).map_err(|_| {
-                    Error::Key(format!("{} is not an Ed25519 PKCS#8 key", path.display()))
-                })?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = SigningKey::generate(&mut rand::rngs::OsRng);
-                let der = key.to_pkcs8_der().map_err(|e| Error::Key(e.to_string()))?;
-                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-                write_private(&path, der.as_bytes())?;
-                tracing::info!(path = %path.display(), "generated a new token signing key");
-                key
-            }
-            Err(e) => return Err(Error::io(&path, e)),
-        };
+        let signing = load_or_create_key(&dir.join(KEY_FILE), "token signing key")?;
         Self::from_signing_key(&signing, issuer, audience)
     }
 
@@ -194,6 +177,29 @@ impl Keys {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|d| d.claims)
             .map_err(|_| TokenError::Invalid)
+    }
+}
+
+/// An Ed25519 key kept as PKCS#8 DER (mode 0600) at `path`, generated on first use; `what`
+/// names it in the log.
+pub(crate) fn load_or_create_key(path: &Path, what: &str) -> Result<SigningKey> {
+    match std::fs::read(path) {
+        Ok(der) => {
+            use ed25519_dalek::pkcs8::DecodePrivateKey;
+            SigningKey::from_pkcs8_der(&der)
+                .map_err(|_| Error::Key(format!("{} is not an Ed25519 PKCS#8 key", path.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let der = key.to_pkcs8_der().map_err(|e| Error::Key(e.to_string()))?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            }
+            write_private(path, der.as_bytes())?;
+            tracing::info!(path = %path.display(), "generated a new {what}");
+            Ok(key)
+        }
+        Err(e) => Err(Error::io(path, e)),
     }
 }
 

@@ -17,14 +17,14 @@ use crate::{Error, Result};
 /// Who may connect to the embedded broker.
 ///
 /// - The gateway's own client: user `phr-gateway` with a secret made fresh at every start.
-/// - A bridge that registered a key at pairing: user = its bridge id, password = its
-///   signature over bridge id and MQTT client id (see `phr_schema::envelope::connect_digest`).
-/// - A bridge that has not been paired yet: its bridge id as user, any password (it must be
-///   able to connect to be paired; what it publishes is attributed to nobody).
-/// - Nobody else: anonymous clients and malformed user names are refused.
+/// - An enrolled bridge (its key registered by an operator): user = its bridge id,
+///   password = its signature over bridge id and MQTT client id (see
+///   `phr_schema::envelope::connect_digest`).
+/// - Nobody else: anonymous clients, bridges that are not enrolled and malformed user names
+///   are refused.
 ///
-/// Which topics a client may use is decided per message, by the gateway: a batch on a paired
-/// bridge's topic must carry that bridge's signature.
+/// What a bridge sends only counts if it opens with that bridge's channel key
+/// (`crate::channel`), whoever managed to publish it.
 #[derive(Clone)]
 pub struct Access {
     pub gateway_secret: String,
@@ -55,10 +55,10 @@ impl Access {
             return false;
         }
         match self.store.bridge_public_key(user) {
-            Ok(None) => true,
+            Ok(None) => false,
             Ok(Some(key)) => {
                 let digest = phr_schema::envelope::connect_digest(user, client_id);
-                crate::ingest::signed_by(&key, &digest, Some(password))
+                signed_by(&key, &digest, password)
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not check a bridge's credentials; refusing");
@@ -66,6 +66,22 @@ impl Access {
             }
         }
     }
+}
+
+/// Whether `signature` (128 hex characters) is `key`'s Ed25519 signature of `digest`.
+fn signed_by(key: &ed25519_dalek::VerifyingKey, digest: &[u8; 32], signature: &str) -> bool {
+    if signature.len() != 128 || !signature.is_ascii() {
+        return false;
+    }
+    let mut bytes = [0u8; 64];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        match u8::from_str_radix(&signature[2 * i..2 * i + 2], 16) {
+            Ok(v) => *b = v,
+            Err(_) => return false,
+        }
+    }
+    key.verify_strict(digest, &ed25519_dalek::Signature::from_bytes(&bytes))
+        .is_ok()
 }
 
 /// Starts rumqttd on `listen` (MQTT 3.1.1). It runs until the process ends. With `access`,

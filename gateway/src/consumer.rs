@@ -20,9 +20,10 @@ use tracing::{debug, error, info, warn};
 use phr_bridge::mqtt::MqttUrl;
 use phr_schema::{Limits, PairingReport, Topics};
 
+use crate::channel::Channels;
 use crate::ingest;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{RefusedBatch, Store};
 
 /// Largest number of messages committed in one transaction.
 const MAX_GROUP: usize = 64;
@@ -34,6 +35,8 @@ pub struct ConsumerConfig {
     pub limits: Limits,
     /// User name and password towards the broker, if it asks for them.
     pub credentials: Option<(String, String)>,
+    /// The channels of enrolled bridges: batches and reports open with them, acks are sealed.
+    pub channels: Arc<Channels>,
 }
 
 /// The gateway's MQTT client and the event loop [`run`] will own. The client is shared with
@@ -125,12 +128,32 @@ pub async fn run(
 /// What one received message is, decided in the check stage.
 #[derive(Debug)]
 enum Item {
-    /// A records batch: its index among the group's checked batches.
+    /// A records batch that opened with its bridge's channel key: its index among the
+    /// group's checked batches.
     Batch(usize),
-    /// A bridge's pairing report.
+    /// A records batch refused unread: no ack (there is nobody proven to tell), counted.
+    Refused(String, RefusedBatch),
+    /// A bridge's pairing report; `None` if it did not open or parse.
     Pairing(String, Option<PairingReport>),
     /// Not a topic this gateway serves.
     Foreign,
+}
+
+/// Opens a message from `bridge` on `topic`: `Err` says why it does not count.
+fn open(
+    channels: &Channels,
+    bridge: &str,
+    topic: &str,
+    payload: &[u8],
+) -> Result<Vec<u8>, RefusedBatch> {
+    match channels.channel(bridge) {
+        Ok(Some(c)) => c.open(topic, payload).map_err(|_| RefusedBatch::NotSealed),
+        Ok(None) => Err(RefusedBatch::NotEnrolled),
+        Err(e) => {
+            error!(error = %e, "could not read a bridge's enrolment; refusing its message");
+            Err(RefusedBatch::NotEnrolled)
+        }
+    }
 }
 
 /// A group of messages checked and ready to commit, with every message of the group in the
@@ -148,6 +171,7 @@ async fn work(
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<Publish>,
 ) {
+    let channels = cfg.channels.clone();
     let (group_tx, group_rx) = mpsc::channel::<Group>(1);
     let committer = tokio::spawn(commit(
         cfg.clone(),
@@ -166,16 +190,25 @@ async fn work(
         }
         let topics = cfg.topics.clone();
         let limits = cfg.limits.clone();
+        let channels = channels.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let now = Utc::now();
             let mut checked = Vec::with_capacity(group.len());
             let mut items = Vec::with_capacity(group.len());
             for p in group {
                 let item = if let Some((bridge, device)) = topics.parse_records(&p.topic) {
-                    checked.push(ingest::check(&p.payload, bridge, device, now, &limits));
-                    Item::Batch(checked.len() - 1)
+                    match open(&channels, bridge, &p.topic, &p.payload) {
+                        Ok(batch) => {
+                            checked.push(ingest::check(&batch, bridge, device, now, &limits));
+                            Item::Batch(checked.len() - 1)
+                        }
+                        Err(why) => Item::Refused(bridge.to_owned(), why),
+                    }
                 } else if let Some(bridge) = topics.parse_pairing_reports(&p.topic) {
-                    Item::Pairing(bridge.to_owned(), serde_json::from_slice(&p.payload).ok())
+                    let report = open(&channels, bridge, &p.topic, &p.payload)
+                        .ok()
+                        .and_then(|r| serde_json::from_slice(&r).ok());
+                    Item::Pairing(bridge.to_owned(), report)
                 } else {
                     Item::Foreign
                 };
@@ -206,6 +239,7 @@ async fn commit(
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<Group>,
 ) {
+    let channels = cfg.channels.clone();
     while let Some((checked, items)) = rx.recv().await {
         let started = Instant::now();
         let store = store.clone();
@@ -213,6 +247,13 @@ async fn commit(
             .iter()
             .filter_map(|(_, i)| match i {
                 Item::Pairing(bridge, Some(r)) => Some((bridge.clone(), r.clone())),
+                _ => None,
+            })
+            .collect();
+        let refused: Vec<(String, RefusedBatch)> = items
+            .iter()
+            .filter_map(|(_, i)| match i {
+                Item::Refused(bridge, why) => Some((bridge.clone(), *why)),
                 _ => None,
             })
             .collect();
@@ -224,6 +265,7 @@ async fn commit(
             } else {
                 store.ingest(checked, Utc::now())?
             };
+            store.count_refused(&refused, Utc::now())?;
             let mut recorded = Vec::with_capacity(reports.len());
             for (bridge, r) in &reports {
                 recorded.push(store.report_pairing(r.pairing_id, bridge, r)?);
@@ -258,14 +300,24 @@ async fn commit(
                     debug!(bridge_id = %bridge, batch_id = ?ack.batch_id, stored = ack.stored,
                            duplicate = ack.duplicate, quarantined = ack.quarantined,
                            rejected = ack.rejected.len(), "batch committed");
-                    match serde_json::to_vec(ack) {
-                        Ok(body) => {
-                            if client.try_publish(cfg.topics.acks(bridge), QoS::AtLeastOnce, false, body).is_err() {
+                    let topic = cfg.topics.acks(bridge);
+                    let sealed = serde_json::to_vec(ack)
+                        .map_err(|e| e.to_string())
+                        .and_then(|body| channels.seal(bridge, &topic, &body).map_err(|e| e.to_string()));
+                    match sealed {
+                        Ok(Some(body)) => {
+                            if client.try_publish(topic, QoS::AtLeastOnce, false, body).is_err() {
                                 warn!(bridge_id = %bridge, "ack queue full; the bridge will resend");
                             }
                         }
-                        Err(e) => error!(error = %e, "could not encode an ack"),
+                        // Enrolment revoked between opening and acking: nobody to tell.
+                        Ok(None) => warn!(bridge_id = %bridge, "no channel to ack a batch on"),
+                        Err(e) => error!(error = %e, "could not seal an ack"),
                     }
+                }
+                Item::Refused(bridge, why) => {
+                    metrics.refused_batch();
+                    debug!(bridge_id = %bridge, reason = why.code(), "batch refused unread");
                 }
                 Item::Pairing(_, Some(_)) => match recorded.next() {
                     Some(true) => info!("bridge reported the device of a pairing"),

@@ -103,15 +103,14 @@ async fn pair(
     if paired {
         return Ok(());
     }
-    let pairing = crate::pairing::start(
-        &gateway.store,
-        &gateway.client,
-        &gateway.topics,
-        person,
-        DEMO_BRIDGE,
-        band,
-        Utc::now(),
-    )?;
+    let cx = crate::pairing::Context {
+        store: &gateway.store,
+        channels: &gateway.channels,
+        mqtt: &gateway.client,
+        topics: &gateway.topics,
+    };
+    let pairing = crate::pairing::start(cx, person, DEMO_BRIDGE, band, Utc::now())?
+        .map_err(|_| Error::Conflict("the demo could not start a pairing"))?;
     let id = pairing.pairing_id;
     wait(status, "the bridge to show the pairing code", |s| {
         s.pairing_codes.iter().any(|c| c.pairing_id == id)
@@ -287,6 +286,17 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
         gateway.mqtt.clone(),
     );
     sim.history = TimeDelta::hours(opts.history_hours);
+    // The operator's enrolment, done by the demo: the bridge's key registered here, the
+    // gateway's channel key configured there.
+    sim.gateway_key = Some(gateway.channels.public_key());
+    {
+        let (dir, store) = (sim.data_dir.clone(), gateway.store.clone());
+        blocking(move || {
+            let key = phr_bridge::identity::BridgeKey::load_or_create(&dir)?;
+            store.register_bridge_key(DEMO_BRIDGE, &key.public_hex())
+        })
+        .await?;
+    }
     let mut bands: Vec<String> = sim.bands().into_iter().map(|b| b.device_id).collect();
     let second_band = bands.pop().ok_or(Error::Poisoned)?;
     let outbox_path = sim.data_dir.join(BRIDGE_OUTBOX);

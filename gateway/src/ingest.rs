@@ -16,9 +16,6 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use ed25519_dalek::{Signature, VerifyingKey};
-
-use phr_schema::envelope::signing_digest;
 use phr_schema::validate::{parse_batch, parse_record, validate_record};
 use phr_schema::{Ack, Limits, Reason, RecordKey, Rejection};
 
@@ -110,9 +107,6 @@ pub struct Checked {
     pub valid: Vec<Valid>,
     /// Rejections so far (and `batch_error` when the whole batch is refused).
     pub ack: Ack,
-    /// The bridge's signature, if any, and the digest it must sign.
-    pub signature: Option<String>,
-    pub digest: [u8; 32],
 }
 
 /// A valid record and what to do with it.
@@ -151,8 +145,6 @@ pub fn check(
         total: 0,
         valid: Vec::new(),
         ack: Ack::default(),
-        signature: None,
-        digest: [0; 32],
     };
     let batch = match parse_batch(payload, limits) {
         Ok(b) => b,
@@ -166,13 +158,6 @@ pub fn check(
     checked.batch_id = Some(batch.batch_id);
     checked.ack.batch_id = Some(batch.batch_id);
     checked.total = batch.records.len();
-    checked.digest = signing_digest(
-        &batch.batch_id,
-        &batch.bridge_id,
-        &batch.device_id,
-        batch.records.iter().map(|r| r.get()),
-    );
-    checked.signature = batch.signature.clone();
     if batch.bridge_id != topic_bridge || batch.device_id != topic_device {
         reject_all(&mut checked.ack, checked.total, Reason::TopicMismatch);
         return checked;
@@ -209,27 +194,11 @@ pub fn check(
     checked
 }
 
-/// Whether `signature` (hex) is `key`'s Ed25519 signature of `digest`.
-pub fn signed_by(key: &VerifyingKey, digest: &[u8; 32], signature: Option<&str>) -> bool {
-    let Some(hex) = signature else { return false };
-    if hex.len() != 128 || !hex.is_ascii() {
-        return false;
-    }
-    let mut bytes = [0u8; 64];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        match u8::from_str_radix(&hex[2 * i..2 * i + 2], 16) {
-            Ok(v) => *b = v,
-            Err(_) => return false,
-        }
-    }
-    key.verify_strict(digest, &Signature::from_bytes(&bytes))
-        .is_ok()
-}
-
-/// Stage 2, given the registry's `view` of the device (read inside the write transaction)
-/// and the key the topic's bridge registered at pairing: is the batch that bridge's, whose
-/// is each valid record, and does that person consent to its storage.
-pub fn attribute(checked: Checked, view: &DeviceView, bridge_key: Option<&VerifyingKey>) -> Plan {
+/// Stage 2, given the registry's `view` of the device (read inside the write transaction):
+/// is the device the topic's bridge's, whose is each valid record, and does that person
+/// consent to its storage. (That the batch comes from the topic's bridge was settled before:
+/// it opened with that bridge's channel key.)
+pub fn attribute(checked: Checked, view: &DeviceView) -> Plan {
     let Checked {
         bridge_id,
         device_id,
@@ -237,8 +206,6 @@ pub fn attribute(checked: Checked, view: &DeviceView, bridge_key: Option<&Verify
         total,
         valid,
         mut ack,
-        signature,
-        digest,
     } = checked;
     let mut plan = Plan {
         bridge_id,
@@ -249,8 +216,6 @@ pub fn attribute(checked: Checked, view: &DeviceView, bridge_key: Option<&Verify
     };
     let refused = if ack.batch_error.is_some() {
         None
-    } else if bridge_key.is_some_and(|k| !signed_by(k, &digest, signature.as_deref())) {
-        Some(Reason::BadSignature)
     } else if view
         .bridge_id
         .as_deref()
@@ -287,7 +252,7 @@ pub fn attribute(checked: Checked, view: &DeviceView, bridge_key: Option<&Verify
     plan
 }
 
-/// Both stages at once, for callers that hold the view already (a bridge without a key).
+/// Both stages at once, for callers that hold the view already.
 pub fn plan(
     payload: &[u8],
     topic_bridge: &str,
@@ -299,7 +264,6 @@ pub fn plan(
     attribute(
         check(payload, topic_bridge, topic_device, now, limits),
         view,
-        None,
     )
 }
 
@@ -497,96 +461,6 @@ mod tests {
         assert_eq!(
             (p.batch_id, p.ack.batch_error),
             (None, Some(Reason::MalformedBatch))
-        );
-    }
-}
-
-#[cfg(test)]
-mod signature_tests {
-    use ed25519_dalek::{Signer, SigningKey};
-
-    use super::*;
-    use phr_schema::record::{IntervalFrame, Provenance, StepCount};
-    use phr_schema::{Batch, Body, Record, RecordType};
-
-    fn batch() -> Batch {
-        let s = DateTime::from_timestamp(1_700_000_000, 0)
-            .unwrap()
-            .fixed_offset();
-        let r = Record::new(
-            "dev",
-            "br",
-            s,
-            Provenance::sensed("test/1"),
-            Body::StepCount(StepCount {
-                effective_time_frame: IntervalFrame::new(s, s + chrono::Duration::minutes(1)),
-                step_count: 7,
-            }),
-        );
-        Batch::new("br", "dev", Uuid::new_v4(), vec![r])
-    }
-
-    fn sign(key: &SigningKey, b: &mut Batch) {
-        let sig = key.sign(&b.signing_digest());
-        b.signature = Some(sig.to_bytes().iter().map(|x| format!("{x:02x}")).collect());
-    }
-
-    fn outcome(b: &Batch, key: &VerifyingKey) -> Plan {
-        let view = DeviceView {
-            bridge_id: Some("br".into()),
-            bindings: vec![Binding {
-                person_id: "p".into(),
-                from_ms: 0,
-                to_ms: None,
-            }],
-            storage_consent: vec![("p".into(), Terms::storage(&RecordType::ALL))],
-        };
-        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        let checked = check(
-            &serde_json::to_vec(b).unwrap(),
-            "br",
-            "dev",
-            now,
-            &Limits::default(),
-        );
-        attribute(checked, &view, Some(key))
-    }
-
-    #[test]
-    fn a_keyed_bridge_must_sign_every_byte() {
-        let key = SigningKey::from_bytes(&[7; 32]);
-        let public = key.verifying_key();
-        let mut b = batch();
-        assert_eq!(
-            outcome(&b, &public).ack.batch_error,
-            Some(Reason::BadSignature),
-            "unsigned"
-        );
-        sign(&key, &mut b);
-        let ok = outcome(&b, &public);
-        assert_eq!((ok.ack.batch_error, ok.accepted.len()), (None, 1));
-        let mut tampered = b.clone();
-        let Body::StepCount(s) = &mut tampered.records[0].body else {
-            unreachable!()
-        };
-        s.step_count = 8;
-        assert_eq!(
-            outcome(&tampered, &public).ack.batch_error,
-            Some(Reason::BadSignature),
-            "a changed value"
-        );
-        let mut other = batch();
-        sign(&SigningKey::from_bytes(&[9; 32]), &mut other);
-        assert_eq!(
-            outcome(&other, &public).ack.batch_error,
-            Some(Reason::BadSignature),
-            "another key"
-        );
-        let mut garbage = b.clone();
-        garbage.signature = Some("zz".repeat(64));
-        assert_eq!(
-            outcome(&garbage, &public).ack.batch_error,
-            Some(Reason::BadSignature)
         );
     }
 }

@@ -6,7 +6,8 @@
 //! # Layout
 //! - [`config`]: the configuration struct, its defaults and the TOML file.
 //! - [`broker`]: the embedded rumqttd broker.
-//! - [`consumer`]: the MQTT subscriber: group commit, then ack.
+//! - [`consumer`]: the MQTT subscriber: open sealed batches, group commit, then a sealed ack.
+//! - [`channel`]: the gateway's channel key and the enrolled bridges' channels.
 //! - [`ingest`]: pure planning: validate, attribute, consent-check each record.
 //! - [`store`]: the SQLite store: registry, consents, disclosure log and series in one file.
 //! - [`auth`]: signing key, token issue and verification, the caller's principal.
@@ -21,6 +22,7 @@ pub mod access;
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod channel;
 pub mod config;
 pub mod consumer;
 pub mod dashboard;
@@ -99,6 +101,8 @@ pub struct Gateway {
     pub mqtt: MqttUrl,
     pub store: Arc<Store>,
     pub keys: Arc<auth::Keys>,
+    /// The gateway's channel key (bridges are configured with its public half).
+    pub channels: Arc<channel::Channels>,
     pub metrics: Arc<metrics::Metrics>,
     /// The gateway's MQTT client (messages to bridges).
     pub client: rumqttc::AsyncClient,
@@ -142,6 +146,10 @@ pub async fn start(
     )?);
     std::fs::write(config.keys_dir().join(config::ISSUER_FILE), &issuer)
         .map_err(|e| Error::io(&config.keys_dir(), e))?;
+    let channels = Arc::new(channel::Channels::load_or_create(
+        &config.keys_dir(),
+        store.clone(),
+    )?);
     let metrics = Arc::new(metrics::Metrics::default());
 
     // The gateway's own credential towards its embedded broker, fresh at every start.
@@ -176,6 +184,7 @@ pub async fn start(
         topics: topics.clone(),
         limits: config.limits(),
         credentials: embedded.then(|| (broker::GATEWAY_USER.to_owned(), gateway_secret.clone())),
+        channels: channels.clone(),
     };
     let (client, eventloop) = consumer::connect(&consumer_config);
     let consumer = tokio::spawn(consumer::run(
@@ -191,6 +200,7 @@ pub async fn start(
     let state = api::AppState {
         store: store.clone(),
         keys: keys.clone(),
+        channels: channels.clone(),
         metrics: metrics.clone(),
         mqtt: client.clone(),
         topics: topics.clone(),
@@ -263,6 +273,7 @@ pub async fn start(
         mqtt,
         store,
         keys,
+        channels,
         metrics,
         client,
         topics,

@@ -35,6 +35,13 @@ enum Command {
     /// Dashboard commands (sign-in links).
     #[command(subcommand)]
     Dashboard(DashboardCommand),
+    /// Bridges: enrol one (register its key), print the gateway's channel key, list refused
+    /// batches.
+    #[command(subcommand)]
+    Bridges(BridgesCommand),
+    /// Devices: end a binding as an operator (a transfer to a new owner).
+    #[command(subcommand)]
+    Devices(DevicesCommand),
     /// Import a person's `fhir` export (FHIR R4 NDJSON from GET /api/v1/me/export) as that
     /// person's records. Exit 0 when every record was stored or already there; 1 when a
     /// line could not be read (then nothing is stored) or a record was refused.
@@ -87,6 +94,51 @@ enum DashboardCommand {
 enum DashboardRole {
     Clinician,
     Owner,
+}
+
+#[derive(Debug, Subcommand)]
+enum BridgesCommand {
+    /// Enrol a bridge: register its public key (`phr-bridge identity` prints it) and print
+    /// the gateway key to configure on the bridge (`gateway_key`). Only enrolled bridges may
+    /// connect, and only what they seal with their key counts.
+    Enrol {
+        #[arg(long, env = "PHR_DATA_DIR", default_value = "phr-data")]
+        data_dir: PathBuf,
+        /// 1-64 characters of A-Z a-z 0-9 . _ : -
+        #[arg(long)]
+        bridge_id: String,
+        /// The bridge's Ed25519 public key, 64 hex characters.
+        #[arg(long)]
+        public_key: String,
+    },
+    /// Print the gateway's channel key (what bridges are configured with as `gateway_key`).
+    GatewayKey {
+        #[arg(long, env = "PHR_DATA_DIR", default_value = "phr-data")]
+        data_dir: PathBuf,
+    },
+    /// Batches refused unread or as a whole, per bridge, reason and minute.
+    Refused {
+        #[arg(long, env = "PHR_DATA_DIR", default_value = "phr-data")]
+        data_dir: PathBuf,
+        /// How far back, in minutes.
+        #[arg(long, default_value_t = 60)]
+        minutes: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DevicesCommand {
+    /// End whoever's open binding of a device now (a transfer: the new owner then pairs it).
+    /// Written to the former owner's disclosure log.
+    Release {
+        #[arg(long, env = "PHR_DATA_DIR", default_value = "phr-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        device_id: String,
+        /// Why, for the former owner's log.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -284,6 +336,21 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Audit(AuditCommand::Verify { data_dir }) => return verify_audit(&data_dir),
         Command::Clients(c) => return clients(c),
+        Command::Bridges(c) => return bridges(c),
+        Command::Devices(DevicesCommand::Release {
+            data_dir,
+            device_id,
+            reason,
+        }) => {
+            let store = open_store(&data_dir)?;
+            match store.operator_release(&device_id, "operator", &reason, chrono::Utc::now())? {
+                Some(owner) => println!("ended {owner}'s binding of {device_id}"),
+                None => {
+                    println!("nobody holds an open binding of {device_id}");
+                    return Ok(std::process::ExitCode::from(1));
+                }
+            }
+        }
         Command::Dashboard(DashboardCommand::Link {
             data_dir,
             subject,
@@ -307,6 +374,57 @@ fn open_store(data_dir: &std::path::Path) -> anyhow::Result<phr_gateway::Store> 
     };
     std::fs::create_dir_all(data_dir).with_context(|| format!("{}", data_dir.display()))?;
     Ok(phr_gateway::Store::open(&config.store_path())?)
+}
+
+/// `bridges enrol|gateway-key|refused`.
+fn bridges(command: BridgesCommand) -> anyhow::Result<std::process::ExitCode> {
+    let gateway_key = |data_dir: &std::path::Path| -> anyhow::Result<String> {
+        let config = Config {
+            data_dir: data_dir.to_owned(),
+            ..Config::default()
+        };
+        let key = phr_gateway::channel::load_or_create(&config.keys_dir())?;
+        Ok(phr_schema::channel::key_to_hex(&key.verifying_key()))
+    };
+    match command {
+        BridgesCommand::Enrol {
+            data_dir,
+            bridge_id,
+            public_key,
+        } => {
+            if !phr_schema::envelope::is_valid_id(&bridge_id) {
+                anyhow::bail!("--bridge-id must be 1-64 characters of A-Z a-z 0-9 . _ : -");
+            }
+            let store = open_store(&data_dir)?;
+            store.register_bridge_key(&bridge_id, public_key.trim())?;
+            println!("enrolled bridge {bridge_id}");
+            println!("configure the bridge with:");
+            println!("gateway_key = \"{}\"", gateway_key(&data_dir)?);
+        }
+        BridgesCommand::GatewayKey { data_dir } => println!("{}", gateway_key(&data_dir)?),
+        BridgesCommand::Refused { data_dir, minutes } => {
+            let config = Config {
+                data_dir,
+                ..Config::default()
+            };
+            let store = phr_gateway::Store::open_read_only(&config.store_path())?;
+            let since = chrono::Utc::now() - chrono::TimeDelta::minutes(minutes.max(0));
+            let rows = store.refused_batches(since, 10_000)?;
+            if rows.is_empty() {
+                println!("no refused batches in the last {minutes} minutes");
+            }
+            for r in rows {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    r.minute.to_rfc3339(),
+                    r.bridge_id,
+                    r.reason,
+                    r.batches
+                );
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// `clients add|list|disable`.

@@ -124,6 +124,7 @@ pub struct Metrics {
     records_quarantined: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     store_errors: AtomicU64,
+    batches_refused_unread: AtomicU64,
     /// Ingest transactions: count, sum and latency distribution.
     commits: Mutex<Histogram>,
     mqtt_connects: AtomicU64,
@@ -168,6 +169,12 @@ impl Metrics {
 
     pub fn store_error(&self) {
         self.store_errors.fetch_add(1, Relaxed);
+    }
+
+    /// A batch refused before it could be read: its bridge is not enrolled, or it did not open
+    /// with the bridge's channel key.
+    pub fn refused_batch(&self) {
+        self.batches_refused_unread.fetch_add(1, Relaxed);
     }
 
     /// One API request answered: its route pattern (`None`: no route matched), method,
@@ -220,6 +227,11 @@ impl Metrics {
             "phr_store_errors_total",
             "Ingest transactions that failed (batches not acked).",
             self.store_errors.load(Relaxed),
+        );
+        counter(
+            "phr_batches_refused_unread_total",
+            "Batches refused unread: bridge not enrolled, or not sealed with its channel key.",
+            self.batches_refused_unread.load(Relaxed),
         );
         let commits = lock(&self.commits).clone();
         counter(

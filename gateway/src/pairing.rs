@@ -1,41 +1,73 @@
-//! Starting a pairing: a fresh code, stored hashed, and sent to the bridge to show. Shared by
-//! the API (`POST /api/v1/me/devices/pairings`) and the demo.
+//! Starting a pairing: the store checks who may (limits, enrolment, nobody else's open
+//! binding) and keeps the code hashed; the bridge is sent a sealed request and computes the
+//! same code from its channel key. Shared by the API (`POST /api/v1/me/devices/pairings`) and
+//! the demo.
 
 use chrono::{DateTime, Utc};
 use rumqttc::{AsyncClient, QoS};
+use uuid::Uuid;
 
 use phr_schema::{PairingRequest, Topics};
 
-use crate::store::pairing::{new_code, Pairing};
+use crate::channel::Channels;
+use crate::store::pairing::{Pairing, StartRefusal};
 use crate::store::Store;
 use crate::{Error, Result};
 
+/// What a pairing needs from the running gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub store: &'a Store,
+    pub channels: &'a Channels,
+    pub mqtt: &'a AsyncClient,
+    pub topics: &'a Topics,
+}
+
 /// Starts `person_id`'s pairing of `device_id` through `bridge_id`.
 pub fn start(
-    store: &Store,
-    mqtt: &AsyncClient,
-    topics: &Topics,
+    cx: Context<'_>,
     person_id: &str,
     bridge_id: &str,
     device_id: &str,
     now: DateTime<Utc>,
-) -> Result<Pairing> {
-    let code = new_code();
-    let pairing = store.start_pairing(person_id, bridge_id, device_id, &code, now)?;
+) -> Result<std::result::Result<Pairing, StartRefusal>> {
+    let pairing_id = Uuid::new_v4();
+    // The code only the bridge's key holder can compute. A bridge that is not enrolled has no
+    // channel; the store refuses it (and logs the attempt) with a code nobody can match.
+    let code = cx
+        .channels
+        .channel(bridge_id)?
+        .map(|c| c.pairing_code(&pairing_id, device_id))
+        .unwrap_or_default();
+    let pairing = match cx
+        .store
+        .start_pairing(person_id, bridge_id, device_id, pairing_id, &code, now)?
+    {
+        Ok(p) => p,
+        Err(refusal) => {
+            tracing::info!(
+                bridge_id,
+                device_id,
+                reason = refusal.code(),
+                "pairing refused"
+            );
+            return Ok(Err(refusal));
+        }
+    };
     let request = PairingRequest {
         pairing_id: pairing.pairing_id,
         device_id: pairing.device_id.clone(),
-        code,
         expires_at: pairing.expires_at.fixed_offset(),
     };
-    let payload = serde_json::to_vec(&request).map_err(|e| Error::Broker(e.to_string()))?;
-    mqtt.try_publish(
-        topics.pairing_requests(bridge_id),
-        QoS::AtLeastOnce,
-        false,
-        payload,
-    )
-    .map_err(|_| Error::Broker("could not queue the pairing request; try again".into()))?;
+    let topic = cx.topics.pairing_requests(bridge_id);
+    let body = serde_json::to_vec(&request).map_err(|e| Error::Broker(e.to_string()))?;
+    let sealed = cx
+        .channels
+        .seal(bridge_id, &topic, &body)?
+        .ok_or(Error::Conflict("the bridge's enrolment was revoked"))?;
+    cx.mqtt
+        .try_publish(topic, QoS::AtLeastOnce, false, sealed)
+        .map_err(|_| Error::Broker("could not queue the pairing request; try again".into()))?;
     tracing::info!(bridge_id, device_id, "pairing started");
-    Ok(pairing)
+    Ok(Ok(pairing))
 }

@@ -2,6 +2,9 @@
 //!
 //! - Records: `{prefix}/bridges/{bridge_id}/devices/{device_id}/records`, QoS 1, one JSON
 //!   [`Batch`] per message.
+//!
+//! Every payload on these topics is sealed with the bridge–gateway channel key
+//! ([`crate::channel`]): the JSON below is what is inside the seal.
 //! - Acks: `{prefix}/bridges/{bridge_id}/acks`, one JSON [`Ack`] per committed batch. A bridge
 //!   deletes a batch from its outbox only on this ack, never on PUBACK: brokers lose QoS-1
 //!   messages when they crash.
@@ -32,10 +35,6 @@ pub struct Batch {
     pub device_id: String,
     pub batch_id: Uuid,
     pub records: Vec<Record>,
-    /// Ed25519 signature (hex) by the bridge's key over [`signing_digest`]; required once
-    /// the bridge has registered a key through a pairing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<String>,
 }
 
 impl Batch {
@@ -46,24 +45,7 @@ impl Batch {
             device_id: device_id.to_owned(),
             batch_id,
             records,
-            signature: None,
         }
-    }
-
-    /// The digest a bridge signs: over the envelope's identity and each record's JSON exactly
-    /// as serialised in the batch.
-    pub fn signing_digest(&self) -> [u8; 32] {
-        let records: Vec<String> = self
-            .records
-            .iter()
-            .map(|r| serde_json::to_string(r).unwrap_or_default())
-            .collect();
-        signing_digest(
-            &self.batch_id,
-            &self.bridge_id,
-            &self.device_id,
-            records.iter().map(String::as_str),
-        )
     }
 }
 
@@ -73,28 +55,6 @@ impl Batch {
 pub fn connect_digest(bridge_id: &str, client_id: &str) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     Sha256::digest(format!("phr-mqtt-connect-v1\n{bridge_id}\n{client_id}\n").as_bytes()).into()
-}
-
-/// SHA-256 of `phr-batch-v1`, the batch id, bridge, device and each record's JSON text, each
-/// followed by a newline. The gateway computes it from the raw record texts it received, so
-/// any change to any byte of any record breaks the signature.
-pub fn signing_digest<'r>(
-    batch_id: &Uuid,
-    bridge_id: &str,
-    device_id: &str,
-    records: impl IntoIterator<Item = &'r str>,
-) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for part in ["phr-batch-v1", &batch_id.to_string(), bridge_id, device_id] {
-        h.update(part.as_bytes());
-        h.update(b"\n");
-    }
-    for r in records {
-        h.update(r.as_bytes());
-        h.update(b"\n");
-    }
-    h.finalize().into()
 }
 
 /// A batch as the gateway first reads it: the envelope typed, each record left raw so that one
@@ -107,8 +67,6 @@ pub struct RawBatch<'a> {
     pub batch_id: Uuid,
     #[serde(borrow)]
     pub records: Vec<&'a RawValue>,
-    #[serde(default)]
-    pub signature: Option<String>,
 }
 
 /// What happened to one record of a batch.
@@ -149,13 +107,13 @@ pub struct Ack {
     pub acked_at: Option<DateTime<FixedOffset>>,
 }
 
-/// Gateway → bridge: show this code for this device, and report what the device is.
+/// Gateway → bridge: show the code of this pairing for this device, and report what the
+/// device is. The request carries no code: the bridge computes it from the channel key
+/// ([`crate::channel::ChannelKey::pairing_code`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairingRequest {
     pub pairing_id: Uuid,
     pub device_id: String,
-    /// The one-time code the bridge shows its owner.
-    pub code: String,
     pub expires_at: DateTime<FixedOffset>,
 }
 
@@ -170,9 +128,6 @@ pub struct PairingReport {
     /// Device Information serial number (0x2A25), where the device has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial_number: Option<String>,
-    /// The bridge's Ed25519 public key (hex), registered when the owner confirms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bridge_key: Option<String>,
 }
 
 /// Topic names under one prefix.

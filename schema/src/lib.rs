@@ -8,10 +8,12 @@
 //! - [`id`]: the natural key of a record and its deterministic UUIDv5 `record_id`.
 //! - [`validate`]: total validation of records and batches, each rejection a named [`Reason`].
 //! - [`envelope`]: the MQTT contract: topics, the batch envelope, the gateway's ack.
+//! - [`channel`]: the bridge–gateway channel key: sealed MQTT payloads, pairing codes.
 //! - [`omh`]: Open mHealth (IEEE 1752.1 family) data points, header 1.2.
 //! - [`fhir`]: HL7 FHIR R4 `Observation`s (LOINC), daily step totals, `Bundle`, NDJSON, and back.
 //! - [`csv`]: RFC 4180 CSV, one row per record.
 
+pub mod channel;
 pub mod csv;
 pub mod envelope;
 pub mod fhir;

@@ -61,8 +61,6 @@ pub enum Reason {
     DeviceNotOnBridge,
     #[error("the person this record belongs to has not consented to its storage")]
     NoStorageConsent,
-    #[error("the batch is not signed by the key its bridge registered at pairing")]
-    BadSignature,
 }
 
 impl Reason {
@@ -89,7 +87,6 @@ impl Reason {
             Self::StagesOverlap => "stages_overlap",
             Self::DeviceNotOnBridge => "device_not_on_bridge",
             Self::NoStorageConsent => "no_storage_consent",
-            Self::BadSignature => "bad_signature",
         }
     }
 }

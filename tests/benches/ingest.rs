@@ -51,6 +51,12 @@ const MAX_GROUP: usize = 64;
 /// The bridge publisher's default `max_inflight` (unacked batches), for variant 3b.
 const BRIDGE_WINDOW: usize = 32;
 const BRIDGE_ID: &str = "bench-bridge";
+
+/// The bench bridge's key (made once per run).
+fn bench_key() -> &'static phr_bridge::identity::BridgeKey {
+    static KEY: std::sync::OnceLock<phr_bridge::identity::BridgeKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(phr_bridge::identity::BridgeKey::generate)
+}
 const PERSON_ID: &str = "bench-person";
 /// Give up on a stage when nothing has arrived for this long (a lost message, a dead peer).
 const STALL: Duration = Duration::from_secs(15);
@@ -189,8 +195,10 @@ impl Workload {
             .collect()
     }
 
-    /// A person with storage consent for steps, every device bound to them.
+    /// A person with storage consent for steps, every device bound to them, the bridge
+    /// enrolled.
     fn register(&self, store: &Store) -> anyhow::Result<()> {
+        store.register_bridge_key(BRIDGE_ID, &bench_key().public_hex())?;
         store.add_person(PERSON_ID, "Bench Person", "Asia/Tokyo")?;
         store.grant_storage_consent(PERSON_ID, &[RecordType::StepCount])?;
         for d in &self.devices {
@@ -315,9 +323,9 @@ async fn connect(
 ) -> anyhow::Result<(AsyncClient, JoinHandle<()>)> {
     let id = format!("{name}-{}", &Uuid::new_v4().simple().to_string()[..8]);
     let mut options = url.options(&id);
-    // The gateway's embedded broker refuses anonymous clients; the bench's bridge is an
-    // operator-registered one (no key), which may connect under its bridge id.
-    options.set_credentials(BRIDGE_ID, "");
+    // The gateway's embedded broker admits enrolled bridges only: the bench's bridge proves
+    // its enrolled key (a bare broker ignores the credentials).
+    options.set_credentials(BRIDGE_ID, bench_key().connect_password(BRIDGE_ID, &id));
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
     let (ready_tx, mut ready) = watch::channel(false);
     let sub = client.clone();
@@ -586,12 +594,17 @@ async fn gateway_e2e(w: &Workload, window: Option<usize>) -> anyhow::Result<E2e>
     let totals = Arc::new(AckTotals::default());
     let permits = Arc::new(Semaphore::new(window.unwrap_or(0)));
     let (p, t, s) = (progress.clone(), totals.clone(), permits.clone());
+    // Batches are sealed by the bridge before they leave it: done here before the clock
+    // starts, so what is timed is the gateway's side (which opens every one).
+    let channel = bench_key().channel(&gateway.channels.public_key())?;
+    let opener = channel.clone();
     let (acks, ack_task) = connect(
         &gateway.mqtt,
         "bench-acks",
         Some(topics.acks(BRIDGE_ID)),
         move |m| {
-            match serde_json::from_slice::<Ack>(&m.payload) {
+            let plain = opener.open(&m.topic, &m.payload).unwrap_or_default();
+            match serde_json::from_slice::<Ack>(&plain) {
                 Ok(a) => {
                     t.stored.fetch_add(u64::from(a.stored), Ordering::SeqCst);
                     let other =
@@ -609,7 +622,14 @@ async fn gateway_e2e(w: &Workload, window: Option<usize>) -> anyhow::Result<E2e>
     )
     .await?;
     let (publisher, pub_task) = connect(&gateway.mqtt, "bench-bridge", None, |_| {}).await?;
-    let messages = w.messages(&topics);
+    let messages: Vec<(String, Vec<u8>)> = w
+        .messages(&topics)
+        .into_iter()
+        .map(|(topic, payload)| {
+            let sealed = channel.seal(&topic, &payload, rand::random());
+            (topic, sealed)
+        })
+        .collect();
 
     let started = Instant::now();
     publish_all(&publisher, messages, window.map(|_| &*permits)).await?;
@@ -684,6 +704,7 @@ async fn bridge_e2e(devices: usize, hours: usize) -> anyhow::Result<Measured> {
     cfg.until = Some(now);
     cfg.exit_when_drained = true;
     let store = gateway.store.clone();
+    phr_e2e::enrol_sim(&store, gateway.channels.public_key(), &mut cfg)?;
     store.add_person(PERSON_ID, "Bench Person", "Asia/Tokyo")?;
     store.grant_storage_consent(PERSON_ID, &RecordType::ALL)?;
     for band in cfg.bands() {

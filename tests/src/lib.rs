@@ -21,8 +21,10 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use phr_bridge::identity::BridgeKey;
 use phr_bridge::mqtt::MqttUrl;
 use phr_gateway::{Config, Gateway};
+use phr_schema::channel::ChannelKey;
 use phr_schema::{Ack, RecordType, Topics};
 
 pub use phr_gateway::demo::OWNER_SCOPE;
@@ -275,41 +277,93 @@ pub fn metric(base: &str, name: &str) -> Result<f64> {
 }
 
 /// A raw MQTT client standing in for a bridge: publishes whatever bytes a test wants and
-/// collects the gateway's acks for `bridge`.
+/// collects the gateway's acks for `bridge`. Made by [`TestGateway::raw_bridge`], it is an
+/// enrolled bridge: it proves its key at connect, seals what [`RawBridge::publish`] sends and
+/// opens the acks; [`RawBridge::publish_to`] sends bytes as they are (an attacker's view).
 #[derive(Debug)]
 pub struct RawBridge {
     client: AsyncClient,
     acks: mpsc::UnboundedReceiver<Ack>,
     topics: Topics,
     pub bridge: String,
+    /// The key this bridge proves itself with.
+    pub key: std::sync::Arc<BridgeKey>,
+    channel: Option<ChannelKey>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl RawBridge {
-    /// Connects as `bridge` (user name = bridge id, as bridges do; no password, which the
-    /// embedded broker accepts only for bridges that have not registered a key).
-    pub async fn connect(broker: &MqttUrl, topics: Topics, bridge: &str) -> Result<Self> {
-        Self::connect_as(broker, topics, bridge, None).await
+impl TestGateway {
+    /// Enrols `bridge` and connects as it. Its key is the same for every connection to this
+    /// gateway as `bridge` (derived from the gateway's dir and the bridge id), so a test may
+    /// connect as one bridge several times.
+    pub async fn raw_bridge(&self, bridge: &str) -> Result<RawBridge> {
+        use sha2::Digest;
+        let seed = sha2::Sha256::digest(format!("{}\n{bridge}", self.dir.path().display()));
+        let key = BridgeKey::from_seed(&seed.into());
+        self.gateway
+            .store
+            .register_bridge_key(bridge, &key.public_hex())?;
+        self.raw_bridge_with(bridge, key).await
     }
 
-    /// Connects as `bridge`, proving it with `key` if given (as a paired bridge must).
+    /// Connects as `bridge` with `key` (enrolled or not: a test's choice).
+    pub async fn raw_bridge_with(&self, bridge: &str, key: BridgeKey) -> Result<RawBridge> {
+        let channel = key.channel(&self.gateway.channels.public_key())?;
+        RawBridge::connect_as(
+            &self.gateway.mqtt,
+            self.topics(),
+            bridge,
+            key,
+            Some(channel),
+        )
+        .await
+    }
+
+    /// Enrols the simulated bridge `cfg` describes here (as an operator would): its key,
+    /// made in its data dir, is registered, and it is given this gateway's channel key.
+    pub fn enrol_sim(&self, cfg: &mut phr_bridge::simulate::SimulateConfig) -> Result<()> {
+        enrol_sim(&self.gateway.store, self.gateway.channels.public_key(), cfg)
+    }
+}
+
+/// Enrols the simulated bridge `cfg` describes at the gateway with `store` and channel key
+/// `gateway_key`.
+pub fn enrol_sim(
+    store: &phr_gateway::Store,
+    gateway_key: ed25519_dalek::VerifyingKey,
+    cfg: &mut phr_bridge::simulate::SimulateConfig,
+) -> Result<()> {
+    let key = BridgeKey::load_or_create(&cfg.data_dir)?;
+    store.register_bridge_key(&cfg.bridge_id, &key.public_hex())?;
+    cfg.gateway_key = Some(gateway_key);
+    Ok(())
+}
+
+/// The channel key of the gateway whose data dir is `data_dir` (made now if it is not there
+/// yet, as the gateway would at its first start).
+pub fn gateway_channel_key(data_dir: &Path) -> Result<ed25519_dalek::VerifyingKey> {
+    Ok(phr_gateway::channel::load_or_create(&data_dir.join("keys"))?.verifying_key())
+}
+
+impl RawBridge {
+    /// Connects as `bridge` with `key`'s connect password; with `channel`, publishes sealed
+    /// and opens acks.
     pub async fn connect_as(
         broker: &MqttUrl,
         topics: Topics,
         bridge: &str,
-        key: Option<&phr_bridge::identity::BridgeKey>,
+        key: BridgeKey,
+        channel: Option<ChannelKey>,
     ) -> Result<Self> {
         let id = format!("raw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let mut options = broker.options(&id);
-        let password = key
-            .map(|k| k.connect_password(bridge, &id))
-            .unwrap_or_default();
-        options.set_credentials(bridge, password);
+        options.set_credentials(bridge, key.connect_password(bridge, &id));
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         let (tx, acks) = mpsc::unbounded_channel();
         let (ready_tx, mut ready) = mpsc::unbounded_channel();
         let ack_topic = topics.acks(bridge);
         let sub = client.clone();
+        let opener = channel.clone();
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -320,7 +374,11 @@ impl RawBridge {
                         let _ = ready_tx.send(());
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
-                        if let Ok(a) = serde_json::from_slice(&p.payload) {
+                        let plain = match &opener {
+                            Some(c) => c.open(&p.topic, &p.payload).ok(),
+                            None => Some(p.payload.to_vec()),
+                        };
+                        if let Some(a) = plain.and_then(|b| serde_json::from_slice(&b).ok()) {
                             let _ = tx.send(a);
                         }
                     }
@@ -337,23 +395,32 @@ impl RawBridge {
             acks,
             topics,
             bridge: bridge.to_owned(),
+            key: std::sync::Arc::new(key),
+            channel,
             task,
         })
     }
 
+    /// Publishes `payload` on the records topic of `device`, sealed if this bridge has a
+    /// channel.
     pub async fn publish(&self, device: &str, payload: Vec<u8>) -> Result<()> {
+        let topic = self.topics.records(&self.bridge, device);
+        let payload = self.seal(&topic, payload);
         self.client
-            .publish(
-                self.topics.records(&self.bridge, device),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-            )
+            .publish(topic, QoS::AtLeastOnce, false, payload)
             .await?;
         Ok(())
     }
 
-    /// Publishes anything on any topic (QoS 1).
+    /// Seals `payload` for `topic` with this bridge's channel (as it is if it has none).
+    pub fn seal(&self, topic: &str, payload: Vec<u8>) -> Vec<u8> {
+        match &self.channel {
+            Some(c) => c.seal(topic, &payload, rand::random::<[u8; 24]>()),
+            None => payload,
+        }
+    }
+
+    /// Publishes anything on any topic (QoS 1), as it is.
     pub async fn publish_to(&self, topic: String, payload: Vec<u8>) -> Result<()> {
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload)
@@ -366,6 +433,14 @@ impl RawBridge {
             .await
             .context("timed out waiting for an ack")?
             .context("ack channel closed")
+    }
+
+    /// Whether an ack arrives within `wait` (for tests that expect none).
+    pub async fn ack_within(&mut self, wait: Duration) -> Option<Ack> {
+        tokio::time::timeout(wait, self.acks.recv())
+            .await
+            .ok()
+            .flatten()
     }
 }
 
@@ -535,26 +610,14 @@ pub fn night(device: &str, bridge: &str, start: DateTime<Utc>, hours: i64) -> ph
     )
 }
 
-/// Publishes `records` of one device as one unsigned batch and returns the gateway's ack.
+/// Publishes `records` of one device as one batch (sealed by an enrolled bridge) and returns
+/// the gateway's ack.
 pub async fn send(
     bridge: &mut RawBridge,
     device: &str,
     records: Vec<phr_schema::Record>,
 ) -> Result<Ack> {
-    send_signed(bridge, device, records, None).await
-}
-
-/// Publishes `records` as one batch signed with `key` (a bridge's own key), if given.
-pub async fn send_signed(
-    bridge: &mut RawBridge,
-    device: &str,
-    records: Vec<phr_schema::Record>,
-    key: Option<&phr_bridge::identity::BridgeKey>,
-) -> Result<Ack> {
-    let mut batch = phr_schema::Batch::new(&bridge.bridge, device, uuid::Uuid::new_v4(), records);
-    if let Some(k) = key {
-        k.sign(&mut batch);
-    }
+    let batch = phr_schema::Batch::new(&bridge.bridge, device, uuid::Uuid::new_v4(), records);
     bridge.publish(device, serde_json::to_vec(&batch)?).await?;
     bridge.next_ack().await
 }

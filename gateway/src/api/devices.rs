@@ -9,6 +9,8 @@
 //!    to the owner from now on. See [`crate::store::pairing`] for why this cannot bind the
 //!    wrong person.
 //! 4. `GET /api/v1/me/devices`: the owner's bindings with their validity intervals.
+//! 5. `DELETE /api/v1/me/devices/{device_id}/binding`: the owner ends their binding now
+//!    (giving the band away); only then can someone else pair it.
 
 use actix_web::{web, HttpResponse};
 use chrono::Utc;
@@ -21,18 +23,21 @@ use phr_schema::envelope::is_valid_id;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::Principal;
-use crate::store::pairing::Refusal;
+use crate::store::pairing::{Refusal, StartRefusal};
+use actix_web::http::StatusCode;
 
 pub const DEVICES: &str = "/api/v1/me/devices";
 pub const PAIRINGS: &str = "/api/v1/me/devices/pairings";
 pub const PAIRING: &str = "/api/v1/me/devices/pairings/{pairing_id}";
 pub const CONFIRM: &str = "/api/v1/me/devices/pairings/{pairing_id}/confirm";
+pub const BINDING: &str = "/api/v1/me/devices/{device_id}/binding";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(DEVICES, web::get().to(list))
         .route(PAIRINGS, web::post().to(start))
         .route(PAIRING, web::get().to(show))
-        .route(CONFIRM, web::post().to(confirm));
+        .route(CONFIRM, web::post().to(confirm))
+        .route(BINDING, web::delete().to(release));
 }
 
 fn require(p: &Principal, perm: char) -> Result<(), ApiError> {
@@ -83,17 +88,24 @@ pub(crate) struct StartPairing {
     operation_id = "start_pairing",
     request_body = StartPairing,
     security(("bearer" = [])),
-    description = "Scope: `patient/Device.c`. The gateway sends the bridge a one-time code \
-                   over MQTT; the bridge shows it and reports the device's address and serial \
-                   number. Confirm with that code at \
-                   `POST /api/v1/me/devices/pairings/{pairing_id}/confirm` before `expires_at`.",
+    description = "Scope: `patient/Device.c`. The gateway sends the bridge a sealed pairing \
+                   request over MQTT; the bridge shows the pairing's code (computed from the key \
+                   it shares with the gateway: the code never crosses the network) and reports \
+                   the device's address and serial number. Confirm with that code at \
+                   `POST /api/v1/me/devices/pairings/{pairing_id}/confirm` before `expires_at`. \
+                   Refused when the bridge is not enrolled, when the device is bound to someone \
+                   else (its owner releases it first; the attempt is written to their \
+                   disclosure log), and beyond 5 pairings per account or per device and 20 per \
+                   bridge in 15 minutes; each pairing that ran out of wrong codes doubles the \
+                   wait for that account and device. Every refusal is logged.",
     responses(
         (status = 201, description = "The pending pairing", body = doc::PairingStarted),
         (status = 400, description = "`invalid_body` or `invalid_id`", body = super::openapi::ErrorBody),
         (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
         (status = 403, description = "The token lacks `patient/Device.c`", body = super::openapi::ErrorBody),
+        (status = 409, description = "`bridge_not_enrolled` or `device_bound_to_another`", body = super::openapi::ErrorBody),
         (status = 413, description = "Body larger than 64 KiB", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited, or `too_many_pairings`; see Retry-After", body = super::openapi::ErrorBody),
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
         (status = 503, description = "The request could not be queued for the bridge; try again", body = super::openapi::ErrorBody),
     ))]
@@ -112,28 +124,31 @@ pub(crate) async fn start(
             "`bridge_id` and `device_id` must be 1-64 characters of A-Z a-z 0-9 . _ : -",
         ));
     }
-    let (store, mqtt, topics) = (
-        state.store.clone(),
-        state.mqtt.clone(),
-        state.topics.clone(),
-    );
+    let state = state.clone();
     let person = principal.subject.clone();
-    let pairing = web::block(move || {
-        crate::pairing::start(
-            &store,
-            &mqtt,
-            &topics,
-            &person,
-            &body.bridge_id,
-            &body.device_id,
-            Utc::now(),
-        )
+    let started = web::block(move || {
+        let cx = crate::pairing::Context {
+            store: &state.store,
+            channels: &state.channels,
+            mqtt: &state.mqtt,
+            topics: &state.topics,
+        };
+        crate::pairing::start(cx, &person, &body.bridge_id, &body.device_id, Utc::now())
     })
     .await
     .map_err(|_| ApiError::Internal)?
     .map_err(|e| match e {
         crate::Error::Broker(_) => ApiError::Unavailable,
         e => e.into(),
+    })?;
+    let pairing = started.map_err(|r| match r {
+        StartRefusal::TooMany { retry_after_secs } => ApiError::Refused {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: r.code(),
+            message: r.to_string(),
+            retry_after_secs: Some(retry_after_secs),
+        },
+        r => ApiError::refused(StatusCode::CONFLICT, r.code(), r.to_string()),
     })?;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "pairing": pairing,
@@ -189,11 +204,11 @@ pub(crate) struct ConfirmPairing {
     security(("bearer" = [])),
     description = "Scope: `patient/Device.c`. On success the device is registered through \
                    the pairing's bridge and bound to the owner from now, closing its previous \
-                   binding. Every refusal is logged; too many wrong codes, an expired pairing \
-                   or a serial or bridge-key mismatch end the pairing.",
+                   binding. Every refusal is logged; too many wrong codes, an expired pairing, \
+                   a serial mismatch or the device bound to someone else meanwhile end the pairing.",
     responses(
         (status = 200, description = "The pairing, confirmed", body = doc::PairingOnly),
-        (status = 400, description = "`invalid_body`, or refused: `pairing_expired`, `pairing_used`, `wrong_code`, `device_not_reported`, `serial_mismatch`, `bridge_key_mismatch`", body = super::openapi::ErrorBody),
+        (status = 400, description = "`invalid_body`, or refused: `pairing_expired`, `pairing_used`, `wrong_code`, `device_not_reported`, `serial_mismatch`, `device_bound_to_another`", body = super::openapi::ErrorBody),
         (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
         (status = 403, description = "The token lacks `patient/Device.c`", body = super::openapi::ErrorBody),
         (status = 404, description = "No such pairing of the owner's (or not a UUID)", body = super::openapi::ErrorBody),
@@ -229,6 +244,49 @@ pub(crate) async fn confirm(
         Ok(pairing) => Ok(HttpResponse::Ok().json(serde_json::json!({ "pairing": pairing }))),
         Err(Refusal::Unknown) => Err(ApiError::NotFound),
         Err(r) => Err(ApiError::bad_request(r.code(), r.to_string())),
+    }
+}
+
+/// Ends the owner's binding of a device now.
+#[utoipa::path(delete, path = "/api/v1/me/devices/{device_id}/binding", tag = "owner",
+    operation_id = "release_device",
+    params(("device_id" = String, Path, description = "The device whose binding to end")),
+    security(("bearer" = [])),
+    description = "Scope: `patient/Device.d`. Ends the owner's open binding of the device at \
+                   once (giving the band away): records measured from now on belong to nobody \
+                   (they are quarantined) until someone pairs the device. Earlier records stay \
+                   the owner's. Written to the owner's disclosure log.",
+    responses(
+        (status = 200, description = "The binding ended; `valid_to` is when", body = doc::Released),
+        (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token lacks `patient/Device.d`", body = super::openapi::ErrorBody),
+        (status = 404, description = "The owner holds no open binding of that device", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
+        (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn release(
+    principal: Principal,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require(&principal, 'd')?;
+    let device = path.into_inner();
+    if !is_valid_id(&device) {
+        return Err(ApiError::NotFound);
+    }
+    let store = state.store.clone();
+    let now = Utc::now();
+    let id = device.clone();
+    let released = web::block(move || store.release_binding(&principal.subject, &id, now))
+        .await
+        .map_err(|_| ApiError::Internal)??;
+    if released {
+        Ok(HttpResponse::Ok().json(serde_json::json!({
+            "device_id": device,
+            "valid_to": now,
+        })))
+    } else {
+        Err(ApiError::NotFound)
     }
 }
 
@@ -274,6 +332,14 @@ pub(crate) mod doc {
         pairing: Pairing,
         /// What to do next, in words.
         next: String,
+    }
+
+    /// A binding the owner ended.
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct Released {
+        device_id: String,
+        #[schema(format = DateTime)]
+        valid_to: String,
     }
 
     #[derive(Debug, ToSchema)]

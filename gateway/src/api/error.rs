@@ -27,9 +27,28 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("the request body is larger than {max} bytes")]
     PayloadTooLarge { max: usize },
+    /// A refusal with its own status (409, 429, ...) and stable code; with
+    /// `retry_after_secs`, a Retry-After header too.
+    #[error("{message}")]
+    Refused {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        retry_after_secs: Option<u64>,
+    },
 }
 
 impl ApiError {
+    /// A refusal with `status` and a stable `code`.
+    pub fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self::Refused {
+            status,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::BadRequest {
             code,
@@ -60,6 +79,7 @@ impl ApiError {
             Self::Unavailable => "unavailable",
             Self::RateLimited { .. } => "rate_limited",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::Refused { code, .. } => code,
         }
     }
 }
@@ -90,6 +110,7 @@ impl ResponseError for ApiError {
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Refused { status, .. } => *status,
         }
     }
 
@@ -98,7 +119,12 @@ impl ResponseError for ApiError {
         if matches!(self, Self::Unauthorized) {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
         }
-        if let Self::RateLimited { retry_after_secs } = self {
+        if let Self::RateLimited { retry_after_secs }
+        | Self::Refused {
+            retry_after_secs: Some(retry_after_secs),
+            ..
+        } = self
+        {
             res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
         }
         res.json(json!({"error": {"code": self.code(), "message": self.to_string()}}))

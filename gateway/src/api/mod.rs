@@ -48,6 +48,8 @@ pub const DASHBOARD: &str = "/dashboard";
 pub struct AppState {
     pub store: Arc<Store>,
     pub keys: Arc<Keys>,
+    /// Channels to enrolled bridges: pairing requests are sealed with them.
+    pub channels: Arc<crate::channel::Channels>,
     pub metrics: Arc<Metrics>,
     /// The gateway's MQTT client, for messages to bridges (pairing requests).
     pub mqtt: rumqttc::AsyncClient,

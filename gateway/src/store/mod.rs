@@ -63,13 +63,23 @@ CREATE TABLE IF NOT EXISTS people (
     time_zone TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
--- `public_key`: the Ed25519 key (hex) the bridge registered at its first confirmed pairing;
--- once set, only batches signed by it are accepted on the bridge's topics.
+-- `public_key`: the bridge's Ed25519 key (hex), registered when an operator enrols the bridge;
+-- only a bridge with a key may connect, and only messages sealed with its channel key count.
 CREATE TABLE IF NOT EXISTS bridges (
     bridge_id TEXT PRIMARY KEY,
     created_at TEXT NOT NULL,
     public_key TEXT
 );
+-- Batches refused as a whole, counted per bridge, minute, reason and the person whose device
+-- they named ('' if none): a flood costs one row per minute, never one per message.
+CREATE TABLE IF NOT EXISTS refused_batches (
+    bridge_id TEXT NOT NULL,
+    minute_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    person_id TEXT NOT NULL,
+    batches INTEGER NOT NULL,
+    PRIMARY KEY (minute_ms, bridge_id, reason, person_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY,
     bridge_id TEXT NOT NULL REFERENCES bridges(bridge_id),
@@ -104,6 +114,15 @@ CREATE TABLE IF NOT EXISTS quarantine (
 ";
 
 /// A stored record: its JSON as received and when the gateway stored it.
+/// Refused batches of one bridge, reason and minute.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RefusedCount {
+    pub bridge_id: String,
+    pub minute: DateTime<Utc>,
+    pub reason: String,
+    pub batches: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct StoredRecord {
     pub json: String,
@@ -150,7 +169,7 @@ pub const DEFAULT_TIME_ZONE: &str = "Asia/Tokyo";
 
 /// Version of the tables below, kept in SQLite's `user_version`. Development versions before
 /// the first release are not migrated: a data dir from one is refused with a clear error.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 fn check_version(conn: &Connection, path: &Path) -> Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -270,7 +289,9 @@ impl Store {
     /// silently (an operator revokes the bridge first).
     pub fn register_bridge_key(&self, bridge_id: &str, public_key_hex: &str) -> Result<()> {
         if parse_key(public_key_hex).is_none() {
-            return Err(Error::Invalid("a bridge key is 64 hex characters of an Ed25519 public key"));
+            return Err(Error::Invalid(
+                "a bridge key is 64 hex characters of an Ed25519 public key",
+            ));
         }
         let key = public_key_hex.to_ascii_lowercase();
         self.write(|tx| {
@@ -348,6 +369,51 @@ impl Store {
 
     // ----- ingest -----
 
+    /// Counts batches that were refused before they could be read (their bridge is not
+    /// enrolled, or they did not open with its channel key): one row per bridge, reason and
+    /// minute, whatever the flood.
+    pub fn count_refused(
+        &self,
+        refused: &[(String, RefusedBatch)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        if refused.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| {
+            for (bridge, why) in refused {
+                let bridge = if *why == RefusedBatch::NotEnrolled {
+                    "*"
+                } else {
+                    bridge.as_str()
+                };
+                refused_batch(tx, bridge, *why, "", now)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Refused batches per bridge, reason and minute since `since`, newest first (at most
+    /// `limit` rows): what an operator looks at when a bridge misbehaves.
+    pub fn refused_batches(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<RefusedCount>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT bridge_id, minute_ms, reason, sum(batches) FROM refused_batches
+                  WHERE minute_ms >= ?1 GROUP BY bridge_id, minute_ms, reason
+                  ORDER BY minute_ms DESC, bridge_id, reason LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![since.timestamp_millis(), limit as i64], |r| {
+                Ok(RefusedCount {
+                    bridge_id: r.get(0)?,
+                    minute: DateTime::from_timestamp_millis(r.get(1)?).unwrap_or_default(),
+                    reason: r.get(2)?,
+                    batches: r.get::<_, i64>(3)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<std::result::Result<_, _>>()?)
+        })
+    }
+
     /// Attributes and applies checked messages in one transaction; returns one ack per
     /// message, in order. The registry is read inside the same transaction, once per device.
     /// Nothing is acked unless the whole group committed.
@@ -355,7 +421,6 @@ impl Store {
         let now_ms = now.timestamp_millis();
         self.write(|tx| {
             let mut views: HashMap<String, DeviceView> = HashMap::new();
-            let mut keys: HashMap<String, Option<VerifyingKey>> = HashMap::new();
             let mut acks = Vec::with_capacity(checked.len());
             let mut insert = tx.prepare_cached(
                 "INSERT INTO records (device_id, record_type, start_ms, end_ms, record_id,
@@ -377,18 +442,16 @@ impl Store {
                         views.entry(c.device_id.clone()).or_insert(v)
                     }
                 };
-                let key = match keys.get(&c.bridge_id) {
-                    Some(k) => k,
-                    None => {
-                        let k = bridge_key(tx, &c.bridge_id)?;
-                        keys.entry(c.bridge_id.clone()).or_insert(k)
-                    }
-                };
-                let mut plan = ingest::attribute(c, view, key.as_ref());
-                if let Some(reason @ (Reason::DeviceNotOnBridge | Reason::BadSignature)) =
-                    plan.ack.batch_error
-                {
-                    audit_refused_batch(tx, &plan, view, reason, now)?;
+                let mut plan = ingest::attribute(c, view);
+                if plan.ack.batch_error == Some(Reason::DeviceNotOnBridge) {
+                    let owner = current_owner(view, now_ms);
+                    refused_batch(
+                        tx,
+                        &plan.bridge_id,
+                        RefusedBatch::DeviceNotOnBridge,
+                        &owner,
+                        now,
+                    )?;
                 }
                 let batch_id = plan.batch_id.map(|b| b.to_string()).unwrap_or_default();
                 for p in &plan.accepted {
@@ -598,45 +661,88 @@ fn bind_in(
     Ok(())
 }
 
-/// A batch for a device, refused because its bridge does not own the device or did not sign
-/// it: an attempt on someone's data stream, logged where the device's owner sees it (or with
-/// no person, for a device nobody owns).
-fn audit_refused_batch(
-    tx: &Transaction<'_>,
-    plan: &ingest::Plan,
-    view: &DeviceView,
-    reason: Reason,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let now_ms = now.timestamp_millis();
-    let owner = view
-        .bindings
+/// Who holds the device's open binding at `now_ms` ('' if nobody).
+fn current_owner(view: &DeviceView, now_ms: i64) -> String {
+    view.bindings
         .iter()
         .find(|b| b.from_ms <= now_ms && b.to_ms.is_none_or(|t| t > now_ms))
         .map(|b| b.person_id.clone())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Counts a refused batch in its bridge's and minute's row of `refused_batches`; the first of
+/// a minute for a person (the current owner of the device it named) also goes into that
+/// person's disclosure log. So a flood costs one row per bridge, reason and minute, and at
+/// most one log entry per person, bridge, reason and minute: never one per message.
+pub(crate) fn refused_batch(
+    tx: &Transaction<'_>,
+    bridge_id: &str,
+    why: RefusedBatch,
+    person_id: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let minute_ms = now.timestamp_millis().div_euclid(60_000) * 60_000;
+    let first = tx
+        .prepare_cached(
+            "INSERT INTO refused_batches (bridge_id, minute_ms, reason, person_id, batches)
+             VALUES (?1, ?2, ?3, ?4, 1) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![bridge_id, minute_ms, why.code(), person_id])?
+        == 1;
+    if !first {
+        tx.prepare_cached(
+            "UPDATE refused_batches SET batches = batches + 1
+              WHERE bridge_id = ?1 AND minute_ms = ?2 AND reason = ?3 AND person_id = ?4",
+        )?
+        .execute(params![bridge_id, minute_ms, why.code(), person_id])?;
+        return Ok(());
+    }
+    if person_id.is_empty() {
+        return Ok(());
+    }
     audit::append(
         tx,
         &audit::Entry {
             at: now,
-            actor: plan.bridge_id.clone(),
+            actor: bridge_id.to_owned(),
             actor_kind: "bridge".into(),
-            person_id: owner,
+            person_id: person_id.to_owned(),
             action: audit::Action::RefusedBatch,
             outcome: audit::Outcome::Denied,
             data_types: Vec::new(),
             window_from: None,
             window_to: None,
             purpose: format!(
-                "batch for device {} refused: {}",
-                plan.device_id,
-                reason.code()
+                "batches naming your device refused this minute: {} (counted per minute)",
+                why.code()
             ),
             consent_id: None,
-            records: plan.ack.rejected.len() as u64,
+            records: 0,
         },
     )?;
     Ok(())
+}
+
+/// Why a batch was refused as a whole, as counted in `refused_batches`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedBatch {
+    /// Its topic names a bridge that is not enrolled (counted under the bridge id `*`, so
+    /// made-up ids cost no rows).
+    NotEnrolled,
+    /// It did not open with its bridge's channel key: forged, altered or not sealed.
+    NotSealed,
+    /// An enrolled bridge sent records of a device registered through another bridge.
+    DeviceNotOnBridge,
+}
+
+impl RefusedBatch {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::NotEnrolled => "bridge_not_enrolled",
+            Self::NotSealed => "not_sealed_by_bridge",
+            Self::DeviceNotOnBridge => "device_not_on_bridge",
+        }
+    }
 }
 
 /// The key `bridge_id` registered at pairing, if any.

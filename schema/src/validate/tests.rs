@@ -382,29 +382,3 @@ proptest! {
         }
     }
 }
-
-#[test]
-fn the_bridge_and_the_gateway_compute_the_same_signing_digest() {
-    let b = Batch::new(
-        BRIDGE,
-        DEVICE,
-        uuid::Uuid::new_v4(),
-        vec![
-            sleep(&[(
-                SleepStageKind::Light,
-                "2026-06-01T00:00:00+09:00",
-                "2026-06-01T01:00:00+09:00",
-            )]),
-            heart(70.5, BEATS_PER_MINUTE),
-        ],
-    );
-    let bytes = serde_json::to_vec(&b).unwrap();
-    let raw = parse_batch(&bytes, &Limits::default()).unwrap();
-    let gateway = crate::envelope::signing_digest(
-        &raw.batch_id,
-        &raw.bridge_id,
-        &raw.device_id,
-        raw.records.iter().map(|r| r.get()),
-    );
-    assert_eq!(gateway, b.signing_digest());
-}

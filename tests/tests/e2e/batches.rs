@@ -4,7 +4,7 @@
 use chrono::{TimeDelta, Utc};
 use uuid::Uuid;
 
-use phr_e2e::{all_records, metric, RawBridge, TestGateway};
+use phr_e2e::{all_records, metric, TestGateway};
 use phr_schema::{Batch, Reason, Record};
 
 fn minute_steps(device: &str, bridge: &str, minutes_ago: i64, count: i64) -> Record {
@@ -31,7 +31,7 @@ async fn the_same_batch_published_three_times_is_stored_once() -> anyhow::Result
         &["band-dup".into()],
         Utc::now() - TimeDelta::days(1),
     )?;
-    let mut bridge = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-dup").await?;
+    let mut bridge = gw.raw_bridge("br-dup").await?;
     let batch = Batch::new(
         "br-dup",
         "band-dup",
@@ -69,7 +69,7 @@ async fn invalid_records_are_rejected_with_reasons_and_valid_ones_stored() -> an
         &["band-bad".into()],
         Utc::now() - TimeDelta::days(1),
     )?;
-    let mut bridge = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-bad").await?;
+    let mut bridge = gw.raw_bridge("br-bad").await?;
 
     let good = minute_steps("band-bad", "br-bad", 30, 80);
     let negative = minute_steps("band-bad", "br-bad", 29, -5);
@@ -162,7 +162,7 @@ async fn records_of_an_unbound_device_are_quarantined_not_attributed() -> anyhow
     gw.enrol("fay", "br-q", &[], Utc::now() - TimeDelta::days(1))?;
     let base = gw.url("");
     assert_eq!(metric(&base, "phr_quarantine_records")?, 0.0);
-    let mut bridge = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-q").await?;
+    let mut bridge = gw.raw_bridge("br-q").await?;
     let batch = Batch::new(
         "br-q",
         "band-unbound",
@@ -201,7 +201,7 @@ async fn without_storage_consent_nothing_is_stored() -> anyhow::Result<()> {
         Utc::now() - TimeDelta::days(1),
     )?;
     gw.gateway.store.withdraw_storage_consent("gus")?;
-    let mut bridge = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-c").await?;
+    let mut bridge = gw.raw_bridge("br-c").await?;
     let batch = Batch::new(
         "br-c",
         "band-c",
@@ -234,7 +234,7 @@ async fn acks_go_out_in_order_even_with_other_messages_in_between() -> anyhow::R
         &["band-o".into()],
         Utc::now() - TimeDelta::days(1),
     )?;
-    let mut bridge = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-o").await?;
+    let mut bridge = gw.raw_bridge("br-o").await?;
     let mut sent = Vec::new();
     for i in 0..40i64 {
         let batch = Batch::new(

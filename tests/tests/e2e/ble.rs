@@ -35,6 +35,7 @@ fn start_bridge(
         &gw.gateway.mqtt.to_string(),
         gw.topics().prefix(),
         bluez,
+        &gw.config.data_dir,
     )
 }
 
@@ -43,24 +44,32 @@ fn spawn_bridge(
     mqtt: &str,
     prefix: &str,
     bluez: &PrivateBluez,
+    gateway_data: &std::path::Path,
 ) -> anyhow::Result<(Process, Arc<Mutex<Vec<String>>>)> {
-    spawn_bridge_with(dir, mqtt, prefix, bluez, "")
+    spawn_bridge_with(dir, mqtt, prefix, bluez, gateway_data, "")
 }
 
-/// As [`spawn_bridge`], with `extra` TOML lines in the bridge's configuration.
+/// As [`spawn_bridge`], with `extra` TOML lines in the bridge's configuration. The bridge is
+/// enrolled first at the gateway whose data dir is `gateway_data`, as an operator would with
+/// `phr-bridge identity` and `phr-gateway bridges enrol`.
 fn spawn_bridge_with(
     dir: &std::path::Path,
     mqtt: &str,
     prefix: &str,
     bluez: &PrivateBluez,
+    gateway_data: &std::path::Path,
     extra: &str,
 ) -> anyhow::Result<(Process, Arc<Mutex<Vec<String>>>)> {
     std::fs::create_dir_all(dir)?;
+    let key = phr_bridge::identity::BridgeKey::load_or_create(dir)?;
+    phr_gateway::Store::open(&gateway_data.join("phr.sqlite"))?
+        .register_bridge_key(BRIDGE, &key.public_hex())?;
+    let gateway_key = phr_schema::channel::key_to_hex(&phr_e2e::gateway_channel_key(gateway_data)?);
     let config = dir.join("bridge.toml");
     std::fs::write(
         &config,
         format!(
-            "bridge_id = \"{BRIDGE}\"\ndata_dir = \"{}\"\nmqtt_url = \"{}\"\ntopic_prefix = \"{}\"\nflush_after_ms = 100\n{extra}\n",
+            "bridge_id = \"{BRIDGE}\"\ndata_dir = \"{}\"\nmqtt_url = \"{}\"\ntopic_prefix = \"{}\"\ngateway_key = \"{gateway_key}\"\nflush_after_ms = 100\n{extra}\n",
             dir.display(),
             mqtt,
             prefix
@@ -336,7 +345,13 @@ async fn two_bands_keep_measuring_while_the_gateway_is_down_and_the_outbox_drain
     consent_to_storage(&base, &token, &["heart-rate", "step-count"])?;
 
     let bridge_dir = dir.path().join("bridge");
-    let (_bridge, stdout) = spawn_bridge(&bridge_dir, &format!("mqtt://{mqtt}"), &prefix, &bluez)?;
+    let (_bridge, stdout) = spawn_bridge(
+        &bridge_dir,
+        &format!("mqtt://{mqtt}"),
+        &prefix,
+        &bluez,
+        &gateway.data,
+    )?;
     for band in [&a, &b] {
         bluez
             .wait_notifying(
@@ -592,6 +607,7 @@ async fn a_full_outbox_holds_new_records_until_the_gateway_returns() -> anyhow::
         &format!("mqtt://{mqtt}"),
         &prefix,
         &bluez,
+        &gateway.data,
         "outbox_max_batches = 2",
     )?;
     bluez
@@ -780,6 +796,7 @@ async fn pams_summaries_are_timed_by_their_session_and_daily_totals_become_delta
         &gw.gateway.mqtt.to_string(),
         gw.topics().prefix(),
         &bluez,
+        &gw.config.data_dir,
         &format!("utc_offset = \"{}\"", noon_offset()),
     )?;
     for uuid in [

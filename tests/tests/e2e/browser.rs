@@ -13,7 +13,7 @@ use chrono::{DateTime, DurationRound, FixedOffset, NaiveDate, TimeDelta, Utc};
 use serde_json::json;
 
 use phr_e2e::browser::Browser;
-use phr_e2e::{grant_consent, minute_steps, send, RawBridge, TestGateway};
+use phr_e2e::{grant_consent, minute_steps, send, TestGateway};
 use phr_gateway::dashboard::Role;
 use phr_schema::record::{
     IntervalFrame, Provenance, SleepEpisode, SleepStage, SleepStageKind, TimeInterval,
@@ -159,11 +159,11 @@ async fn clinician_and_owner_dashboards_in_a_real_browser() -> anyhow::Result<()
     records.push(sleep);
     let (last, _) = night("band-a", bed + TimeDelta::days(1), &LAST_NIGHT);
     records.push(last);
-    let mut a = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-a").await?;
+    let mut a = gw.raw_bridge("br-a").await?;
     let n = records.len() as u32;
     let ack = send(&mut a, "band-a", records).await?;
     assert_eq!(ack.stored, n, "{ack:?}");
-    let mut b = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-b").await?;
+    let mut b = gw.raw_bridge("br-b").await?;
     let other = vec![minute_steps(
         "band-b",
         "br-b",

@@ -6,7 +6,7 @@ use std::process::Command;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::{json, Value};
 
-use phr_e2e::{b64url, binary, call, minute_steps, night, send, RawBridge, TestGateway};
+use phr_e2e::{b64url, binary, call, minute_steps, night, send, TestGateway};
 use phr_gateway::api::me::{Receipt, ERASE_CONFIRMATION, RECEIPT_TYP};
 
 /// Ana's band: 6 hours of steps (one record an hour) and last night's sleep, all stored.
@@ -32,14 +32,14 @@ async fn world() -> anyhow::Result<World> {
         now - TimeDelta::days(3),
     )?;
     let t0 = (now - TimeDelta::hours(6)).duration_trunc(TimeDelta::minutes(1))?;
-    let mut bridge = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-ana").await?;
+    let mut bridge = gw.raw_bridge("br-ana").await?;
     let steps = (0..6)
         .map(|h| minute_steps("band-ana", "br-ana", t0 + TimeDelta::hours(h), 100 + h))
         .collect();
     assert_eq!(send(&mut bridge, "band-ana", steps).await?.stored, 6);
     let sleep = night("band-ana", "br-ana", now - TimeDelta::hours(30), 7);
     assert_eq!(send(&mut bridge, "band-ana", vec![sleep]).await?.stored, 1);
-    let mut ben = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-ben").await?;
+    let mut ben = gw.raw_bridge("br-ben").await?;
     let steps = vec![minute_steps("band-ben", "br-ben", t0, 5)];
     assert_eq!(send(&mut ben, "band-ben", steps).await?.stored, 1);
     let ana = gw.owner_token("ana");
@@ -419,7 +419,7 @@ async fn erasure_removes_the_data_keeps_the_fact_and_closes_everything() -> anyh
     );
     // Late data her band measured before the erasure is not stored again (no consent now);
     // data measured after it belongs to nobody (the binding is closed).
-    let mut bridge = RawBridge::connect(&w.gw.gateway.mqtt, w.gw.topics(), "br-ana").await?;
+    let mut bridge = w.gw.raw_bridge("br-ana").await?;
     let late = minute_steps("band-ana", "br-ana", Utc::now() - TimeDelta::minutes(30), 9);
     let ack = send(&mut bridge, "band-ana", vec![late]).await?;
     assert_eq!((ack.stored, ack.rejected.len()), (0, 1));

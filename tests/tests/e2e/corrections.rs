@@ -4,7 +4,7 @@
 use chrono::{DurationRound, TimeDelta, Utc};
 use serde_json::json;
 
-use phr_e2e::{call, minute_steps, send, step_counts, RawBridge, TestGateway};
+use phr_e2e::{call, minute_steps, send, step_counts, TestGateway};
 
 fn rfc(t: chrono::DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -18,7 +18,7 @@ async fn a_reattribution_moves_the_range_and_names_who_must_be_told() -> anyhow:
     gw.enrol("ben", "br-x", &[], now - TimeDelta::days(3))?;
     gw.gateway.store.add_person("cai", "cai", "UTC")?;
     let t0 = (now - TimeDelta::hours(6)).duration_trunc(TimeDelta::minutes(1))?;
-    let mut bridge = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-x").await?;
+    let mut bridge = gw.raw_bridge("br-x").await?;
     let records = (0..6)
         .map(|h| minute_steps("band-x", "br-x", t0 + TimeDelta::hours(h), 10 + h))
         .collect();
@@ -117,7 +117,7 @@ async fn quarantine_is_shown_only_to_the_device_owner_until_they_confirm_it() ->
     gw.enrol("ana", "br-q", &[], Utc::now() - TimeDelta::days(1))?;
     gw.enrol("ben", "br-q", &[], Utc::now() - TimeDelta::days(1))?;
     let t0 = (Utc::now() - TimeDelta::hours(1)).duration_trunc(TimeDelta::minutes(1))?;
-    let mut bridge = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-q").await?;
+    let mut bridge = gw.raw_bridge("br-q").await?;
     let records = (0..3)
         .map(|m| minute_steps("band-q", "br-q", t0 + TimeDelta::minutes(m), 20 + m))
         .collect();

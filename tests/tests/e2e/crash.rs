@@ -11,8 +11,8 @@ use phr_bridge::mqtt::MqttUrl;
 use phr_bridge::publish::Status;
 use phr_bridge::simulate;
 use phr_e2e::{
-    binary, enrol, external_broker, free_port, loopback, spawn_gateway, spawn_mosquitto,
-    stored_ids, test_prefix, wait_for, TestGateway,
+    binary, enrol, enrol_sim, external_broker, free_port, gateway_channel_key, loopback,
+    spawn_gateway, spawn_mosquitto, stored_ids, test_prefix, wait_for, TestGateway,
 };
 
 use super::{expected, sim_config, sim_until};
@@ -82,6 +82,7 @@ async fn gateway_killed_mid_stream_loses_nothing_and_stores_nothing_twice() -> a
             &bands,
             until - TimeDelta::days(5),
         )?;
+        enrol_sim(&store, gateway_channel_key(&data)?, &mut cfg)?;
     }
     let want = expected(&cfg);
 
@@ -134,6 +135,7 @@ async fn broker_restart_mid_stream_both_sides_reconnect_and_nothing_is_lost() ->
     cfg.max_inflight = 8;
     let bands: Vec<String> = cfg.bands().into_iter().map(|b| b.device_id).collect();
     gw.enrol("rin", "bridge-r", &bands, until - TimeDelta::days(5))?;
+    gw.enrol_sim(&mut cfg)?;
     let want = expected(&cfg);
 
     let (tx, mut rx) = watch::channel(Status::default());

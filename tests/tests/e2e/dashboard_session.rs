@@ -5,7 +5,7 @@
 use chrono::{TimeDelta, Utc};
 use serde_json::json;
 
-use phr_e2e::{grant_consent, minute_steps, send, RawBridge, TestGateway};
+use phr_e2e::{grant_consent, minute_steps, send, TestGateway};
 use phr_gateway::api::me::ERASE_CONFIRMATION;
 use phr_gateway::dashboard::{self, session, Role};
 use phr_gateway::store::ConsentStatus;
@@ -137,7 +137,7 @@ async fn world() -> anyhow::Result<(TestGateway, String)> {
         &["band-ana".into()],
         now - TimeDelta::days(2),
     )?;
-    let mut bridge = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-ana").await?;
+    let mut bridge = gw.raw_bridge("br-ana").await?;
     let steps = (1..=3)
         .map(|h| minute_steps("band-ana", "br-ana", now - TimeDelta::hours(h), 40 + h))
         .collect();

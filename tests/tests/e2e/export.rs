@@ -8,7 +8,7 @@ use std::process::Command;
 use chrono::{DateTime, FixedOffset, TimeDelta, Utc};
 use serde_json::Value;
 
-use phr_e2e::{all_records, binary, call, minute_steps, night, send, RawBridge, TestGateway};
+use phr_e2e::{all_records, binary, call, minute_steps, night, send, TestGateway};
 use phr_schema::record::{PointFrame, BEATS_PER_MINUTE};
 use phr_schema::{Body, HeartRate, Provenance, Record, RecordType, UnitValue};
 
@@ -45,7 +45,7 @@ async fn world() -> anyhow::Result<World> {
     let from = now - TimeDelta::days(4);
     gw.enrol("ana", "br-ana", &["band-ana".into()], from)?;
     gw.enrol("ben", "br-ben", &["band-ben".into()], from)?;
-    let mut bridge = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-ana").await?;
+    let mut bridge = gw.raw_bridge("br-ana").await?;
     let steps: Vec<Record> = [50, 49, 26, 2, 1]
         .iter()
         .enumerate()
@@ -66,7 +66,7 @@ async fn world() -> anyhow::Result<World> {
     let heart = heart_rate("band-ana", "br-ana", now - TimeDelta::minutes(10), 71.5);
     let ack = send(&mut bridge, "band-ana", vec![sleep.clone(), heart.clone()]).await?;
     assert_eq!(ack.stored, 2, "{ack:?}");
-    let mut ben = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-ben").await?;
+    let mut ben = gw.raw_bridge("br-ben").await?;
     let bens = vec![minute_steps(
         "band-ben",
         "br-ben",

@@ -8,7 +8,7 @@ use chrono::{DateTime, FixedOffset, NaiveDate, NaiveTime, TimeDelta, TimeZone, U
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use phr_e2e::{call, grant_consent, minute_steps, night, send, RawBridge, TestGateway};
+use phr_e2e::{call, grant_consent, minute_steps, night, send, TestGateway};
 use phr_schema::record::{HeartRate, PointFrame, Provenance, UnitValue, BEATS_PER_MINUTE};
 use phr_schema::{Body, Record};
 
@@ -146,7 +146,7 @@ async fn world() -> anyhow::Result<World> {
         heart("band-ana", "br-ana", tokyo(day_a, 9, 0), 61.0),
         heart("band-ana", "br-ana", tokyo(day_c, 9, 0), 64.0),
     ];
-    let mut bridge = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-ana").await?;
+    let mut bridge = gw.raw_bridge("br-ana").await?;
     let mut all = steps.clone();
     all.extend(sleep.iter().cloned());
     all.extend(hearts);

@@ -8,7 +8,7 @@ use std::process::Command;
 use chrono::{DurationRound, TimeDelta, Utc};
 use serde_json::json;
 
-use phr_e2e::{call, minute_steps, night, send, RawBridge, TestGateway};
+use phr_e2e::{call, minute_steps, night, send, TestGateway};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs schemathesis (pip install schemathesis); .ci/run installs it and sets PHR_SCHEMATHESIS"]
@@ -18,7 +18,7 @@ async fn every_operation_answers_as_its_openapi_document_says() -> anyhow::Resul
     let now = Utc::now();
     gw.enrol("ana", "br-a", &["band-a".into()], now - TimeDelta::days(3))?;
     let t0 = (now - TimeDelta::hours(6)).duration_trunc(TimeDelta::minutes(1))?;
-    let mut bridge = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-a").await?;
+    let mut bridge = gw.raw_bridge("br-a").await?;
     let mut records: Vec<_> = (0..30)
         .map(|m| minute_steps("band-a", "br-a", t0 + TimeDelta::minutes(m), 50 + m))
         .collect();

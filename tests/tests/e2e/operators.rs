@@ -361,7 +361,7 @@ async fn traffic(gw: &TestGateway) -> anyhow::Result<()> {
         &[band.into()],
         Utc::now() - TimeDelta::days(1),
     )?;
-    let mut bridge = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), bridge_id).await?;
+    let mut bridge = gw.raw_bridge(bridge_id).await?;
     let at = |minutes_ago: i64, count: i64| {
         phr_e2e::minute_steps(
             band,
@@ -619,8 +619,8 @@ async fn open_mqtt_connections_are_counted_at_the_embedded_broker() -> anyhow::R
             Utc::now() - TimeDelta::days(1),
         )?;
     }
-    let mut one = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-m1").await?;
-    let mut two = Some(RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-m2").await?);
+    let mut one = gw.raw_bridge("br-m1").await?;
+    let mut two = Some(gw.raw_bridge("br-m2").await?);
     let mut minute = 0;
     let mut publish = |bridge: &mut RawBridge, band: &str| {
         minute += 1;

@@ -16,7 +16,7 @@ use super::{expected, run_bridge, sim_config, sim_until};
 async fn api_returns_exactly_the_records_the_bridge_sent() -> anyhow::Result<()> {
     let gw = TestGateway::start().await?;
     let until = sim_until();
-    let cfg = sim_config(
+    let mut cfg = sim_config(
         "bridge-a",
         2,
         gw.dir.path().join("bridge"),
@@ -27,6 +27,7 @@ async fn api_returns_exactly_the_records_the_bridge_sent() -> anyhow::Result<()>
     );
     let bands: Vec<String> = cfg.bands().into_iter().map(|b| b.device_id).collect();
     gw.enrol("alice", "bridge-a", &bands, until - TimeDelta::days(3))?;
+    gw.enrol_sim(&mut cfg)?;
     let want = expected(&cfg);
     assert!(
         want.len() > 300,
@@ -122,7 +123,7 @@ async fn api_returns_exactly_the_records_the_bridge_sent() -> anyhow::Result<()>
 async fn time_window_and_pages_partition_the_records() -> anyhow::Result<()> {
     let gw = TestGateway::start().await?;
     let until = sim_until();
-    let cfg = sim_config(
+    let mut cfg = sim_config(
         "bridge-w",
         1,
         gw.dir.path().join("bridge"),
@@ -133,6 +134,7 @@ async fn time_window_and_pages_partition_the_records() -> anyhow::Result<()> {
     );
     let bands: Vec<String> = cfg.bands().into_iter().map(|b| b.device_id).collect();
     gw.enrol("carol", "bridge-w", &bands, until - TimeDelta::days(2))?;
+    gw.enrol_sim(&mut cfg)?;
     let want: Vec<_> = expected(&cfg)
         .into_values()
         .filter(|r| r.record_type() == RecordType::StepCount)

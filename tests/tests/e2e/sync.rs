@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::{json, Value};
 
-use phr_e2e::{call, grant_consent, minute_steps, night, send, RawBridge, TestGateway};
+use phr_e2e::{call, grant_consent, minute_steps, night, send, TestGateway};
 
 const COMPANY: &str = "acme-phr";
 
@@ -145,8 +145,8 @@ async fn a_company_syncing_through_backfill_corrections_and_erasure_ends_with_ex
     gw.enrol("ben", "br-b", &["band-b".into()], since)?;
     let t0 = (now - TimeDelta::hours(20)).duration_trunc(TimeDelta::minutes(1))?;
     let minute = |m: i64| t0 + TimeDelta::minutes(m);
-    let mut a = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-a").await?;
-    let mut b = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-b").await?;
+    let mut a = gw.raw_bridge("br-a").await?;
+    let mut b = gw.raw_bridge("br-b").await?;
     let token = company_token(&gw);
     let mut replica = Replica::default();
 
