@@ -583,8 +583,14 @@ mod tests {
         for (scope, want) in [
             // SMART v2 letters, in order, each once.
             ("patient/*.cruds", set("patient", &ALL, "cruds")),
-            ("patient/Observation.rs", set("patient", &["Observation"], "rs")),
-            ("patient/Observation.r", set("patient", &["Observation"], "r")),
+            (
+                "patient/Observation.rs",
+                set("patient", &["Observation"], "rs"),
+            ),
+            (
+                "patient/Observation.r",
+                set("patient", &["Observation"], "r"),
+            ),
             ("user/Observation.rs", set("user", &["Observation"], "rs")),
             ("system/Device.cud", set("system", &["Device"], "cud")),
             ("patient/Consent.d", set("patient", &["Consent"], "d")),
@@ -596,7 +602,10 @@ mod tests {
             // SMART v1, mapped explicitly: read = rs, write = cud, * = cruds.
             ("patient/*.read", set("patient", &ALL, "rs")),
             ("patient/*.write", set("patient", &ALL, "cud")),
-            ("patient/Observation.*", set("patient", &["Observation"], "cruds")),
+            (
+                "patient/Observation.*",
+                set("patient", &["Observation"], "cruds"),
+            ),
             ("user/Consent.read", set("user", &["Consent"], "rs")),
             // Wrong order, repeats, unknown letters, empty: nothing.
             ("patient/*.sr", none.clone()),
@@ -639,7 +648,10 @@ mod tests {
             )
         );
         let v1 = Scope::parse("patient/*.write").unwrap();
-        assert_eq!((v1.context, v1.resource, v1.v1), (ScopeContext::Patient, None, true));
+        assert_eq!(
+            (v1.context, v1.resource, v1.v1),
+            (ScopeContext::Patient, None, true)
+        );
     }
 
     #[test]

@@ -350,7 +350,9 @@ pub fn issue_token(
             {
                 return Err(invalid_client("client_id does not match the assertion's iss").into());
             }
-            let client = store.client(&checked.client_id)?.filter(|c| !c.is_disabled());
+            let client = store
+                .client(&checked.client_id)?
+                .filter(|c| !c.is_disabled());
             let jwks = client
                 .as_ref()
                 .and_then(|c| c.jwks.as_ref())
@@ -596,9 +598,7 @@ pub fn verify_signature(assertion: &str, jwks: &JwkSet) -> bool {
         .into_iter()
         .filter(|k| key_algorithm(k) == Some(header.alg))
         .filter_map(|k| DecodingKey::from_jwk(k).ok())
-        .any(|key| {
-            jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation).is_ok()
-        })
+        .any(|key| jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation).is_ok())
 }
 
 /// Public keys nobody holds the private half of (generated once, the private halves
@@ -1151,7 +1151,10 @@ mod tests {
         // tell which keys, or whether any, are registered):
         // a kid the client never registered,
         let (stranger, _) = ed_key("stranger");
-        assert_eq!(refused(verify(&sign(&stranger, &c), &set, now)), AUTH_FAILED);
+        assert_eq!(
+            refused(verify(&sign(&stranger, &c), &set, now)),
+            AUTH_FAILED
+        );
         // the kid of a registered key, signed by another,
         assert_eq!(
             refused(verify(&sign_with(&stranger, Some("ed"), &c), &set, now)),
@@ -1605,7 +1608,10 @@ mod tests {
             for (client, e) in &refusals {
                 assert_eq!(
                     (e.code, e.description),
-                    (OAuthErrorCode::InvalidClient, "client authentication failed"),
+                    (
+                        OAuthErrorCode::InvalidClient,
+                        "client authentication failed"
+                    ),
                     "{client}"
                 );
             }
