@@ -15,7 +15,16 @@
 //! - `client_secret_post`: `client_id` and `client_secret` in the body.
 //!
 //! Refusals follow RFC 6749 §5.2 (`invalid_client` and friends) with fixed descriptions that
-//! never carry a secret, an assertion or a claim value. Nothing here logs either.
+//! never carry a secret, an assertion or a claim value. Nothing here logs either. What an
+//! answer may say depends on what it reveals: a malformed request or assertion claims are
+//! described (that tells nothing about who is registered); everything after the client
+//! lookup (unknown, disabled, no secret or keys, wrong secret, unknown `kid`, bad signature)
+//! is the one "client authentication failed", after the same work (a dummy hash for a
+//! missing secret, a dummy-key verification for a missing client).
+//!
+//! Replay: an assertion is accepted until [`accepted_until`] (`exp` + 30 s, to the
+//! millisecond) and its `jti` is remembered [`JTI_MARGIN_SECS`] longer, both from the same
+//! `now`, so no purge forgets a `jti` whose assertion would still pass.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use jsonwebtoken::jwk::{

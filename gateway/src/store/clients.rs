@@ -5,8 +5,8 @@
 //! Secrets are generated here, shown once and never stored: only a salted SHA-256 of each is
 //! kept (a generated 256-bit secret needs no slow hash), compared in constant time.
 //!
-//! `client_assertion_jtis` remembers every assertion `jti` until the assertion expires: the
-//! insert is the check, so two concurrent uses of one `jti` cannot both pass. Expired rows are
+//! `client_assertion_jtis` remembers every assertion `jti` until a minute past the last
+//! instant the assertion is accepted (`crate::oauth::accepted_until`): the insert is the check, so two concurrent uses of one `jti` cannot both pass. Expired rows are
 //! purged whenever a new one is remembered.
 
 use chrono::{DateTime, Utc};
