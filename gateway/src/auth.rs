@@ -233,14 +233,15 @@ impl Principal {
         }
     }
 
-    /// Whether a SMART v2 scope `{context}/{resource}.{perms}` grants `perm` (one of
-    /// `c r u d s`) on `resource`; `*` as resource grants every resource.
-    /// A SMART v2 granular scope may narrow it with a query (`?code=...`), which
+    /// Whether one of the caller's scopes grants `perm` (one of `c r u d s`) on `resource`
+    /// in `context` (`patient`, `user` or `system`), as [`Scope::grants`] decides. A SMART v2
+    /// granular scope may narrow it with a query (`?code=...`), which
     /// [`Principal::allowed_types`] reads.
     pub fn has_scope(&self, context: &str, resource: &str, perm: char) -> bool {
         self.scopes
             .iter()
-            .any(|s| scope_grants(s, context, resource, perm))
+            .filter_map(|s| Scope::parse(s))
+            .any(|s| s.grants(context, resource, perm))
     }
 
     /// The record types the caller's `Observation` read scopes are narrowed to by LOINC code
@@ -248,14 +249,14 @@ impl Principal {
     /// not narrowed (every type), or there is none.
     pub fn allowed_types(&self) -> Option<Vec<phr_schema::RecordType>> {
         let mut types = Vec::new();
-        for s in &self.scopes {
-            let reads = ["patient", "user", "system"]
+        for s in self.scopes.iter().filter_map(|s| Scope::parse(s)) {
+            let reads = ScopeContext::ALL
                 .iter()
-                .any(|ctx| scope_grants(s, ctx, "Observation", 'r'));
+                .any(|ctx| s.grants(ctx.as_str(), "Observation", 'r'));
             if !reads {
                 continue;
             }
-            let (_, query) = s.split_once('?')?;
+            let query = s.query?;
             for pair in query.split('&') {
                 let Some(codes) = pair.strip_prefix("code=") else {
                     continue;
@@ -283,17 +284,144 @@ impl Principal {
     }
 }
 
-/// Whether one SMART v2 scope `{context}/{resource}.{perms}[?query]` grants `perm` on
-/// `resource`; `*` as resource grants every resource.
-fn scope_grants(scope: &str, context: &str, resource: &str, perm: char) -> bool {
-    let scope = scope.split_once('?').map_or(scope, |(s, _)| s);
-    let Some((ctx, rest)) = scope.split_once('/') else {
-        return false;
-    };
-    let Some((res, perms)) = rest.split_once('.') else {
-        return false;
-    };
-    ctx == context && (res == resource || res == "*") && perms.contains(perm)
+/// The launch context a SMART scope is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeContext {
+    Patient,
+    User,
+    System,
+}
+
+impl ScopeContext {
+    pub const ALL: [Self; 3] = [Self::Patient, Self::User, Self::System];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Patient => "patient",
+            Self::User => "user",
+            Self::System => "system",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// A set of SMART v2 permissions, a subset of `c r u d s` (one bit each, in that order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permissions(u8);
+
+impl Permissions {
+    /// The letters in their one allowed order.
+    pub const LETTERS: [char; 5] = ['c', 'r', 'u', 'd', 's'];
+
+    fn bit(perm: char) -> Option<u8> {
+        Self::LETTERS
+            .iter()
+            .position(|&l| l == perm)
+            .map(|i| 1 << i)
+    }
+
+    /// Parses the permission part of a scope: SMART v2 letters, a non-empty subsequence of
+    /// `cruds` in that order (no repeats, no other letters); or SMART v1 `read` (= `rs`),
+    /// `write` (= `cud`) and `*` (= `cruds`), mapped explicitly. Anything else is `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "read" => return Some(Self::from_letters("rs")),
+            "write" => return Some(Self::from_letters("cud")),
+            "*" => return Some(Self::from_letters("cruds")),
+            "" => return None,
+            _ => {}
+        }
+        let mut bits = 0u8;
+        for perm in s.chars() {
+            let bit = Self::bit(perm)?;
+            // Strictly increasing: a repeat or a letter out of order is refused.
+            if bits >= bit {
+                return None;
+            }
+            bits |= bit;
+        }
+        Some(Self(bits))
+    }
+
+    fn from_letters(letters: &str) -> Self {
+        Self(letters.chars().filter_map(Self::bit).fold(0, |a, b| a | b))
+    }
+
+    /// Whether `perm` is granted; any character but `c r u d s` never is.
+    pub fn contains(self, perm: char) -> bool {
+        Self::bit(perm).is_some_and(|b| self.0 & b != 0)
+    }
+}
+
+/// One SMART scope, parsed exactly: `{context}/{resource}.{permissions}[?{query}]` with the
+/// context `patient`, `user` or `system`, the resource `*` or a FHIR resource type name
+/// (`Observation`: an ASCII capital, then letters and digits), and [`Permissions`]. The one
+/// parser every scope check goes through: a scope it refuses grants nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope<'a> {
+    pub context: ScopeContext,
+    /// `None` for the `*` wildcard (every resource).
+    pub resource: Option<&'a str>,
+    pub permissions: Permissions,
+    /// Whether the permissions were written SMART v1 style (`read`, `write`, `*`).
+    pub v1: bool,
+    /// A SMART v2 granular query after `?` (non-empty), e.g. `code=http://loinc.org|8867-4`.
+    pub query: Option<&'a str>,
+}
+
+impl<'a> Scope<'a> {
+    /// The most characters of a scope worth looking at.
+    pub const MAX_LEN: usize = 512;
+
+    pub fn parse(s: &'a str) -> Option<Self> {
+        if s.is_empty()
+            || s.len() > Self::MAX_LEN
+            || s.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return None;
+        }
+        let (base, query) = match s.split_once('?') {
+            Some((_, "")) => return None,
+            Some((b, q)) => (b, Some(q)),
+            None => (s, None),
+        };
+        let (context, rest) = base.split_once('/')?;
+        let context = ScopeContext::parse(context)?;
+        let (resource, perms) = rest.split_once('.')?;
+        let resource = match resource {
+            "*" => None,
+            r if is_resource_name(r) => Some(r),
+            _ => return None,
+        };
+        let permissions = Permissions::parse(perms)?;
+        Some(Self {
+            context,
+            resource,
+            permissions,
+            v1: matches!(perms, "read" | "write" | "*"),
+            query,
+        })
+    }
+
+    /// Whether this scope grants `perm` on `resource` in `context`: the context is the
+    /// same, the resource is the same (exactly) or the scope's is `*`, and `perm` is one of
+    /// its permissions.
+    pub fn grants(&self, context: &str, resource: &str, perm: char) -> bool {
+        self.context.as_str() == context
+            && self.resource.is_none_or(|r| r == resource)
+            && self.permissions.contains(perm)
+    }
+}
+
+/// A FHIR resource type name: an ASCII capital letter, then ASCII letters and digits, at
+/// most 64 characters.
+fn is_resource_name(r: &str) -> bool {
+    r.len() <= 64
+        && r.starts_with(|c: char| c.is_ascii_uppercase())
+        && r.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
 #[cfg(test)]
@@ -418,6 +546,118 @@ mod tests {
         )
         .unwrap();
         assert_eq!(k.verify(&hs), Err(TokenError::Invalid));
+    }
+
+    /// Every (context, resource, letter) a scope grants, among the contexts, a few resources
+    /// and every letter (plus some that are no permission).
+    fn granted(scope: &str) -> std::collections::BTreeSet<(&'static str, &'static str, char)> {
+        let p = Principal {
+            subject: "a".into(),
+            scopes: vec![scope.to_owned()],
+        };
+        let mut out = std::collections::BTreeSet::new();
+        for ctx in ["patient", "user", "system", "Patient", "*"] {
+            for res in ["Observation", "Device", "Consent", "observation", "*"] {
+                for perm in ['c', 'r', 'u', 'd', 's', 'e', 'a', 'w', 'i', 't', '*'] {
+                    if p.has_scope(ctx, res, perm) {
+                        out.insert((ctx, res, perm));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The expected grant set: `ctx` x `resources` x the letters of `perms`, written out
+    /// here from the SMART specification, not from the parser.
+    fn set(
+        ctx: &'static str,
+        resources: &[&'static str],
+        perms: &str,
+    ) -> std::collections::BTreeSet<(&'static str, &'static str, char)> {
+        resources
+            .iter()
+            .flat_map(|r| perms.chars().map(move |p| (ctx, *r, p)))
+            .collect()
+    }
+
+    #[test]
+    fn scopes_grant_exactly_their_permissions() {
+        // `*` as a resource grants every resource (the probe's own `*` included).
+        const ALL: [&str; 5] = ["Observation", "Device", "Consent", "observation", "*"];
+        let none = std::collections::BTreeSet::new();
+        for (scope, want) in [
+            // SMART v2 letters, in order, each once.
+            ("patient/*.cruds", set("patient", &ALL, "cruds")),
+            (
+                "patient/Observation.rs",
+                set("patient", &["Observation"], "rs"),
+            ),
+            (
+                "patient/Observation.r",
+                set("patient", &["Observation"], "r"),
+            ),
+            ("user/Observation.rs", set("user", &["Observation"], "rs")),
+            ("system/Device.cud", set("system", &["Device"], "cud")),
+            ("patient/Consent.d", set("patient", &["Consent"], "d")),
+            ("patient/*.rd", set("patient", &ALL, "rd")),
+            (
+                "system/Observation.rs?code=http://loinc.org|55423-8",
+                set("system", &["Observation"], "rs"),
+            ),
+            // SMART v1, mapped explicitly: read = rs, write = cud, * = cruds.
+            ("patient/*.read", set("patient", &ALL, "rs")),
+            ("patient/*.write", set("patient", &ALL, "cud")),
+            (
+                "patient/Observation.*",
+                set("patient", &["Observation"], "cruds"),
+            ),
+            ("user/Consent.read", set("user", &["Consent"], "rs")),
+            // Wrong order, repeats, unknown letters, empty: nothing.
+            ("patient/*.sr", none.clone()),
+            ("patient/*.rr", none.clone()),
+            ("patient/*.crudss", none.clone()),
+            ("patient/*.rsx", none.clone()),
+            ("patient/*.ra", none.clone()),
+            ("patient/*.", none.clone()),
+            ("patient/*.Read", none.clone()),
+            ("patient/*.reads", none.clone()),
+            ("patient/*.read?", none.clone()),
+            // Context and resource exactly.
+            ("Patient/*.rs", none.clone()),
+            ("patients/*.rs", none.clone()),
+            ("launch/*.rs", none.clone()),
+            ("*/*.rs", none.clone()),
+            ("patient/observation.rs", none.clone()),
+            ("patient/Observation*.rs", none.clone()),
+            ("patient/Obs-ervation.rs", none.clone()),
+            ("patient/.rs", none.clone()),
+            ("patient/*", none.clone()),
+            ("patient*.rs", none.clone()),
+            ("patient/Observation.rs/x", none.clone()),
+            // Not resource scopes at all.
+            ("phr:admin", none.clone()),
+            ("openid", none.clone()),
+            ("", none.clone()),
+        ] {
+            assert_eq!(granted(scope), want, "{scope}");
+        }
+        // The parts, for the two shapes.
+        let v2 = Scope::parse("system/Observation.rs?code=http://loinc.org|8867-4").unwrap();
+        assert_eq!(
+            (v2.context, v2.resource, v2.v1, v2.query),
+            (
+                ScopeContext::System,
+                Some("Observation"),
+                false,
+                Some("code=http://loinc.org|8867-4")
+            )
+        );
+        let v1 = Scope::parse("patient/*.write").unwrap();
+        assert_eq!(
+            (v1.context, v1.resource, v1.v1),
+            (ScopeContext::Patient, None, true)
+        );
     }
 
     #[test]

@@ -517,7 +517,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     println!("API documentation: {base}/docs (OpenAPI: {base}/openapi.json)");
     println!();
     println!(
-        "Sign in to the dashboards (one-time links: each works once, within {} minutes):",
+        "Sign in to the dashboards (one-time links: each works once, within {} minutes; the page names the account, press its button to sign in):",
         SIGNIN_CODE_TTL.num_minutes()
     );
     println!(

@@ -15,7 +15,16 @@
 //! - `client_secret_post`: `client_id` and `client_secret` in the body.
 //!
 //! Refusals follow RFC 6749 §5.2 (`invalid_client` and friends) with fixed descriptions that
-//! never carry a secret, an assertion or a claim value. Nothing here logs either.
+//! never carry a secret, an assertion or a claim value. Nothing here logs either. What an
+//! answer may say depends on what it reveals: a malformed request or assertion claims are
+//! described (that tells nothing about who is registered); everything after the client
+//! lookup (unknown, disabled, no secret or keys, wrong secret, unknown `kid`, bad signature)
+//! is the one "client authentication failed", after the same work (a dummy hash for a
+//! missing secret, a dummy-key verification for a missing client).
+//!
+//! Replay: an assertion is accepted until [`accepted_until`] (`exp` + 30 s, to the
+//! millisecond) and its `jti` is remembered [`JTI_MARGIN_SECS`] longer, both from the same
+//! `now`, so no purge forgets a `jti` whose assertion would still pass.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use jsonwebtoken::jwk::{
@@ -27,7 +36,7 @@ use utoipa::ToSchema;
 
 use phr_schema::RecordType;
 
-use crate::auth::Keys;
+use crate::auth::{Keys, Scope, ScopeContext};
 use crate::store::clients::{self, NewClient};
 use crate::store::Store;
 
@@ -44,6 +53,10 @@ pub const ACCESS_TOKEN_TTL_SECS: i64 = 300;
 pub const MAX_ASSERTION_LIFETIME_SECS: i64 = 300;
 /// Clock skew tolerated between the client and the gateway on `exp`, `nbf` and `iat`.
 pub const CLOCK_SKEW_SECS: i64 = 30;
+/// How long an assertion's `jti` is remembered after the last instant the assertion is
+/// accepted ([`accepted_until`]): the replay guard outlives the acceptance window by this
+/// much, so no purge can ever forget a `jti` whose assertion would still pass.
+pub const JTI_MARGIN_SECS: i64 = 60;
 
 pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 /// RFC 7523 §2.2.
@@ -334,29 +347,37 @@ pub fn issue_token(
             }
         }
         ClientAuth::Assertion { assertion } => {
-            let issuer = assertion_issuer(assertion).ok_or(invalid_client(
-                "the client assertion is not a JWT with a string iss",
-            ))?;
-            if form.client_id.as_deref().is_some_and(|id| id != issuer) {
+            // What does not depend on a registration is checked first, for every client id
+            // alike; from the lookup on, every failure is the one `AUTH_FAILED`, so the
+            // answer never tells a registered client id from an unknown one.
+            let endpoint = token_endpoint(keys.issuer());
+            let checked = check_assertion(assertion, &endpoint, now)?;
+            if form
+                .client_id
+                .as_deref()
+                .is_some_and(|id| id != checked.client_id)
+            {
                 return Err(invalid_client("client_id does not match the assertion's iss").into());
             }
             let client = store
-                .client(&issuer)?
-                .filter(|c| !c.is_disabled())
-                .ok_or(invalid_client(AUTH_FAILED))?;
+                .client(&checked.client_id)?
+                .filter(|c| !c.is_disabled());
             let jwks = client
-                .jwks
                 .as_ref()
-                .and_then(|j| check_jwks(j).ok())
-                .ok_or(invalid_client(
-                    "this client has no registered keys for private_key_jwt",
-                ))?;
-            let endpoint = token_endpoint(keys.issuer());
-            let verified = verify_assertion(assertion, &client.client_id, &jwks, &endpoint, now)?;
+                .and_then(|c| c.jwks.as_ref())
+                .and_then(|j| check_jwks(j).ok());
+            let (Some(client), Some(jwks)) = (client, jwks) else {
+                // As much work as a real check: one signature verification.
+                verify_signature_with_dummy(assertion, keys);
+                return Err(invalid_client(AUTH_FAILED).into());
+            };
+            if !verify_signature(assertion, &jwks) {
+                return Err(invalid_client(AUTH_FAILED).into());
+            }
             if !store.remember_jti(
-                &verified.client_id,
-                &verified.jti,
-                verified.remember_until,
+                &checked.client_id,
+                &checked.jti,
+                checked.remember_until,
                 now,
             )? {
                 return Err(invalid_client(ASSERTION_USED).into());
@@ -412,12 +433,13 @@ pub fn grant_scopes(
 
 // ----- client assertions -----
 
-/// What a verified assertion yields.
+/// What a checked assertion yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedAssertion {
     pub client_id: String,
     pub jti: String,
-    /// Until when its `jti` must be remembered (its `exp` plus the clock skew tolerated).
+    /// Until when its `jti` must be remembered: past the last instant the assertion is
+    /// accepted ([`accepted_until`]) by [`JTI_MARGIN_SECS`].
     pub remember_until: DateTime<Utc>,
 }
 
@@ -437,17 +459,6 @@ struct AssertionClaims {
     nbf: Option<f64>,
     iat: Option<f64>,
     jti: Option<String>,
-}
-
-/// The unverified `iss` of an assertion: only to find whose keys to verify it with.
-pub fn assertion_issuer(assertion: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Peek {
-        iss: String,
-    }
-    jsonwebtoken::dangerous::insecure_decode_claims::<Peek>(assertion)
-        .ok()
-        .map(|p| p.iss)
 }
 
 /// The algorithm a registered key is for: from its type and curve, which its `alg` (if
@@ -478,14 +489,28 @@ pub fn key_algorithm(jwk: &Jwk) -> Option<Algorithm> {
     }
 }
 
-/// Verifies a client assertion (RFC 7523 §3) of `client_id` against its registered keys:
-/// header (`alg`, `kid`), signature, then claims (`iss` = `sub` = client id, `aud` = the token
-/// endpoint, `exp` not past and at most five minutes ahead, `nbf`/`iat` not in the future,
-/// `jti` present). The `jti`'s single use is the caller's to enforce (the store).
-pub fn verify_assertion(
+/// The last instant at which an assertion expiring at `exp` (seconds, possibly fractional)
+/// is accepted: `exp` plus the clock skew tolerated, to the millisecond. The acceptance
+/// check and the `jti` memory both derive from this one instant and the same `now`.
+pub fn accepted_until(exp: f64) -> DateTime<Utc> {
+    let exp_ms = (exp * 1000.0).floor();
+    let ms = if exp_ms.is_finite() {
+        // Saturating: out-of-range values are refused elsewhere (the five-minute bound).
+        (exp_ms as i64).saturating_add(CLOCK_SKEW_SECS * 1000)
+    } else {
+        0
+    };
+    DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Checks everything about a client assertion (RFC 7523 §3) that does not depend on the
+/// client's registration, on its claims as they stand (the signature is checked after, by
+/// [`verify_signature`], over these same bytes): the header `alg` is one we accept, `iss` =
+/// `sub` (the client id), `aud` = the token endpoint, `exp` present, accepted at `now`
+/// (until [`accepted_until`]) and at most five minutes ahead, `nbf`/`iat` not in the future,
+/// `jti` present. These refusals may be specific: they tell nothing about who is registered.
+pub fn check_assertion(
     assertion: &str,
-    client_id: &str,
-    jwks: &JwkSet,
     token_endpoint: &str,
     now: DateTime<Utc>,
 ) -> Result<VerifiedAssertion, OAuthError> {
@@ -497,45 +522,17 @@ pub fn verify_assertion(
             "the client assertion's alg must be EdDSA, ES384, RS384 or ES256",
         ));
     }
-    let named: Vec<&Jwk> = match header.kid.as_deref() {
-        Some(kid) => vec![jwks
-            .find(kid)
-            .ok_or(invalid_client("no registered key has the assertion's kid"))?],
-        None => jwks.keys.iter().collect(),
+    let claims: AssertionClaims =
+        jsonwebtoken::dangerous::insecure_decode_claims::<AssertionClaims>(assertion)
+            .map_err(|_| invalid_client("the client assertion's claims are malformed"))?;
+    let client_id = match (&claims.iss, &claims.sub) {
+        (Some(iss), Some(sub)) if iss == sub && !iss.is_empty() => iss.clone(),
+        _ => {
+            return Err(invalid_client(
+                "the client assertion's iss and sub must both be the client_id",
+            ))
+        }
     };
-    let candidates: Vec<&Jwk> = named
-        .into_iter()
-        .filter(|k| key_algorithm(k) == Some(header.alg))
-        .collect();
-    if candidates.is_empty() {
-        return Err(invalid_client(
-            "no registered key of this client allows the assertion's alg",
-        ));
-    }
-    let mut validation = Validation::new(header.alg);
-    validation.required_spec_claims.clear();
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    let claims = candidates
-        .iter()
-        .filter_map(|k| DecodingKey::from_jwk(k).ok())
-        .find_map(|key| {
-            jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation)
-                .ok()
-                .map(|d| d.claims)
-        })
-        .ok_or(invalid_client(
-            "the client assertion's signature does not verify",
-        ))?;
-    let claims: AssertionClaims = serde_json::from_value(claims)
-        .map_err(|_| invalid_client("the client assertion's claims are malformed"))?;
-
-    if claims.iss.as_deref() != Some(client_id) || claims.sub.as_deref() != Some(client_id) {
-        return Err(invalid_client(
-            "the client assertion's iss and sub must both be the client_id",
-        ));
-    }
     let aud_ok = match &claims.aud {
         Some(Audience::One(a)) => a == token_endpoint,
         Some(Audience::Many(a)) => a.len() == 1 && a[0] == token_endpoint,
@@ -550,7 +547,8 @@ pub fn verify_assertion(
     let exp = claims
         .exp
         .ok_or(invalid_client("the client assertion needs exp"))?;
-    if exp < (now_s - CLOCK_SKEW_SECS) as f64 {
+    let until = accepted_until(exp);
+    if now > until {
         return Err(invalid_client("the client assertion has expired"));
     }
     if exp > (now_s + MAX_ASSERTION_LIFETIME_SECS + CLOCK_SKEW_SECS) as f64 {
@@ -580,13 +578,86 @@ pub fn verify_assertion(
         .ok_or(invalid_client(
             "the client assertion needs a jti (1 to 255 characters)",
         ))?;
-    let remember_until = DateTime::from_timestamp(exp.ceil() as i64 + CLOCK_SKEW_SECS, 0)
-        .unwrap_or(now + TimeDelta::seconds(MAX_ASSERTION_LIFETIME_SECS + 2 * CLOCK_SKEW_SECS));
     Ok(VerifiedAssertion {
-        client_id: client_id.to_owned(),
+        client_id,
         jti,
-        remember_until,
+        remember_until: until + TimeDelta::seconds(JTI_MARGIN_SECS),
     })
+}
+
+/// Whether the assertion's signature verifies with one of the client's keys: the one its
+/// header's `kid` names (if it names one) or any, of the type its `alg` needs.
+pub fn verify_signature(assertion: &str, jwks: &JwkSet) -> bool {
+    let Ok(header) = jsonwebtoken::decode_header(assertion) else {
+        return false;
+    };
+    if !SIGNING_ALGS.contains(&header.alg) {
+        return false;
+    }
+    let named: Vec<&Jwk> = match header.kid.as_deref() {
+        Some(kid) => jwks.find(kid).into_iter().collect(),
+        None => jwks.keys.iter().collect(),
+    };
+    let mut validation = Validation::new(header.alg);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    named
+        .into_iter()
+        .filter(|k| key_algorithm(k) == Some(header.alg))
+        .filter_map(|k| DecodingKey::from_jwk(k).ok())
+        .any(|key| jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation).is_ok())
+}
+
+/// Public keys nobody holds the private half of (generated once, the private halves
+/// discarded): what an assertion naming an unknown, disabled or keyless client is verified
+/// against, so refusing it costs about what refusing a registered client's does.
+const DUMMY_EC_P256: (&str, &str) = (
+    "spyNxW_HqjDZd9-_T7WPRAjYbAkl_oWDczC_G-vZhjY",
+    "jcx4QHV2YJ6qHkyIpsNatZ3o8LEw8SIY2YbRtVWeI6o",
+);
+const DUMMY_EC_P384: (&str, &str) = (
+    "aZekP0eDJoESwxfX5elohO1VAJJ7fc4-5JOcZVJIMLoTKm32jdx_VJQp6z0OPgN6",
+    "aBAArPHcaZrHlKq_-RXrN5DeYKo5kB8j9jBgcYgHs6xn2NXjP37jDTzZNsGhSK3V",
+);
+const DUMMY_RSA_N: &str = "30UGMekKJQa2KMQ505dKxzpuN7kCQn17G-WuKZqgA8Z6td49y2sLbPqUzyBpkBIBFNBl0W7PVDwcTm_TuCgW2RRrO-iuE6PwfPrH-9diYQXYqVGAT8WTHcwm1nwd3lSgmeHLKv1c7wye9A2VNGKKKW0gmtX-BBzo4Sg3wE4Z8oMeJzBzOeTa-r3RBwEEB2xAgHBx2MM1etvYFTNUuvcymjr-PmFApYm6l3OsssuqMzRUze1H7_M7D78jFqUgFNKlu5mhU6kdzZSpNhkVDUScxZNcm8bGFzdJDZwB-T1LtB1iDoq3Fa6dLrhef1N1iw8KHubsOK6EPg5cUbgYPLEAYQ";
+
+/// The dummy key set: one key per accepted algorithm (Ed25519 being the gateway's own
+/// token key, whose private half never signs assertions of a client).
+fn dummy_jwks(keys: &Keys) -> JwkSet {
+    let x = b64url_encode(&keys.public_key());
+    let set = serde_json::json!({"keys": [
+        {"kty": "OKP", "crv": "Ed25519", "x": x},
+        {"kty": "EC", "crv": "P-256", "x": DUMMY_EC_P256.0, "y": DUMMY_EC_P256.1},
+        {"kty": "EC", "crv": "P-384", "x": DUMMY_EC_P384.0, "y": DUMMY_EC_P384.1},
+        {"kty": "RSA", "n": DUMMY_RSA_N, "e": "AQAB"},
+    ]});
+    serde_json::from_value(set).unwrap_or(JwkSet { keys: Vec::new() })
+}
+
+/// One signature verification whose outcome is thrown away (see [`dummy_jwks`]).
+fn verify_signature_with_dummy(assertion: &str, keys: &Keys) {
+    let _ = verify_signature(assertion, &dummy_jwks(keys));
+}
+
+/// Verifies a client assertion of `client_id` against its registered keys: the claims
+/// ([`check_assertion`]), that they name `client_id`, then the signature
+/// ([`verify_signature`]). Every failure that depends on the keys is the one
+/// "client authentication failed". The `jti`'s single use is the caller's to enforce (the
+/// store).
+pub fn verify_assertion(
+    assertion: &str,
+    client_id: &str,
+    jwks: &JwkSet,
+    token_endpoint: &str,
+    now: DateTime<Utc>,
+) -> Result<VerifiedAssertion, OAuthError> {
+    let checked = check_assertion(assertion, token_endpoint, now)?;
+    if checked.client_id != client_id || !verify_signature(assertion, jwks) {
+        return Err(invalid_client(AUTH_FAILED));
+    }
+    Ok(checked)
 }
 
 // ----- registration checks -----
@@ -649,39 +720,19 @@ pub fn check_new_client(c: &NewClient) -> Result<(), Invalid> {
 }
 
 /// Whether `s` is a SMART v2 `system/` scope this gateway can honour:
-/// `system/{Resource|*}.{perms}` with perms an in-order subset of `cruds`, optionally
+/// `system/{Resource|*}.{perms}` ([`Scope::parse`]) with SMART v2 perms (an in-order
+/// subset of `cruds`; registration takes no v1 `read`/`write`), optionally
 /// narrowed on Observation by LOINC code (`?code=http://loinc.org|55423-8[,...]`) to codes of
 /// the record types the gateway holds.
 pub fn is_valid_system_scope(s: &str) -> bool {
-    if s.is_empty() || s.len() > 512 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return false;
-    }
-    let (base, query) = match s.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (s, None),
-    };
-    let Some((resource, perms)) = base.strip_prefix("system/").and_then(|r| r.split_once('.'))
-    else {
+    let Some(scope) = Scope::parse(s) else {
         return false;
     };
-    let resource_ok = resource == "*"
-        || (resource.len() <= 64
-            && resource.starts_with(|c: char| c.is_ascii_uppercase())
-            && resource.chars().all(|c| c.is_ascii_alphanumeric()));
-    let mut rest = "cruds";
-    let perms_ok = !perms.is_empty()
-        && perms.chars().all(|p| match rest.find(p) {
-            Some(i) => {
-                rest = &rest[i + 1..];
-                true
-            }
-            None => false,
-        });
-    let query_ok = match query {
+    let query_ok = match scope.query {
         None => true,
-        Some(q) => resource == "Observation" && loinc_query_types(q).is_some(),
+        Some(q) => scope.resource == Some("Observation") && loinc_query_types(q).is_some(),
     };
-    resource_ok && perms_ok && query_ok
+    scope.context == ScopeContext::System && !scope.v1 && query_ok
 }
 
 /// The record types a granular query `code=http://loinc.org|{code}[,...]` names, if it is
@@ -1004,7 +1055,8 @@ mod tests {
             assert_eq!(v.jti, c["jti"].as_str().unwrap());
             assert_eq!(
                 v.remember_until.timestamp(),
-                c["exp"].as_i64().unwrap() + CLOCK_SKEW_SECS
+                c["exp"].as_i64().unwrap() + 30 + 60,
+                "exp + 30 s of skew + a minute of margin"
             );
             // Without a kid, every key of the right type is tried.
             assert!(verify(&sign_with(k, None, &claims(now)), &set, now).is_ok());
@@ -1104,29 +1156,64 @@ mod tests {
             assert!(refused(verify(&sign(&hmac, &c), &set, now)).contains("alg"));
             assert!(refused(verify(&sign_with(&hmac, None, &c), &set, now)).contains("alg"));
         }
-        // A kid the client never registered.
+        // Whatever depends on the registered keys is the one uniform refusal (it must not
+        // tell which keys, or whether any, are registered):
+        // a kid the client never registered,
         let (stranger, _) = ed_key("stranger");
-        assert!(refused(verify(&sign(&stranger, &c), &set, now)).contains("kid"));
-        // The kid of a registered key, signed by another: the signature fails.
-        assert!(
-            refused(verify(&sign_with(&stranger, Some("ed"), &c), &set, now)).contains("signature")
+        assert_eq!(
+            refused(verify(&sign(&stranger, &c), &set, now)),
+            AUTH_FAILED
         );
-        assert!(refused(verify(&sign_with(&stranger, None, &c), &set, now)).contains("signature"));
-        // A kid whose key is of another type than the header's alg.
-        assert!(refused(verify(&sign_with(&ed, Some("es384"), &c), &set, now)).contains("alg"));
-        // An ES256 signature where only an ES384 key is registered.
+        // the kid of a registered key, signed by another,
+        assert_eq!(
+            refused(verify(&sign_with(&stranger, Some("ed"), &c), &set, now)),
+            AUTH_FAILED
+        );
+        assert_eq!(
+            refused(verify(&sign_with(&stranger, None, &c), &set, now)),
+            AUTH_FAILED
+        );
+        // a kid whose key is of another type than the header's alg,
+        assert_eq!(
+            refused(verify(&sign_with(&ed, Some("es384"), &c), &set, now)),
+            AUTH_FAILED
+        );
+        // an ES256 signature where only an ES384 key is registered,
         let es256 = fixed_key(P256_PKCS8, Algorithm::ES256, "es256");
-        assert!(
-            refused(verify(&sign_with(&es256, None, &c), &jwks(&[&es384]), now)).contains("alg")
+        assert_eq!(
+            refused(verify(&sign_with(&es256, None, &c), &jwks(&[&es384]), now)),
+            AUTH_FAILED
         );
-        // Tampered claims.
+        // and tampered claims.
         let good = sign(&ed, &c);
         let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
         let mut forged = c.clone();
         forged["exp"] = json!(now.timestamp() + 200);
         parts[1] = b64url_encode(forged.to_string().as_bytes());
-        assert!(refused(verify(&parts.join("."), &set, now)).contains("signature"));
+        assert_eq!(refused(verify(&parts.join("."), &set, now)), AUTH_FAILED);
+        assert!(verify(&good, &set, now).is_ok());
         assert!(refused(verify("not-a-jwt", &set, now)).contains("JWT"));
+    }
+
+    #[test]
+    fn the_dummy_keys_are_one_valid_key_per_algorithm() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::load_or_create(dir.path(), ISSUER, "phr-api").unwrap();
+        let set = dummy_jwks(&keys);
+        let algs: Vec<_> = set.keys.iter().map(key_algorithm).collect();
+        assert_eq!(
+            algs,
+            [
+                Some(Algorithm::EdDSA),
+                Some(Algorithm::ES256),
+                Some(Algorithm::ES384),
+                Some(Algorithm::RS384)
+            ]
+        );
+        check_jwks(&serde_json::to_value(&set).unwrap()).unwrap();
+        // Each is really used: a made-up signature of each alg is refused, not skipped.
+        let (ed, _) = ed_key("x");
+        assert!(!verify_signature(&sign(&ed, &claims(Utc::now())), &set));
     }
 
     #[test]
@@ -1416,6 +1503,127 @@ mod tests {
                 now,
             ));
             assert_eq!(e.code, OAuthErrorCode::InvalidClient);
+        }
+
+        /// An assertion is accepted until exactly `exp` + 30 s; its `jti` must be refused as
+        /// a replay at every instant up to then, and remembered past it. Time is injected:
+        /// the first use and each replay get their own `now`.
+        #[test]
+        fn a_jti_is_remembered_for_the_whole_acceptance_window() {
+            let s = setup();
+            let t0 = DateTime::from_timestamp(1_900_000_000, 0).unwrap();
+            let exp = t0.timestamp() + 120;
+            let mut c = super::claims(t0);
+            c["exp"] = json!(exp);
+            let form = jwt_form(sign(&s.ed, &c), None);
+            issue_token(&s.store, &s.keys, &form, None, t0).unwrap();
+            let at = |ms: i64| DateTime::from_timestamp_millis(exp * 1000 + ms).unwrap();
+            // The last accepted instant is exp + 30 s exactly; a millisecond later it is
+            // expired.
+            assert_eq!(
+                accepted_until(exp as f64),
+                at(30_000),
+                "the acceptance window"
+            );
+            for ms in [0, 29_000, 29_999, 30_000] {
+                let e = refusal(issue_token(&s.store, &s.keys, &form, None, at(ms)));
+                assert_eq!(
+                    (e.code, e.description),
+                    (OAuthErrorCode::InvalidClient, ASSERTION_USED),
+                    "replayed at exp + {ms} ms"
+                );
+            }
+            for ms in [30_001, 30_500, 30_999, 31_000, 60_000] {
+                let e = refusal(issue_token(&s.store, &s.keys, &form, None, at(ms)));
+                assert_eq!(
+                    (e.code, e.description),
+                    (
+                        OAuthErrorCode::InvalidClient,
+                        "the client assertion has expired"
+                    ),
+                    "replayed at exp + {ms} ms"
+                );
+            }
+            // Another client's token request at the boundary purges nothing still needed:
+            // the jti is still remembered at the last accepted instant.
+            let mut c2 = super::claims(t0);
+            c2["exp"] = json!(exp);
+            let form2 = jwt_form(sign(&s.ed, &c2), None);
+            issue_token(&s.store, &s.keys, &form2, None, at(-1)).unwrap();
+            let e = refusal(issue_token(&s.store, &s.keys, &form2, None, at(30_000)));
+            assert_eq!(e.description, ASSERTION_USED);
+            // A fractional exp: accepted until exp + 30 s to the millisecond, no later.
+            let mut c3 = super::claims(t0);
+            c3["exp"] = json!(exp as f64 + 0.25);
+            let form3 = jwt_form(sign(&s.ed, &c3), None);
+            issue_token(&s.store, &s.keys, &form3, None, at(30_250)).unwrap();
+            let e = refusal(issue_token(&s.store, &s.keys, &form3, None, at(30_250)));
+            assert_eq!(e.description, ASSERTION_USED);
+            let e = refusal(issue_token(&s.store, &s.keys, &form3, None, at(30_251)));
+            assert_eq!(e.description, "the client assertion has expired");
+        }
+
+        /// Unknown, disabled, keyless and wrongly-keyed clients get the same refusal, by
+        /// secret and by assertion.
+        #[test]
+        fn refusals_do_not_tell_registered_clients_from_unknown_ones() {
+            let s = setup();
+            let now = Utc::now();
+            s.store
+                .add_client(&NewClient {
+                    client_id: "gone-co".into(),
+                    name: "Gone Co".into(),
+                    allowed_scopes: vec!["system/Observation.rs".into()],
+                    jwks: Some(json!({"keys": [s.ed.jwk]})),
+                    secret: true,
+                })
+                .unwrap();
+            s.store.disable_client("gone-co", now).unwrap();
+            let (stranger, _) = ed_key("ed");
+            let assertion_for = |client: &str, key: &TestKey| {
+                let mut c = super::claims(now);
+                c["iss"] = json!(client);
+                c["sub"] = json!(client);
+                sign(key, &c)
+            };
+            let mut refusals = Vec::new();
+            // private_key_jwt: unknown id, known id signed by a stranger's key, a disabled
+            // client with its right key, a client with no keys (secret only).
+            for (client, key) in [
+                ("nobody-co", &s.ed),
+                (CLIENT, &stranger),
+                ("gone-co", &s.ed),
+                ("secret-co", &s.ed),
+            ] {
+                let form = jwt_form(assertion_for(client, key), None);
+                refusals.push((
+                    client,
+                    refusal(issue_token(&s.store, &s.keys, &form, None, now)),
+                ));
+            }
+            // client_secret_post: unknown, wrong secret, disabled, no secret registered.
+            for client in ["nobody-co", "secret-co", "gone-co", CLIENT] {
+                let form = TokenForm {
+                    grant_type: Some(GRANT_CLIENT_CREDENTIALS.into()),
+                    client_id: Some(client.into()),
+                    client_secret: Some("wrong".into()),
+                    ..TokenForm::default()
+                };
+                refusals.push((
+                    client,
+                    refusal(issue_token(&s.store, &s.keys, &form, None, now)),
+                ));
+            }
+            for (client, e) in &refusals {
+                assert_eq!(
+                    (e.code, e.description),
+                    (
+                        OAuthErrorCode::InvalidClient,
+                        "client authentication failed"
+                    ),
+                    "{client}"
+                );
+            }
         }
 
         #[test]

@@ -94,8 +94,10 @@ fn oauth_error(e: OAuthError, basic: bool) -> HttpResponse {
         (status = 400, description = "`invalid_request`, `unsupported_grant_type`, `invalid_scope`", body = OAuthErrorBody,
             example = json!({"error": "invalid_scope", "error_description": "a requested scope is not among the scopes this client is allowed", "code": "invalid_scope"})),
         (status = 401, description = "`invalid_client`: unknown or disabled client, wrong secret, bad, expired or replayed assertion \
-            (`WWW-Authenticate: Basic` when Basic was used)", body = OAuthErrorBody,
-            example = json!({"error": "invalid_client", "error_description": "assertion already used", "code": "invalid_client"})),
+            (`WWW-Authenticate: Basic` when Basic was used). Every failure that depends on the client's registration (unknown, \
+            disabled, no such secret or key, a signature that does not verify) gets the same answer, byte for byte, \
+            `client authentication failed`, so it never tells a registered client id from an unknown one", body = OAuthErrorBody,
+            example = json!({"error": "invalid_client", "error_description": "client authentication failed", "code": "invalid_client"})),
         (status = 429, description = "Too many requests (`rate_limited`)", body = ErrorBody),
         (status = 500, description = "Internal error", body = ErrorBody),
     ))]

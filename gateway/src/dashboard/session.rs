@@ -1,23 +1,32 @@
-//! Sign-in for the dashboards, with no token ever in a URL that stays anywhere:
+//! Sign-in for the dashboards, with no token ever in a URL that stays anywhere, and no link
+//! able to sign a browser in without its user knowingly agreeing:
 //!
 //! 1. An operator (`phr-gateway dashboard link`) or the demo issues a one-time sign-in code
 //!    ([`crate::store::sessions`]) and hands over the link `{base}/dashboard/signin?code=...`.
-//! 2. `GET /dashboard/signin?code=...` redeems the code (once), sets the session cookie
-//!    `phr_session` (`HttpOnly; SameSite=Strict; Path=/dashboard`, `Secure` over https) and
-//!    answers 303 to the role's home, so the code leaves the address bar at once; the answer
-//!    carries `Referrer-Policy: no-referrer` and `Cache-Control: no-store`.
-//! 3. Handlers take a [`Viewer`]: the extractor looks the cookie's session up at every
+//! 2. `GET /dashboard/signin?code=...` signs nobody in. It shows a confirmation page naming
+//!    the account and role ("Sign in as ana (owner)?") and sets the pre-sign-in cookie
+//!    `phr_signin` (`HttpOnly; SameSite=Strict; Path=/dashboard/signin`, at most
+//!    [`PRE_SIGNIN_TTL`], `Secure` over https): a nonce bound to that code in the store. A
+//!    later opening of the same link (in any browser) replaces it.
+//! 3. `POST /dashboard/signin` from that page's form (the code and the form's token) with the
+//!    matching `phr_signin` cookie redeems the code (once), sets the session cookie
+//!    `phr_session` (`HttpOnly; SameSite=Strict; Path=/dashboard`, `Secure` over https),
+//!    forgets `phr_signin` and answers 303 to the role's home. A form sent from another site
+//!    carries no `phr_signin` (SameSite=Strict), a form sent from another browser carries
+//!    another one or none: both are refused with a 403 page, and the code stays usable by
+//!    the browser that opened the link. This closes login CSRF: a link an attacker made for
+//!    *their* account, opened in a victim's browser, signs it in only if the victim reads
+//!    the attacker's account name and clicks to agree. Pages carry `frame-ancestors 'none'`,
+//!    so the button cannot be clicked through a frame.
+//! 4. Handlers take a [`Viewer`]: the extractor looks the cookie's session up at every
 //!    request (expired or ended sessions are refused with an HTML 401 page).
-//! 4. Every state-changing form carries the session's CSRF token in `csrf`, checked with
+//! 5. Every state-changing form carries the session's CSRF token in `csrf`, checked with
 //!    [`check_csrf`] (constant time; 403 page when wrong).
-//! 5. `POST /dashboard/signout` ends the session and expires the cookie.
+//! 6. `POST /dashboard/signout` ends the session and expires the cookie.
 //!
 //! Sessions last [`SESSION_TTL`]; sign-in codes [`SIGNIN_CODE_TTL`] unless the issuer says
-//! otherwise.
-//!
-//! Known limit: with `SameSite=Strict`, a browser that opens the sign-in link from another
-//! site (a webmail, say) may not send the fresh cookie on the redirected request; the 401
-//! page then offers a same-site link to the page asked for, which works.
+//! otherwise. Every answer of the sign-in route carries `Referrer-Policy: no-referrer` and
+//! `Cache-Control: no-store` (the code is in the address and in the form).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,6 +39,7 @@ use serde::Deserialize;
 
 use super::{clinician, owner, respond, Role, Viewer};
 use crate::api::AppState;
+use crate::store::sessions::SignInOutcome;
 
 pub const SIGN_IN: &str = "/dashboard/signin";
 pub const SIGN_OUT: &str = "/dashboard/signout";
@@ -44,9 +54,14 @@ pub const COOKIE_PATH: &str = "/dashboard";
 pub const SESSION_TTL: TimeDelta = TimeDelta::hours(8);
 /// How long a sign-in link is usable, by default.
 pub const SIGNIN_CODE_TTL: TimeDelta = TimeDelta::minutes(15);
+/// The pre-sign-in cookie: set when a sign-in link is opened, needed to confirm it.
+pub const SIGNIN_COOKIE: &str = "phr_signin";
+/// How long the confirmation page may be left open (never past the code's expiry).
+pub const PRE_SIGNIN_TTL: TimeDelta = TimeDelta::minutes(10);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(SIGN_IN, web::get().to(sign_in))
+    cfg.route(SIGN_IN, web::get().to(sign_in_page))
+        .route(SIGN_IN, web::post().to(sign_in))
         .route(SIGN_OUT, web::post().to(sign_out));
 }
 
@@ -66,12 +81,17 @@ pub fn home_of(role: Role) -> &'static str {
 
 /// The value of the session cookie the request carries, if any.
 pub fn session_cookie(req: &HttpRequest) -> Option<String> {
+    cookie(req, COOKIE)
+}
+
+/// The value of cookie `wanted` in the request, if any (and not empty).
+fn cookie(req: &HttpRequest, wanted: &str) -> Option<String> {
     req.headers()
         .get_all(header::COOKIE)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| name.trim() == COOKIE)
+        .find(|(name, _)| name.trim() == wanted)
         .map(|(_, value)| value.trim().trim_matches('"').to_owned())
         .filter(|v| !v.is_empty())
 }
@@ -84,6 +104,15 @@ fn secure(req: &HttpRequest) -> bool {
 fn session_cookie_header(id: &str, max_age: TimeDelta, secure: bool) -> String {
     format!(
         "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path={COOKIE_PATH}; Max-Age={}{}",
+        max_age.num_seconds().max(0),
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// The `Set-Cookie` value of the pre-sign-in cookie holding `nonce` for `max_age`.
+fn signin_cookie_header(nonce: &str, max_age: TimeDelta, secure: bool) -> String {
+    format!(
+        "{SIGNIN_COOKIE}={nonce}; HttpOnly; SameSite=Strict; Path={SIGN_IN}; Max-Age={}{}",
         max_age.num_seconds().max(0),
         if secure { "; Secure" } else { "" }
     )
@@ -240,6 +269,15 @@ struct SignInQuery {
     code: Option<String>,
 }
 
+/// The confirmation form: the code and the form token of the pending sign-in.
+#[derive(Debug, Default, Deserialize)]
+struct SignInForm {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    csrf: String,
+}
+
 fn bad_link(status: StatusCode, why: &str) -> HttpResponse {
     respond(
         status,
@@ -257,55 +295,158 @@ fn bad_link(status: StatusCode, why: &str) -> HttpResponse {
     )
 }
 
-/// `GET /dashboard/signin?code=...`: the code for a session cookie, then off to the role's
-/// home (so the code does not stay in the address bar or the history entry shown).
-async fn sign_in(
+const NO_CODE: &str = "The link has no sign-in code in it; it may have been cut short when copied.";
+const USED_OR_EXPIRED: &str = "The link is invalid, has been used already, or has expired.";
+
+/// `GET /dashboard/signin?code=...`: signs nobody in. Shows whom the link signs in, as
+/// what, and a button to agree; sets the pre-sign-in cookie that the agreeing form needs.
+async fn sign_in_page(
     req: HttpRequest,
     state: web::Data<AppState>,
     query: Result<web::Query<SignInQuery>, actix_web::Error>,
 ) -> HttpResponse {
     let code = query.ok().and_then(|q| q.into_inner().code);
     let Some(code) = code.filter(|c| !c.is_empty()) else {
-        return bad_link(
-            StatusCode::BAD_REQUEST,
-            "The link has no sign-in code in it; it may have been cut short when copied.",
-        );
+        return bad_link(StatusCode::BAD_REQUEST, NO_CODE);
     };
     let previous = session_cookie(&req);
     let store = state.store.clone();
-    let redeemed = web::block(move || {
+    let form_code = code.clone();
+    let begun = web::block(move || {
         let now = Utc::now();
-        let session = store.redeem_signin_code(&code, SESSION_TTL, now)?;
-        // A new sign-in replaces the session this browser had (a bad link leaves it be).
-        if let (Some(_), Some(old)) = (&session, previous) {
-            store.end_session(&old, now)?;
-        }
-        Ok::<_, crate::Error>(session)
+        let pending = store.begin_signin(&code, PRE_SIGNIN_TTL, now)?;
+        let current = match (&pending, previous) {
+            (Some(_), Some(id)) => store.session(&id, now)?,
+            _ => None,
+        };
+        Ok::<_, crate::Error>((pending, current, now))
     })
     .await;
-    let session = match redeemed {
-        Ok(Ok(Some(s))) => s,
-        Ok(Ok(None)) => {
-            return bad_link(
-                StatusCode::UNAUTHORIZED,
-                "The link is invalid, has been used already, or has expired.",
-            )
-        }
+    let (pending, current, now) = match begun {
+        Ok(Ok((Some(p), current, now))) => (p, current, now),
+        Ok(Ok((None, _, _))) => return bad_link(StatusCode::UNAUTHORIZED, USED_OR_EXPIRED),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "sign-in failed");
             return internal_error(None);
         }
         Err(_) => return internal_error(None),
     };
-    let cookie = session_cookie_header(&session.id, SESSION_TTL, secure(&req));
+    let role = pending.role.as_str();
+    let mut res = respond(
+        StatusCode::OK,
+        "Sign in?",
+        None,
+        html! {
+            h1 { "Sign in as " (pending.subject) " (" (role) ")?" }
+            p {
+                "This link signs this browser in to the dashboard of "
+                strong { (pending.subject) } ", as " (role) "."
+            }
+            @if let Some(v) = &current {
+                p {
+                    "This browser is signed in as " (v.subject) " (" (v.role.as_str()) ") now; "
+                    "signing in ends that session."
+                }
+            }
+            p {
+                "Only go on if you asked for this link and " (pending.subject) " is you. "
+                "A link someone else sent you signs you in to their account: what you then "
+                "see and do would be theirs."
+            }
+            form method="post" action=(SIGN_IN) {
+                input type="hidden" name="code" value=(form_code);
+                input type="hidden" name="csrf" value=(pending.form_token);
+                button type="submit" { "Sign in as " (pending.subject) }
+            }
+            p { a href=(START) { "Cancel" } }
+        },
+    );
+    let cookie = signin_cookie_header(&pending.nonce, pending.expires_at - now, secure(&req));
+    match header::HeaderValue::from_str(&cookie) {
+        Ok(v) => {
+            res.headers_mut().insert(header::SET_COOKIE, v);
+            res
+        }
+        Err(_) => internal_error(None),
+    }
+}
+
+/// `POST /dashboard/signin` (the confirmation form, with the pre-sign-in cookie): the code
+/// for a session cookie, then off to the role's home. Without the cookie of the browser
+/// that opened the link, or with another form token: a 403 page, and nothing changes.
+async fn sign_in(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    form: Result<web::Form<SignInForm>, actix_web::Error>,
+) -> HttpResponse {
+    let form = form.map(web::Form::into_inner).unwrap_or_default();
+    if form.code.is_empty() {
+        return bad_link(StatusCode::BAD_REQUEST, NO_CODE);
+    }
+    let nonce = cookie(&req, SIGNIN_COOKIE).unwrap_or_default();
+    let previous = session_cookie(&req);
+    let store = state.store.clone();
+    let completed = web::block(move || {
+        let now = Utc::now();
+        let outcome = store.complete_signin(&form.code, &nonce, &form.csrf, SESSION_TTL, now)?;
+        // A new sign-in replaces the session this browser had (a refused one leaves it be).
+        if let (SignInOutcome::SignedIn(_), Some(old)) = (&outcome, previous) {
+            store.end_session(&old, now)?;
+        }
+        Ok::<_, crate::Error>(outcome)
+    })
+    .await;
+    let session = match completed {
+        Ok(Ok(SignInOutcome::SignedIn(s))) => s,
+        Ok(Ok(SignInOutcome::InvalidCode)) => {
+            return bad_link(StatusCode::UNAUTHORIZED, USED_OR_EXPIRED)
+        }
+        Ok(Ok(SignInOutcome::NotThisBrowser)) => return not_this_browser(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "sign-in failed");
+            return internal_error(None);
+        }
+        Err(_) => return internal_error(None),
+    };
+    let secure = secure(&req);
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, home_of(session.role)))
-        .insert_header((header::SET_COOKIE, cookie))
+        .append_header((
+            header::SET_COOKIE,
+            session_cookie_header(&session.id, SESSION_TTL, secure),
+        ))
+        .append_header((
+            header::SET_COOKIE,
+            signin_cookie_header("", TimeDelta::zero(), secure),
+        ))
         .insert_header(("Referrer-Policy", "no-referrer"))
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header(("Content-Security-Policy", super::CSP))
         .insert_header(("X-Content-Type-Options", "nosniff"))
         .finish()
+}
+
+/// The 403 page of a confirmation that did not come from the page the link opened in this
+/// browser (another site's form, another browser).
+fn not_this_browser() -> HttpResponse {
+    respond(
+        StatusCode::FORBIDDEN,
+        "Sign-in not confirmed",
+        None,
+        html! {
+            h1 { "This sign-in cannot be confirmed here" }
+            p {
+                "Signing in needs the confirmation page that the sign-in link opens, in this "
+                "browser, within " (PRE_SIGNIN_TTL.num_minutes()) " minutes. "
+                "Nobody was signed in and nothing was changed."
+            }
+            p {
+                "If you asked for a sign-in link, open it again in this browser. The "
+                a href=(START) { "dashboard start page" }
+                " explains how to get one."
+            }
+        },
+    )
 }
 
 /// `POST /dashboard/signout` (form with `csrf`): ends the session, forgets the cookie, back to
@@ -361,6 +502,11 @@ mod tests {
         assert!(session_cookie_header("abc", SESSION_TTL, true).ends_with("; Secure"));
         let req = TestRequest::default().to_http_request();
         assert!(expired_cookie(&req).contains("Max-Age=0"));
+        assert_eq!(
+            signin_cookie_header("n", TimeDelta::minutes(10), false),
+            "phr_signin=n; HttpOnly; SameSite=Strict; Path=/dashboard/signin; Max-Age=600"
+        );
+        assert!(signin_cookie_header("n", PRE_SIGNIN_TTL, true).ends_with("; Secure"));
     }
 
     #[test]

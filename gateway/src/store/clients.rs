@@ -5,8 +5,8 @@
 //! Secrets are generated here, shown once and never stored: only a salted SHA-256 of each is
 //! kept (a generated 256-bit secret needs no slow hash), compared in constant time.
 //!
-//! `client_assertion_jtis` remembers every assertion `jti` until the assertion expires: the
-//! insert is the check, so two concurrent uses of one `jti` cannot both pass. Expired rows are
+//! `client_assertion_jtis` remembers every assertion `jti` until a minute past the last
+//! instant the assertion is accepted (`crate::oauth::accepted_until`): the insert is the check, so two concurrent uses of one `jti` cannot both pass. Expired rows are
 //! purged whenever a new one is remembered.
 
 use chrono::{DateTime, Utc};
@@ -142,8 +142,15 @@ impl Client {
     }
 
     /// Whether `secret` is this client's secret (constant time in the secret's content).
+    /// A client without a secret spends the same work on the check as one with.
     pub fn verify_secret(&self, secret: &str) -> bool {
-        self.secret_hash.as_ref().is_some_and(|h| h.matches(secret))
+        match &self.secret_hash {
+            Some(h) => h.matches(secret),
+            None => {
+                verify_no_secret(secret);
+                false
+            }
+        }
     }
 
     /// The token endpoint authentication methods this client can use.
@@ -162,7 +169,10 @@ impl Client {
 /// Spends the time a secret check takes, for a client that does not exist or has no
 /// secret, so the answer's timing does not tell which.
 pub fn verify_no_secret(secret: &str) {
-    let _ = SecretHash(format!("{HASH_SCHEME}$00$00")).matches(secret);
+    // A salt and digest of the real lengths, so the digest and the comparison run in full.
+    const DUMMY: &str = "sha256$00000000000000000000000000000000$\
+                         0000000000000000000000000000000000000000000000000000000000000000";
+    let _ = SecretHash(DUMMY.to_owned()).matches(secret);
 }
 
 /// A new random secret: 32 bytes from the OS, base64url without padding (43 characters,

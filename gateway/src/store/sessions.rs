@@ -1,8 +1,13 @@
 //! Dashboard sign-in: one-time sign-in codes and web sessions.
 //!
 //! A sign-in code is handed out of band (`phr-gateway dashboard link`, the demo) as part of a
-//! link; opening the link exchanges the code for a session once. A session is what the
-//! browser's cookie names; it carries the CSRF token of the session's forms.
+//! link. Opening the link does not sign in (a link someone else made must not sign a
+//! browser into *their* account: login CSRF). It starts a sign-in bound to that browser
+//! ([`Store::begin_signin`]: a random nonce for a pre-sign-in cookie and a form token, one
+//! pending sign-in per code, the latest wins); only the confirmation that carries the code,
+//! that nonce and that token exchanges the code for a session, once
+//! ([`Store::complete_signin`]). A session is what the browser's cookie names; it carries
+//! the CSRF token of the session's forms.
 //!
 //! Neither a code nor a session id is stored: only their SHA-256 (hex), so a copy of the
 //! SQLite file does not sign anyone in. Both are 32 random bytes from the OS, base64url.
@@ -31,6 +36,15 @@ CREATE TABLE IF NOT EXISTS signin_codes (
     used_at_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS signin_codes_by_expiry ON signin_codes(expires_at_ms);
+-- A sign-in link opened in a browser and not confirmed yet: the hash of the nonce that
+-- browser's pre-sign-in cookie holds, and the token its confirmation form carries.
+CREATE TABLE IF NOT EXISTS signin_pending (
+    code_hash TEXT PRIMARY KEY,
+    nonce_hash TEXT NOT NULL,
+    form_token TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS signin_pending_by_expiry ON signin_pending(expires_at_ms);
 CREATE TABLE IF NOT EXISTS web_sessions (
     id_hash TEXT PRIMARY KEY,
     subject TEXT NOT NULL,
@@ -83,6 +97,54 @@ impl NewSession {
     }
 }
 
+/// A sign-in link just opened: what the confirmation page shows and the browser keeps.
+/// `nonce` goes into the pre-sign-in cookie and nowhere else (only its hash is stored).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PendingSignIn {
+    pub nonce: String,
+    /// The token the confirmation form carries.
+    pub form_token: String,
+    /// Whom the code signs in, and as what: shown to the person before they agree.
+    pub subject: String,
+    pub role: Role,
+    /// When the pending sign-in (and so the pre-sign-in cookie) lapses.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for PendingSignIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingSignIn")
+            .field("nonce", &"<redacted>")
+            .field("form_token", &"<redacted>")
+            .field("subject", &self.subject)
+            .field("role", &self.role)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// What confirming a sign-in came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignInOutcome {
+    /// Signed in: the code is used up.
+    SignedIn(NewSession),
+    /// The code is unknown, used or expired.
+    InvalidCode,
+    /// The code is good but this sign-in was not started in this browser (no or another
+    /// pre-sign-in nonce, or another form token): nothing changed, the code is still usable
+    /// by the browser that opened the link.
+    NotThisBrowser,
+}
+
+/// Equality whose time depends only on the lengths.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 /// 32 random bytes from the OS, base64url without padding (43 characters).
 fn random_secret() -> String {
     let mut bytes = [0u8; 32];
@@ -116,7 +178,76 @@ fn purge(tx: &Transaction<'_>, now_ms: i64) -> Result<()> {
         .execute([now_ms])?;
     tx.prepare_cached("DELETE FROM web_sessions WHERE expires_at_ms <= ?1")?
         .execute([now_ms])?;
+    tx.prepare_cached("DELETE FROM signin_pending WHERE expires_at_ms <= ?1")?
+        .execute([now_ms])?;
     Ok(())
+}
+
+/// The subject, role and expiry of an unused, unexpired code.
+fn usable_code(
+    tx: &Transaction<'_>,
+    code_hash: &str,
+    now_ms: i64,
+) -> Result<Option<(String, Role, i64)>> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT subject, role, expires_at_ms FROM signin_codes
+              WHERE code_hash = ?1 AND used_at_ms IS NULL AND expires_at_ms > ?2",
+        )?
+        .query_row(params![code_hash, now_ms], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                role_from_db(&r.get::<_, String>(1)?)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .optional()?)
+}
+
+/// Marks the code used and opens its session, in the caller's transaction; `None` when the
+/// code is not usable (any more).
+fn redeem(
+    tx: &Transaction<'_>,
+    code_hash: &str,
+    session_ttl: TimeDelta,
+    now: DateTime<Utc>,
+) -> Result<Option<NewSession>> {
+    let now_ms = now.timestamp_millis();
+    let Some((subject, role, _)) = usable_code(tx, code_hash, now_ms)? else {
+        return Ok(None);
+    };
+    let marked = tx
+        .prepare_cached(
+            "UPDATE signin_codes SET used_at_ms = ?2
+              WHERE code_hash = ?1 AND used_at_ms IS NULL",
+        )?
+        .execute(params![code_hash, now_ms])?;
+    if marked != 1 {
+        return Ok(None);
+    }
+    tx.prepare_cached("DELETE FROM signin_pending WHERE code_hash = ?1")?
+        .execute([code_hash])?;
+    let session = NewSession {
+        id: random_secret(),
+        subject,
+        role,
+        csrf: random_secret(),
+        expires_at: now + session_ttl,
+    };
+    tx.prepare_cached(
+        "INSERT INTO web_sessions
+             (id_hash, subject, role, csrf, created_at_ms, expires_at_ms, ended_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+    )?
+    .execute(params![
+        hash(&session.id),
+        session.subject,
+        session.role.as_str(),
+        session.csrf,
+        now_ms,
+        session.expires_at.timestamp_millis(),
+    ])?;
+    Ok(Some(session))
 }
 
 impl Store {
@@ -151,8 +282,10 @@ impl Store {
         Ok(code)
     }
 
-    /// Exchanges a sign-in code for a new session lasting `session_ttl`. The code is marked
-    /// used in the same transaction, so it opens at most one session. An unknown, used or
+    /// Exchanges a sign-in code for a new session lasting `session_ttl`, without the
+    /// browser binding of [`Store::complete_signin`] (which the dashboards use; this is for
+    /// tools and tests). The code is marked used in the same transaction, so it opens at
+    /// most one session. An unknown, used or
     /// expired code is `None` (all alike).
     pub fn redeem_signin_code(
         &self,
@@ -166,53 +299,117 @@ impl Store {
         let now_ms = now.timestamp_millis();
         let code_hash = hash(code);
         self.write(|tx| {
-            let found = tx
-                .prepare_cached(
-                    "SELECT subject, role FROM signin_codes
-                      WHERE code_hash = ?1 AND used_at_ms IS NULL AND expires_at_ms > ?2",
-                )?
-                .query_row(params![code_hash, now_ms], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        role_from_db(&r.get::<_, String>(1)?)?,
-                    ))
-                })
-                .optional()?;
-            let Some((subject, role)) = found else {
-                purge(tx, now_ms)?;
+            let session = redeem(tx, &code_hash, session_ttl, now)?;
+            purge(tx, now_ms)?;
+            Ok(session)
+        })
+    }
+
+    /// Starts signing in with `code` in one browser, without using the code up: returns
+    /// whom the code is for and a fresh nonce (for that browser's pre-sign-in cookie) and
+    /// form token, valid for `ttl` or until the code expires, whichever is sooner. Only the
+    /// latest start per code counts (a code has one pending sign-in). An unknown, used or
+    /// expired code is `None`, and stores nothing.
+    pub fn begin_signin(
+        &self,
+        code: &str,
+        ttl: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<Option<PendingSignIn>> {
+        if code.is_empty() || code.len() > MAX_SECRET_LEN || ttl <= TimeDelta::zero() {
+            return Ok(None);
+        }
+        let now_ms = now.timestamp_millis();
+        let code_hash = hash(code);
+        self.write(|tx| {
+            let Some((subject, role, code_expires_ms)) = usable_code(tx, &code_hash, now_ms)?
+            else {
                 return Ok(None);
             };
-            let marked = tx
-                .prepare_cached(
-                    "UPDATE signin_codes SET used_at_ms = ?2
-                      WHERE code_hash = ?1 AND used_at_ms IS NULL",
-                )?
-                .execute(params![code_hash, now_ms])?;
-            if marked != 1 {
-                return Ok(None);
-            }
-            let session = NewSession {
-                id: random_secret(),
+            let expires_ms = code_expires_ms.min((now + ttl).timestamp_millis());
+            let pending = PendingSignIn {
+                nonce: random_secret(),
+                form_token: random_secret(),
                 subject,
                 role,
-                csrf: random_secret(),
-                expires_at: now + session_ttl,
+                expires_at: DateTime::from_timestamp_millis(expires_ms).unwrap_or(now + ttl),
             };
             tx.prepare_cached(
-                "INSERT INTO web_sessions
-                     (id_hash, subject, role, csrf, created_at_ms, expires_at_ms, ended_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+                "INSERT INTO signin_pending (code_hash, nonce_hash, form_token, expires_at_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (code_hash) DO UPDATE SET nonce_hash = excluded.nonce_hash,
+                     form_token = excluded.form_token, expires_at_ms = excluded.expires_at_ms",
             )?
             .execute(params![
-                hash(&session.id),
-                session.subject,
-                session.role.as_str(),
-                session.csrf,
-                now_ms,
-                session.expires_at.timestamp_millis(),
+                code_hash,
+                hash(&pending.nonce),
+                pending.form_token,
+                expires_ms
             ])?;
             purge(tx, now_ms)?;
-            Ok(Some(session))
+            Ok(Some(pending))
+        })
+    }
+
+    /// Completes a sign-in started by [`Store::begin_signin`]: with the code, the nonce of
+    /// the browser's pre-sign-in cookie and the form token, all three matching the code's
+    /// pending sign-in, the code is used up for a new session lasting `session_ttl`.
+    /// Anything else changes nothing (the code stays usable by the right browser).
+    pub fn complete_signin(
+        &self,
+        code: &str,
+        nonce: &str,
+        form_token: &str,
+        session_ttl: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<SignInOutcome> {
+        if code.is_empty() || code.len() > MAX_SECRET_LEN || session_ttl <= TimeDelta::zero() {
+            return Ok(SignInOutcome::InvalidCode);
+        }
+        if nonce.is_empty() || nonce.len() > MAX_SECRET_LEN || form_token.len() > MAX_SECRET_LEN {
+            return Ok(SignInOutcome::NotThisBrowser);
+        }
+        let now_ms = now.timestamp_millis();
+        let code_hash = hash(code);
+        self.write(|tx| {
+            if usable_code(tx, &code_hash, now_ms)?.is_none() {
+                return Ok(SignInOutcome::InvalidCode);
+            }
+            let pending = tx
+                .prepare_cached(
+                    "SELECT nonce_hash, form_token FROM signin_pending
+                      WHERE code_hash = ?1 AND expires_at_ms > ?2",
+                )?
+                .query_row(params![code_hash, now_ms], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .optional()?;
+            let bound = pending.is_some_and(|(nonce_hash, token)| {
+                // Both compared in full, whatever the first says.
+                same(&nonce_hash, &hash(nonce)) & same(&token, form_token)
+            });
+            if !bound {
+                return Ok(SignInOutcome::NotThisBrowser);
+            }
+            let outcome = match redeem(tx, &code_hash, session_ttl, now)? {
+                Some(session) => SignInOutcome::SignedIn(session),
+                None => SignInOutcome::InvalidCode,
+            };
+            purge(tx, now_ms)?;
+            Ok(outcome)
+        })
+    }
+
+    /// How many sessions of `subject` are open (neither expired nor ended) at `now`.
+    pub fn open_sessions_of(&self, subject: &str, now: DateTime<Utc>) -> Result<usize> {
+        self.read(|conn| {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM web_sessions
+                      WHERE subject = ?1 AND ended_at_ms IS NULL AND expires_at_ms > ?2",
+                )?
+                .query_row(params![subject, now.timestamp_millis()], |r| r.get(0))?;
+            Ok(usize::try_from(n).unwrap_or(0))
         })
     }
 
@@ -416,6 +613,95 @@ mod tests {
         assert_eq!(s.session(&b.id, now).unwrap(), None);
         assert_eq!(s.redeem_signin_code(&pending, SESSION, now).unwrap(), None);
         assert!(s.session(&other.id, now).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_link_signs_in_only_the_browser_that_opened_it() {
+        let (_d, s) = store();
+        // Whole milliseconds, as the store keeps times.
+        let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+        let code = s
+            .issue_signin_code("mallory", Role::Owner, TTL, now)
+            .unwrap();
+        let minute = TimeDelta::minutes(1);
+        // Opening the link opens no session and uses nothing up.
+        let a = s
+            .begin_signin(&code, TimeDelta::minutes(10), now)
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.subject.as_str(), a.role), ("mallory", Role::Owner));
+        assert_eq!(a.expires_at, now + TimeDelta::minutes(10));
+        assert!(!format!("{a:?}").contains(&a.nonce));
+        assert_eq!(s.open_sessions_of("mallory", now).unwrap(), 0);
+        // Only the nonce's hash is stored.
+        let stored: String = s
+            .read(|c| Ok(c.query_row("SELECT nonce_hash FROM signin_pending", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(stored, hash(&a.nonce));
+        // Without the browser's nonce, or with the wrong form token: refused, nothing used.
+        for (nonce, token) in [
+            ("", a.form_token.as_str()),
+            ("forged", a.form_token.as_str()),
+            (a.form_token.as_str(), a.form_token.as_str()),
+            (a.nonce.as_str(), ""),
+            (a.nonce.as_str(), "forged"),
+        ] {
+            assert_eq!(
+                s.complete_signin(&code, nonce, token, SESSION, now + minute)
+                    .unwrap(),
+                SignInOutcome::NotThisBrowser,
+                "{nonce:?} {token:?}"
+            );
+        }
+        assert_eq!(s.open_sessions_of("mallory", now).unwrap(), 0);
+        // A later opening elsewhere replaces the pending sign-in: the first browser's nonce
+        // no longer works, the second's does, once.
+        let b = s
+            .begin_signin(&code, TimeDelta::minutes(10), now + minute)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.complete_signin(&code, &a.nonce, &a.form_token, SESSION, now + minute)
+                .unwrap(),
+            SignInOutcome::NotThisBrowser
+        );
+        let SignInOutcome::SignedIn(new) = s
+            .complete_signin(&code, &b.nonce, &b.form_token, SESSION, now + minute)
+            .unwrap()
+        else {
+            panic!("the browser that opened the link last signs in");
+        };
+        assert_eq!((new.subject.as_str(), new.role), ("mallory", Role::Owner));
+        assert_eq!(s.open_sessions_of("mallory", now + minute).unwrap(), 1);
+        assert_eq!(count(&s, "signin_pending"), 0, "done with");
+        // Once.
+        assert_eq!(
+            s.complete_signin(&code, &b.nonce, &b.form_token, SESSION, now + minute)
+                .unwrap(),
+            SignInOutcome::InvalidCode
+        );
+        assert_eq!(s.begin_signin(&code, TTL, now + minute).unwrap(), None);
+        assert_eq!(s.begin_signin("made-up", TTL, now).unwrap(), None);
+        assert_eq!(count(&s, "signin_pending"), 0, "bad links store nothing");
+
+        // A pending sign-in lapses with its ttl, and never outlives the code.
+        let code = s.issue_signin_code("ana", Role::Owner, TTL, now).unwrap();
+        let p = s.begin_signin(&code, minute, now).unwrap().unwrap();
+        assert_eq!(
+            s.complete_signin(&code, &p.nonce, &p.form_token, SESSION, now + minute)
+                .unwrap(),
+            SignInOutcome::NotThisBrowser
+        );
+        let p = s
+            .begin_signin(&code, TimeDelta::hours(1), now + TTL - minute)
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.expires_at, now + TTL);
+        assert_eq!(
+            s.complete_signin(&code, &p.nonce, &p.form_token, SESSION, now + TTL)
+                .unwrap(),
+            SignInOutcome::InvalidCode
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The dashboards in a real browser: Debian's headless Chromium driven over WebDriver, against
 //! a real gateway (port 0) holding a known data set. A clinician signs in with a one-time link
-//! and sees exactly the consenting patients; the patient page's data tables carry the totals
+//! (the page it opens names the account; a click agrees) and sees exactly the consenting patients; the patient page's data tables carry the totals
 //! that were sent, a gap where a day has none, and the stages of a chosen night; another
 //! patient's URL is a 404; the owner withdraws the consent and the clinician's next load no
 //! longer lists her; the owner's disclosure log lists the clinician's views. A screenshot of
@@ -189,10 +189,21 @@ async fn clinician_and_owner_dashboards_in_a_real_browser() -> anyhow::Result<()
     };
     let browser = tokio::task::block_in_place(Browser::start)?;
     let br = &browser;
+    // Opening a link shows whom it signs in; the person agrees with the page's button.
+    let sign_in = |url: &str, who: &str| -> anyhow::Result<()> {
+        br.goto(url)?;
+        let heading = br.text(&br.expect("h1")?)?;
+        anyhow::ensure!(
+            heading.contains(who),
+            "the confirmation names {who}: {heading}"
+        );
+        let agree = br.expect("form[action=\"/dashboard/signin\"] button[type=submit]")?;
+        br.click(&agree)
+    };
 
     // The clinician signs in: the link leaves no code in the address bar, the session cookie
     // is HttpOnly and SameSite=Strict.
-    br.goto(&link(CLINICIAN, Role::Clinician)?)?;
+    sign_in(&link(CLINICIAN, Role::Clinician)?, CLINICIAN)?;
     assert!(
         br.current_url()?.ends_with("/dashboard/clinician"),
         "{}",
@@ -281,7 +292,7 @@ async fn clinician_and_owner_dashboards_in_a_real_browser() -> anyhow::Result<()
     assert!(br.title()?.starts_with("Not found"));
 
     // Pat A signs in (a new session in the same browser) and withdraws the consent.
-    br.goto(&link("pat-a", Role::Owner)?)?;
+    sign_in(&link("pat-a", Role::Owner)?, "pat-a")?;
     assert!(
         br.current_url()?.ends_with("/dashboard/me"),
         "{}",
@@ -310,7 +321,7 @@ async fn clinician_and_owner_dashboards_in_a_real_browser() -> anyhow::Result<()
     assert!(!consents.is_empty());
 
     // The clinician's next load: Pat A is gone.
-    br.goto(&link(CLINICIAN, Role::Clinician)?)?;
+    sign_in(&link(CLINICIAN, Role::Clinician)?, CLINICIAN)?;
     assert!(br.find_all("table#panel tr[data-person]")?.is_empty());
     assert!(br.find("#no-patients")?.is_some());
     br.screenshot(&shots.join("clinician-panel-after-withdrawal.png"))?;

@@ -1,5 +1,5 @@
-//! Dashboard sign-in and the owner's dashboard over real HTTP: one-time sign-in links for an
-//! HttpOnly, SameSite=Strict session cookie, CSRF-checked forms, the strict CSP, sign-out,
+//! Dashboard sign-in and the owner's dashboard over real HTTP: one-time sign-in links (a
+//! confirmation page, then its form) for an HttpOnly, SameSite=Strict session cookie, CSRF-checked forms, the strict CSP, sign-out,
 //! expiry, roles, consent withdrawal, export downloads and erasure.
 
 use chrono::{TimeDelta, Utc};
@@ -28,6 +28,14 @@ impl Answer {
         self.all(name).first().map(String::as_str)
     }
 
+    /// The `Set-Cookie` line for cookie `name`.
+    fn set_cookie(&self, name: &str) -> Option<&str> {
+        self.all("set-cookie")
+            .iter()
+            .find(|c| c.starts_with(&format!("{name}=")))
+            .map(String::as_str)
+    }
+
     fn all(&self, name: &str) -> &[String] {
         self.headers
             .iter()
@@ -42,9 +50,21 @@ fn request(
     cookie: Option<&str>,
     form: Option<&[(&str, &str)]>,
 ) -> anyhow::Result<Answer> {
+    let jar: Vec<(&str, &str)> = cookie.map(|c| (session::COOKIE, c)).into_iter().collect();
+    request_with(method, url, &jar, form)
+}
+
+/// A request from a browser whose cookie jar holds `cookies` (name, value).
+fn request_with(
+    method: &str,
+    url: &str,
+    cookies: &[(&str, &str)],
+    form: Option<&[(&str, &str)]>,
+) -> anyhow::Result<Answer> {
     let mut req = agent().request(method, url);
-    if let Some(c) = cookie {
-        req = req.set("Cookie", &format!("{}={c}", session::COOKIE));
+    if !cookies.is_empty() {
+        let jar: Vec<String> = cookies.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        req = req.set("Cookie", &jar.join("; "));
     }
     let resp = match form {
         Some(f) => req.send_form(f),
@@ -89,11 +109,63 @@ fn signin_url(gw: &TestGateway, code: &str) -> String {
     gw.url(&format!("{}?code={code}", session::SIGN_IN))
 }
 
+/// The value of the hidden form field `name` of a page.
+fn field(html: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker)? + marker.len();
+    html[start..].split('"').next().map(str::to_owned)
+}
+
+/// Opens a sign-in link as a person does, in a browser holding the session cookie
+/// `session` (if any): the GET shows the confirmation page and sets the pre-sign-in cookie,
+/// the page's form is sent with it. The GET's answer when it is not the page, else the
+/// POST's.
+fn open_link(url: &str, session: Option<&str>) -> anyhow::Result<Answer> {
+    let page = get(url, session)?;
+    if page.status != 200 {
+        return Ok(page);
+    }
+    let nonce = page
+        .set_cookie(session::SIGNIN_COOKIE)
+        .map(cookie_value_of)
+        .unwrap_or_default();
+    let code = field(&page.body, "code").unwrap_or_default();
+    let csrf = field(&page.body, "csrf").unwrap_or_default();
+    let mut jar = vec![(session::SIGNIN_COOKIE, nonce.as_str())];
+    jar.extend(session.map(|s| (session::COOKIE, s)));
+    request_with(
+        "POST",
+        &url_of(url, session::SIGN_IN),
+        &jar,
+        Some(&[("code", &code), ("csrf", &csrf)]),
+    )
+}
+
+/// `path` on the host of `url`.
+fn url_of(url: &str, path: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let host_end = url[after_scheme..]
+        .find('/')
+        .map_or(url.len(), |i| after_scheme + i);
+    format!("{}{path}", &url[..host_end])
+}
+
 /// Signs in with a fresh code; returns the session cookie's value.
 fn sign_in(gw: &TestGateway, subject: &str, role: Role) -> anyhow::Result<String> {
-    let a = get(&signin_url(gw, &code(gw, subject, role)), None)?;
+    let a = open_link(&signin_url(gw, &code(gw, subject, role)), None)?;
     anyhow::ensure!(a.status == 303, "sign-in answered {}: {}", a.status, a.body);
-    Ok(cookie_value(a.header("set-cookie").unwrap_or_default()))
+    Ok(cookie_value(
+        a.set_cookie(session::COOKIE).unwrap_or_default(),
+    ))
+}
+
+/// The value of a `Set-Cookie` line, whatever its name.
+fn cookie_value_of(set_cookie: &str) -> String {
+    let first = set_cookie.split(';').next().unwrap_or_default();
+    first
+        .split_once('=')
+        .map(|(_, v)| v.to_owned())
+        .unwrap_or_default()
 }
 
 fn cookie_value(set_cookie: &str) -> String {
@@ -160,14 +232,26 @@ async fn owner_signs_in_withdraws_a_consent_downloads_and_signs_out() -> anyhow:
     let (gw, consent) = world().await?;
     let me = gw.url(dashboard::owner::HOME);
 
-    // The link: a session cookie with the right flags, and off to the owner's page at once.
+    // The link: a page asking to agree (no session yet), then its form: a session cookie
+    // with the right flags, and off to the owner's page.
     let code = code(&gw, "ana", Role::Owner);
-    let a = get(&signin_url(&gw, &code), None)?;
+    let page = get(&signin_url(&gw, &code), None)?;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.set_cookie(session::COOKIE).is_none(), "no session yet");
+    assert!(
+        page.body.contains("Sign in as ana (owner)?"),
+        "{}",
+        page.body
+    );
+    assert_eq!(page.header("content-security-policy"), Some(dashboard::CSP));
+    assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    let a = open_link(&signin_url(&gw, &code), None)?;
     assert_eq!(a.status, 303, "{}", a.body);
     assert_eq!(a.header("location"), Some("/dashboard/me"));
     assert_eq!(a.header("referrer-policy"), Some("no-referrer"));
     assert_eq!(a.header("cache-control"), Some("no-store"));
-    let set_cookie = a.header("set-cookie").unwrap().to_owned();
+    let set_cookie = a.set_cookie(session::COOKIE).unwrap().to_owned();
     for flag in [
         "HttpOnly",
         "SameSite=Strict",
@@ -344,13 +428,13 @@ async fn expired_sessions_roles_and_erasure() -> anyhow::Result<()> {
     assert_eq!(get(&me, Some(&old.id))?.status, 401);
 
     // A clinician has no /dashboard/me, whatever they try.
-    let link = get(
+    let link = open_link(
         &signin_url(&gw, &code(&gw, "dr-kim", Role::Clinician)),
         None,
     )?;
     assert_eq!(link.status, 303);
     assert_eq!(link.header("location"), Some("/dashboard/clinician"));
-    let kim = cookie_value(link.header("set-cookie").unwrap());
+    let kim = cookie_value(link.set_cookie(session::COOKIE).unwrap());
     assert_eq!(get(&me, Some(&kim))?.status, 404);
     assert_eq!(
         get(&gw.url("/dashboard/me/export?format=csv"), Some(&kim))?.status,
@@ -367,12 +451,12 @@ async fn expired_sessions_roles_and_erasure() -> anyhow::Result<()> {
     // Erasure: the CSRF token and the typed confirmation, or nothing happens.
     // A new link opened in a browser replaces that browser's session; a bad one does not.
     let first = sign_in(&gw, "ana", Role::Owner)?;
-    let a = get(
+    let a = open_link(
         &signin_url(&gw, &code(&gw, "ana", Role::Owner)),
         Some(&first),
     )?;
     assert_eq!(a.status, 303);
-    let other = cookie_value(a.header("set-cookie").unwrap());
+    let other = cookie_value(a.set_cookie(session::COOKIE).unwrap());
     assert_eq!(get(&me, Some(&first))?.status, 401);
     assert_eq!(get(&signin_url(&gw, "bad"), Some(&other))?.status, 401);
     assert_eq!(get(&me, Some(&other))?.status, 200);

@@ -143,20 +143,60 @@ async fn demo_prints_a_dashboard_and_a_token_that_reads_the_simulated_data() -> 
         );
     }
     assert_ne!(clinician, owner);
-    // A link opens a session once (a redirect setting the cookie), then no more.
+    // A link opens a confirmation page (no session), whose form opens a session once (a
+    // redirect setting the cookie), then no more.
     let agent = ureq::AgentBuilder::new().redirects(0).build();
-    let status = |link: &str| match agent.get(link).call() {
-        Ok(r) => (r.status(), r.header("Set-Cookie").is_some()),
-        Err(ureq::Error::Status(s, r)) => (s, r.header("Set-Cookie").is_some()),
-        Err(e) => panic!("{link}: {e}"),
+    let answer = |r: Result<ureq::Response, ureq::Error>| match r {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
     };
-    let (first, cookie) = status(&owner);
-    assert!((300..400).contains(&first) && cookie, "{first}");
-    let (second, _) = status(&owner);
-    assert!(
-        !(300..400).contains(&second),
-        "a used link signed in again: {second}"
+    let cookie_of = |r: &ureq::Response, name: &str| {
+        r.all("Set-Cookie").into_iter().find_map(|c| {
+            let (n, v) = c.split(';').next()?.split_once('=')?;
+            (n == name).then(|| v.to_owned())
+        })
+    };
+    let page = answer(agent.get(&owner).call());
+    assert_eq!(page.status(), 200);
+    assert_eq!(
+        cookie_of(&page, "phr_session"),
+        None,
+        "a GET signs nobody in"
     );
+    let nonce = cookie_of(&page, "phr_signin").expect("pre-sign-in cookie");
+    let body = page.into_string()?;
+    assert!(body.contains("Sign in as demo-person"), "{body}");
+    let field = |name: &str| {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = body.find(&marker).expect(name) + marker.len();
+        body[start..]
+            .split('"')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (code, csrf) = (field("code"), field("csrf"));
+    let confirm = || {
+        answer(
+            agent
+                .post(&format!("http://{http}/dashboard/signin"))
+                .set("Cookie", &format!("phr_signin={nonce}"))
+                .send_form(&[("code", &code), ("csrf", &csrf)]),
+        )
+    };
+    let first = confirm();
+    assert!(
+        (300..400).contains(&first.status()) && cookie_of(&first, "phr_session").is_some(),
+        "{}",
+        first.status()
+    );
+    let second = confirm();
+    assert!(
+        !(300..400).contains(&second.status()),
+        "a used link signed in again: {}",
+        second.status()
+    );
+    assert_eq!(answer(agent.get(&owner).call()).status(), 401);
     Ok(())
 }
 
