@@ -1,7 +1,10 @@
 //! Corrections and quarantine (see [`crate::store::corrections`]):
-//! - `GET /api/v1/me/quarantine`: quarantined records of the devices I own now, summarised.
+//! - `GET /api/v1/me/quarantine`: quarantined records I may claim, summarised.
 //! - `POST /api/v1/me/quarantine/confirm` `{device_id, from, to, why?}`: they are mine.
 //! - `POST /api/v1/me/corrections/unlink` `{device_id, from, to, why}`: these are not mine.
+//!
+//! An owner's confirmation and unlinking are confined to their own binding periods of the
+//! device (past or present); what lies outside is left as it was and counted under `left`.
 //! - `GET /api/v1/me/corrections`: corrections that concern me.
 //! - `POST /api/v1/admin/corrections` `{kind, device_id, from, to, from_person, to_person?, why}`:
 //!   an operator (scope `phr:admin`) re-attributes or unlinks a range.
@@ -16,7 +19,7 @@ use utoipa::ToSchema;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::Principal;
-use crate::store::corrections::{Kind, Range};
+use crate::store::corrections::{Kind, Range, Refusal};
 
 pub const QUARANTINE: &str = "/api/v1/me/quarantine";
 pub const CONFIRM_QUARANTINE: &str = "/api/v1/me/quarantine/confirm";
@@ -90,6 +93,15 @@ impl RangeBody {
     }
 }
 
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::NotYourDevice => Self::NotFound,
+            Refusal::OutsideYourBindings => Self::OutsideBindings,
+        }
+    }
+}
+
 fn body<T>(b: Result<web::Json<T>, actix_web::Error>) -> Result<T, ApiError> {
     b.map(web::Json::into_inner)
         .map_err(|e| ApiError::from_body_error(&e))
@@ -99,8 +111,11 @@ fn body<T>(b: Result<web::Json<T>, actix_web::Error>) -> Result<T, ApiError> {
 #[utoipa::path(get, path = "/api/v1/me/quarantine", tag = "owner", operation_id = "my_quarantine",
     security(("bearer" = [])),
     description = "Scope: `patient/Device.r`. Records the gateway could not attribute to \
-                   anyone (or that were unlinked), of the devices bound to the owner now; \
-                   take them with `POST /api/v1/me/quarantine/confirm`.",
+                   anyone (or that were unlinked) that the owner may claim: of any device \
+                   they were ever bound to, measured wholly inside one of their binding \
+                   periods (for a device's first owner, also before its first binding). \
+                   Nothing measured while the device was someone else's or nobody's. Take \
+                   them with `POST /api/v1/me/quarantine/confirm`.",
     responses(
         (status = 200, description = "One summary per device with quarantined records", body = doc::QuarantineList),
         (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
@@ -114,7 +129,7 @@ pub(crate) async fn quarantine(
 ) -> Result<HttpResponse, ApiError> {
     require(&principal, "Device", 'r')?;
     let store = state.store.clone();
-    let q = web::block(move || store.quarantine_of(&principal.subject, Utc::now()))
+    let q = web::block(move || store.quarantine_of(&principal.subject))
         .await
         .map_err(|_| ApiError::Internal)??;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "quarantine": q })))
@@ -125,15 +140,21 @@ pub(crate) async fn quarantine(
     operation_id = "confirm_quarantine",
     request_body = RangeBody,
     security(("bearer" = [])),
-    description = "Scope: `patient/Device.c`. Only the device's current owner may, and only \
-                   under their storage consent covering the records. `notify` lists every \
+    description = "Scope: `patient/Device.c`. Takes only the quarantined records of the range \
+                   whose whole measured interval lies inside one of the owner's binding \
+                   periods of the device, past or present (for the device's first owner, \
+                   also before its first binding), under their storage consent. Records \
+                   measured while someone else or nobody held the device, and records \
+                   quarantined because a binding changed inside their interval (they \
+                   straddle two people), stay quarantined: `left` counts them by reason \
+                   (`outside_your_bindings`, `spans_binding_change`). `notify` lists every \
                    party that had received the corrected data.",
     responses(
         (status = 200, description = "The correction", body = doc::CorrectionResult),
         (status = 400, description = "`invalid_body`, `invalid_range` or `invalid_why`", body = super::openapi::ErrorBody),
         (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
-        (status = 403, description = "The token lacks `patient/Device.c`", body = super::openapi::ErrorBody),
-        (status = 404, description = "The device is not bound to the owner now", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`: the token lacks `patient/Device.c`; `outside_your_bindings`: the range lies wholly outside the owner's binding periods of the device (nothing changed)", body = super::openapi::ErrorBody),
+        (status = 404, description = "The device was never bound to the owner", body = super::openapi::ErrorBody),
         (status = 409, description = "No storage consent of the owner's covers these records", body = super::openapi::ErrorBody),
         (status = 413, description = "Body larger than 64 KiB", body = super::openapi::ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
@@ -155,8 +176,7 @@ pub(crate) async fn confirm(
     let c =
         web::block(move || store.confirm_quarantine(&range, &principal.subject, &why, Utc::now()))
             .await
-            .map_err(|_| ApiError::Internal)??
-            .ok_or(ApiError::NotFound)?;
+            .map_err(|_| ApiError::Internal)???;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "correction": c })))
 }
 
@@ -166,13 +186,17 @@ pub(crate) async fn confirm(
     request_body = RangeBody,
     security(("bearer" = [])),
     description = "Scope: `patient/Observation.d`. `why` is required. The owner's records of \
-                   the device measured in `[from, to)` leave their data for quarantine. \
-                   `notify` lists every party that had received them.",
+                   the device measured in `[from, to)` and wholly inside one of their binding \
+                   periods of it leave their data for quarantine (where only the owner may \
+                   confirm them back). Their records outside those periods (an operator's \
+                   re-attribution) stay and are counted under `left`. `notify` lists every \
+                   party that had received them.",
     responses(
         (status = 200, description = "The correction", body = doc::CorrectionResult),
         (status = 400, description = "`invalid_body`, `invalid_range` or `invalid_why`", body = super::openapi::ErrorBody),
         (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
-        (status = 403, description = "The token lacks `patient/Observation.d`", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`: the token lacks `patient/Observation.d`; `outside_your_bindings`: the range lies wholly outside the owner's binding periods of the device (nothing changed)", body = super::openapi::ErrorBody),
+        (status = 404, description = "The device was never bound to the owner", body = super::openapi::ErrorBody),
         (status = 413, description = "Body larger than 64 KiB", body = super::openapi::ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
@@ -188,17 +212,9 @@ pub(crate) async fn unlink(
         return Err(ApiError::bad_request("invalid_why", "say why in `why`"));
     }
     let store = state.store.clone();
-    let c = web::block(move || {
-        store.unlink(
-            &range,
-            &principal.subject,
-            &why,
-            &principal.subject,
-            Utc::now(),
-        )
-    })
-    .await
-    .map_err(|_| ApiError::Internal)??;
+    let c = web::block(move || store.unlink_own(&range, &principal.subject, &why, Utc::now()))
+        .await
+        .map_err(|_| ApiError::Internal)???;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "correction": c })))
 }
 
@@ -254,8 +270,11 @@ pub(crate) struct AdminCorrection {
     operation_id = "admin_correction",
     request_body = AdminCorrection,
     security(("bearer" = [])),
-    description = "Scope: `phr:admin`. `notify` lists every party that had received the \
-                   corrected data.",
+    description = "Scope: `phr:admin`. Moves (or unlinks) only `from_person`'s records of the \
+                   device measured in `[from, to)`, whatever the bindings say (a correction \
+                   fixes a wrong linkage); no other person's records are touched. Audited in \
+                   the disclosure log of both people, by the operator. `notify` lists every \
+                   party that had received the corrected data.",
     responses(
         (status = 200, description = "The correction", body = doc::CorrectionResult),
         (status = 400, description = "`invalid_body`, `invalid_why`, `invalid_range`, `invalid_correction`, or `invalid` (the same person on both sides)", body = super::openapi::ErrorBody),
@@ -348,6 +367,18 @@ pub(crate) mod doc {
         at: String,
         /// Who must be told (from the disclosure log).
         notify: Vec<Recipient>,
+        /// Records of the range an owner's correction left untouched, by reason (counts
+        /// only); empty for an operator's.
+        left: Vec<Left>,
+    }
+
+    /// Records a correction left as they were, and why.
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct Left {
+        /// `outside_your_bindings` (measured while someone else or nobody held the device)
+        /// or `spans_binding_change` (measured partly inside one of the owner's periods).
+        reason: String,
+        records: u64,
     }
 
     #[derive(Debug, ToSchema)]

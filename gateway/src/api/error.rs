@@ -15,6 +15,8 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     #[error("the request lies outside the consented measured-time window")]
     OutsideWindow,
+    #[error("the range lies outside your binding periods of this device")]
+    OutsideBindings,
     #[error("not found")]
     NotFound,
     #[error("{0}")]
@@ -73,6 +75,7 @@ impl ApiError {
             Self::Forbidden => "forbidden",
             Self::BadRequest { code, .. } => code,
             Self::OutsideWindow => "outside_consented_window",
+            Self::OutsideBindings => "outside_your_bindings",
             Self::NotFound => "not_found",
             Self::Conflict(_) => "conflict",
             Self::Internal => "internal",
@@ -102,7 +105,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden | Self::OutsideWindow => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::OutsideWindow | Self::OutsideBindings => StatusCode::FORBIDDEN,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,

@@ -340,9 +340,12 @@ pub(crate) struct EraseQuery {
     params(EraseQuery),
     security(("bearer" = [])),
     description = "Scope: `patient/Observation.d`. Needs `?confirm=erase-all-my-data`. Erases \
-                   the owner's records and the quarantined records of devices ever bound to \
-                   them, closes their device bindings now and withdraws every consent. The \
-                   disclosure log keeps that an erasure happened and how much, not the data.",
+                   the owner's records and the quarantined records measured wholly inside \
+                   their own binding periods of each device they held (never rows measured \
+                   while the device was someone else's or nobody's, nor anyone else's \
+                   records), closes their device bindings now and withdraws every consent. \
+                   The disclosure log keeps that an erasure happened and how much, not the \
+                   data.",
     responses(
         (status = 200, description = "What was erased or closed", body = doc::ErasureResult),
         (status = 400, description = "`confirmation_required` without the confirmation, or `invalid_query`", body = super::openapi::ErrorBody),

@@ -4,8 +4,18 @@
 //!   one person to another, who must consent to their storage.
 //! - **Unlinking** (the person, or an operator): records of a device in a range stop being
 //!   the person's; they go to quarantine, attributed to nobody. Nothing is deleted.
-//! - **Confirming quarantine** (the device's current owner): quarantined records of their
+//! - **Confirming quarantine** (a person who held the device): quarantined records of the
 //!   device in a range become theirs, under their storage consent.
+//!
+//! What a person does themselves is confined to their own claim periods of the device
+//! ([`claim_periods`]: their bindings, past or present): they confirm only quarantined records
+//! whose whole measured interval lies in one, and unlink only their records that do. A band's
+//! new owner cannot claim what was measured while the previous owner held it, nor the reverse,
+//! nor what was measured while nobody held it. Records quarantined because a binding changed
+//! inside their interval straddle two periods and stay quarantined. Erasure removes only the
+//! quarantined records of the person's own periods. An operator's re-attribution moves the
+//! named person's records only (never a third person's), whatever the bindings said: it exists
+//! to fix them.
 //!
 //! Each is one transaction that moves the rows, appends a row to `corrections` (append-only:
 //! who, why, old and new person, device, range, how many) and writes the disclosure log of
@@ -13,7 +23,7 @@
 //! log shows received those people's data of that range before.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Transaction};
+use rusqlite::{params, Connection, Transaction};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -97,6 +107,27 @@ pub struct Correction {
     pub at: DateTime<Utc>,
     /// Who must be told (from the disclosure log).
     pub notify: Vec<Recipient>,
+    /// Records of the range the correction left as they were, and why (counts only).
+    pub left: Vec<Left>,
+}
+
+/// Records of a range a person's correction did not touch because they lie outside the
+/// person's claim periods: a count and a reason, never data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Left {
+    /// `outside_your_bindings`: measured while someone else, or nobody, held the device;
+    /// `spans_binding_change`: measured partly inside one of the person's periods.
+    pub reason: String,
+    pub records: u64,
+}
+
+/// Why a person's correction of a range was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the device was never bound to you")]
+    NotYourDevice,
+    #[error("the range lies outside your binding periods of this device")]
+    OutsideYourBindings,
 }
 
 /// Quarantined records of one device, summarised (no values).
@@ -239,7 +270,198 @@ fn record(
         by: by.to_owned(),
         at: now,
         notify,
+        left: Vec::new(),
     })
+}
+
+/// A span of measured time `[from_ms, to_ms)` in which a person's claims on a device's records
+/// hold; `i64::MIN` / `i64::MAX` for unbounded ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Period {
+    pub(crate) from_ms: i64,
+    pub(crate) to_ms: i64,
+}
+
+impl Period {
+    /// SQL condition (on `start_ms`, `end_ms`) that a row's whole measured interval lies in
+    /// the period, the rule ingest attributes by: a point measurement (start == end) must lie
+    /// inside `[from, to)`, an interval may end at `to`. The bounds are integers from the
+    /// store, inlined as literals.
+    fn contains_sql(&self) -> String {
+        format!(
+            "(start_ms >= {f} AND (end_ms < {t} OR (end_ms = {t} AND end_ms > start_ms)))",
+            f = self.from_ms,
+            t = self.to_ms
+        )
+    }
+
+    /// SQL condition that a row's measured interval overlaps the period at all.
+    fn touches_sql(&self) -> String {
+        format!(
+            "(start_ms < {t} AND max(end_ms, start_ms + 1) > {f})",
+            f = self.from_ms,
+            t = self.to_ms
+        )
+    }
+
+    fn overlaps(&self, from_ms: i64, to_ms: i64) -> bool {
+        self.from_ms < to_ms && from_ms < self.to_ms
+    }
+}
+
+/// One SQL condition: any of `periods`, by `each` (`FALSE` for none).
+fn any_of(periods: &[Period], each: impl Fn(&Period) -> String) -> String {
+    if periods.is_empty() {
+        return "0".to_owned();
+    }
+    let parts: Vec<String> = periods.iter().map(each).collect();
+    format!("({})", parts.join(" OR "))
+}
+
+/// The periods in which `person` may claim, unlink or erase `device`'s records: their
+/// bindings of the device, past and present, with back-to-back ones (a re-pairing) merged.
+/// The device's first holder also holds the time before its first binding: records a band
+/// measured before it was ever paired are its first owner's history, and no one else's
+/// binding can start before that one (`bind_in` refuses). Time while the device was bound to
+/// someone else, or between two holders, is in nobody's periods.
+pub(crate) fn claim_periods(conn: &Connection, device: &str, person: &str) -> Result<Vec<Period>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT person_id, valid_from, valid_to FROM bindings WHERE device_id = ?1 ORDER BY valid_from",
+    )?;
+    let bindings = stmt
+        .query_map([device], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut periods: Vec<Period> = Vec::new();
+    for (i, (who, from, to)) in bindings.iter().enumerate() {
+        if who != person {
+            continue;
+        }
+        let from_ms = if i == 0 { i64::MIN } else { *from };
+        let to_ms = to.unwrap_or(i64::MAX);
+        match periods.last_mut() {
+            Some(last) if last.to_ms >= from_ms => last.to_ms = last.to_ms.max(to_ms),
+            _ => periods.push(Period { from_ms, to_ms }),
+        }
+    }
+    Ok(periods)
+}
+
+/// Devices `person` was ever bound to.
+fn devices_of(conn: &Connection, person: &str) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT device_id FROM bindings WHERE person_id = ?1 ORDER BY device_id",
+    )?;
+    let rows = stmt.query_map([person], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Deletes the quarantined rows measured in `person`'s claim periods of every device they
+/// were ever bound to (erasure); returns how many.
+pub(super) fn erase_claimable_quarantine(tx: &Transaction<'_>, person: &str) -> Result<usize> {
+    let mut n = 0;
+    for device in devices_of(tx, person)? {
+        let periods = claim_periods(tx, &device, person)?;
+        n += tx.execute(
+            &format!(
+                "DELETE FROM quarantine WHERE device_id = ?1 AND {}",
+                any_of(&periods, Period::contains_sql)
+            ),
+            [&device],
+        )?;
+    }
+    Ok(n)
+}
+
+/// `person`'s claim periods of the range's device, or why they have none in the range.
+fn confine(
+    tx: &Transaction<'_>,
+    range: &Range,
+    person: &str,
+) -> Result<std::result::Result<Vec<Period>, Refusal>> {
+    let (f, t) = (range.from.timestamp_millis(), range.to.timestamp_millis());
+    let periods = claim_periods(tx, &range.device_id, person)?;
+    Ok(if periods.is_empty() {
+        Err(Refusal::NotYourDevice)
+    } else if !periods.iter().any(|p| p.overlaps(f, t)) {
+        Err(Refusal::OutsideYourBindings)
+    } else {
+        Ok(periods)
+    })
+}
+
+/// What is left in `table` of the range (of `person_filter`, if given) once the
+/// contained rows have moved: those touching a period straddle its edge, the rest lie outside.
+fn left_over(
+    tx: &Transaction<'_>,
+    table: &str,
+    range: &Range,
+    person_filter: Option<&str>,
+    periods: &[Period],
+) -> Result<Vec<Left>> {
+    let (f, t) = (range.from.timestamp_millis(), range.to.timestamp_millis());
+    let who = if person_filter.is_some() {
+        " AND person_id = ?4"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT count(*), coalesce(sum({touches}), 0) FROM {table}
+          WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3{who}",
+        touches = any_of(periods, Period::touches_sql)
+    );
+    let (all, spans): (i64, i64) = match person_filter {
+        Some(p) => tx.query_row(&sql, params![range.device_id, f, t, p], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?,
+        None => tx.query_row(&sql, params![range.device_id, f, t], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?,
+    };
+    Ok([
+        ("outside_your_bindings", all - spans),
+        ("spans_binding_change", spans),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(reason, n)| Left {
+        reason: reason.to_owned(),
+        records: n as u64,
+    })
+    .collect())
+}
+
+/// Moves `person`'s records of the range that also match `inside` (an SQL condition) into
+/// quarantine as `unlinked`; returns how many.
+fn unlink_rows(
+    tx: &Transaction<'_>,
+    range: &Range,
+    person: &str,
+    inside: &str,
+    now: DateTime<Utc>,
+) -> Result<usize> {
+    let (f, t) = (range.from.timestamp_millis(), range.to.timestamp_millis());
+    let rows = format!(
+        "records WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND person_id = ?4 AND {inside}"
+    );
+    tx.execute(
+        &format!(
+            "INSERT INTO quarantine (device_id, record_type, start_ms, end_ms, record_id, bridge_id, batch_id, reason, received_at_ms, body)
+             SELECT device_id, record_type, start_ms, end_ms, record_id, bridge_id, batch_id, 'unlinked', ?5, body
+               FROM {rows}
+             ON CONFLICT DO NOTHING"
+        ),
+        params![range.device_id, f, t, person, now.timestamp_millis()],
+    )?;
+    Ok(tx.execute(
+        &format!("DELETE FROM {rows}"),
+        params![range.device_id, f, t, person],
+    )?)
 }
 
 impl Store {
@@ -273,7 +495,8 @@ impl Store {
         })
     }
 
-    /// Takes `person`'s records of the range away from them, into quarantine.
+    /// An operator takes `person`'s records of the range away from them, into quarantine,
+    /// whatever the bindings say (a person unlinks their own with [`Store::unlink_own`]).
     pub fn unlink(
         &self,
         range: &Range,
@@ -287,100 +510,138 @@ impl Store {
             return Err(Error::Invalid("a correction needs a non-empty range"));
         }
         self.write(|tx| {
-            tx.execute(
-                "INSERT INTO quarantine (device_id, record_type, start_ms, end_ms, record_id, bridge_id, batch_id, reason, received_at_ms, body)
-                 SELECT device_id, record_type, start_ms, end_ms, record_id, bridge_id, batch_id, 'unlinked', ?5, body
-                   FROM records WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND person_id = ?4
-                 ON CONFLICT DO NOTHING",
-                params![range.device_id, f, t, person, now.timestamp_millis()],
-            )?;
-            let n = tx.execute(
-                "DELETE FROM records WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND person_id = ?4",
-                params![range.device_id, f, t, person],
-            )?;
+            let n = unlink_rows(tx, range, person, "1", now)?;
             record(tx, Kind::Unlink, range, Some(person), None, n, why, by, now)
         })
     }
 
-    /// The current owner of a device: the person whose binding is open now.
-    fn current_owner(
-        tx: &Transaction<'_>,
-        device_id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<String>> {
-        let now_ms = now.timestamp_millis();
-        let mut stmt = tx.prepare_cached(
-            "SELECT person_id FROM bindings WHERE device_id = ?1 AND valid_from <= ?2 AND (valid_to IS NULL OR valid_to > ?2)",
-        )?;
-        let owner = stmt
-            .query_map(params![device_id, now_ms], |r| r.get::<_, String>(0))?
-            .next()
-            .transpose()?;
-        Ok(owner)
-    }
-
-    /// Quarantined records of the devices `person` owns now, summarised per device.
-    pub fn quarantine_of(
+    /// `person` takes their own records of the range away from themselves, into quarantine:
+    /// only those measured in their claim periods of the device. Refused for a device never
+    /// bound to them and for a range wholly outside their periods.
+    pub fn unlink_own(
         &self,
+        range: &Range,
         person: &str,
+        why: &str,
         now: DateTime<Utc>,
-    ) -> Result<Vec<QuarantineSummary>> {
-        let now_ms = now.timestamp_millis();
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT q.device_id, count(*), min(q.start_ms), max(q.end_ms), group_concat(DISTINCT q.reason)
-                   FROM quarantine q
-                  WHERE q.device_id IN (SELECT device_id FROM bindings
-                                         WHERE person_id = ?1 AND valid_from <= ?2 AND (valid_to IS NULL OR valid_to > ?2))
-                  GROUP BY q.device_id ORDER BY q.device_id",
+    ) -> Result<std::result::Result<Correction, Refusal>> {
+        let (f, t) = (range.from.timestamp_millis(), range.to.timestamp_millis());
+        if t <= f {
+            return Err(Error::Invalid("a correction needs a non-empty range"));
+        }
+        self.write(|tx| {
+            let periods = match confine(tx, range, person)? {
+                Ok(p) => p,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            let inside = any_of(&periods, Period::contains_sql);
+            let n = unlink_rows(tx, range, person, &inside, now)?;
+            let left = left_over(tx, "records", range, Some(person), &periods)?;
+            let mut c = record(
+                tx,
+                Kind::Unlink,
+                range,
+                Some(person),
+                None,
+                n,
+                why,
+                person,
+                now,
             )?;
-            let rows = stmt.query_map(params![person, now_ms], |r| {
-                let reasons: String = r.get(4)?;
-                Ok(QuarantineSummary {
-                    device_id: r.get(0)?,
-                    records: r.get::<_, i64>(1)? as u64,
-                    first_start: ms(r.get(2)?),
-                    last_end: ms(r.get(3)?),
-                    reasons: reasons.split(',').map(str::to_owned).collect(),
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            c.left = left;
+            Ok(Ok(c))
         })
     }
 
-    /// The device's current owner takes its quarantined records of the range as theirs.
-    /// Only the current owner may, and only under their storage consent.
+    /// Quarantined records `person` may claim (measured in their claim periods of the
+    /// devices they were ever bound to), summarised per device.
+    pub fn quarantine_of(&self, person: &str) -> Result<Vec<QuarantineSummary>> {
+        self.read(|conn| {
+            let mut out = Vec::new();
+            for device in devices_of(conn, person)? {
+                let periods = claim_periods(conn, &device, person)?;
+                let sql = format!(
+                    "SELECT count(*), min(start_ms), max(end_ms), group_concat(DISTINCT reason)
+                       FROM quarantine WHERE device_id = ?1 AND {}",
+                    any_of(&periods, Period::contains_sql)
+                );
+                let (n, first, last, reasons): (i64, Option<i64>, Option<i64>, Option<String>) =
+                    conn.query_row(&sql, [&device], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })?;
+                if let (true, Some(first), Some(last)) = (n > 0, first, last) {
+                    out.push(QuarantineSummary {
+                        device_id: device,
+                        records: n as u64,
+                        first_start: ms(first),
+                        last_end: ms(last),
+                        reasons: reasons
+                            .unwrap_or_default()
+                            .split(',')
+                            .map(str::to_owned)
+                            .collect(),
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// `person` takes quarantined records of the range as theirs: only those whose whole
+    /// measured interval lies in one of their claim periods of the device, and only under
+    /// their storage consent. The rest stay quarantined and are counted in `left`. Refused
+    /// for a device never bound to them and for a range wholly outside their periods.
     pub fn confirm_quarantine(
         &self,
         range: &Range,
         person: &str,
         why: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<Correction>> {
+    ) -> Result<std::result::Result<Correction, Refusal>> {
         let (f, t) = (range.from.timestamp_millis(), range.to.timestamp_millis());
         if t <= f {
             return Err(Error::Invalid("a correction needs a non-empty range"));
         }
         self.write(|tx| {
-            if Self::current_owner(tx, &range.device_id, now)?.as_deref() != Some(person) {
-                return Ok(None);
-            }
-            let types = types_in(tx, "quarantine", &range.device_id, None, f, t)?;
-            if !consents_to_storage(tx, person, &types, f, t, now)? {
-                return Err(Error::Conflict("no storage consent covers these records"));
+            let periods = match confine(tx, range, person)? {
+                Ok(p) => p,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            let rows = format!(
+                "quarantine WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND {}",
+                any_of(&periods, Period::contains_sql)
+            );
+            let types: Vec<RecordType> = tx
+                .prepare(&format!("SELECT DISTINCT record_type FROM {rows}"))?
+                .query_map(params![range.device_id, f, t], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            let (first, last): (Option<i64>, Option<i64>) = tx.query_row(
+                &format!("SELECT min(start_ms), max(start_ms) FROM {rows}"),
+                params![range.device_id, f, t],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if let (Some(first), Some(last)) = (first, last) {
+                if !consents_to_storage(tx, person, &types, first, last.saturating_add(1), now)? {
+                    return Err(Error::Conflict("no storage consent covers these records"));
+                }
             }
             tx.execute(
-                "INSERT INTO records (device_id, record_type, start_ms, end_ms, record_id, person_id, bridge_id, batch_id, stored_at_ms, body)
-                 SELECT device_id, record_type, start_ms, end_ms, record_id, ?4, bridge_id, batch_id, ?5, body
-                   FROM quarantine WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3
-                 ON CONFLICT DO NOTHING",
+                &format!(
+                    "INSERT INTO records (device_id, record_type, start_ms, end_ms, record_id, person_id, bridge_id, batch_id, stored_at_ms, body)
+                     SELECT device_id, record_type, start_ms, end_ms, record_id, ?4, bridge_id, batch_id, ?5, body
+                       FROM {rows}
+                     ON CONFLICT DO NOTHING"
+                ),
                 params![range.device_id, f, t, person, now.timestamp_millis()],
             )?;
-            let n = tx.execute(
-                "DELETE FROM quarantine WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3",
-                params![range.device_id, f, t],
-            )?;
-            record(tx, Kind::ConfirmQuarantine, range, None, Some(person), n, why, person, now).map(Some)
+            let n = tx.execute(&format!("DELETE FROM {rows}"), params![range.device_id, f, t])?;
+            let left = left_over(tx, "quarantine", range, None, &periods)?;
+            let mut c = record(tx, Kind::ConfirmQuarantine, range, None, Some(person), n, why, person, now)?;
+            c.left = left;
+            Ok(Ok(c))
         })
     }
 
@@ -402,5 +663,239 @@ impl Store {
             })?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: i64 = 1_700_000_000_000;
+
+    fn t(minute: i64) -> DateTime<Utc> {
+        ms(BASE + minute * 60_000)
+    }
+
+    /// Ana holds the band from minute 0, pairs it again at 50 (back to back), hands it to ben
+    /// at 100; with quarantined step counts at the edges of those periods.
+    fn handed_over() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        for who in ["ana", "ben"] {
+            store.add_person(who, who, "UTC").unwrap();
+            store.grant_storage_consent(who, &RecordType::ALL).unwrap();
+        }
+        store.add_device("band", "br", None).unwrap();
+        store.bind("band", "ana", t(0)).unwrap();
+        store.bind("band", "ana", t(50)).unwrap();
+        store.bind("band", "ben", t(100)).unwrap();
+        for (start, end) in [
+            (-30, -29),
+            (40, 60),
+            (90, 110),
+            (99, 100),
+            (100, 100),
+            (150, 151),
+        ] {
+            store
+                .write(|tx| {
+                    tx.execute(
+                        "INSERT INTO quarantine (device_id, record_type, start_ms, end_ms, record_id, bridge_id, batch_id, reason, received_at_ms, body)
+                         VALUES ('band', 'step-count', ?1, ?2, 'id', 'br', 'b', 'no_binding', 0, '{\"body\":{\"step_count\":5}}')",
+                        params![t(start).timestamp_millis(), t(end).timestamp_millis()],
+                    )?;
+                    Ok(())
+                })
+                .unwrap();
+        }
+        (dir, store)
+    }
+
+    fn rows(store: &Store, table: &str, person: Option<&str>) -> Vec<(i64, i64)> {
+        store
+            .read(|c| {
+                let sql = format!(
+                    "SELECT start_ms, end_ms FROM {table} WHERE ?1 IS NULL OR person_id = ?1 ORDER BY start_ms, end_ms"
+                );
+                let sql = if table == "quarantine" {
+                    sql.replace("?1 IS NULL OR person_id = ?1", "?1 IS NULL")
+                } else {
+                    sql
+                };
+                let mut stmt = c.prepare(&sql)?;
+                let rows = stmt.query_map([person], |r| {
+                    Ok((
+                        (r.get::<_, i64>(0)? - BASE) / 60_000,
+                        (r.get::<_, i64>(1)? - BASE) / 60_000,
+                    ))
+                })?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .unwrap()
+    }
+
+    fn all(device: &str) -> Range {
+        Range {
+            device_id: device.into(),
+            from: t(-1000),
+            to: t(1000),
+        }
+    }
+
+    fn left(c: &Correction) -> Vec<(&str, u64)> {
+        c.left
+            .iter()
+            .map(|l| (l.reason.as_str(), l.records))
+            .collect()
+    }
+
+    #[test]
+    fn claims_stop_at_the_edges_of_ones_own_bindings() {
+        let (_d, s) = handed_over();
+        let now = Utc::now();
+        let ana = s
+            .confirm_quarantine(&all("band"), "ana", "", now)
+            .unwrap()
+            .unwrap();
+        // Her history before the first pairing, the record across her own re-pairing, and
+        // the one ending exactly when she handed the band over.
+        assert_eq!(
+            rows(&s, "records", Some("ana")),
+            [(-30, -29), (40, 60), (99, 100)]
+        );
+        assert_eq!(ana.records, 3);
+        assert_eq!(
+            left(&ana),
+            [("outside_your_bindings", 2), ("spans_binding_change", 1)]
+        );
+
+        let ben = s
+            .confirm_quarantine(&all("band"), "ben", "", now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rows(&s, "records", Some("ben")), [(100, 100), (150, 151)]);
+        assert_eq!(left(&ben), [("spans_binding_change", 1)]);
+        assert_eq!(
+            rows(&s, "quarantine", None),
+            [(90, 110)],
+            "the hand-over straddler is nobody's"
+        );
+
+        // Nothing left to take, and a range wholly before ben's binding is refused.
+        let before = Range {
+            device_id: "band".into(),
+            from: t(0),
+            to: t(100),
+        };
+        assert_eq!(
+            s.confirm_quarantine(&before, "ben", "", now).unwrap(),
+            Err(Refusal::OutsideYourBindings)
+        );
+        assert_eq!(
+            s.confirm_quarantine(&all("other"), "ben", "", now).unwrap(),
+            Err(Refusal::NotYourDevice)
+        );
+    }
+
+    #[test]
+    fn the_summary_shows_what_one_may_claim() {
+        let (_d, s) = handed_over();
+        let ben = s.quarantine_of("ben").unwrap();
+        assert_eq!(ben.len(), 1);
+        assert_eq!(
+            (ben[0].records, ben[0].first_start, ben[0].last_end),
+            (2, t(100), t(151))
+        );
+        let ana = s.quarantine_of("ana").unwrap();
+        assert_eq!(
+            (ana[0].records, ana[0].first_start, ana[0].last_end),
+            (3, t(-30), t(100))
+        );
+        assert!(s.quarantine_of("cai").unwrap().is_empty());
+    }
+
+    #[test]
+    fn erasure_takes_only_the_quarantine_of_ones_own_periods() {
+        let (_d, s) = handed_over();
+        let erased = s.erase_person("ben", "ben", Utc::now()).unwrap();
+        assert_eq!((erased.quarantined, erased.bindings_closed), (2, 1));
+        assert_eq!(
+            rows(&s, "quarantine", None),
+            [(-30, -29), (40, 60), (90, 110), (99, 100)]
+        );
+        let erased = s.erase_person("ana", "ana", Utc::now()).unwrap();
+        assert_eq!((erased.quarantined, erased.bindings_closed), (3, 0));
+        assert_eq!(rows(&s, "quarantine", None), [(90, 110)]);
+    }
+
+    #[test]
+    fn a_gap_between_holders_is_in_nobodys_periods() {
+        let (_d, s) = handed_over();
+        s.write(|tx| {
+            // Ben releases the band at 200; cai pairs it at 300.
+            tx.execute(
+                "UPDATE bindings SET valid_to = ?1 WHERE person_id = 'ben'",
+                [t(200).timestamp_millis()],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        s.add_person("cai", "cai", "UTC").unwrap();
+        s.bind("band", "cai", t(300)).unwrap();
+        let periods = |who: &str| s.read(|c| claim_periods(c, "band", who)).unwrap();
+        let p = |from: i64, to: i64| Period {
+            from_ms: from,
+            to_ms: to,
+        };
+        let ms = |m: i64| t(m).timestamp_millis();
+        assert_eq!(periods("ana"), [p(i64::MIN, ms(100))]);
+        assert_eq!(periods("ben"), [p(ms(100), ms(200))]);
+        assert_eq!(periods("cai"), [p(ms(300), i64::MAX)]);
+        assert!(periods("dan").is_empty());
+    }
+
+    #[test]
+    fn an_owner_unlinks_only_their_records_inside_their_periods() {
+        let (_d, s) = handed_over();
+        let now = Utc::now();
+        s.confirm_quarantine(&all("band"), "ben", "", now)
+            .unwrap()
+            .unwrap();
+        // An operator gave ben a record of ana's time.
+        s.confirm_quarantine(&all("band"), "ana", "", now)
+            .unwrap()
+            .unwrap();
+        let range = Range {
+            device_id: "band".into(),
+            from: t(99),
+            to: t(100),
+        };
+        s.reattribute(&range, "ana", "ben", "ben wore it", "op", now)
+            .unwrap();
+        assert_eq!(
+            rows(&s, "records", Some("ben")),
+            [(99, 100), (100, 100), (150, 151)]
+        );
+
+        let c = s
+            .unlink_own(&all("band"), "ben", "not mine", now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.records, 2);
+        assert_eq!(left(&c), [("outside_your_bindings", 1)]);
+        assert_eq!(rows(&s, "records", Some("ben")), [(99, 100)]);
+        assert_eq!(rows(&s, "records", Some("ana")), [(-30, -29), (40, 60)]);
+        let anas = Range {
+            device_id: "band".into(),
+            from: t(0),
+            to: t(99),
+        };
+        assert_eq!(
+            s.unlink_own(&anas, "ben", "not mine", now).unwrap(),
+            Err(Refusal::OutsideYourBindings)
+        );
+        // The operator's own unlinking is not confined.
+        let c = s.unlink(&all("band"), "ben", "wrong", "op", now).unwrap();
+        assert_eq!(c.records, 1);
     }
 }

@@ -503,17 +503,16 @@ impl Store {
     // ----- erasure -----
 
     /// Erases everything the gateway holds of `person_id`: their records, the quarantined
-    /// records of devices ever bound to them, their consents (withdrawn) and bindings (closed
+    /// records measured in their binding periods of each device they held (see
+    /// [`corrections::claim_periods`]; not another holder's, nor the gaps), their consents (withdrawn) and bindings (closed
     /// now). The disclosure log keeps that an erasure happened and how much, not the data.
     pub fn erase_person(&self, person_id: &str, by: &str, now: DateTime<Utc>) -> Result<Erasure> {
         let now_ms = now.timestamp_millis();
         self.write(|tx| {
             let records = tx.execute("DELETE FROM records WHERE person_id = ?1", [person_id])?;
-            let quarantined = tx.execute(
-                "DELETE FROM quarantine WHERE device_id IN
-                     (SELECT device_id FROM bindings WHERE person_id = ?1)",
-                [person_id],
-            )?;
+            // Only what was measured in the person's own binding periods: never rows measured
+            // while the device was someone else's, or nobody's.
+            let quarantined = corrections::erase_claimable_quarantine(tx, person_id)?;
             let bindings_closed = tx.execute(
                 "UPDATE bindings SET valid_to = ?2
                   WHERE person_id = ?1 AND valid_from < ?2 AND (valid_to IS NULL OR valid_to > ?2)",

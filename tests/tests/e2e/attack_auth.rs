@@ -6,7 +6,7 @@ use chrono::{TimeDelta, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use phr_e2e::{b64url, call, get_json, minute_steps, send, RawBridge, TestGateway};
+use phr_e2e::{b64url, call, get_json, minute_steps, send, TestGateway};
 use phr_gateway::api::me::ERASE_CONFIRMATION;
 use phr_gateway::dashboard::{session, Role};
 use phr_gateway::store::clients::NewClient;
@@ -26,7 +26,7 @@ async fn a_read_scope_token_can_neither_erase_nor_pair() -> anyhow::Result<()> {
         &["band-ana".into()],
         now - TimeDelta::days(1),
     )?;
-    let mut bridge = RawBridge::connect(&gw.gateway.mqtt, gw.topics(), "br-ana").await?;
+    let mut bridge = gw.raw_bridge("br-ana").await?;
     let steps = (1..=3)
         .map(|h| minute_steps("band-ana", "br-ana", now - TimeDelta::hours(h), 40 + h))
         .collect();
