@@ -31,13 +31,17 @@ pub const PAIRINGS: &str = "/api/v1/me/devices/pairings";
 pub const PAIRING: &str = "/api/v1/me/devices/pairings/{pairing_id}";
 pub const CONFIRM: &str = "/api/v1/me/devices/pairings/{pairing_id}/confirm";
 pub const BINDING: &str = "/api/v1/me/devices/{device_id}/binding";
+pub const ADMIN_BINDING: &str = "/api/v1/admin/devices/{device_id}/binding";
+pub const ADMIN_BRIDGES: &str = "/api/v1/admin/bridges";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(DEVICES, web::get().to(list))
         .route(PAIRINGS, web::post().to(start))
         .route(PAIRING, web::get().to(show))
         .route(CONFIRM, web::post().to(confirm))
-        .route(BINDING, web::delete().to(release));
+        .route(BINDING, web::delete().to(release))
+        .route(ADMIN_BINDING, web::delete().to(operator_release))
+        .route(ADMIN_BRIDGES, web::post().to(enrol));
 }
 
 fn require(p: &Principal, perm: char) -> Result<(), ApiError> {
@@ -290,6 +294,119 @@ pub(crate) async fn release(
     }
 }
 
+/// Why an operator ends a binding, for the former owner's log.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct ReleaseReason {
+    /// Shown in the former owner's disclosure log (at most 200 characters).
+    reason: String,
+}
+
+/// An operator ends whoever's binding of a device (a transfer to a new owner).
+#[utoipa::path(delete, path = "/api/v1/admin/devices/{device_id}/binding", tag = "admin",
+    operation_id = "operator_release_device",
+    params(("device_id" = String, Path, description = "The device whose binding to end"), ReleaseReason),
+    security(("bearer" = [])),
+    description = "Scope: `phr:admin`. Ends the open binding of the device now, whoever holds \
+                   it, so that its new owner can pair it; written to the former owner's \
+                   disclosure log with the reason.",
+    responses(
+        (status = 200, description = "The binding ended", body = doc::OperatorReleased),
+        (status = 400, description = "`invalid_query`: no reason, or one over 200 characters", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token lacks `phr:admin`", body = super::openapi::ErrorBody),
+        (status = 404, description = "Nobody holds an open binding of that device", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
+        (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn operator_release(
+    principal: Principal,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<ReleaseReason>,
+) -> Result<HttpResponse, ApiError> {
+    super::corrections::require_admin(&principal)?;
+    let device = path.into_inner();
+    let reason = query.into_inner().reason;
+    if reason.trim().is_empty() || reason.chars().count() > 200 {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`reason` must be 1-200 characters",
+        ));
+    }
+    if !is_valid_id(&device) {
+        return Err(ApiError::NotFound);
+    }
+    let store = state.store.clone();
+    let now = Utc::now();
+    let id = device.clone();
+    let owner = web::block(move || store.operator_release(&id, &principal.subject, &reason, now))
+        .await
+        .map_err(|_| ApiError::Internal)??
+        .ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "device_id": device,
+        "former_owner": owner,
+        "valid_to": now,
+    })))
+}
+
+/// A bridge to enrol: its id and its Ed25519 public key.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Enrol {
+    /// 1-64 characters of `A-Z a-z 0-9 . _ : -`.
+    bridge_id: String,
+    /// 64 hex characters (`phr-bridge identity` prints them).
+    public_key: String,
+}
+
+/// Enrols a bridge: registers its key, answers the gateway key to configure on it.
+#[utoipa::path(post, path = "/api/v1/admin/bridges", tag = "admin",
+    operation_id = "enrol_bridge",
+    request_body = Enrol,
+    security(("bearer" = [])),
+    description = "Scope: `phr:admin`. Registers the bridge's Ed25519 public key: from then on \
+                   it may connect to the embedded broker and what it seals with the key it \
+                   shares with the gateway counts. The answer's `gateway_key` goes into the \
+                   bridge's configuration. The same key again changes nothing; another key for \
+                   an enrolled bridge is refused (409).",
+    responses(
+        (status = 201, description = "Enrolled", body = doc::Enrolled),
+        (status = 400, description = "`invalid_body`, `invalid_id` or `invalid` (not a key)", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token lacks `phr:admin`", body = super::openapi::ErrorBody),
+        (status = 409, description = "The bridge is enrolled with another key", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
+        (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn enrol(
+    principal: Principal,
+    state: web::Data<AppState>,
+    body: Result<web::Json<Enrol>, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    super::corrections::require_admin(&principal)?;
+    let body = body
+        .map_err(|e| ApiError::from_body_error(&e))?
+        .into_inner();
+    if !is_valid_id(&body.bridge_id) {
+        return Err(ApiError::bad_request(
+            "invalid_id",
+            "`bridge_id` must be 1-64 characters of A-Z a-z 0-9 . _ : -",
+        ));
+    }
+    let store = state.store.clone();
+    let (id, key) = (body.bridge_id.clone(), body.public_key.trim().to_owned());
+    web::block(move || store.register_bridge_key(&id, &key))
+        .await
+        .map_err(|_| ApiError::Internal)??;
+    state.channels.forget(&body.bridge_id);
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "bridge_id": body.bridge_id,
+        "gateway_key": state.channels.public_hex(),
+    })))
+}
+
 /// The JSON these handlers write, for the OpenAPI document only.
 #[allow(dead_code)]
 pub(crate) mod doc {
@@ -332,6 +449,23 @@ pub(crate) mod doc {
         pairing: Pairing,
         /// What to do next, in words.
         next: String,
+    }
+
+    /// A binding an operator ended.
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct OperatorReleased {
+        device_id: String,
+        former_owner: String,
+        #[schema(format = DateTime)]
+        valid_to: String,
+    }
+
+    /// An enrolled bridge and the key to configure on it.
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct Enrolled {
+        bridge_id: String,
+        /// The gateway's channel key (64 hex characters): the bridge's `gateway_key`.
+        gateway_key: String,
     }
 
     /// A binding the owner ended.

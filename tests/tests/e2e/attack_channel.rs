@@ -432,3 +432,66 @@ async fn a_bridge_nobody_enrolled_cannot_connect_to_the_embedded_broker() -> any
     gw.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_enrol_bridges_and_transfer_bands_and_nobody_else_can() -> anyhow::Result<()> {
+    let gw = TestGateway::start().await?;
+    let admin =
+        gw.gateway
+            .keys
+            .issue("operator-1", "phr:admin", TimeDelta::hours(1), Utc::now())?;
+    let owner = gw.owner_token("mallory");
+    let key = BridgeKey::generate();
+    let enrol = |token: &str, key: &str| {
+        call(
+            "POST",
+            &gw.url("/api/v1/admin/bridges"),
+            Some(token),
+            Some(json!({"bridge_id": "br-new", "public_key": key})),
+        )
+    };
+    // An owner's token enrols nothing.
+    let (s, _) = enrol(&owner, &key.public_hex())?;
+    assert_eq!(s, 403);
+    let (s, b) = enrol(&admin, "not-a-key")?;
+    assert_eq!(s, 400, "{b}");
+    let (s, b) = enrol(&admin, &key.public_hex())?;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["gateway_key"], gw.gateway.channels.public_hex());
+    // Another key for the same bridge is refused: a bridge's identity does not change quietly.
+    let (s, _) = enrol(&admin, &BridgeKey::generate().public_hex())?;
+    assert_eq!(s, 409);
+    assert!(gw.raw_bridge_with("br-new", key).await.is_ok());
+
+    // A transfer: ana holds the band; an operator ends her binding; her log says so.
+    gw.enrol(
+        "ana",
+        "br-new",
+        &["band-t".into()],
+        Utc::now() - TimeDelta::days(1),
+    )?;
+    let url = |reason: &str| {
+        gw.url(&format!(
+            "/api/v1/admin/devices/band-t/binding?reason={reason}"
+        ))
+    };
+    let (s, _) = call("DELETE", &url("sold"), Some(&owner), None)?;
+    assert_eq!(s, 403, "only operators");
+    let (s, b) = call("DELETE", &url("sold"), Some(&admin), None)?;
+    assert_eq!((s, b["former_owner"].as_str()), (200, Some("ana")), "{b}");
+    let (s, _) = call("DELETE", &url("again"), Some(&admin), None)?;
+    assert_eq!(s, 404, "nobody holds it any more");
+    let (_, log) = call(
+        "GET",
+        &gw.url("/api/v1/me/disclosures"),
+        Some(&gw.owner_token("ana")),
+        None,
+    )?;
+    assert!(log["disclosures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["actor"] == "operator-1" && e["purpose"].as_str().unwrap().contains("sold")));
+    gw.stop().await;
+    Ok(())
+}
