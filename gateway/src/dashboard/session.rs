@@ -77,7 +77,7 @@ pub fn session_cookie(req: &HttpRequest) -> Option<String> {
 }
 
 fn secure(req: &HttpRequest) -> bool {
-    req.connection_info().scheme() == "https"
+    crate::api::forwarded::origin(req).is_https()
 }
 
 /// The `Set-Cookie` value that stores session `id` for `max_age`.

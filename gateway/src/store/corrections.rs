@@ -287,7 +287,7 @@ impl Store {
             return Err(Error::Invalid("a correction needs a non-empty range"));
         }
         self.write(|tx| {
-            tx.execute(
+            let moved = tx.execute(
                 "INSERT INTO quarantine (device_id, record_type, start_ms, end_ms, record_id, bridge_id, batch_id, reason, received_at_ms, body)
                  SELECT device_id, record_type, start_ms, end_ms, record_id, bridge_id, batch_id, 'unlinked', ?5, body
                    FROM records WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND person_id = ?4
@@ -298,6 +298,8 @@ impl Store {
                 "DELETE FROM records WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND person_id = ?4",
                 params![range.device_id, f, t, person],
             )?;
+            self.rows.quarantine(super::added(moved));
+            self.rows.records(-super::added(n));
             record(tx, Kind::Unlink, range, Some(person), None, n, why, by, now)
         })
     }
@@ -369,7 +371,7 @@ impl Store {
             if !consents_to_storage(tx, person, &types, f, t, now)? {
                 return Err(Error::Conflict("no storage consent covers these records"));
             }
-            tx.execute(
+            let moved = tx.execute(
                 "INSERT INTO records (device_id, record_type, start_ms, end_ms, record_id, person_id, bridge_id, batch_id, stored_at_ms, body)
                  SELECT device_id, record_type, start_ms, end_ms, record_id, ?4, bridge_id, batch_id, ?5, body
                    FROM quarantine WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3
@@ -380,6 +382,8 @@ impl Store {
                 "DELETE FROM quarantine WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3",
                 params![range.device_id, f, t],
             )?;
+            self.rows.records(super::added(moved));
+            self.rows.quarantine(-super::added(n));
             record(tx, Kind::ConfirmQuarantine, range, None, Some(person), n, why, person, now).map(Some)
         })
     }

@@ -202,6 +202,7 @@ impl Store {
                 ])?;
                 if changed > 0 {
                     report.stored += 1;
+                    self.rows.records(1);
                     continue;
                 }
                 let stored_for: String = owner
