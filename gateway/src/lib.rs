@@ -200,6 +200,7 @@ pub async fn start(
             config.http.requests_per_minute,
             config.http.burst,
         )),
+        exports: api::export::ExportSlots::new(config.export.per_subject, config.export.total),
     };
     let http_addr = http
         .local_addr()

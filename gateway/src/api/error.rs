@@ -27,6 +27,8 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("the request body is larger than {max} bytes")]
     PayloadTooLarge { max: usize },
+    #[error("too many exports running; retry after {retry_after_secs} s")]
+    TooManyExports { retry_after_secs: u64 },
 }
 
 impl ApiError {
@@ -60,6 +62,7 @@ impl ApiError {
             Self::Unavailable => "unavailable",
             Self::RateLimited { .. } => "rate_limited",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::TooManyExports { .. } => "too_many_exports",
         }
     }
 }
@@ -88,7 +91,7 @@ impl ResponseError for ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyExports { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
@@ -98,7 +101,9 @@ impl ResponseError for ApiError {
         if matches!(self, Self::Unauthorized) {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
         }
-        if let Self::RateLimited { retry_after_secs } = self {
+        if let Self::RateLimited { retry_after_secs } | Self::TooManyExports { retry_after_secs } =
+            self
+        {
             res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
         }
         res.json(json!({"error": {"code": self.code(), "message": self.to_string()}}))

@@ -57,6 +57,8 @@ pub struct AppState {
     pub topics: phr_schema::Topics,
     /// Per-caller request rate limits.
     pub limiter: Arc<crate::limits::RateLimiter>,
+    /// Exports running, per subject and overall (`[export]` limits).
+    pub exports: Arc<export::ExportSlots>,
 }
 
 /// Mounts every route.

@@ -15,6 +15,7 @@ mod crash;
 mod dashboard_session;
 mod demo;
 mod export;
+mod export_stream;
 mod fhir;
 mod forwarded;
 mod limits;
