@@ -128,6 +128,10 @@ pub struct HttpConfig {
     /// believed. Empty (the default): never; the scheme is the listener's and the host the
     /// request's `Host`.
     pub trusted_proxies: Vec<crate::api::forwarded::IpNet>,
+    /// Serve HTTPS on `listen` with this certificate chain (PEM, leaf first)...
+    pub tls_cert: Option<PathBuf>,
+    /// ...and this private key (PEM: PKCS#8, PKCS#1 or SEC1). Both or neither.
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -184,6 +188,8 @@ impl Default for HttpConfig {
             requests_per_minute: 600,
             burst: 120,
             trusted_proxies: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -257,10 +263,53 @@ impl Config {
         }
     }
 
-    /// The issuer URL: `auth.issuer`, or `http://{http.listen}` when that is empty.
+    /// The scheme of the API listener: `https` when it has a certificate.
+    pub fn http_scheme(&self) -> &'static str {
+        if self.http.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The TLS configuration of the API listener, from `http.tls_cert` and `http.tls_key`
+    /// (`None`: plain HTTP). rustls with the ring provider, TLS 1.2 and 1.3.
+    pub fn http_tls(&self) -> Result<Option<rustls::ServerConfig>> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (cert, key) = match (&self.http.tls_cert, &self.http.tls_key) {
+            (None, None) => return Ok(None),
+            (Some(c), Some(k)) => (c, k),
+            _ => {
+                return Err(Error::Config(
+                    "http.tls_cert and http.tls_key go together".into(),
+                ))
+            }
+        };
+        let bad = |path: &Path, e: &dyn std::fmt::Display| {
+            Error::Config(format!("{}: {e}", path.display()))
+        };
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| bad(cert, &e))?;
+        if chain.is_empty() {
+            return Err(bad(cert, &"no certificate in the file"));
+        }
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("TLS: {e}")))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| Error::Config(format!("TLS certificate and key: {e}")))?;
+        Ok(Some(config))
+    }
+
+    /// The issuer URL: `auth.issuer`, or `{http|https}://{http.listen}` when that is empty.
     pub fn issuer(&self) -> String {
         if self.auth.issuer.is_empty() {
-            format!("http://{}", self.http.listen)
+            format!("{}://{}", self.http_scheme(), self.http.listen)
         } else {
             self.auth.issuer.trim_end_matches('/').to_owned()
         }

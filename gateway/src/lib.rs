@@ -128,13 +128,18 @@ pub async fn start(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<Gateway> {
+    // Configuration read from files first, so that a bad one starts nothing.
+    let tls = config.http_tls()?;
+    let metrics_token = config.metrics.bearer_token()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
     let store = Arc::new(Store::open(&config.store_path())?);
     store.set_default_time_zone(config.default_time_zone()?)?;
     // The issuer: as configured, else the address actually bound. Written down so that
     // `phr-gateway token issue` signs for the same issuer.
     let issuer = match http.local_addr() {
-        Ok(addr) if config.auth.issuer.is_empty() => format!("http://{addr}"),
+        Ok(addr) if config.auth.issuer.is_empty() => {
+            format!("{}://{addr}", config.http_scheme())
+        }
         _ => config.issuer(),
     };
     let keys = Arc::new(auth::Keys::load_or_create(
@@ -205,12 +210,11 @@ pub async fn start(
     let http_addr = http
         .local_addr()
         .map_err(|e| Error::Config(e.to_string()))?;
-    let metrics_token = config.metrics.bearer_token()?;
     let metrics_token = metrics_token.as_ref().map(|t| t.0.as_str());
     let public_scrape = metrics::Scrape::new(config.metrics.listen.is_none(), metrics_token);
     let forwarding = api::forwarded::Forwarding {
         trusted_proxies: config.http.trusted_proxies.clone(),
-        tls: false,
+        tls: tls.is_some(),
     };
     let mut extra_tasks = Vec::new();
     let metrics_addr = match config.metrics.listen {
@@ -261,8 +265,11 @@ pub async fn start(
     })
     .workers(2)
     .disable_signals()
-    .shutdown_timeout(5)
-    .listen(http)
+    .shutdown_timeout(5);
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(http, tls),
+        None => server.listen(http),
+    }
     .map_err(|e| Error::AddressInUse {
         addr: http_addr,
         what: "HTTP API",

@@ -26,6 +26,7 @@ mod operators;
 mod pairing;
 mod pipeline;
 mod sync;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
