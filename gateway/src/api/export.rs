@@ -231,10 +231,7 @@ pub async fn download(
     .await
     .map_err(|_| ApiError::Internal)??;
     let first = first?;
-    let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_CHUNKS);
-    if first.is_some() {
-        actix_web::rt::spawn(produce(producer, tx));
-    }
+    let rx = spawn_producer(producer);
     Ok(HttpResponse::Ok()
         .content_type(format.content_type())
         .insert_header((
@@ -247,6 +244,14 @@ pub async fn download(
             rx,
             _permit: permit,
         }))
+}
+
+/// Starts `producer` on this worker; its chunks arrive on the returned channel, which holds
+/// at most [`CHANNEL_CHUNKS`] (the producer waits while it is full).
+fn spawn_producer(producer: Producer) -> tokio::sync::mpsc::Receiver<Result<Bytes, ExportFailed>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_CHUNKS);
+    actix_web::rt::spawn(produce(producer, tx));
+    rx
 }
 
 /// Runs `producer` page by page off the async workers, sending each chunk when the channel
@@ -848,6 +853,46 @@ mod tests {
             .filter(|l| l.entry.action == crate::store::audit::Action::Export)
             .count();
         assert_eq!(logged, 2 * Format::ALL.len());
+    }
+
+    #[actix_web::test]
+    async fn the_producer_stops_reading_when_the_channel_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.sqlite")).unwrap());
+        store.add_person("ana", "Ana", "Asia/Tokyo").unwrap();
+        store
+            .grant_storage_consent("ana", &phr_schema::RecordType::ALL)
+            .unwrap();
+        let pages = 4 * CHANNEL_CHUNKS;
+        let records: Vec<Record> = (0..(PAGE_RECORDS * pages) as i64).map(minute).collect();
+        store.import_records("ana", &records, Utc::now()).unwrap();
+        let now = Utc::now();
+        let producer = Producer::new(store.clone(), "ana", Format::Omh, now).unwrap();
+        let base = store.accesses();
+        let mut rx = spawn_producer(producer);
+        assert_eq!(rx.max_capacity(), CHANNEL_CHUNKS, "the channel is bounded");
+        // Nobody reads: the producer fills the channel, then waits.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while rx.len() < CHANNEL_CHUNKS {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the channel never filled"
+            );
+            actix_web::rt::task::yield_now().await;
+        }
+        // One store read per page: the pages in the channel plus the one waiting to be sent.
+        let read = store.accesses() - base;
+        assert!(
+            read <= CHANNEL_CHUNKS as u64 + 1,
+            "{read} pages read with {CHANNEL_CHUNKS} chunks waiting"
+        );
+        // Taking the chunks lets it go on to the end, and the bytes are the export's.
+        let mut streamed = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            streamed.extend_from_slice(&chunk.unwrap());
+        }
+        let oracle = write_export(&store, "ana", Format::Omh, now).unwrap();
+        assert_eq!(streamed, oracle);
     }
 
     #[test]
