@@ -26,6 +26,77 @@ pub struct Config {
     pub auth: AuthConfig,
     pub ingest: IngestConfig,
     pub people: PeopleConfig,
+    pub metrics: MetricsConfig,
+    pub export: ExportConfig,
+}
+
+/// Who may scrape `/metrics`, and where. The defaults (no token, served on the public HTTP
+/// port) suit the demo on loopback; an operator exposing the gateway sets `listen` to an
+/// address only the monitoring network reaches, or a token, or both.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` on this address only (its own listener); the public HTTP port then
+    /// answers 404 for it. Unset: served on `http.listen`.
+    pub listen: Option<SocketAddr>,
+    /// A file holding the bearer token scrapers must send (`Authorization: Bearer ...`;
+    /// surrounding whitespace ignored). Without a token file or `PHR_METRICS_TOKEN`, no token
+    /// is asked for.
+    pub token_file: Option<PathBuf>,
+    /// The token itself, from the environment (`PHR_METRICS_TOKEN`, set by `main.rs`); never
+    /// read from the TOML file. Wins over `token_file`.
+    #[serde(skip)]
+    pub token: Option<Secret>,
+}
+
+/// A secret kept out of `Debug` output (and so out of logs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl MetricsConfig {
+    /// The bearer token scrapers must present, if one is configured: `token`, else the
+    /// trimmed content of `token_file`. An empty token is a configuration error.
+    pub fn bearer_token(&self) -> Result<Option<Secret>> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => t.0.trim().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| Error::io(path, e))?
+                .trim()
+                .to_owned(),
+            (None, None) => return Ok(None),
+        };
+        if token.is_empty() {
+            return Err(Error::Config(
+                "the metrics token (metrics.token_file or PHR_METRICS_TOKEN) is empty".into(),
+            ));
+        }
+        Ok(Some(Secret(token)))
+    }
+}
+
+/// Limits on concurrent exports (`GET /api/v1/me/export` and the dashboard's downloads).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// Exports one subject may have running at once; more get 429 `too_many_exports`.
+    pub per_subject: usize,
+    /// Exports running at once across all subjects.
+    pub total: usize,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            per_subject: 2,
+            total: 8,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -52,6 +123,15 @@ pub struct HttpConfig {
     pub requests_per_minute: u32,
     /// ...and at once, after being idle.
     pub burst: u32,
+    /// Reverse proxies (addresses or CIDR blocks, `"127.0.0.1/32"`, `"10.0.0.0/8"`,
+    /// `"::1"`) whose `Forwarded` / `X-Forwarded-Host` / `X-Forwarded-Proto` headers are
+    /// believed. Empty (the default): never; the scheme is the listener's and the host the
+    /// request's `Host`.
+    pub trusted_proxies: Vec<crate::api::forwarded::IpNet>,
+    /// Serve HTTPS on `listen` with this certificate chain (PEM, leaf first)...
+    pub tls_cert: Option<PathBuf>,
+    /// ...and this private key (PEM: PKCS#8, PKCS#1 or SEC1). Both or neither.
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -95,6 +175,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             ingest: IngestConfig::default(),
             people: PeopleConfig::default(),
+            metrics: MetricsConfig::default(),
+            export: ExportConfig::default(),
         }
     }
 }
@@ -105,6 +187,9 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             requests_per_minute: 600,
             burst: 120,
+            trusted_proxies: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -178,10 +263,53 @@ impl Config {
         }
     }
 
-    /// The issuer URL: `auth.issuer`, or `http://{http.listen}` when that is empty.
+    /// The scheme of the API listener: `https` when it has a certificate.
+    pub fn http_scheme(&self) -> &'static str {
+        if self.http.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The TLS configuration of the API listener, from `http.tls_cert` and `http.tls_key`
+    /// (`None`: plain HTTP). rustls with the ring provider, TLS 1.2 and 1.3.
+    pub fn http_tls(&self) -> Result<Option<rustls::ServerConfig>> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (cert, key) = match (&self.http.tls_cert, &self.http.tls_key) {
+            (None, None) => return Ok(None),
+            (Some(c), Some(k)) => (c, k),
+            _ => {
+                return Err(Error::Config(
+                    "http.tls_cert and http.tls_key go together".into(),
+                ))
+            }
+        };
+        let bad = |path: &Path, e: &dyn std::fmt::Display| {
+            Error::Config(format!("{}: {e}", path.display()))
+        };
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| bad(cert, &e))?;
+        if chain.is_empty() {
+            return Err(bad(cert, &"no certificate in the file"));
+        }
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("TLS: {e}")))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| Error::Config(format!("TLS certificate and key: {e}")))?;
+        Ok(Some(config))
+    }
+
+    /// The issuer URL: `auth.issuer`, or `{http|https}://{http.listen}` when that is empty.
     pub fn issuer(&self) -> String {
         if self.auth.issuer.is_empty() {
-            format!("http://{}", self.http.listen)
+            format!("{}://{}", self.http_scheme(), self.http.listen)
         } else {
             self.auth.issuer.trim_end_matches('/').to_owned()
         }
@@ -209,6 +337,18 @@ mod tests {
         assert!(toml::from_str::<Config>("[mqtt]\nlisten_addr = \"127.0.0.1:1\"").is_err());
         assert!(toml::from_str::<Config>("datadir = \"x\"").is_err());
         assert_eq!(c.default_time_zone().unwrap(), "Asia/Tokyo");
+        assert_eq!(c, Config::default(), "the example shows the defaults");
+        let c: Config = toml::from_str(
+            "[http]\ntrusted_proxies = [\"127.0.0.1/32\", \"::1\"]\n[metrics]\nlisten = \"127.0.0.1:9464\"\ntoken_file = \"/t\"",
+        )
+        .unwrap();
+        assert_eq!(c.http.trusted_proxies.len(), 2);
+        assert!(c.metrics.listen.is_some() && c.metrics.token_file.is_some());
+        assert!(toml::from_str::<Config>("[http]\ntrusted_proxies = [\"10.0.0.0/40\"]").is_err());
+        assert!(
+            toml::from_str::<Config>("[metrics]\ntoken = \"in-the-file\"").is_err(),
+            "secrets never in the file"
+        );
         let mut bad = Config::default();
         bad.people.default_time_zone = "Mars/Olympus".into();
         assert!(bad

@@ -97,6 +97,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Gateway {
     pub http_addr: SocketAddr,
+    /// Where `/metrics` is served when it has its own listener (`metrics.listen`).
+    pub metrics_addr: Option<SocketAddr>,
     /// The broker the gateway consumes from (the embedded one, or the external one).
     pub mqtt: MqttUrl,
     pub store: Arc<Store>,
@@ -130,13 +132,18 @@ pub async fn start(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<Gateway> {
+    // Configuration read from files first, so that a bad one starts nothing.
+    let tls = config.http_tls()?;
+    let metrics_token = config.metrics.bearer_token()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
     let store = Arc::new(Store::open(&config.store_path())?);
     store.set_default_time_zone(config.default_time_zone()?)?;
     // The issuer: as configured, else the address actually bound. Written down so that
     // `phr-gateway token issue` signs for the same issuer.
     let issuer = match http.local_addr() {
-        Ok(addr) if config.auth.issuer.is_empty() => format!("http://{addr}"),
+        Ok(addr) if config.auth.issuer.is_empty() => {
+            format!("{}://{addr}", config.http_scheme())
+        }
         _ => config.issuer(),
     };
     let keys = Arc::new(auth::Keys::load_or_create(
@@ -208,13 +215,36 @@ pub async fn start(
             config.http.requests_per_minute,
             config.http.burst,
         )),
+        exports: api::export::ExportSlots::new(config.export.per_subject, config.export.total),
     };
     let http_addr = http
         .local_addr()
         .map_err(|e| Error::Config(e.to_string()))?;
+    let metrics_token = metrics_token.as_ref().map(|t| t.0.as_str());
+    let public_scrape = metrics::Scrape::new(config.metrics.listen.is_none(), metrics_token);
+    let forwarding = api::forwarded::Forwarding {
+        trusted_proxies: config.http.trusted_proxies.clone(),
+        tls: tls.is_some(),
+    };
+    let mut extra_tasks = Vec::new();
+    let metrics_addr = match config.metrics.listen {
+        Some(addr) => {
+            let (addr, task) = serve_metrics(
+                addr,
+                state.clone(),
+                metrics::Scrape::new(true, metrics_token),
+                shutdown.clone(),
+            )?;
+            extra_tasks.push(task);
+            Some(addr)
+        }
+        None => None,
+    };
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
+            .app_data(web::Data::new(public_scrape.clone()))
+            .app_data(web::Data::new(forwarding.clone()))
             .app_data(web::Data::from(state.metrics.clone()))
             .app_data(web::PayloadConfig::new(api::MAX_BODY_BYTES))
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
@@ -245,8 +275,11 @@ pub async fn start(
     })
     .workers(2)
     .disable_signals()
-    .shutdown_timeout(5)
-    .listen(http)
+    .shutdown_timeout(5);
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(http, tls),
+        None => server.listen(http),
+    }
     .map_err(|e| Error::AddressInUse {
         addr: http_addr,
         what: "HTTP API",
@@ -268,8 +301,11 @@ pub async fn start(
         })
     };
     tracing::info!(%http_addr, broker = %mqtt, data_dir = %config.data_dir.display(), "gateway started");
+    let mut tasks = vec![consumer, http_task, stopper];
+    tasks.extend(extra_tasks);
     Ok(Gateway {
         http_addr,
+        metrics_addr,
         mqtt,
         store,
         keys,
@@ -279,8 +315,52 @@ pub async fn start(
         topics,
         subscribed,
         server: server_handle,
-        tasks: vec![consumer, http_task, stopper],
+        tasks,
     })
+}
+
+/// `/metrics` on its own listener (`metrics.listen`), stopped by `shutdown`.
+fn serve_metrics(
+    addr: SocketAddr,
+    state: api::AppState,
+    scrape: metrics::Scrape,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let in_use = |e| Error::AddressInUse {
+        addr,
+        what: "metrics",
+        source: e,
+    };
+    let listener = TcpListener::bind(addr).map_err(in_use)?;
+    let bound = listener.local_addr().map_err(in_use)?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .app_data(web::Data::new(scrape.clone()))
+            .route(api::METRICS, web::get().to(api::metrics))
+            .default_service(web::to(api::not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .listen(listener)
+    .map_err(in_use)?
+    .run();
+    let handle = server.handle();
+    let task = tokio::spawn(async move {
+        tokio::pin!(server);
+        tokio::select! {
+            r = &mut server => if let Err(e) = r {
+                tracing::error!(error = %e, "metrics server stopped");
+            },
+            () = shutdown.cancelled() => {
+                handle.stop(true).await;
+                let _ = server.await;
+            }
+        }
+    });
+    tracing::info!(%bound, "metrics served on their own listener");
+    Ok((bound, task))
 }
 
 impl Gateway {
@@ -303,9 +383,14 @@ impl Gateway {
         {
             tracing::warn!("the HTTP server did not stop in time");
         }
-        for (name, task) in ["MQTT consumer", "HTTP server", "HTTP stopper"]
-            .into_iter()
-            .zip(self.tasks)
+        for (name, task) in [
+            "MQTT consumer",
+            "HTTP server",
+            "HTTP stopper",
+            "metrics server",
+        ]
+        .into_iter()
+        .zip(self.tasks)
         {
             let abort = task.abort_handle();
             if tokio::time::timeout(STOP_GRACE, task).await.is_err() {

@@ -283,6 +283,10 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             if let Some(p) = a.topic_prefix {
                 config.mqtt.topic_prefix = p;
             }
+            // A secret: from the environment only, never a flag (flags show in `ps`).
+            if let Ok(t) = std::env::var("PHR_METRICS_TOKEN") {
+                config.metrics.token = Some(phr_gateway::config::Secret(t));
+            }
             phr_gateway::run(config, shutdown_on_ctrl_c())
                 .await
                 .context("gateway failed")?;

@@ -429,6 +429,50 @@ fn format_value(v: f64) -> String {
     }
 }
 
+/// Who may scrape `/metrics` on a listener (app data): whether this listener serves it at
+/// all (not the public one when `metrics.listen` is set), and the token a scraper must send.
+/// The token is kept as its SHA-256 and compared in constant time.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    served_here: bool,
+    token_sha256: Option<[u8; 32]>,
+}
+
+impl Scrape {
+    pub fn new(served_here: bool, token: Option<&str>) -> Self {
+        Self {
+            served_here,
+            token_sha256: token.map(sha256),
+        }
+    }
+
+    /// 404 where metrics are not served; 401 without the configured token.
+    pub fn check(
+        &self,
+        headers: &actix_web::http::header::HeaderMap,
+    ) -> Result<(), crate::api::error::ApiError> {
+        use crate::api::error::ApiError;
+        use subtle::ConstantTimeEq;
+        if !self.served_here {
+            return Err(ApiError::NotFound);
+        }
+        let Some(expected) = &self.token_sha256 else {
+            return Ok(());
+        };
+        // Hashing first makes the comparison's time independent of both lengths.
+        let given = crate::api::bearer_token(headers).map(sha256);
+        match given {
+            Some(g) if bool::from(g.ct_eq(expected)) => Ok(()),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+fn sha256(s: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes()).into()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -38,6 +38,8 @@ pub enum ApiError {
         message: String,
         retry_after_secs: Option<u64>,
     },
+    #[error("too many exports running; retry after {retry_after_secs} s")]
+    TooManyExports { retry_after_secs: u64 },
 }
 
 impl ApiError {
@@ -83,6 +85,7 @@ impl ApiError {
             Self::RateLimited { .. } => "rate_limited",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Refused { code, .. } => code,
+            Self::TooManyExports { .. } => "too_many_exports",
         }
     }
 }
@@ -111,7 +114,7 @@ impl ResponseError for ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyExports { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Refused { status, .. } => *status,
         }
@@ -123,6 +126,7 @@ impl ResponseError for ApiError {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
         }
         if let Self::RateLimited { retry_after_secs }
+        | Self::TooManyExports { retry_after_secs }
         | Self::Refused {
             retry_after_secs: Some(retry_after_secs),
             ..

@@ -22,15 +22,35 @@
 //! totals are UTC days. The per-record Observations are unaffected (each carries the offset
 //! its device reported).
 //!
-//! Size: the body is built in memory (line by line into one buffer, never one JSON tree of
-//! the whole export), so an export costs about its own size in memory while it is written.
-//! Measured (release build, minute step records): 200k records give 220 MB of `fhir` in
-//! about 2 s; a person with 500k records needs about 550 MB for the `fhir` format. Streaming
-//! the body (a bounded channel from the blocking reader) is the fix when that matters.
+//! Size: the body is streamed. A producer reads the person's records in pages of
+//! [`PAGE_RECORDS`] (keyset pagination on `(start_ms, device_id, end_ms)` per type, each page
+//! its own short read on the blocking pool), turns each page into bytes and hands them to the
+//! response through a channel of [`CHANNEL_CHUNKS`] chunks; it waits while the channel is
+//! full, so a slow client holds at most that many pages in memory, whatever the history.
+//! What stays in memory besides: one daily step total per local day, written at the end.
+//! Pages are separate reads, not one snapshot: a record stored while an export runs may
+//! or may not be in it (it is in the next one); none is ever written twice or out of order.
+//!
+//! Concurrency: at most `export.per_subject` exports per subject (default 2) and
+//! `export.total` overall ([`ExportSlots`]); more get 429 `too_many_exports` with
+//! `Retry-After`. A slot is held until the response body is dropped (done or disconnected).
+//!
+//! Failure mid-stream: the first page is read before answering, so an early failure is a
+//! plain 500. A failure after that (a store error, a record that does not parse, the
+//! disclosure-log entry that cannot be written) ends the body with an error: the server
+//! closes the connection without the chunked encoding's last chunk, so a client sees an
+//! incomplete transfer, never a truncated file that looks complete. The disclosure-log
+//! entry is written after the last record and before the format's closing bytes (the
+//! Bundle's or array's end): an export that was not logged is never complete either.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
+use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::header;
+use actix_web::web::Bytes;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, FixedOffset, NaiveDate, Offset, Utc};
 use serde::Deserialize;
@@ -43,7 +63,7 @@ use phr_schema::{Body, Record};
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::Principal;
-use crate::store::Store;
+use crate::store::{PageKey, Store};
 use crate::Error;
 
 pub const EXPORT: &str = "/api/v1/me/export";
@@ -162,8 +182,8 @@ fn require(p: &Principal, resource: &str, perm: char) -> Result<(), ApiError> {
         (status = 400, description = "`invalid_format` or `invalid_query`", body = super::openapi::ErrorBody),
         (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
         (status = 403, description = "The token lacks `patient/Observation.r`", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
-        (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
+        (status = 429, description = "`rate_limited`, or `too_many_exports` (the caller already has `export.per_subject` exports running, or the gateway `export.total`); see Retry-After", body = super::openapi::ErrorBody),
+        (status = 500, description = "Internal error before the body began; a failure while the body streams closes the connection before the transfer completes", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn export(
     principal: Principal,
@@ -175,20 +195,43 @@ pub(crate) async fn export(
         .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
         .into_inner();
     let format: Format = q.format.as_deref().unwrap_or("fhir").parse()?;
-    download(state.store.clone(), principal.subject, format).await
+    download(&state, principal.subject, format).await
 }
 
+/// Records read per page of an export.
+pub const PAGE_RECORDS: usize = 500;
+
+/// Pages an export may have written ahead of what the client has taken.
+pub const CHANNEL_CHUNKS: usize = 4;
+
+/// What `Retry-After` says when an export is refused for concurrency.
+pub const EXPORT_RETRY_AFTER_SECS: u64 = 10;
+
 /// `person`'s whole export in `format` as a download: the response of `GET
-/// /api/v1/me/export` (the owner's dashboard answers its downloads with this too).
+/// /api/v1/me/export` (the owner's dashboard answers its downloads with this too). Streamed;
+/// 429 `too_many_exports` when the person (or everyone) has too many running.
 pub async fn download(
-    store: Arc<Store>,
+    state: &AppState,
     person: String,
     format: Format,
 ) -> Result<HttpResponse, ApiError> {
+    let permit = state
+        .exports
+        .try_acquire(&person)
+        .ok_or(ApiError::TooManyExports {
+            retry_after_secs: EXPORT_RETRY_AFTER_SECS,
+        })?;
     let filename = format!("phr-export-{}.{}", file_safe(&person), format.extension());
-    let body = web::block(move || write_export(&store, &person, format, Utc::now()))
-        .await
-        .map_err(|_| ApiError::Internal)??;
+    let store = state.store.clone();
+    let (producer, first) = web::block(move || -> crate::Result<_> {
+        let mut producer = Producer::new(store, &person, format, Utc::now())?;
+        let first = producer.next_chunk();
+        Ok((producer, first))
+    })
+    .await
+    .map_err(|_| ApiError::Internal)??;
+    let first = first?;
+    let rx = spawn_producer(producer);
     Ok(HttpResponse::Ok()
         .content_type(format.content_type())
         .insert_header((
@@ -196,7 +239,244 @@ pub async fn download(
             format!("attachment; filename=\"{filename}\""),
         ))
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .body(body))
+        .body(ExportBody {
+            first: first.map(Bytes::from),
+            rx,
+            _permit: permit,
+        }))
+}
+
+/// Starts `producer` on this worker; its chunks arrive on the returned channel, which holds
+/// at most [`CHANNEL_CHUNKS`] (the producer waits while it is full).
+fn spawn_producer(producer: Producer) -> tokio::sync::mpsc::Receiver<Result<Bytes, ExportFailed>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_CHUNKS);
+    actix_web::rt::spawn(produce(producer, tx));
+    rx
+}
+
+/// Runs `producer` page by page off the async workers, sending each chunk when the channel
+/// has room; stops when the client is gone.
+async fn produce(
+    mut producer: Producer,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, ExportFailed>>,
+) {
+    loop {
+        let step = web::block(move || {
+            let chunk = producer.next_chunk();
+            (producer, chunk)
+        })
+        .await;
+        let Ok((p, chunk)) = step else {
+            let _ = tx.send(Err(ExportFailed)).await;
+            return;
+        };
+        producer = p;
+        let sent = match chunk {
+            // An empty chunk would end a chunked body early (its encoding is the last chunk).
+            Ok(Some(bytes)) if bytes.is_empty() => continue,
+            Ok(Some(bytes)) => tx.send(Ok(Bytes::from(bytes))).await,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "export failed mid-stream; the connection is closed");
+                let _ = tx.send(Err(ExportFailed)).await;
+                return;
+            }
+        };
+        if sent.is_err() {
+            // The client went away: stop reading.
+            return;
+        }
+    }
+}
+
+/// An export that failed after its response began (the body ends with this error, so the
+/// connection is closed without completing the transfer).
+#[derive(Debug, thiserror::Error)]
+#[error("the export failed mid-stream")]
+pub struct ExportFailed;
+
+/// The response body: the first chunk, then what the producer sends. Holds the export's
+/// slot until dropped.
+struct ExportBody {
+    first: Option<Bytes>,
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, ExportFailed>>,
+    _permit: ExportPermit,
+}
+
+impl MessageBody for ExportBody {
+    type Error = ExportFailed;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        if let Some(b) = self.first.take().filter(|b| !b.is_empty()) {
+            return Poll::Ready(Some(Ok(b)));
+        }
+        // Never an empty chunk: in chunked encoding that is the end of the body.
+        loop {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(b))) if b.is_empty() => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Running exports per subject and overall, with their limits.
+#[derive(Debug)]
+pub struct ExportSlots {
+    per_subject: usize,
+    total: usize,
+    running: Mutex<HashMap<String, usize>>,
+}
+
+impl ExportSlots {
+    pub fn new(per_subject: usize, total: usize) -> Arc<Self> {
+        Arc::new(Self {
+            per_subject,
+            total,
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for one export of `subject`, if neither limit is reached.
+    pub fn try_acquire(self: &Arc<Self>, subject: &str) -> Option<ExportPermit> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = running.values().sum();
+        let mine = running.get(subject).copied().unwrap_or(0);
+        if mine >= self.per_subject || total >= self.total {
+            return None;
+        }
+        *running.entry(subject.to_owned()).or_default() += 1;
+        Some(ExportPermit {
+            slots: self.clone(),
+            subject: subject.to_owned(),
+        })
+    }
+
+    /// Exports of `subject` running now.
+    pub fn running(&self, subject: &str) -> usize {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.get(subject).copied().unwrap_or(0)
+    }
+}
+
+/// One running export; frees its slot when dropped.
+#[derive(Debug)]
+pub struct ExportPermit {
+    slots: Arc<ExportSlots>,
+    subject: String,
+}
+
+impl Drop for ExportPermit {
+    fn drop(&mut self) {
+        let mut running = self.slots.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = running.get_mut(&self.subject) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                running.remove(&self.subject);
+            }
+        }
+    }
+}
+
+/// An export in progress: which type and key it has reached, and the format's writer.
+/// Each [`Producer::next_chunk`] reads one page.
+pub struct Producer {
+    store: Arc<Store>,
+    person_id: String,
+    now: DateTime<Utc>,
+    writer: Writer,
+    /// Index into [`phr_schema::RecordType::ALL`]; past the end when the records are done.
+    record_type: usize,
+    after: Option<PageKey>,
+    count: u64,
+    done: bool,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("record_type", &self.record_type)
+            .field("count", &self.count)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    pub fn new(
+        store: Arc<Store>,
+        person_id: &str,
+        format: Format,
+        now: DateTime<Utc>,
+    ) -> crate::Result<Self> {
+        let offset = utc_offset(store.person_time_zone(person_id)?.as_deref());
+        Ok(Self {
+            writer: Writer::new(format, person_id, offset, now),
+            store,
+            person_id: person_id.to_owned(),
+            now,
+            record_type: 0,
+            after: None,
+            count: 0,
+            done: false,
+        })
+    }
+
+    /// The bytes of the next page of records (the format's opening with the first, its
+    /// closing with the last, after the export is logged), or `None` when all is written.
+    pub fn next_chunk(&mut self) -> crate::Result<Option<Vec<u8>>> {
+        if self.done {
+            return Ok(None);
+        }
+        match phr_schema::RecordType::ALL.get(self.record_type) {
+            Some(&t) => {
+                let page = self.store.records(
+                    &self.person_id,
+                    t,
+                    i64::MIN,
+                    i64::MAX,
+                    self.after.as_ref(),
+                    PAGE_RECORDS,
+                )?;
+                for stored in page.records {
+                    let record: Record = serde_json::from_str(&stored.json)
+                        .map_err(|_| Error::Invalid("a stored record does not parse"))?;
+                    let stored_at = DateTime::from_timestamp_millis(stored.stored_at_ms)
+                        .ok_or(Error::Invalid("a stored record's time is out of range"))?
+                        .fixed_offset();
+                    self.writer.record(record, stored_at)?;
+                    self.count += 1;
+                }
+                match page.next {
+                    Some(key) => self.after = Some(key),
+                    None => {
+                        self.record_type += 1;
+                        self.after = None;
+                    }
+                }
+            }
+            None => {
+                self.writer.finish_records()?;
+                self.store
+                    .log_export(&self.person_id, self.count, self.now)?;
+                self.writer.close();
+                self.done = true;
+            }
+        }
+        Ok(Some(self.writer.take()))
+    }
+
+    /// Records written so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
 }
 
 /// The subject as a file name part: anything but `A-Z a-z 0-9 . _ -` becomes `_`.
@@ -222,7 +502,9 @@ pub fn utc_offset(time_zone: Option<&str>) -> FixedOffset {
     }
 }
 
-/// Writes `person_id`'s whole export in `format` (and logs it, through the store).
+/// Writes `person_id`'s whole export in `format` into memory at once (and logs it, through
+/// the store): the export as it was before it streamed, kept as the oracle the streamed
+/// export is tested against. The API never calls it.
 pub fn write_export(
     store: &Store,
     person_id: &str,
@@ -406,19 +688,41 @@ impl Writer {
     }
 
     fn finish(mut self) -> crate::Result<Vec<u8>> {
+        self.finish_records()?;
+        self.close();
+        Ok(self.out)
+    }
+
+    /// Writes what waits for the end of the records (daily totals, pending CSV rows).
+    fn finish_records(&mut self) -> crate::Result<()> {
         match self.format {
             Format::Fhir | Format::FhirBundle => {
                 self.flush_day();
                 for total in std::mem::take(&mut self.totals) {
                     self.resource(total)?;
                 }
+            }
+            Format::Omh => {}
+            Format::Csv => self.flush_csv(),
+        }
+        Ok(())
+    }
+
+    /// The format's closing bytes (the Bundle's or the array's end).
+    fn close(&mut self) {
+        match self.format {
+            Format::FhirBundle => {
                 let tail = std::mem::take(&mut self.bundle_tail);
                 self.out.extend_from_slice(tail.as_bytes());
             }
             Format::Omh => self.out.push(b']'),
-            Format::Csv => self.flush_csv(),
+            Format::Fhir | Format::Csv => {}
         }
-        Ok(self.out)
+    }
+
+    /// The bytes written since the last call.
+    fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
     }
 }
 
@@ -478,6 +782,144 @@ mod tests {
             w.record(r.clone(), now.fixed_offset()).unwrap();
         }
         w.finish().unwrap()
+    }
+
+    /// Everything `producer` writes, chunk by chunk.
+    fn chunks(mut producer: Producer) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(c) = producer.next_chunk().unwrap() {
+            out.push(c);
+        }
+        out
+    }
+
+    /// The bundle with its random id blanked.
+    fn without_id(bytes: &[u8]) -> Value {
+        let mut v: Value = serde_json::from_slice(bytes).unwrap();
+        assert!(v["id"].is_string());
+        v["id"] = Value::Null;
+        v
+    }
+
+    #[test]
+    fn the_streamed_export_is_the_in_memory_one_page_by_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.sqlite")).unwrap());
+        store.add_person("ana", "Ana", "Asia/Tokyo").unwrap();
+        store
+            .grant_storage_consent("ana", &phr_schema::RecordType::ALL)
+            .unwrap();
+        let n = PAGE_RECORDS as i64 * 3 + 17;
+        let records: Vec<Record> = (0..n).map(minute).collect();
+        assert_eq!(
+            store
+                .import_records("ana", &records, Utc::now())
+                .unwrap()
+                .stored,
+            n as u64
+        );
+        let now = Utc::now();
+        for format in Format::ALL {
+            let oracle = write_export(&store, "ana", format, now).unwrap();
+            let producer = Producer::new(store.clone(), "ana", format, now).unwrap();
+            let parts = chunks(producer);
+            // One chunk per page of each type (the last page of a type may be short or
+            // empty), plus the closing chunk: memory per chunk is bounded by the page size.
+            assert!(parts.len() >= 4 + 2, "{format:?}: {} chunks", parts.len());
+            let streamed = parts.concat();
+            if format == Format::FhirBundle {
+                assert_eq!(without_id(&streamed), without_id(&oracle));
+            } else {
+                assert_eq!(
+                    String::from_utf8(streamed).unwrap(),
+                    String::from_utf8(oracle).unwrap(),
+                    "{format:?}"
+                );
+            }
+            if format == Format::Fhir {
+                // One Observation per step record: no chunk but the last holds more than a page.
+                let (last, pages) = parts.split_last().unwrap();
+                for p in pages {
+                    assert!(p.iter().filter(|b| **b == b'\n').count() <= PAGE_RECORDS);
+                }
+                assert!(!last.is_empty(), "the daily totals come last");
+            }
+        }
+        // Each streamed export was logged once, as the in-memory one is.
+        let logged = store
+            .disclosures("ana", 0, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.entry.action == crate::store::audit::Action::Export)
+            .count();
+        assert_eq!(logged, 2 * Format::ALL.len());
+    }
+
+    #[actix_web::test]
+    async fn the_producer_stops_reading_when_the_channel_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.sqlite")).unwrap());
+        store.add_person("ana", "Ana", "Asia/Tokyo").unwrap();
+        store
+            .grant_storage_consent("ana", &phr_schema::RecordType::ALL)
+            .unwrap();
+        let pages = 4 * CHANNEL_CHUNKS;
+        let records: Vec<Record> = (0..(PAGE_RECORDS * pages) as i64).map(minute).collect();
+        store.import_records("ana", &records, Utc::now()).unwrap();
+        let now = Utc::now();
+        let producer = Producer::new(store.clone(), "ana", Format::Omh, now).unwrap();
+        let base = store.accesses();
+        let mut rx = spawn_producer(producer);
+        assert_eq!(rx.max_capacity(), CHANNEL_CHUNKS, "the channel is bounded");
+        // Nobody reads: the producer fills the channel, then waits.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while rx.len() < CHANNEL_CHUNKS {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the channel never filled"
+            );
+            actix_web::rt::task::yield_now().await;
+        }
+        // One store read per page: the pages in the channel plus the one waiting to be sent.
+        let read = store.accesses() - base;
+        assert!(
+            read <= CHANNEL_CHUNKS as u64 + 1,
+            "{read} pages read with {CHANNEL_CHUNKS} chunks waiting"
+        );
+        // Taking the chunks lets it go on to the end, and the bytes are the export's.
+        let mut streamed = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            streamed.extend_from_slice(&chunk.unwrap());
+        }
+        let oracle = write_export(&store, "ana", Format::Omh, now).unwrap();
+        assert_eq!(streamed, oracle);
+    }
+
+    #[test]
+    fn export_slots_limit_per_subject_and_overall_and_free_on_drop() {
+        let slots = ExportSlots::new(2, 3);
+        let a1 = slots.try_acquire("ana").unwrap();
+        let a2 = slots.try_acquire("ana").unwrap();
+        assert!(slots.try_acquire("ana").is_none(), "a third for ana");
+        let b1 = slots.try_acquire("ben").unwrap();
+        assert!(slots.try_acquire("ben").is_none(), "the overall cap");
+        assert!(slots.try_acquire("cai").is_none(), "the overall cap");
+        drop(a1);
+        assert_eq!(slots.running("ana"), 1);
+        let c1 = slots.try_acquire("cai").unwrap();
+        drop((a2, b1, c1));
+        assert_eq!(
+            (
+                slots.running("ana"),
+                slots.running("ben"),
+                slots.running("cai")
+            ),
+            (0, 0, 0)
+        );
+        assert!(
+            slots.running.lock().unwrap().is_empty(),
+            "no entries left behind"
+        );
     }
 
     #[test]

@@ -523,10 +523,10 @@ fn search_url(base: &str, params: &[(String, String)], cursor: Option<&str>) -> 
     format!("{base}{OBSERVATION}?{}", query.join("&"))
 }
 
-/// The scheme and host the client reached us by, for absolute links.
+/// The scheme and host the client reached us by, for absolute links (forwarded headers
+/// only from trusted proxies).
 fn base_url(req: &HttpRequest) -> String {
-    let info = req.connection_info();
-    format!("{}://{}", info.scheme(), info.host())
+    super::forwarded::origin(req).base_url()
 }
 
 /// Searches a person's Observations (FHIR R4 search, type level). The caller sees exactly

@@ -14,6 +14,8 @@
 //! - [`fhir`]: FHIR R4 Observation search and the CapabilityStatement (`/fhir/...`); its
 //!   errors are `OperationOutcome` resources.
 //! - [`oauth`]: the token endpoint, discovery, and operators' client registration.
+//! - [`forwarded`]: the scheme and host a client reached us by (proxies' headers only from
+//!   `http.trusted_proxies`).
 //! - this file: app state, the bearer-token extractor, `/healthz`, `/metrics`, the dashboard.
 
 pub mod corrections;
@@ -21,6 +23,7 @@ pub mod devices;
 pub mod error;
 pub mod export;
 pub mod fhir;
+pub mod forwarded;
 pub mod me;
 pub mod oauth;
 pub mod openapi;
@@ -56,6 +59,8 @@ pub struct AppState {
     pub topics: phr_schema::Topics,
     /// Per-caller request rate limits.
     pub limiter: Arc<crate::limits::RateLimiter>,
+    /// Exports running, per subject and overall (`[export]` limits).
+    pub exports: Arc<export::ExportSlots>,
 }
 
 /// Mounts every route.
@@ -106,14 +111,24 @@ pub(crate) async fn healthz() -> HttpResponse {
 }
 
 /// Prometheus text-format metrics (ingest, acks, rejections by reason, quarantine, API
-/// latency, MQTT connections).
+/// latency, MQTT connections). Every value comes from memory: a scrape runs no query.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain", body = String)))]
-pub(crate) async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let store = state.store.clone();
-    let (series, quarantine) = web::block(move || store.counts())
-        .await
-        .map_err(|_| ApiError::Internal)??;
+    description = "Needs `Authorization: Bearer <metrics token>` when the operator configured \
+                   one (`metrics.token_file` or `PHR_METRICS_TOKEN`). With `metrics.listen` \
+                   set, served only on that address: the public port answers 404.",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain", body = String),
+        (status = 401, description = "A metrics token is configured and the request lacks it", body = openapi::ErrorBody),
+        (status = 404, description = "Metrics are served on their own listener (`metrics.listen`)", body = openapi::ErrorBody),
+    ))]
+pub(crate) async fn metrics(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(scrape) = req.app_data::<web::Data<crate::metrics::Scrape>>() {
+        scrape.check(req.headers())?;
+    }
+    let (series, quarantine) = state.store.row_counts();
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render(series, quarantine)))

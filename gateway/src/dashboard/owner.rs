@@ -520,11 +520,29 @@ async fn download_now(
             },
         ));
     };
-    let mut resp = export::download(state.store.clone(), v.subject.clone(), format)
+    let mut resp = export::download(&state, v.subject.clone(), format)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "owner dashboard: export failed");
-            internal_error(Some(&v))
+        .map_err(|e| match e {
+            crate::api::error::ApiError::TooManyExports { retry_after_secs } => {
+                let mut page = respond(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Downloads running",
+                    Some(&v),
+                    html! {
+                        h1 { "Your other downloads are still running" }
+                        p { "Wait for one to finish, then try again." }
+                        p { a href=(HOME) { "Back to my data" } }
+                    },
+                );
+                if let Ok(v) = header::HeaderValue::from_str(&retry_after_secs.to_string()) {
+                    page.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                page
+            }
+            e => {
+                tracing::error!(error = %e, "owner dashboard: export failed");
+                internal_error(Some(&v))
+            }
         })?;
     let headers = resp.headers_mut();
     headers.insert(

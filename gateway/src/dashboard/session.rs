@@ -97,7 +97,7 @@ fn cookie(req: &HttpRequest, wanted: &str) -> Option<String> {
 }
 
 fn secure(req: &HttpRequest) -> bool {
-    req.connection_info().scheme() == "https"
+    crate::api::forwarded::origin(req).is_https()
 }
 
 /// The `Set-Cookie` value that stores session `id` for `max_age`.

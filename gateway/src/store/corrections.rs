@@ -444,12 +444,12 @@ fn unlink_rows(
     person: &str,
     inside: &str,
     now: DateTime<Utc>,
-) -> Result<usize> {
+) -> Result<(usize, usize)> {
     let (f, t) = (range.from.timestamp_millis(), range.to.timestamp_millis());
     let rows = format!(
         "records WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND person_id = ?4 AND {inside}"
     );
-    tx.execute(
+    let moved = tx.execute(
         &format!(
             "INSERT INTO quarantine (device_id, record_type, start_ms, end_ms, record_id, bridge_id, batch_id, reason, received_at_ms, body)
              SELECT device_id, record_type, start_ms, end_ms, record_id, bridge_id, batch_id, 'unlinked', ?5, body
@@ -458,10 +458,11 @@ fn unlink_rows(
         ),
         params![range.device_id, f, t, person, now.timestamp_millis()],
     )?;
-    Ok(tx.execute(
+    let deleted = tx.execute(
         &format!("DELETE FROM {rows}"),
         params![range.device_id, f, t, person],
-    )?)
+    )?;
+    Ok((moved, deleted))
 }
 
 impl Store {
@@ -510,7 +511,9 @@ impl Store {
             return Err(Error::Invalid("a correction needs a non-empty range"));
         }
         self.write(|tx| {
-            let n = unlink_rows(tx, range, person, "1", now)?;
+            let (moved, n) = unlink_rows(tx, range, person, "1", now)?;
+            self.rows.quarantine(super::added(moved));
+            self.rows.records(-super::added(n));
             record(tx, Kind::Unlink, range, Some(person), None, n, why, by, now)
         })
     }
@@ -535,7 +538,9 @@ impl Store {
                 Err(refusal) => return Ok(Err(refusal)),
             };
             let inside = any_of(&periods, Period::contains_sql);
-            let n = unlink_rows(tx, range, person, &inside, now)?;
+            let (moved, n) = unlink_rows(tx, range, person, &inside, now)?;
+            self.rows.quarantine(super::added(moved));
+            self.rows.records(-super::added(n));
             let left = left_over(tx, "records", range, Some(person), &periods)?;
             let mut c = record(
                 tx,
@@ -628,7 +633,7 @@ impl Store {
                     return Err(Error::Conflict("no storage consent covers these records"));
                 }
             }
-            tx.execute(
+            let moved = tx.execute(
                 &format!(
                     "INSERT INTO records (device_id, record_type, start_ms, end_ms, record_id, person_id, bridge_id, batch_id, stored_at_ms, body)
                      SELECT device_id, record_type, start_ms, end_ms, record_id, ?4, bridge_id, batch_id, ?5, body
@@ -638,6 +643,8 @@ impl Store {
                 params![range.device_id, f, t, person, now.timestamp_millis()],
             )?;
             let n = tx.execute(&format!("DELETE FROM {rows}"), params![range.device_id, f, t])?;
+            self.rows.records(super::added(moved));
+            self.rows.quarantine(-super::added(n));
             let left = left_over(tx, "quarantine", range, None, &periods)?;
             let mut c = record(tx, Kind::ConfirmQuarantine, range, None, Some(person), n, why, person, now)?;
             c.left = left;

@@ -104,6 +104,13 @@ impl Store {
             tx.finish()?;
             Ok(count)
         })?;
+        self.log_export(person_id, count, now)?;
+        Ok(count)
+    }
+
+    /// Appends the `export` entry of an export of `count` records to the disclosure log
+    /// (actor: the person, outcome `done`).
+    pub fn log_export(&self, person_id: &str, count: u64, now: DateTime<Utc>) -> Result<()> {
         self.write(|tx| {
             let mut entry = audit::Entry::by_owner(
                 person_id,
@@ -118,7 +125,7 @@ impl Store {
                 .collect();
             audit::append(tx, &entry)
         })?;
-        Ok(count)
+        Ok(())
     }
 
     /// Stores `records` as `person_id`'s, in one transaction. Each record is validated as
@@ -202,6 +209,7 @@ impl Store {
                 ])?;
                 if changed > 0 {
                     report.stored += 1;
+                    self.rows.records(1);
                     continue;
                 }
                 let stored_for: String = owner

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
@@ -162,6 +163,70 @@ pub struct Store {
     read_only: bool,
     /// The IANA time zone of people registered without one (`people.default_time_zone`).
     default_time_zone: std::sync::RwLock<String>,
+    /// Rows in the series and in quarantine, kept in memory for `/metrics`.
+    rows: RowCounts,
+    /// Reads and writes so far ([`Store::accesses`]).
+    accesses: std::sync::atomic::AtomicU64,
+}
+
+/// Rows in `records` and `quarantine`, counted once when the store opens and then kept
+/// exact by every write that adds or removes rows (ingest, corrections, import, erasure), so
+/// that reading them (each `/metrics` scrape) costs no query. A write reports its changes
+/// as pending; they count once its transaction has committed and are dropped if it fails.
+/// Rows written by another process on the same file (`phr-gateway import` while the gateway
+/// runs) show after the gateway's next start.
+#[derive(Debug, Default)]
+struct RowCounts {
+    records: AtomicI64,
+    quarantine: AtomicI64,
+    // Only the writer (holding the writer lock) touches these.
+    pending_records: AtomicI64,
+    pending_quarantine: AtomicI64,
+}
+
+impl RowCounts {
+    fn counted(conn: &Connection) -> Result<Self> {
+        let (records, quarantine) = count_rows(conn)?;
+        Ok(Self {
+            records: AtomicI64::new(records as i64),
+            quarantine: AtomicI64::new(quarantine as i64),
+            ..Self::default()
+        })
+    }
+
+    /// `n` rows added to (positive) or removed from (negative) `records` in the open write.
+    fn records(&self, n: i64) {
+        self.pending_records.fetch_add(n, Relaxed);
+    }
+
+    /// The same for `quarantine`.
+    fn quarantine(&self, n: i64) {
+        self.pending_quarantine.fetch_add(n, Relaxed);
+    }
+
+    fn commit(&self) {
+        self.records
+            .fetch_add(self.pending_records.swap(0, Relaxed), Relaxed);
+        self.quarantine
+            .fetch_add(self.pending_quarantine.swap(0, Relaxed), Relaxed);
+    }
+
+    fn discard(&self) {
+        self.pending_records.store(0, Relaxed);
+        self.pending_quarantine.store(0, Relaxed);
+    }
+}
+
+/// `count(*)` of the series and of quarantine: full scans, for start-up and checks only.
+fn count_rows(conn: &Connection) -> Result<(u64, u64)> {
+    let records: i64 = conn.query_row("SELECT count(*) FROM records", [], |r| r.get(0))?;
+    let quarantined: i64 = conn.query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))?;
+    Ok((records as u64, quarantined as u64))
+}
+
+/// A row count from `execute`, as a change to add.
+fn added(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// The time zone of people registered without one, unless configured otherwise.
@@ -218,12 +283,15 @@ impl Store {
         conn.execute_batch(clients::SCHEMA)?;
         conn.execute_batch(sessions::SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let rows = RowCounts::counted(&conn)?;
         Ok(Self {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             path: path.to_owned(),
             read_only: false,
             default_time_zone: std::sync::RwLock::new(DEFAULT_TIME_ZONE.to_owned()),
+            rows,
+            accesses: Default::default(),
         })
     }
 
@@ -238,24 +306,36 @@ impl Store {
         let conn = Connection::open_with_flags(path, flags)?;
         check_version(&conn, path)?;
         let reader = Connection::open_with_flags(path, flags)?;
+        let rows = RowCounts::counted(&conn)?;
         Ok(Self {
             writer: Mutex::new(conn),
             readers: Mutex::new(vec![reader]),
             path: path.to_owned(),
             read_only: true,
             default_time_zone: std::sync::RwLock::new(DEFAULT_TIME_ZONE.to_owned()),
+            rows,
+            accesses: Default::default(),
         })
     }
 
     fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.accesses.fetch_add(1, Relaxed);
         let mut conn = self.writer.lock().map_err(|_| Error::Poisoned)?;
+        self.rows.discard();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        let out = f(&tx).and_then(|out| {
+            tx.commit()?;
+            Ok(out)
+        });
+        match out {
+            Ok(_) => self.rows.commit(),
+            Err(_) => self.rows.discard(),
+        }
+        out
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        self.accesses.fetch_add(1, Relaxed);
         let conn = match self.readers.lock().map_err(|_| Error::Poisoned)?.pop() {
             Some(c) => c,
             None if self.read_only => {
@@ -489,8 +569,14 @@ impl Store {
                     };
                     match (&p.decision, changed) {
                         (_, 0) => plan.ack.duplicate += 1,
-                        (Decision::Store { .. }, _) => plan.ack.stored += 1,
-                        (Decision::Quarantine(_), _) => plan.ack.quarantined += 1,
+                        (Decision::Store { .. }, _) => {
+                            plan.ack.stored += 1;
+                            self.rows.records(1);
+                        }
+                        (Decision::Quarantine(_), _) => {
+                            plan.ack.quarantined += 1;
+                            self.rows.quarantine(1);
+                        }
                     }
                 }
                 plan.ack.acked_at = Some(now.fixed_offset());
@@ -513,6 +599,8 @@ impl Store {
             // Only what was measured in the person's own binding periods: never rows measured
             // while the device was someone else's, or nobody's.
             let quarantined = corrections::erase_claimable_quarantine(tx, person_id)?;
+            self.rows.records(-added(records));
+            self.rows.quarantine(-added(quarantined));
             let bindings_closed = tx.execute(
                 "UPDATE bindings SET valid_to = ?2
                   WHERE person_id = ?1 AND valid_from < ?2 AND (valid_to IS NULL OR valid_to > ?2)",
@@ -601,14 +689,23 @@ impl Store {
         })
     }
 
-    /// Rows in the series and in quarantine.
+    /// Rows in the series and in quarantine, counted now (two full scans: for checks and
+    /// tools; `/metrics` reads [`Store::row_counts`]).
     pub fn counts(&self) -> Result<(u64, u64)> {
-        self.read(|conn| {
-            let records: i64 = conn.query_row("SELECT count(*) FROM records", [], |r| r.get(0))?;
-            let quarantined: i64 =
-                conn.query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))?;
-            Ok((records as u64, quarantined as u64))
-        })
+        self.read(count_rows)
+    }
+
+    /// How many reads and writes the store has served since it opened: lets a test show
+    /// that a path (a `/metrics` scrape) does not touch the store at all.
+    pub fn accesses(&self) -> u64 {
+        self.accesses.load(Relaxed)
+    }
+
+    /// Rows in the series and in quarantine as of the last committed write, from memory (no
+    /// query; see [`RowCounts`]).
+    pub fn row_counts(&self) -> (u64, u64) {
+        let get = |a: &AtomicI64| u64::try_from(a.load(Relaxed)).unwrap_or(0);
+        (get(&self.rows.records), get(&self.rows.quarantine))
     }
 }
 

@@ -18,14 +18,18 @@ mod crash;
 mod dashboard_session;
 mod demo;
 mod export;
+mod export_stream;
 mod fhir;
+mod forwarded;
 mod limits;
+mod metrics_scrape;
 mod oauth;
 mod openapi;
 mod operators;
 mod pairing;
 mod pipeline;
 mod sync;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
