@@ -47,6 +47,10 @@ pub struct BridgeConfig {
     /// Outbox, key and state.
     pub data_dir: PathBuf,
     pub mqtt_url: String,
+    /// Static MQTT password, for a broker with a password file (Mosquitto, see
+    /// `docs/mosquitto/`); unset, the bridge proves its id with its key (embedded broker).
+    /// Better from the environment (`PHR_BRIDGE_MQTT_PASSWORD`) than in this file.
+    pub mqtt_password: Option<crate::mqtt::MqttPassword>,
     pub topic_prefix: String,
     /// The UTC offset the devices' clocks and days follow, e.g. `+09:00`.
     pub utc_offset: String,
@@ -63,6 +67,7 @@ impl Default for BridgeConfig {
             bridge_id: "bridge".into(),
             data_dir: PathBuf::from("phr-bridge-data"),
             mqtt_url: "mqtt://127.0.0.1:1883".into(),
+            mqtt_password: None,
             topic_prefix: phr_schema::envelope::DEFAULT_PREFIX.into(),
             utc_offset: "+09:00".into(),
             allow: Vec::new(),
@@ -100,7 +105,8 @@ impl BridgeConfig {
 
     pub fn mqtt(&self) -> Result<MqttUrl> {
         self.mqtt_url
-            .parse()
+            .parse::<MqttUrl>()
+            .map(|u| u.with_password(self.mqtt_password.clone()))
             .map_err(|e: crate::mqtt::MqttUrlError| Error::Io(e.to_string()))
     }
 

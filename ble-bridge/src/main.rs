@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use phr_bridge::mqtt::MqttUrl;
+use phr_bridge::mqtt::{MqttPassword, MqttUrl};
 use phr_bridge::simulate::{self, SimulateConfig};
 
 #[derive(Debug, Parser)]
@@ -35,6 +35,9 @@ enum Command {
         /// TOML configuration (see bridge.example.toml).
         #[arg(long, env = "PHR_BRIDGE_CONFIG")]
         config: PathBuf,
+        /// Static MQTT password (broker with a password file); overrides `mqtt_password`.
+        #[arg(long, env = "PHR_BRIDGE_MQTT_PASSWORD", hide_env_values = true)]
+        mqtt_password: Option<MqttPassword>,
     },
     /// Show the outbox: batches and records waiting, each device's last data.
     Status {
@@ -56,6 +59,10 @@ struct SimulateArgs {
     /// Broker to publish to.
     #[arg(long, env = "PHR_MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
     mqtt_url: MqttUrl,
+    /// Static MQTT password, for a broker with a password file (Mosquitto); without it the
+    /// bridge proves its id with its key, as the embedded broker expects.
+    #[arg(long, env = "PHR_BRIDGE_MQTT_PASSWORD", hide_env_values = true)]
+    mqtt_password: Option<MqttPassword>,
     /// Topic prefix shared with the gateway.
     #[arg(long, env = "PHR_TOPIC_PREFIX", default_value = phr_schema::envelope::DEFAULT_PREFIX)]
     topic_prefix: String,
@@ -120,8 +127,14 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Run { config } => {
-            let cfg = phr_bridge::daemon::BridgeConfig::from_file(&config)?;
+        Command::Run {
+            config,
+            mqtt_password,
+        } => {
+            let mut cfg = phr_bridge::daemon::BridgeConfig::from_file(&config)?;
+            if mqtt_password.is_some() {
+                cfg.mqtt_password = mqtt_password;
+            }
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -147,7 +160,12 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Simulate(a) => {
-            let mut cfg = SimulateConfig::new(&a.bridge_id, a.devices, a.data_dir, a.mqtt_url);
+            let mut cfg = SimulateConfig::new(
+                &a.bridge_id,
+                a.devices,
+                a.data_dir,
+                a.mqtt_url.with_password(a.mqtt_password),
+            );
             cfg.topic_prefix = a.topic_prefix;
             cfg.history = TimeDelta::hours(a.history_hours);
             cfg.utc_offset = a.utc_offset;

@@ -10,11 +10,45 @@ use rumqttc::MqttOptions;
 /// (`phr_schema::Limits::max_batch_bytes`) plus topic and headers.
 pub const MAX_PACKET_BYTES: usize = 1024 * 1024 + 4096;
 
-/// A broker address, `mqtt://host:port` (port defaults to 1883).
+/// A broker address, `mqtt://host:port` (port defaults to 1883), and the static password
+/// to present there, if the broker has a password file (an external Mosquitto). The password
+/// never comes from the URL (URLs get logged); it is set from configuration or the
+/// environment, and neither `Display` nor `Debug` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttUrl {
     pub host: String,
     pub port: u16,
+    pub password: Option<MqttPassword>,
+}
+
+/// A static MQTT password. `Debug` redacts it; [`MqttPassword::expose`] is the one way out.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct MqttPassword(String);
+
+impl MqttPassword {
+    pub fn new(password: impl Into<String>) -> Self {
+        Self(password.into())
+    }
+
+    /// The password itself, for the CONNECT packet and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for MqttPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MqttPassword(<redacted>)")
+    }
+}
+
+impl FromStr for MqttPassword {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(s))
+    }
 }
 
 impl MqttUrl {
@@ -22,7 +56,14 @@ impl MqttUrl {
         Self {
             host: host.into(),
             port,
+            password: None,
         }
+    }
+
+    /// The same broker with `password` to present.
+    pub fn with_password(mut self, password: Option<MqttPassword>) -> Self {
+        self.password = password;
+        self
     }
 
     /// Client options with the project's defaults: large packets, short keep-alive so a dead
@@ -95,6 +136,19 @@ mod tests {
             Ok(MqttUrl::new("broker.local", 1883))
         );
         assert_eq!("mqtt://[::1]:1884/".parse(), Ok(MqttUrl::new("::1", 1884)));
+    }
+
+    #[test]
+    fn the_password_never_shows_in_display_or_debug() {
+        let url = MqttUrl::new("h", 1).with_password(Some(MqttPassword::new("hunter2-secret")));
+        assert_eq!(url.to_string(), "mqtt://h:1");
+        let debug = format!("{url:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("redacted"), "{debug}");
+        assert_eq!(
+            url.password.as_ref().map(MqttPassword::expose),
+            Some("hunter2-secret")
+        );
     }
 
     #[test]

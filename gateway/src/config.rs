@@ -63,6 +63,9 @@ pub struct MqttConfig {
     pub listen: SocketAddr,
     /// Topic prefix shared with the bridges.
     pub topic_prefix: String,
+    /// With an external broker: the password of the gateway's user (`phr-gateway`) there
+    /// (see `docs/mosquitto/`). Better from the environment (`PHR_MQTT_PASSWORD`).
+    pub password: Option<phr_bridge::mqtt::MqttPassword>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -115,6 +118,7 @@ impl Default for MqttConfig {
             url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             topic_prefix: phr_schema::envelope::DEFAULT_PREFIX.to_owned(),
+            password: None,
         }
     }
 }
@@ -163,7 +167,8 @@ impl Config {
             .url
             .as_deref()
             .map(|u| {
-                u.parse()
+                u.parse::<MqttUrl>()
+                    .map(|u| u.with_password(self.mqtt.password.clone()))
                     .map_err(|e: phr_bridge::mqtt::MqttUrlError| Error::Config(e.to_string()))
             })
             .transpose()

@@ -300,10 +300,22 @@ impl RawBridge {
         key: Option<&phr_bridge::identity::BridgeKey>,
     ) -> Result<Self> {
         let id = format!("raw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let mut options = broker.options(&id);
         let password = key
             .map(|k| k.connect_password(bridge, &id))
             .unwrap_or_default();
+        Self::connect_with(broker, topics, bridge, &id, &password).await
+    }
+
+    /// Connects as `bridge` with MQTT client id `client_id` and a static `password` (as a
+    /// bridge does towards a Mosquitto with a password file).
+    pub async fn connect_with(
+        broker: &MqttUrl,
+        topics: Topics,
+        bridge: &str,
+        client_id: &str,
+        password: &str,
+    ) -> Result<Self> {
+        let mut options = broker.options(client_id);
         options.set_credentials(bridge, password);
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         let (tx, acks) = mpsc::unbounded_channel();
@@ -442,10 +454,16 @@ pub fn spawn_gateway(
 
 /// Starts a private Mosquitto on `port` (in-memory, anonymous, loopback only).
 pub fn spawn_mosquitto(dir: &Path, port: u16) -> Result<Process> {
-    let conf = dir.join(format!("mosquitto-{port}.conf"));
+    spawn_mosquitto_with(dir, port, "allow_anonymous true\n")
+}
+
+/// Starts a private Mosquitto on `port` (in-memory, loopback only) with `conf` appended to
+/// its configuration (e.g. the shipped `docs/mosquitto/` fragment: passwords and ACL).
+pub fn spawn_mosquitto_with(dir: &Path, port: u16, conf: &str) -> Result<Process> {
+    let path = dir.join(format!("mosquitto-{port}.conf"));
     std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        &path,
+        format!("listener {port} 127.0.0.1\npersistence false\n{conf}"),
     )?;
     let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
         .into_iter()
@@ -453,7 +471,7 @@ pub fn spawn_mosquitto(dir: &Path, port: u16) -> Result<Process> {
         .context("mosquitto is not installed (apt-get install -y mosquitto; .ci/run does this)")?;
     let child = Command::new(bin)
         .arg("-c")
-        .arg(&conf)
+        .arg(&path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

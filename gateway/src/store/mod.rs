@@ -270,7 +270,9 @@ impl Store {
     /// silently (an operator revokes the bridge first).
     pub fn register_bridge_key(&self, bridge_id: &str, public_key_hex: &str) -> Result<()> {
         if parse_key(public_key_hex).is_none() {
-            return Err(Error::Invalid("a bridge key is 64 hex characters of an Ed25519 public key"));
+            return Err(Error::Invalid(
+                "a bridge key is 64 hex characters of an Ed25519 public key",
+            ));
         }
         let key = public_key_hex.to_ascii_lowercase();
         self.write(|tx| {

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod attack_broker;
 mod batches;
 mod ble;
 mod browser;
