@@ -110,13 +110,11 @@ impl Intruder {
     /// Subscribes to `filter` and returns the broker's answer (`None`: the connection closed).
     async fn subscribe(&mut self, filter: &str) -> anyhow::Result<Option<SubscribeReasonCode>> {
         self.client.subscribe(filter, QoS::AtLeastOnce).await?;
-        loop {
-            match self.next().await? {
-                Seen::SubAck(codes) if codes.len() == 1 => return Ok(Some(codes[0])),
-                Seen::SubAck(codes) => bail!("one filter, {} return codes", codes.len()),
-                Seen::Closed => return Ok(None),
-                Seen::Message(topic) => bail!("received {topic} while subscribing to {filter}"),
-            }
+        match self.next().await? {
+            Seen::SubAck(codes) if codes.len() == 1 => Ok(Some(codes[0])),
+            Seen::SubAck(codes) => bail!("one filter, {} return codes", codes.len()),
+            Seen::Closed => Ok(None),
+            Seen::Message(topic) => bail!("received {topic} while subscribing to {filter}"),
         }
     }
 
@@ -268,7 +266,8 @@ async fn strangers_and_unproven_bridges_are_refused_at_connect() -> anyhow::Resu
     let mqtt = gw.gateway.mqtt.clone();
     let cid = client_id("x");
     let replayed = victim.connect_password(VICTIM, "another-client-id");
-    let attempts: Vec<(&str, Option<(&str, &str)>, &str)> = vec![
+    type Attempt<'a> = (&'a str, Option<(&'a str, &'a str)>, &'a str);
+    let attempts: Vec<Attempt> = vec![
         ("anonymous", None, &cid),
         (
             "a user name that is no bridge id",
