@@ -764,3 +764,42 @@ async fn a_real_bridge_with_its_mqtt_password_delivers_through_mosquitto() -> an
     gw.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_garbage_and_oversized_connects_are_dropped() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let gw = TestGateway::start_with(None).await?;
+    let addr = loopback(gw.gateway.mqtt.port);
+    /// Reads until the server closes the connection (or resets it); fails after 30 s.
+    async fn closed(s: &mut tokio::net::TcpStream) -> anyhow::Result<()> {
+        let mut buf = [0u8; 64];
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .context("the connection stayed open")
+    }
+    // Something that is not MQTT.
+    let mut garbage = tokio::net::TcpStream::connect(addr).await?;
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    // A CONNECT that claims to be far larger than any CONNECT (remaining length 2 MiB).
+    let mut huge = tokio::net::TcpStream::connect(addr).await?;
+    huge.write_all(&[0x10, 0x80, 0x80, 0x80, 0x01]).await?;
+    // A client that never sends its CONNECT.
+    let mut silent = tokio::net::TcpStream::connect(addr).await?;
+    for s in [&mut garbage, &mut huge, &mut silent] {
+        closed(s).await?;
+    }
+    let refused = labelled_metric(&gw.url(""), "phr_mqtt_refused_total{what=\"connect\"}")?;
+    assert_eq!(refused, 3.0);
+    gw.stop().await;
+    Ok(())
+}
