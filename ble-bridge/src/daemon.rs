@@ -51,6 +51,9 @@ pub struct BridgeConfig {
     /// `docs/mosquitto/`); unset, the bridge proves its id with its key (embedded broker).
     /// Better from the environment (`PHR_BRIDGE_MQTT_PASSWORD`) than in this file.
     pub mqtt_password: Option<crate::mqtt::MqttPassword>,
+    /// With an `mqtts://` URL: the CA certificates (PEM) the broker's certificate must
+    /// chain to.
+    pub mqtt_ca_file: Option<PathBuf>,
     pub topic_prefix: String,
     /// The UTC offset the devices' clocks and days follow, e.g. `+09:00`.
     pub utc_offset: String,
@@ -68,6 +71,7 @@ impl Default for BridgeConfig {
             data_dir: PathBuf::from("phr-bridge-data"),
             mqtt_url: "mqtt://127.0.0.1:1883".into(),
             mqtt_password: None,
+            mqtt_ca_file: None,
             topic_prefix: phr_schema::envelope::DEFAULT_PREFIX.into(),
             utc_offset: "+09:00".into(),
             allow: Vec::new(),
@@ -104,10 +108,17 @@ impl BridgeConfig {
     }
 
     pub fn mqtt(&self) -> Result<MqttUrl> {
-        self.mqtt_url
+        let url = self
+            .mqtt_url
             .parse::<MqttUrl>()
             .map(|u| u.with_password(self.mqtt_password.clone()))
-            .map_err(|e: crate::mqtt::MqttUrlError| Error::Io(e.to_string()))
+            .map_err(|e: crate::mqtt::MqttUrlError| Error::Io(e.to_string()))?;
+        match &self.mqtt_ca_file {
+            Some(path) => url
+                .with_ca_file(path)
+                .map_err(|e| Error::Io(format!("mqtt_ca_file {}: {e}", path.display()))),
+            None => Ok(url),
+        }
     }
 
     pub fn offset(&self) -> Result<FixedOffset> {

@@ -63,6 +63,9 @@ struct SimulateArgs {
     /// bridge proves its id with its key, as the embedded broker expects.
     #[arg(long, env = "PHR_BRIDGE_MQTT_PASSWORD", hide_env_values = true)]
     mqtt_password: Option<MqttPassword>,
+    /// With an mqtts:// URL: the CA certificates (PEM) the broker's certificate chains to.
+    #[arg(long, env = "PHR_BRIDGE_MQTT_CA_FILE")]
+    mqtt_ca_file: Option<PathBuf>,
     /// Topic prefix shared with the gateway.
     #[arg(long, env = "PHR_TOPIC_PREFIX", default_value = phr_schema::envelope::DEFAULT_PREFIX)]
     topic_prefix: String,
@@ -160,12 +163,13 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Simulate(a) => {
-            let mut cfg = SimulateConfig::new(
-                &a.bridge_id,
-                a.devices,
-                a.data_dir,
-                a.mqtt_url.with_password(a.mqtt_password),
-            );
+            let mut mqtt = a.mqtt_url.with_password(a.mqtt_password);
+            if let Some(ca) = &a.mqtt_ca_file {
+                mqtt = mqtt
+                    .with_ca_file(ca)
+                    .with_context(|| format!("--mqtt-ca-file {}", ca.display()))?;
+            }
+            let mut cfg = SimulateConfig::new(&a.bridge_id, a.devices, a.data_dir, mqtt);
             cfg.topic_prefix = a.topic_prefix;
             cfg.history = TimeDelta::hours(a.history_hours);
             cfg.utc_offset = a.utc_offset;

@@ -18,6 +18,7 @@ mod front;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,8 +46,8 @@ use crate::{Error, Result};
 /// connection, a refused SUBSCRIBE filter is answered with SUBACK failure (0x80).
 ///
 /// An operator configures nothing for this: the secret is made at start, rumqttd's port is
-/// private. What stays theirs: keep the public MQTT address reachable only by bridges, or
-/// add TLS in front of it (see the README's security section).
+/// private. What stays theirs: TLS on the public MQTT address (`mqtt.tls_cert_file`,
+/// `mqtt.tls_key_file`), or else keeping it reachable only by bridges (README, security).
 #[derive(Clone)]
 pub struct Access {
     pub gateway_secret: String,
@@ -133,6 +134,7 @@ impl Access {
 /// Both run until `shutdown` (the front) or the end of the process (rumqttd).
 pub async fn start_guarded(
     listen: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     access: Access,
     topics: Topics,
     metrics: Arc<crate::metrics::Metrics>,
@@ -151,10 +153,29 @@ pub async fn start_guarded(
     tokio::task::spawn_blocking(move || start(private, Some(secret), Some(meters)))
         .await
         .map_err(|_| Error::Poisoned)??;
-    let front = front::Front::new(access, topics, private, metrics);
+    let front = front::Front::new(access, topics, private, metrics, tls);
     tokio::spawn(front::run(public, Arc::new(front), shutdown));
     tracing::info!(%listen, "MQTT front listening (embedded broker)");
     Ok(MqttUrl::new(private.ip().to_string(), private.port()))
+}
+
+/// The TLS side of the front: the certificate chain and private key in PEM files.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| Error::Config(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!("{}: no certificate", cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| Error::Config(format!("{}: {e}", key.display())))?;
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Config(format!("MQTT TLS certificate and key: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// A loopback address with a port that was free a moment ago (rumqttd binds it itself).

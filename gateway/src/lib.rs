@@ -164,18 +164,23 @@ pub async fn start(
                 gateway_secret: gateway_secret.clone(),
                 store: store.clone(),
             };
+            let tls = match config.mqtt_tls()? {
+                Some((cert, key)) => Some(broker::tls_acceptor(cert, key)?),
+                None => None,
+            };
+            let tls_on = tls.is_some();
             let private = broker::start_guarded(
                 listen,
+                tls,
                 access,
                 topics.clone(),
                 metrics.clone(),
                 shutdown.clone(),
             )
             .await?;
-            (
-                MqttUrl::new(listen.ip().to_string(), listen.port()),
-                private,
-            )
+            let mut public = MqttUrl::new(listen.ip().to_string(), listen.port());
+            public.tls = tls_on;
+            (public, private)
         }
     };
 

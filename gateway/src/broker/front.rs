@@ -27,6 +27,7 @@ use rumqttc::{ConnectReturnCode, SubscribeReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use phr_bridge::mqtt::MAX_PACKET_BYTES;
@@ -44,7 +45,6 @@ const RUMQTTD_REFUSED_ID_CHARS: &str = "+$#/";
 /// Bytes read at a time when no frame size is known yet.
 const READ_CHUNK: usize = 1024;
 
-#[derive(Debug)]
 pub(super) struct Front {
     access: Access,
     topics: Topics,
@@ -53,6 +53,17 @@ pub(super) struct Front {
     log: RefusalLog,
     /// Connections forwarded so far (makes each forwarded client id unique).
     connections: AtomicU64,
+    /// With TLS configured, every connection starts with a TLS handshake.
+    tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Front")
+            .field("private", &self.private)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a connection ended early (for the log; the client is told nothing more).
@@ -100,7 +111,7 @@ pub(super) async fn run(listener: TcpListener, front: Arc<Front>, shutdown: Canc
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
-                        end = front.serve(socket) => {
+                        end = front.start(socket) => {
                             if let Err(e) = end {
                                 tracing::debug!(reason = ?e, "MQTT connection ended");
                             }
@@ -123,6 +134,7 @@ impl Front {
         topics: Topics,
         private: SocketAddr,
         metrics: Arc<Metrics>,
+        tls: Option<TlsAcceptor>,
     ) -> Self {
         Self {
             access,
@@ -131,10 +143,28 @@ impl Front {
             metrics,
             log: RefusalLog::default(),
             connections: AtomicU64::new(0),
+            tls,
         }
     }
 
-    async fn serve(&self, mut client: TcpStream) -> Result<(), End> {
+    /// Serves one connection, after a TLS handshake if TLS is configured.
+    async fn start(&self, socket: TcpStream) -> Result<(), End> {
+        let Some(tls) = &self.tls else {
+            return self.serve(socket).await;
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, tls.accept(socket)).await {
+            Ok(Ok(stream)) => self.serve(stream).await,
+            _ => {
+                self.refuse("connect", "-", "no TLS handshake");
+                Err(End::Refused)
+            }
+        }
+    }
+
+    async fn serve<S>(&self, mut client: S) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let mut from_client = Frames::new(BytesMut::new(), MAX_CONNECT_BYTES);
         let first = tokio::time::timeout(CONNECT_TIMEOUT, from_client.next(&mut client)).await;
         let Ok(Ok(Some((header, frame)))) = first else {
@@ -218,7 +248,7 @@ impl Front {
         connect.write(&mut out)?;
         broker.write_all(&out).await?;
 
-        let (client_rd, client_wr) = client.into_split();
+        let (client_rd, client_wr) = tokio::io::split(client);
         let (broker_rd, broker_wr) = broker.into_split();
         let (to_client, from_front) = mpsc::channel(8);
         // Whatever the client sent after its CONNECT is still in `from_client`.
@@ -482,7 +512,7 @@ impl Outgoing {
 }
 
 /// Answers a CONNECT with `code` (best effort: the connection closes next anyway).
-async fn connack(client: &mut TcpStream, code: ConnectReturnCode) {
+async fn connack(client: &mut (impl AsyncWrite + Unpin), code: ConnectReturnCode) {
     let mut bytes = BytesMut::new();
     if v4::ConnAck::new(code, false).write(&mut bytes).is_ok() {
         let _ = client.write_all(&bytes).await;

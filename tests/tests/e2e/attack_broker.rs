@@ -6,7 +6,7 @@
 //! binary) and against a private Mosquitto configured with the shipped `docs/mosquitto/`
 //! files (ignored by default: CI's `--ignored` step runs them).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -800,6 +800,127 @@ async fn silent_garbage_and_oversized_connects_are_dropped() -> anyhow::Result<(
     }
     let refused = labelled_metric(&gw.url(""), "phr_mqtt_refused_total{what=\"connect\"}")?;
     assert_eq!(refused, 3.0);
+    gw.stop().await;
+    Ok(())
+}
+
+/// A private CA and a broker certificate it signed for 127.0.0.1 (PEM files in `dir`, made
+/// with the `openssl` command): `(ca.pem, broker.pem, broker.key)`.
+fn test_certificates(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    let p = |f: &str| dir.join(format!("{name}-{f}"));
+    let ext = p("ext.cnf");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let runs: Vec<Vec<std::ffi::OsString>> = vec![
+        [
+            &["req", "-x509"][..],
+            &ec[..],
+            &["-days", "2", "-subj", "/CN=phr-test-ca", "-keyout"],
+        ]
+        .concat()
+        .into_iter()
+        .map(Into::into)
+        .chain([p("ca.key").into(), "-out".into(), p("ca.pem").into()])
+        .collect(),
+        [
+            &["req"][..],
+            &ec[..],
+            &["-subj", "/CN=localhost", "-keyout"],
+        ]
+        .concat()
+        .into_iter()
+        .map(Into::into)
+        .chain([
+            p("broker.key").into(),
+            "-out".into(),
+            p("broker.csr").into(),
+        ])
+        .collect(),
+        ["x509", "-req", "-days", "2", "-in"]
+            .into_iter()
+            .map(Into::into)
+            .chain([
+                p("broker.csr").into(),
+                "-CA".into(),
+                p("ca.pem").into(),
+                "-CAkey".into(),
+                p("ca.key").into(),
+                "-CAcreateserial".into(),
+                "-extfile".into(),
+                ext.clone().into(),
+                "-out".into(),
+                p("broker.pem").into(),
+            ])
+            .collect(),
+    ];
+    for args in runs {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .context("the openssl command (package openssl)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((p("ca.pem"), p("broker.pem"), p("broker.key")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_tls_at_the_embedded_broker() -> anyhow::Result<()> {
+    let certs = tempfile::tempdir()?;
+    let (ca, cert, key) = test_certificates(certs.path(), "right")?;
+    let (other_ca, _, _) = test_certificates(certs.path(), "other")?;
+    let gw = TestGateway::start_configured(None, |c| {
+        c.mqtt.tls_cert_file = Some(cert.clone());
+        c.mqtt.tls_key_file = Some(key.clone());
+    })
+    .await?;
+    assert!(gw.gateway.mqtt.tls, "the gateway advertises mqtts://");
+    let port = gw.gateway.mqtt.port;
+    gw.enrol(
+        "tia",
+        "br-tls",
+        &["band-tls".to_owned()],
+        Utc::now() - TimeDelta::days(1),
+    )?;
+
+    // A bridge that trusts the broker's CA delivers over TLS.
+    let mut url: MqttUrl = format!("mqtts://127.0.0.1:{port}").parse()?;
+    url = url.with_ca_file(&ca)?;
+    let mut bridge = RawBridge::connect(&url, gw.topics(), "br-tls").await?;
+    let ack = phr_e2e::send(
+        &mut bridge,
+        "band-tls",
+        vec![minute_steps("band-tls", "br-tls", ago(10), 42)],
+    )
+    .await?;
+    assert_eq!(ack.stored, 1, "{ack:?}");
+    assert_eq!(phr_e2e::step_counts(&gw, "tia")?, vec![42]);
+
+    // Plain MQTT on the TLS port, and TLS verified against another CA, get nowhere.
+    let plain = MqttUrl::new("127.0.0.1", port);
+    assert!(
+        !phr_e2e::can_connect(&plain, Some(("br-tls", ""))).await,
+        "plain MQTT"
+    );
+    let wrong = format!("mqtts://127.0.0.1:{port}")
+        .parse::<MqttUrl>()?
+        .with_ca_file(&other_ca)?;
+    assert!(
+        !phr_e2e::can_connect(&wrong, Some(("br-tls", ""))).await,
+        "another CA"
+    );
     gw.stop().await;
     Ok(())
 }
