@@ -47,6 +47,13 @@ pub struct BridgeConfig {
     /// Outbox, key and state.
     pub data_dir: PathBuf,
     pub mqtt_url: String,
+    /// Static MQTT password, for a broker with a password file (Mosquitto, see
+    /// `docs/mosquitto/`); unset, the bridge proves its id with its key (embedded broker).
+    /// Better from the environment (`PHR_BRIDGE_MQTT_PASSWORD`) than in this file.
+    pub mqtt_password: Option<crate::mqtt::MqttPassword>,
+    /// With an `mqtts://` URL: the CA certificates (PEM) the broker's certificate must
+    /// chain to.
+    pub mqtt_ca_file: Option<PathBuf>,
     pub topic_prefix: String,
     /// The gateway's channel key, 64 hex characters (`phr-gateway bridges enrol` prints it).
     /// Required: every message to and from the gateway is sealed with it.
@@ -66,6 +73,8 @@ impl Default for BridgeConfig {
             bridge_id: "bridge".into(),
             data_dir: PathBuf::from("phr-bridge-data"),
             mqtt_url: "mqtt://127.0.0.1:1883".into(),
+            mqtt_password: None,
+            mqtt_ca_file: None,
             topic_prefix: phr_schema::envelope::DEFAULT_PREFIX.into(),
             gateway_key: String::new(),
             utc_offset: "+09:00".into(),
@@ -104,9 +113,17 @@ impl BridgeConfig {
     }
 
     pub fn mqtt(&self) -> Result<MqttUrl> {
-        self.mqtt_url
-            .parse()
-            .map_err(|e: crate::mqtt::MqttUrlError| Error::Io(e.to_string()))
+        let url = self
+            .mqtt_url
+            .parse::<MqttUrl>()
+            .map(|u| u.with_password(self.mqtt_password.clone()))
+            .map_err(|e: crate::mqtt::MqttUrlError| Error::Io(e.to_string()))?;
+        match &self.mqtt_ca_file {
+            Some(path) => url
+                .with_ca_file(path)
+                .map_err(|e| Error::Io(format!("mqtt_ca_file {}: {e}", path.display()))),
+            None => Ok(url),
+        }
     }
 
     /// The gateway's channel key.

@@ -51,6 +51,11 @@ impl BridgeKey {
         Self(SigningKey::from_bytes(seed))
     }
 
+    /// The same key again (a second holder in one process: tests, tools).
+    pub fn copy(&self) -> Self {
+        Self(self.0.clone())
+    }
+
     /// The public key as 64 hex characters.
     pub fn public_hex(&self) -> String {
         self.0

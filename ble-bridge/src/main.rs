@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use phr_bridge::mqtt::MqttUrl;
+use phr_bridge::mqtt::{MqttPassword, MqttUrl};
 use phr_bridge::simulate::{self, SimulateConfig};
 
 #[derive(Debug, Parser)]
@@ -35,6 +35,9 @@ enum Command {
         /// TOML configuration (see bridge.example.toml).
         #[arg(long, env = "PHR_BRIDGE_CONFIG")]
         config: PathBuf,
+        /// Static MQTT password (broker with a password file); overrides `mqtt_password`.
+        #[arg(long, env = "PHR_BRIDGE_MQTT_PASSWORD", hide_env_values = true)]
+        mqtt_password: Option<MqttPassword>,
     },
     /// Show the outbox: batches and records waiting, each device's last data.
     Status {
@@ -62,6 +65,13 @@ struct SimulateArgs {
     /// Broker to publish to.
     #[arg(long, env = "PHR_MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
     mqtt_url: MqttUrl,
+    /// Static MQTT password, for a broker with a password file (Mosquitto); without it the
+    /// bridge proves its id with its key, as the embedded broker expects.
+    #[arg(long, env = "PHR_BRIDGE_MQTT_PASSWORD", hide_env_values = true)]
+    mqtt_password: Option<MqttPassword>,
+    /// With an mqtts:// URL: the CA certificates (PEM) the broker's certificate chains to.
+    #[arg(long, env = "PHR_BRIDGE_MQTT_CA_FILE")]
+    mqtt_ca_file: Option<PathBuf>,
     /// Topic prefix shared with the gateway.
     #[arg(long, env = "PHR_TOPIC_PREFIX", default_value = phr_schema::envelope::DEFAULT_PREFIX)]
     topic_prefix: String,
@@ -134,8 +144,14 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Run { config } => {
-            let cfg = phr_bridge::daemon::BridgeConfig::from_file(&config)?;
+        Command::Run {
+            config,
+            mqtt_password,
+        } => {
+            let mut cfg = phr_bridge::daemon::BridgeConfig::from_file(&config)?;
+            if mqtt_password.is_some() {
+                cfg.mqtt_password = mqtt_password;
+            }
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -165,7 +181,13 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", key.public_hex());
         }
         Command::Simulate(a) => {
-            let mut cfg = SimulateConfig::new(&a.bridge_id, a.devices, a.data_dir, a.mqtt_url);
+            let mut mqtt = a.mqtt_url.with_password(a.mqtt_password);
+            if let Some(ca) = &a.mqtt_ca_file {
+                mqtt = mqtt
+                    .with_ca_file(ca)
+                    .with_context(|| format!("--mqtt-ca-file {}", ca.display()))?;
+            }
+            let mut cfg = SimulateConfig::new(&a.bridge_id, a.devices, a.data_dir, mqtt);
             cfg.topic_prefix = a.topic_prefix;
             cfg.history = TimeDelta::hours(a.history_hours);
             cfg.utc_offset = a.utc_offset;

@@ -99,13 +99,14 @@ pub async fn run(
         &Uuid::new_v4().simple().to_string()[..8]
     );
     let mut options = cfg.mqtt.options(&client_id);
-    // User name = bridge id, password = the bridge's signature over its ids: the embedded
-    // broker checks it against the key registered at pairing (brokers that do not ask for
-    // credentials ignore them).
-    options.set_credentials(
-        cfg.bridge_id.clone(),
-        cfg.key.connect_password(&cfg.bridge_id, &client_id),
-    );
+    // User name = bridge id, password = the static one configured for a broker with a
+    // password file (Mosquitto), else the bridge's signature over its ids, which the
+    // embedded broker checks against the bridge's registered key.
+    let password = match &cfg.mqtt.password {
+        Some(p) => p.expose().to_owned(),
+        None => cfg.key.connect_password(&cfg.bridge_id, &client_id),
+    };
+    options.set_credentials(cfg.bridge_id.clone(), password);
     let (client, eventloop) = AsyncClient::new(options, 256);
     let (link_tx, mut link_rx) = watch::channel::<Link>((0, false));
     let (ack_tx, mut ack_rx) = mpsc::channel::<Ack>(4096);

@@ -1,20 +1,38 @@
-//! The embedded MQTT broker (rumqttd), so one binary runs the whole gateway.
+//! The embedded MQTT broker (rumqttd), so one binary runs the whole gateway, behind an
+//! authorising front.
+//!
+//! rumqttd 0.20 authenticates a CONNECT (an auth handler) but has no topic authorisation at
+//! all: any client it admits may subscribe to `#` and publish anywhere. So rumqttd listens
+//! only on a private loopback port and admits only the gateway's per-start secret; the
+//! public MQTT address is served by [`front`], which authenticates each CONNECT
+//! ([`Access::identify`]), checks every PUBLISH topic, SUBSCRIBE filter and last will
+//! against the topic rules (`phr_schema::Topics::bridge_may_publish` / `bridge_may_subscribe`),
+//! and forwards the allowed frames to rumqttd with the secret in place of the client's
+//! password. The gateway's own client connects to the private port directly.
 //!
 //! rumqttd cannot report the port it bound, and a server thread that fails to bind only logs.
 //! So [`start`] first checks that the address is free (naming it in the error), then starts
 //! the broker on its own threads and waits until it accepts connections.
 
+mod front;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use tokio_util::sync::CancellationToken;
 
-use phr_bridge::mqtt::MAX_PACKET_BYTES;
+use phr_bridge::mqtt::{MqttUrl, MAX_PACKET_BYTES};
+use phr_schema::Topics;
 
 use crate::{Error, Result};
 
-/// Who may connect to the embedded broker.
+/// Who may connect to the embedded broker, and as whom ([`Identity`]). Checked by the front
+/// on the public MQTT address; what each identity may publish and subscribe to is checked
+/// there too, on every packet.
 ///
 /// - The gateway's own client: user `phr-gateway` with a secret made fresh at every start.
 /// - An enrolled bridge (its key registered by an operator): user = its bridge id,
@@ -25,6 +43,14 @@ use crate::{Error, Result};
 ///
 /// What a bridge sends only counts if it opens with that bridge's channel key
 /// (`crate::channel`), whoever managed to publish it.
+///
+/// A bridge may publish only its own records and pairing reports and subscribe only to
+/// exactly its own acks and pairing requests; a refused PUBLISH (or last will) closes the
+/// connection, a refused SUBSCRIBE filter is answered with SUBACK failure (0x80).
+///
+/// An operator configures nothing for this: the secret is made at start, rumqttd's port is
+/// private. What stays theirs: TLS on the public MQTT address (`mqtt.tls_cert_file`,
+/// `mqtt.tls_key_file`), or else keeping it reachable only by bridges (README, security).
 #[derive(Clone)]
 pub struct Access {
     pub gateway_secret: String,
@@ -40,21 +66,52 @@ impl std::fmt::Debug for Access {
 /// The user name of the gateway's own MQTT client.
 pub const GATEWAY_USER: &str = "phr-gateway";
 
+/// Who an admitted MQTT client is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// The gateway's own client: every topic.
+    Gateway,
+    /// A bridge: its own topics only.
+    Bridge(String),
+}
+
+impl Identity {
+    /// Whether this client may publish on `topic` (a PUBLISH or a last will).
+    pub fn may_publish(&self, topics: &Topics, topic: &str) -> bool {
+        match self {
+            Self::Gateway => true,
+            Self::Bridge(b) => topics.bridge_may_publish(b, topic),
+        }
+    }
+
+    /// Whether this client may subscribe to `filter`.
+    pub fn may_subscribe(&self, topics: &Topics, filter: &str) -> bool {
+        match self {
+            Self::Gateway => true,
+            Self::Bridge(b) => topics.bridge_may_subscribe(b, filter),
+        }
+    }
+}
+
+/// Constant-time string comparison, for secrets.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 impl Access {
-    /// Whether a client may connect.
-    pub fn allows(&self, client_id: &str, user: &str, password: &str) -> bool {
+    /// Who a client is, if it may connect (see [`Access`]).
+    pub fn identify(&self, client_id: &str, user: &str, password: &str) -> Option<Identity> {
         if user == GATEWAY_USER {
-            return password.len() == self.gateway_secret.len()
-                && password
-                    .bytes()
-                    .zip(self.gateway_secret.bytes())
-                    .fold(0u8, |a, (x, y)| a | (x ^ y))
-                    == 0;
+            return same_secret(password, &self.gateway_secret).then_some(Identity::Gateway);
         }
         if !phr_schema::envelope::is_valid_id(user) {
-            return false;
+            return None;
         }
-        match self.store.bridge_public_key(user) {
+        let ok = match self.store.bridge_public_key(user) {
             Ok(None) => false,
             Ok(Some(key)) => {
                 let digest = phr_schema::envelope::connect_digest(user, client_id);
@@ -64,7 +121,13 @@ impl Access {
                 tracing::error!(error = %e, "could not check a bridge's credentials; refusing");
                 false
             }
-        }
+        };
+        ok.then(|| Identity::Bridge(user.to_owned()))
+    }
+
+    /// Whether a client may connect.
+    pub fn allows(&self, client_id: &str, user: &str, password: &str) -> bool {
+        self.identify(client_id, user, password).is_some()
     }
 }
 
@@ -84,15 +147,79 @@ fn signed_by(key: &ed25519_dalek::VerifyingKey, digest: &[u8; 32], signature: &s
         .is_ok()
 }
 
-/// Starts rumqttd on `listen` (MQTT 3.1.1). It runs until the process ends. With `access`,
-/// every connection is authenticated (see [`Access`]); without, anyone may connect.
+/// Starts the embedded broker as the gateway runs it: the front on `listen` (the address
+/// bridges use) and rumqttd on a private loopback port that admits only
+/// `access.gateway_secret`. Returns the private address, for the gateway's own client.
+/// Both run until `shutdown` (the front) or the end of the process (rumqttd).
+pub async fn start_guarded(
+    listen: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    access: Access,
+    topics: Topics,
+    metrics: Arc<crate::metrics::Metrics>,
+    shutdown: CancellationToken,
+) -> Result<MqttUrl> {
+    let public = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::AddressInUse {
+            addr: listen,
+            what: "MQTT broker",
+            source: e,
+        })?;
+    let private = private_loopback_addr()?;
+    let secret = access.gateway_secret.clone();
+    let meters = metrics.clone();
+    tokio::task::spawn_blocking(move || start(private, Some(secret), Some(meters)))
+        .await
+        .map_err(|_| Error::Poisoned)??;
+    let front = front::Front::new(access, topics, private, metrics, tls);
+    tokio::spawn(front::run(public, Arc::new(front), shutdown));
+    tracing::info!(%listen, "MQTT front listening (embedded broker)");
+    Ok(MqttUrl::new(private.ip().to_string(), private.port()))
+}
+
+/// The TLS side of the front: the certificate chain and private key in PEM files.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| Error::Config(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!("{}: no certificate", cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| Error::Config(format!("{}: {e}", key.display())))?;
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Config(format!("MQTT TLS certificate and key: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A loopback address with a port that was free a moment ago (rumqttd binds it itself).
+fn private_loopback_addr() -> Result<SocketAddr> {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    TcpListener::bind(any)
+        .and_then(|l| l.local_addr())
+        .map_err(|e| Error::AddressInUse {
+            addr: any,
+            what: "embedded MQTT broker (private port)",
+            source: e,
+        })
+}
+
+/// Starts rumqttd on `listen` (MQTT 3.1.1). It runs until the process ends. With `secret`,
+/// only clients presenting it as their password are admitted (the front and the gateway's
+/// own client, see [`start_guarded`]); without, anyone may connect and use any topic, which
+/// only benchmarks do.
 ///
 /// With `metrics`, the broker's count of open MQTT connections is copied into
 /// `phr_mqtt_connections` from rumqttd's router meters, which it pushes every
 /// [`METER_PUSH_SECS`] while messages flow (an idle broker keeps the last value).
 pub fn start(
     listen: SocketAddr,
-    access: Option<Access>,
+    secret: Option<String>,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 ) -> Result<()> {
     // Fails with the address in the error if something (a Mosquitto, say) holds the port.
@@ -115,20 +242,13 @@ pub fn start(
             dynamic_filters: true,
         },
     };
-    if let Some(access) = access.clone() {
+    if let Some(secret) = secret.clone() {
         server.connections.set_auth_handler(
-            move |client_id: String, user: String, password: String| {
-                let access = access.clone();
+            move |_client_id: String, _user: String, password: String| {
+                let ok = same_secret(&password, &secret);
                 async move {
-                    let ok = tokio::task::spawn_blocking(move || {
-                        access.allows(&client_id, &user, &password)
-                    })
-                    .await
-                    .unwrap_or(false);
                     if !ok {
-                        tracing::warn!(
-                            "refused an MQTT connection: unknown client or bad credentials"
-                        );
+                        tracing::warn!("refused a connection to the private MQTT port");
                     }
                     ok
                 }
@@ -171,9 +291,7 @@ pub fn start(
         })
         .map_err(|e| Error::Broker(e.to_string()))?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    let probe = access
-        .as_ref()
-        .map(|a| (GATEWAY_USER, a.gateway_secret.as_str()));
+    let probe = secret.as_deref().map(|s| (GATEWAY_USER, s));
     while !answers_mqtt(listen, probe) {
         if Instant::now() > deadline {
             return Err(Error::Broker(format!(

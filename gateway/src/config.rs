@@ -143,6 +143,16 @@ pub struct MqttConfig {
     pub listen: SocketAddr,
     /// Topic prefix shared with the bridges.
     pub topic_prefix: String,
+    /// With an external broker: the password of the gateway's user (`phr-gateway`) there
+    /// (see `docs/mosquitto/`). Better from the environment (`PHR_MQTT_PASSWORD`).
+    pub password: Option<phr_bridge::mqtt::MqttPassword>,
+    /// With an external `mqtts://` broker: the CA certificates (PEM) its certificate must
+    /// chain to.
+    pub ca_file: Option<PathBuf>,
+    /// MQTT over TLS at the embedded broker: its certificate chain and private key (PEM
+    /// files). With both set, `listen` speaks TLS only (bridges use `mqtts://`).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -200,6 +210,10 @@ impl Default for MqttConfig {
             url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             topic_prefix: phr_schema::envelope::DEFAULT_PREFIX.to_owned(),
+            password: None,
+            ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -248,10 +262,28 @@ impl Config {
             .url
             .as_deref()
             .map(|u| {
-                u.parse()
-                    .map_err(|e: phr_bridge::mqtt::MqttUrlError| Error::Config(e.to_string()))
+                let url = u
+                    .parse::<MqttUrl>()
+                    .map(|u| u.with_password(self.mqtt.password.clone()))
+                    .map_err(|e: phr_bridge::mqtt::MqttUrlError| Error::Config(e.to_string()))?;
+                match &self.mqtt.ca_file {
+                    Some(path) => url.with_ca_file(path).map_err(|e| Error::io(path, e)),
+                    None => Ok(url),
+                }
             })
             .transpose()
+    }
+
+    /// The embedded broker's TLS certificate and key files, if TLS is configured (both or
+    /// neither).
+    pub fn mqtt_tls(&self) -> Result<Option<(&Path, &Path)>> {
+        match (&self.mqtt.tls_cert_file, &self.mqtt.tls_key_file) {
+            (Some(c), Some(k)) => Ok(Some((c, k))),
+            (None, None) => Ok(None),
+            _ => Err(Error::Config(
+                "mqtt.tls_cert_file and mqtt.tls_key_file go together".into(),
+            )),
+        }
     }
 
     pub fn limits(&self) -> Limits {
@@ -368,5 +400,15 @@ mod tests {
         );
         c.mqtt.url = Some("http://x".into());
         assert!(c.external_broker().is_err());
+    }
+
+    #[test]
+    fn mqtt_tls_needs_both_certificate_and_key() {
+        let mut c = Config::default();
+        assert!(c.mqtt_tls().unwrap().is_none());
+        c.mqtt.tls_cert_file = Some("cert.pem".into());
+        assert!(c.mqtt_tls().is_err());
+        c.mqtt.tls_key_file = Some("key.pem".into());
+        assert!(c.mqtt_tls().unwrap().is_some());
     }
 }

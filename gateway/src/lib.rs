@@ -168,29 +168,49 @@ pub async fn start(
     };
     let external = config.external_broker()?;
     let embedded = external.is_none();
-    let mqtt = match external {
-        Some(url) => url,
+    let topics = Topics::new(&config.mqtt.topic_prefix);
+    // `mqtt` is where bridges connect; `own` where the gateway's client does (the embedded
+    // broker's private port, behind its authorising front).
+    let (mqtt, own) = match external {
+        Some(url) => (url.clone(), url),
         None => {
             let listen = config.mqtt.listen;
             let access = broker::Access {
                 gateway_secret: gateway_secret.clone(),
                 store: store.clone(),
             };
-            let meters = metrics.clone();
-            tokio::task::spawn_blocking(move || broker::start(listen, Some(access), Some(meters)))
-                .await
-                .map_err(|_| Error::Poisoned)??;
-            MqttUrl::new(listen.ip().to_string(), listen.port())
+            let tls = match config.mqtt_tls()? {
+                Some((cert, key)) => Some(broker::tls_acceptor(cert, key)?),
+                None => None,
+            };
+            let tls_on = tls.is_some();
+            let private = broker::start_guarded(
+                listen,
+                tls,
+                access,
+                topics.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .await?;
+            let mut public = MqttUrl::new(listen.ip().to_string(), listen.port());
+            public.tls = tls_on;
+            (public, private)
         }
     };
 
     let (subscribed_tx, subscribed) = watch::channel(false);
-    let topics = Topics::new(&config.mqtt.topic_prefix);
     let consumer_config = consumer::ConsumerConfig {
-        mqtt: mqtt.clone(),
+        mqtt: own,
         topics: topics.clone(),
         limits: config.limits(),
-        credentials: embedded.then(|| (broker::GATEWAY_USER.to_owned(), gateway_secret.clone())),
+        credentials: if embedded {
+            Some((broker::GATEWAY_USER.to_owned(), gateway_secret.clone()))
+        } else {
+            mqtt.password
+                .as_ref()
+                .map(|p| (broker::GATEWAY_USER.to_owned(), p.expose().to_owned()))
+        },
         channels: channels.clone(),
     };
     let (client, eventloop) = consumer::connect(&consumer_config);

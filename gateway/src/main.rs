@@ -196,6 +196,9 @@ struct ServeArgs {
     /// External broker, e.g. mqtt://127.0.0.1:1883; the embedded broker is not started.
     #[arg(long, env = "PHR_MQTT_URL")]
     mqtt_url: Option<String>,
+    /// The gateway's password (user `phr-gateway`) at the external broker.
+    #[arg(long, env = "PHR_MQTT_PASSWORD", hide_env_values = true)]
+    mqtt_password: Option<phr_bridge::mqtt::MqttPassword>,
     /// Topic prefix shared with bridges.
     #[arg(long, env = "PHR_TOPIC_PREFIX")]
     topic_prefix: Option<String>,
@@ -279,6 +282,9 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             }
             if let Some(u) = a.mqtt_url {
                 config.mqtt.url = Some(u);
+            }
+            if let Some(p) = a.mqtt_password {
+                config.mqtt.password = Some(p);
             }
             if let Some(p) = a.topic_prefix {
                 config.mqtt.topic_prefix = p;

@@ -131,7 +131,12 @@ pub struct Metrics {
     /// Open MQTT connections at the embedded broker, as its router last reported them.
     mqtt_connections: AtomicU64,
     http: Mutex<BTreeMap<HttpKey, Histogram>>,
+    /// What the embedded broker's front refused: connects, publishes, subscriptions.
+    mqtt_refused: [AtomicU64; 3],
 }
+
+/// The `what` label values of `phr_mqtt_refused_total`, in the order of `mqtt_refused`.
+pub const MQTT_REFUSED: [&str; 3] = ["connect", "publish", "subscribe"];
 
 impl Metrics {
     pub fn received(&self, n: usize) {
@@ -163,6 +168,13 @@ impl Metrics {
     }
 
     /// The embedded broker's count of open MQTT connections.
+    /// One refusal by the embedded broker's front; `what` is one of [`MQTT_REFUSED`].
+    pub fn mqtt_refused(&self, what: &str) {
+        if let Some(i) = MQTT_REFUSED.iter().position(|w| *w == what) {
+            self.mqtt_refused[i].fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn set_mqtt_connections(&self, n: u64) {
         self.mqtt_connections.store(n, Relaxed);
     }
@@ -310,6 +322,21 @@ impl Metrics {
             &[],
             &quarantine.to_string(),
         );
+
+        family(
+            &mut out,
+            "phr_mqtt_refused_total",
+            "What the embedded broker refused: connections without valid credentials, publishes and subscriptions outside the client's own topics.",
+            "counter",
+        );
+        for (what, n) in MQTT_REFUSED.iter().zip(&self.mqtt_refused) {
+            sample(
+                &mut out,
+                "phr_mqtt_refused_total",
+                &[("what", what)],
+                &n.load(Relaxed).to_string(),
+            );
+        }
 
         family(
             &mut out,
@@ -556,6 +583,8 @@ mod tests {
             404,
             Duration::ZERO,
         );
+        m.mqtt_refused("publish");
+        m.mqtt_refused("not-a-label");
         let text = m.render(7, 3);
         let mut declared: Vec<(String, String)> = Vec::new();
         let mut helped = Vec::new();
@@ -588,6 +617,9 @@ mod tests {
                 );
             }
         }
+        assert!(text.contains("phr_mqtt_refused_total{what=\"subscribe\"} 0\n"));
+        assert!(text.contains("phr_mqtt_refused_total{what=\"publish\"} 1\n"));
+        assert!(!text.contains("not-a-label"));
         assert_eq!(value(samples(&text, "phr_series_records")[0]), 7.0);
         assert_eq!(value(samples(&text, "phr_quarantine_records")[0]), 3.0);
         assert_eq!(value(samples(&text, "phr_store_commits_total")[0]), 1.0);

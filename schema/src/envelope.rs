@@ -210,6 +210,29 @@ impl Topics {
     }
 }
 
+/// Who may publish and subscribe to what, as a broker must enforce it (the embedded broker's
+/// front in the gateway does; the shipped Mosquitto ACL in `docs/mosquitto/` says the same).
+///
+/// A bridge `b` may publish only its own records (`{prefix}/bridges/{b}/devices/{d}/records`,
+/// `d` a valid device id) and its own pairing reports, and subscribe only to exactly its own
+/// acks and pairing requests: no wildcards, nothing of another bridge, nothing outside the
+/// prefix. The gateway's own client may do anything; that is decided by the caller, not here.
+impl Topics {
+    /// Whether bridge `bridge` may publish on `topic`.
+    pub fn bridge_may_publish(&self, bridge: &str, topic: &str) -> bool {
+        is_valid_id(bridge)
+            && (self.parse_records(topic).is_some_and(|(b, _)| b == bridge)
+                || topic == self.pairing_reports(bridge))
+    }
+
+    /// Whether bridge `bridge` may subscribe to `filter` (compared exactly: a filter with a
+    /// wildcard never equals one of the bridge's own topics, whose ids exclude `+` and `#`).
+    pub fn bridge_may_subscribe(&self, bridge: &str, filter: &str) -> bool {
+        is_valid_id(bridge)
+            && (filter == self.acks(bridge) || filter == self.pairing_requests(bridge))
+    }
+}
+
 /// Bridge and device ids appear in topics: 1 to 64 characters of `A-Z a-z 0-9 . _ : -`, so
 /// never a topic separator or wildcard.
 pub fn is_valid_id(id: &str) -> bool {
@@ -264,6 +287,90 @@ mod tests {
             t.parse_pairing_reports("phr/v1/bridges/a/b/pairing/reports"),
             None
         );
+    }
+
+    #[test]
+    fn a_bridge_publishes_only_its_own_records_and_reports() {
+        let t = Topics::new("phr/v1");
+        for ok in [
+            "phr/v1/bridges/br-a/devices/AA:BB:CC:DD:EE:FF/records",
+            "phr/v1/bridges/br-a/devices/band-1/records",
+            "phr/v1/bridges/br-a/pairing/reports",
+        ] {
+            assert!(t.bridge_may_publish("br-a", ok), "{ok}");
+        }
+        for bad in [
+            // Another bridge's topics.
+            "phr/v1/bridges/br-b/devices/band-1/records",
+            "phr/v1/bridges/br-b/pairing/reports",
+            "phr/v1/bridges/br-a2/pairing/reports",
+            "phr/v1/bridges/br/devices/band-1/records",
+            // What only the gateway sends.
+            "phr/v1/bridges/br-a/acks",
+            "phr/v1/bridges/br-a/pairing/requests",
+            // Wildcards (not valid in a PUBLISH, and never one of its own topics).
+            "phr/v1/bridges/+/devices/band-1/records",
+            "phr/v1/bridges/br-a/devices/+/records",
+            "phr/v1/bridges/br-a/devices/#",
+            "phr/v1/bridges/br-a/pairing/#",
+            "#",
+            "$SYS/broker/clients",
+            // Prefix confusion, extra or missing levels, trailing and doubled slashes.
+            "phr/v2/bridges/br-a/pairing/reports",
+            "phr/v1x/bridges/br-a/pairing/reports",
+            "x/phr/v1/bridges/br-a/pairing/reports",
+            "/phr/v1/bridges/br-a/pairing/reports",
+            "phr/v1/bridges/br-a/pairing/reports/",
+            "phr/v1/bridges/br-a/devices/band-1/records/",
+            "phr/v1/bridges/br-a/devices/band-1/records/x",
+            "phr/v1/bridges/br-a/devices//records",
+            "phr/v1//bridges/br-a/pairing/reports",
+            "phr/v1/bridges/br-a/devices/a/b/records",
+            "",
+        ] {
+            assert!(!t.bridge_may_publish("br-a", bad), "{bad}");
+        }
+        // A bridge id that is not an id (a user name with a wildcard or separator) gets
+        // nothing, even on a topic spelled with it.
+        for bad_id in ["+", "#", "br/a", ""] {
+            let topic = format!("phr/v1/bridges/{bad_id}/pairing/reports");
+            assert!(!t.bridge_may_publish(bad_id, &topic), "{bad_id}");
+        }
+    }
+
+    #[test]
+    fn a_bridge_subscribes_only_to_exactly_its_own_acks_and_requests() {
+        let t = Topics::new("phr/v1/");
+        assert!(t.bridge_may_subscribe("br-a", "phr/v1/bridges/br-a/acks"));
+        assert!(t.bridge_may_subscribe("br-a", "phr/v1/bridges/br-a/pairing/requests"));
+        for bad in [
+            "#",
+            "+",
+            "$SYS/#",
+            "phr/#",
+            "phr/v1/#",
+            "phr/v1/bridges/#",
+            "phr/v1/bridges/+/acks",
+            "phr/v1/bridges/+/pairing/requests",
+            "phr/v1/bridges/br-a/#",
+            "phr/v1/bridges/br-a/+",
+            "phr/v1/bridges/br-a/pairing/+",
+            "phr/v1/bridges/br-b/acks",
+            "phr/v1/bridges/br-b/pairing/requests",
+            "phr/v1/bridges/br-a/devices/+/records",
+            "phr/v1/bridges/br-a/devices/band-1/records",
+            "phr/v1/bridges/br-a/pairing/reports",
+            "phr/v1/bridges/br-a/acks/",
+            "phr/v1/bridges/br-a/acks/#",
+            "phr/v1//bridges/br-a/acks",
+            "phr/v2/bridges/br-a/acks",
+            "phr/v1x/bridges/br-a/acks",
+            "",
+        ] {
+            assert!(!t.bridge_may_subscribe("br-a", bad), "{bad}");
+        }
+        assert!(!t.bridge_may_subscribe("+", "phr/v1/bridges/+/acks"));
+        assert!(!t.bridge_may_subscribe("#", "phr/v1/bridges/#/acks"));
     }
 
     #[test]

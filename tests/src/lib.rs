@@ -356,8 +356,44 @@ impl RawBridge {
         channel: Option<ChannelKey>,
     ) -> Result<Self> {
         let id = format!("raw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let mut options = broker.options(&id);
-        options.set_credentials(bridge, key.connect_password(bridge, &id));
+        let password = key.connect_password(bridge, &id);
+        Self::open(broker, topics, bridge, &id, &password, key, channel).await
+    }
+
+    /// Connects as `bridge` with MQTT client id `client_id` and a static `password` (as a
+    /// bridge does towards a Mosquitto with a password file); publishes in clear.
+    pub async fn connect_with(
+        broker: &MqttUrl,
+        topics: Topics,
+        bridge: &str,
+        client_id: &str,
+        password: &str,
+    ) -> Result<Self> {
+        Self::open(
+            broker,
+            topics,
+            bridge,
+            client_id,
+            password,
+            BridgeKey::generate(),
+            None,
+        )
+        .await
+    }
+
+    /// Connects as `bridge` with `client_id` and `password` as given, holding `key` and, if
+    /// given, sealing with `channel` (a bridge with a static password towards Mosquitto).
+    pub async fn open(
+        broker: &MqttUrl,
+        topics: Topics,
+        bridge: &str,
+        client_id: &str,
+        password: &str,
+        key: BridgeKey,
+        channel: Option<ChannelKey>,
+    ) -> Result<Self> {
+        let mut options = broker.options(client_id);
+        options.set_credentials(bridge, password);
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         let (tx, acks) = mpsc::unbounded_channel();
         let (ready_tx, mut ready) = mpsc::unbounded_channel();
@@ -517,10 +553,16 @@ pub fn spawn_gateway(
 
 /// Starts a private Mosquitto on `port` (in-memory, anonymous, loopback only).
 pub fn spawn_mosquitto(dir: &Path, port: u16) -> Result<Process> {
-    let conf = dir.join(format!("mosquitto-{port}.conf"));
+    spawn_mosquitto_with(dir, port, "allow_anonymous true\n")
+}
+
+/// Starts a private Mosquitto on `port` (in-memory, loopback only) with `conf` appended to
+/// its configuration (e.g. the shipped `docs/mosquitto/` fragment: passwords and ACL).
+pub fn spawn_mosquitto_with(dir: &Path, port: u16, conf: &str) -> Result<Process> {
+    let path = dir.join(format!("mosquitto-{port}.conf"));
     std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        &path,
+        format!("listener {port} 127.0.0.1\npersistence false\n{conf}"),
     )?;
     let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
         .into_iter()
@@ -528,7 +570,7 @@ pub fn spawn_mosquitto(dir: &Path, port: u16) -> Result<Process> {
         .context("mosquitto is not installed (apt-get install -y mosquitto; .ci/run does this)")?;
     let child = Command::new(bin)
         .arg("-c")
-        .arg(&conf)
+        .arg(&path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

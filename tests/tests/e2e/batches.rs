@@ -255,12 +255,17 @@ async fn acks_go_out_in_order_even_with_other_messages_in_between() -> anyhow::R
                     serde_json::to_vec(&report)?,
                 )
                 .await?;
-            bridge
-                .publish_to(
-                    format!("{}/bridges/br o/devices/x/records", gw.topics().prefix()),
-                    b"{}".to_vec(),
-                )
-                .await?;
+            // A topic the records filter matches but no bridge may publish on: the embedded
+            // broker closes the connection of a bridge that tries (attack_broker.rs); a
+            // broker without such rules passes it to the gateway.
+            if phr_e2e::external_broker().is_some() {
+                bridge
+                    .publish_to(
+                        format!("{}/bridges/br o/devices/x/records", gw.topics().prefix()),
+                        b"{}".to_vec(),
+                    )
+                    .await?;
+            }
         }
     }
     let mut acked = Vec::new();

@@ -7,6 +7,7 @@
 
 mod api;
 mod attack_auth;
+mod attack_broker;
 mod attack_channel;
 mod attack_moves;
 mod batches;
