@@ -198,7 +198,18 @@ async fn clinician_and_owner_dashboards_in_a_real_browser() -> anyhow::Result<()
             "the confirmation names {who}: {heading}"
         );
         let agree = br.expect("form[action=\"/dashboard/signin\"] button[type=submit]")?;
-        br.click(&agree)
+        br.click(&agree)?;
+        // The click returns once the form is sent, not once the next page has loaded: wait
+        // for the browser to leave the sign-in page (a loaded machine takes a moment).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while br.current_url()?.contains("/dashboard/signin") {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "still on the sign-in page after confirming"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(())
     };
 
     // The clinician signs in: the link leaves no code in the address bar, the session cookie
