@@ -121,6 +121,8 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,rumqttc=warn".into()),
         )
+        // Logs to stderr: stdout is what a command prints (pairing codes, keys).
+        .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {

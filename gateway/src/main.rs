@@ -267,6 +267,8 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,rumqttd=warn,rumqttc=warn,actix_server=warn".into()),
         )
+        // Logs to stderr: stdout is what a command prints for people and scripts.
+        .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
         Command::Serve(a) => {
