@@ -3,7 +3,9 @@
 //! half) and the pairwise keys of enrolled bridges, derived once and cached.
 //!
 //! A bridge without an enrolled key has no channel: nothing it sends opens, and nothing is
-//! sent to it.
+//! sent to it. A revoked enrolment takes effect at once through this process
+//! ([`Channels::forget`], the admin API) and within [`CACHE_TTL`] when another process (the
+//! CLI) revoked it in the store.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,6 +17,9 @@ use phr_schema::channel::{ChannelError, ChannelKey};
 use crate::store::Store;
 use crate::{Error, Result};
 
+/// How long a derived channel is used before the enrolment is read again.
+pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The file, in the keys dir, of the gateway's channel key.
 pub const KEY_FILE: &str = "channel-ed25519.pk8";
 
@@ -22,9 +27,9 @@ pub const KEY_FILE: &str = "channel-ed25519.pk8";
 pub struct Channels {
     key: SigningKey,
     store: Arc<Store>,
-    /// bridge id → (its enrolled public key, the channel key). Entries are checked against
-    /// the enrolled key on every miss only; [`Channels::forget`] drops one at revocation.
-    cache: RwLock<HashMap<String, ChannelKey>>,
+    /// bridge id → the channel key and when it was derived; read again from the store after
+    /// [`CACHE_TTL`], dropped at once by [`Channels::forget`].
+    cache: RwLock<HashMap<String, (ChannelKey, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for Channels {
@@ -61,15 +66,18 @@ impl Channels {
 
     /// The channel of `bridge_id`, or `None` if the bridge is not enrolled.
     pub fn channel(&self, bridge_id: &str) -> Result<Option<ChannelKey>> {
-        if let Some(k) = self
+        if let Some((k, at)) = self
             .cache
             .read()
             .map_err(|_| Error::Poisoned)?
             .get(bridge_id)
         {
-            return Ok(Some(k.clone()));
+            if at.elapsed() < CACHE_TTL {
+                return Ok(Some(k.clone()));
+            }
         }
         let Some(bridge_key) = self.store.bridge_public_key(bridge_id)? else {
+            self.forget(bridge_id);
             return Ok(None);
         };
         let channel = match ChannelKey::for_gateway(&self.key, &bridge_key) {
@@ -83,7 +91,10 @@ impl Channels {
         let mut cache = self.cache.write().map_err(|_| Error::Poisoned)?;
         // Bounded: one entry per enrolled bridge that has sent something. A deployment of
         // many more bridges than memory allows would swap this for an LRU.
-        cache.insert(bridge_id.to_owned(), channel.clone());
+        cache.insert(
+            bridge_id.to_owned(),
+            (channel.clone(), std::time::Instant::now()),
+        );
         Ok(Some(channel))
     }
 

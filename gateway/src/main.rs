@@ -111,6 +111,15 @@ enum BridgesCommand {
         #[arg(long)]
         public_key: String,
     },
+    /// Revoke a bridge's enrolment (lost or compromised): it can no longer connect, and what
+    /// it seals is no longer read (a running gateway notices within a minute; the admin API,
+    /// `DELETE /api/v1/admin/bridges/{id}`, at once).
+    Revoke {
+        #[arg(long, env = "PHR_DATA_DIR", default_value = "phr-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        bridge_id: String,
+    },
     /// Print the gateway's channel key (what bridges are configured with as `gateway_key`).
     GatewayKey {
         #[arg(long, env = "PHR_DATA_DIR", default_value = "phr-data")]
@@ -388,7 +397,7 @@ fn open_store(data_dir: &std::path::Path) -> anyhow::Result<phr_gateway::Store> 
     Ok(phr_gateway::Store::open(&config.store_path())?)
 }
 
-/// `bridges enrol|gateway-key|refused`.
+/// `bridges enrol|revoke|gateway-key|refused`.
 fn bridges(command: BridgesCommand) -> anyhow::Result<std::process::ExitCode> {
     let gateway_key = |data_dir: &std::path::Path| -> anyhow::Result<String> {
         let config = Config {
@@ -414,6 +423,17 @@ fn bridges(command: BridgesCommand) -> anyhow::Result<std::process::ExitCode> {
             println!("gateway_key = \"{}\"", gateway_key(&data_dir)?);
         }
         BridgesCommand::GatewayKey { data_dir } => println!("{}", gateway_key(&data_dir)?),
+        BridgesCommand::Revoke {
+            data_dir,
+            bridge_id,
+        } => {
+            if open_store(&data_dir)?.revoke_bridge(&bridge_id)? {
+                println!("revoked bridge {bridge_id}");
+            } else {
+                println!("no enrolled bridge {bridge_id}");
+                return Ok(std::process::ExitCode::from(1));
+            }
+        }
         BridgesCommand::Refused { data_dir, minutes } => {
             let config = Config {
                 data_dir,

@@ -33,6 +33,7 @@ pub const CONFIRM: &str = "/api/v1/me/devices/pairings/{pairing_id}/confirm";
 pub const BINDING: &str = "/api/v1/me/devices/{device_id}/binding";
 pub const ADMIN_BINDING: &str = "/api/v1/admin/devices/{device_id}/binding";
 pub const ADMIN_BRIDGES: &str = "/api/v1/admin/bridges";
+pub const ADMIN_BRIDGE: &str = "/api/v1/admin/bridges/{bridge_id}";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(DEVICES, web::get().to(list))
@@ -41,7 +42,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(CONFIRM, web::post().to(confirm))
         .route(BINDING, web::delete().to(release))
         .route(ADMIN_BINDING, web::delete().to(operator_release))
-        .route(ADMIN_BRIDGES, web::post().to(enrol));
+        .route(ADMIN_BRIDGES, web::post().to(enrol))
+        .route(ADMIN_BRIDGE, web::delete().to(revoke));
 }
 
 fn require(p: &Principal, perm: char) -> Result<(), ApiError> {
@@ -407,6 +409,46 @@ pub(crate) async fn enrol(
     })))
 }
 
+/// Revokes a bridge's enrolment (lost or compromised).
+#[utoipa::path(delete, path = "/api/v1/admin/bridges/{bridge_id}", tag = "admin",
+    operation_id = "revoke_bridge",
+    params(("bridge_id" = String, Path, description = "The bridge whose enrolment to revoke")),
+    security(("bearer" = [])),
+    description = "Scope: `phr:admin`. From now on the bridge cannot connect to the embedded \
+                   broker, nothing it seals is read (its batches are refused unread and \
+                   counted), and nothing is sent to it. Its devices and their bindings stay; \
+                   enrol it again with a new key to resume.",
+    responses(
+        (status = 200, description = "Revoked", body = doc::Revoked),
+        (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token lacks `phr:admin`", body = super::openapi::ErrorBody),
+        (status = 404, description = "No enrolled bridge with that id", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
+        (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn revoke(
+    principal: Principal,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    super::corrections::require_admin(&principal)?;
+    let bridge = path.into_inner();
+    if !is_valid_id(&bridge) {
+        return Err(ApiError::NotFound);
+    }
+    let store = state.store.clone();
+    let id = bridge.clone();
+    let revoked = web::block(move || store.revoke_bridge(&id))
+        .await
+        .map_err(|_| ApiError::Internal)??;
+    state.channels.forget(&bridge);
+    if !revoked {
+        return Err(ApiError::NotFound);
+    }
+    tracing::warn!(bridge_id = %bridge, operator = %principal.subject, "bridge enrolment revoked");
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "bridge_id": bridge, "revoked": true })))
+}
+
 /// The JSON these handlers write, for the OpenAPI document only.
 #[allow(dead_code)]
 pub(crate) mod doc {
@@ -449,6 +491,13 @@ pub(crate) mod doc {
         pairing: Pairing,
         /// What to do next, in words.
         next: String,
+    }
+
+    /// A revoked enrolment.
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct Revoked {
+        bridge_id: String,
+        revoked: bool,
     }
 
     /// A binding an operator ended.

@@ -396,6 +396,19 @@ impl Store {
         })
     }
 
+    /// Revokes `bridge_id`'s enrolment (a lost or compromised bridge): it can no longer
+    /// connect to the embedded broker, nothing it seals opens any more, and nothing is sent to
+    /// it; its devices and their bindings stay. `false` if it was not enrolled. Enrolling it
+    /// again (with a new key) is allowed afterwards.
+    pub fn revoke_bridge(&self, bridge_id: &str) -> Result<bool> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE bridges SET public_key = NULL WHERE bridge_id = ?1 AND public_key IS NOT NULL",
+                [bridge_id],
+            )? == 1)
+        })
+    }
+
     /// Makes sure `person_id` exists (a token's subject granting a consent, say).
     pub fn ensure_person(&self, person_id: &str) -> Result<()> {
         let zone = self

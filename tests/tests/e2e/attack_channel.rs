@@ -495,3 +495,64 @@ async fn operators_enrol_bridges_and_transfer_bands_and_nobody_else_can() -> any
     gw.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_bridge_is_heard_no_more() -> anyhow::Result<()> {
+    let gw = TestGateway::start().await?;
+    let admin =
+        gw.gateway
+            .keys
+            .issue("operator-1", "phr:admin", TimeDelta::hours(1), Utc::now())?;
+    gw.enrol(
+        "ana",
+        "br-lost",
+        &["band-l".into()],
+        Utc::now() - TimeDelta::days(1),
+    )?;
+    let mut lost = gw.raw_bridge("br-lost").await?;
+    let at = |m| {
+        phr_e2e::minute_steps(
+            "band-l",
+            "br-lost",
+            Utc::now() - TimeDelta::minutes(m),
+            10 + m,
+        )
+    };
+    let ack = phr_e2e::send(&mut lost, "band-l", vec![at(3)]).await?;
+    assert_eq!(ack.stored, 1);
+
+    let url = gw.url("/api/v1/admin/bridges/br-lost");
+    let (s, _) = call("DELETE", &url, Some(&gw.owner_token("ana")), None)?;
+    assert_eq!(s, 403, "owners revoke nothing");
+    let (s, b) = call("DELETE", &url, Some(&admin), None)?;
+    assert_eq!((s, b["revoked"].as_bool()), (200, Some(true)), "{b}");
+    let (s, _) = call("DELETE", &url, Some(&admin), None)?;
+    assert_eq!(s, 404, "revoked already");
+
+    // Its open session still delivers bytes, but nothing it seals is read any more.
+    let batch = phr_schema::Batch::new("br-lost", "band-l", uuid::Uuid::new_v4(), vec![at(2)]);
+    lost.publish("band-l", serde_json::to_vec(&batch)?).await?;
+    wait_for("the batch refused unread", Duration::from_secs(10), || {
+        phr_e2e::metric(&gw.url(""), "phr_batches_refused_unread_total")
+            .ok()
+            .filter(|n| *n >= 1.0)
+    })
+    .await?;
+    assert_eq!(phr_e2e::step_counts(&gw, "ana")?, vec![13]);
+    // A new connection with its key is refused (embedded broker).
+    if phr_e2e::external_broker().is_none() {
+        let again = BridgeKey::from_seed(&{
+            use sha2::Digest;
+            sha2::Sha256::digest(format!("{}\nbr-lost", gw.dir.path().display())).into()
+        });
+        let connect = gw.raw_bridge_with("br-lost", again);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(20), connect)
+                .await
+                .map_or(true, |r| r.is_err()),
+            "a revoked bridge got a session"
+        );
+    }
+    gw.stop().await;
+    Ok(())
+}
