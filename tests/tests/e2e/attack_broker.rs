@@ -370,13 +370,21 @@ async fn a_bridge_reads_nothing_of_another_bridges_traffic() -> anyhow::Result<(
         ((snooping_filters(&t).len() + 2) * snoopers.len()) as f64
     );
 
+    // One fixed start: rounds a minute apart must not land on the same minute when the
+    // clock crosses a minute between them.
+    let start = ago(60);
     for round in 0..3 {
         // The victim's traffic: a batch (health data), its ack, and a pairing request with
         // a one-time code from the gateway.
         let ack = send(
             &mut victim,
             BAND,
-            vec![minute_steps(BAND, VICTIM, ago(60 + round), 100)],
+            vec![minute_steps(
+                BAND,
+                VICTIM,
+                start - TimeDelta::minutes(round),
+                100,
+            )],
         )
         .await?;
         assert_eq!(ack.stored, 1, "{ack:?}");
@@ -743,11 +751,19 @@ async fn mosquitto_with_the_shipped_acl_holds_the_same_boundaries() -> anyhow::R
             .publish(topic, QoS::AtLeastOnce, false, forged_ack.clone())
             .await?;
     }
+    // One fixed start: rounds a minute apart must not land on the same minute when the
+    // clock crosses a minute between them.
+    let start = ago(60);
     for round in 0..3 {
         let ack = phr_e2e::send(
             &mut victim,
             BAND,
-            vec![minute_steps(BAND, VICTIM, ago(60 + round), 100)],
+            vec![minute_steps(
+                BAND,
+                VICTIM,
+                start - TimeDelta::minutes(round),
+                100,
+            )],
         )
         .await?;
         assert_ne!(
