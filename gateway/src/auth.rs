@@ -180,6 +180,14 @@ impl Keys {
     }
 }
 
+/// Whether two secrets (codes, tokens, hashes of them) are equal, in time that depends only
+/// on their lengths, so timing does not reveal how much of a guess was right. The one
+/// comparison every secret check uses.
+pub(crate) fn same_secret(a: impl AsRef<[u8]>, b: impl AsRef<[u8]>) -> bool {
+    use subtle::ConstantTimeEq;
+    a.as_ref().ct_eq(b.as_ref()).into()
+}
+
 /// An Ed25519 key kept as PKCS#8 DER (mode 0600) at `path`, generated on first use; `what`
 /// names it in the log.
 pub(crate) fn load_or_create_key(path: &Path, what: &str) -> Result<SigningKey> {

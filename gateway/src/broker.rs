@@ -93,20 +93,12 @@ impl Identity {
     }
 }
 
-/// Constant-time string comparison, for secrets.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 impl Access {
     /// Who a client is, if it may connect (see [`Access`]).
     pub fn identify(&self, client_id: &str, user: &str, password: &str) -> Option<Identity> {
         if user == GATEWAY_USER {
-            return same_secret(password, &self.gateway_secret).then_some(Identity::Gateway);
+            return crate::auth::same_secret(password, &self.gateway_secret)
+                .then_some(Identity::Gateway);
         }
         if !phr_schema::envelope::is_valid_id(user) {
             return None;
@@ -245,7 +237,7 @@ pub fn start(
     if let Some(secret) = secret.clone() {
         server.connections.set_auth_handler(
             move |_client_id: String, _user: String, password: String| {
-                let ok = same_secret(&password, &secret);
+                let ok = crate::auth::same_secret(&password, &secret);
                 async move {
                     if !ok {
                         tracing::warn!("refused a connection to the private MQTT port");

@@ -225,20 +225,11 @@ impl FromRequest for Viewer {
     }
 }
 
-/// Compares without an early exit, so timing does not reveal how much of a guess was right.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 /// Checks a form's CSRF token against the session's; a mismatch is the HTML 403 page.
 // The refusal is a whole page; it is built only on the rare failure.
 #[allow(clippy::result_large_err)]
 pub fn check_csrf(viewer: &Viewer, form_csrf: &str) -> Result<(), HttpResponse> {
-    if !viewer.csrf.is_empty() && same(&viewer.csrf, form_csrf) {
+    if !viewer.csrf.is_empty() && crate::auth::same_secret(&viewer.csrf, form_csrf) {
         Ok(())
     } else {
         Err(respond(

@@ -94,11 +94,6 @@ fn salted_digest(salt_hex: &str, secret: &str) -> String {
     hex(&h.finalize())
 }
 
-/// Equality whose time depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl SecretHash {
     fn new(secret: &str) -> Self {
         let mut salt = [0u8; 16];
@@ -115,7 +110,7 @@ impl SecretHash {
         else {
             return false;
         };
-        constant_time_eq(salted_digest(salt, secret).as_bytes(), digest.as_bytes())
+        crate::auth::same_secret(salted_digest(salt, secret), digest)
     }
 }
 

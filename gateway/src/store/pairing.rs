@@ -166,15 +166,6 @@ fn hash(pairing_id: Uuid, code: &str) -> String {
         .collect()
 }
 
-/// Equal-length strings compared without an early exit.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 /// A fresh six-digit code.
 pub fn new_code() -> String {
     use rand::Rng;
@@ -501,7 +492,7 @@ impl Store {
             if now_ms >= expires_at_ms {
                 return refuse(tx, Refusal::Expired, true);
             }
-            if !same(&hash(pairing_id, code.trim()), &code_hash) {
+            if !crate::auth::same_secret(hash(pairing_id, code.trim()), &code_hash) {
                 tx.execute("UPDATE pairings SET attempts = attempts + 1 WHERE pairing_id = ?1", [pairing_id.to_string()])?;
                 return refuse(tx, Refusal::WrongCode, attempts + 1 >= MAX_ATTEMPTS);
             }

@@ -24,6 +24,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use sha2::{Digest, Sha256};
 
 use super::Store;
+use crate::auth::same_secret;
 use crate::dashboard::{Role, Viewer};
 use crate::{Error, Result};
 
@@ -134,15 +135,6 @@ pub enum SignInOutcome {
     /// pre-sign-in nonce, or another form token): nothing changed, the code is still usable
     /// by the browser that opened the link.
     NotThisBrowser,
-}
-
-/// Equality whose time depends only on the lengths.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 /// 32 random bytes from the OS, base64url without padding (43 characters).
@@ -386,7 +378,7 @@ impl Store {
                 .optional()?;
             let bound = pending.is_some_and(|(nonce_hash, token)| {
                 // Both compared in full, whatever the first says.
-                same(&nonce_hash, &hash(nonce)) & same(&token, form_token)
+                same_secret(&nonce_hash, hash(nonce)) & same_secret(&token, form_token)
             });
             if !bound {
                 return Ok(SignInOutcome::NotThisBrowser);
