@@ -368,7 +368,7 @@ impl Store {
     /// different key is refused (`Error::Conflict`): a bridge's identity does not change
     /// silently (an operator revokes the bridge first).
     pub fn register_bridge_key(&self, bridge_id: &str, public_key_hex: &str) -> Result<()> {
-        if parse_key(public_key_hex).is_none() {
+        if phr_schema::channel::key_from_hex(public_key_hex).is_none() {
             return Err(Error::Invalid(
                 "a bridge key is 64 hex characters of an Ed25519 public key",
             ));
@@ -861,20 +861,8 @@ pub(crate) fn bridge_key(conn: &Connection, bridge_id: &str) -> Result<Option<Ve
         .query_row([bridge_id], |r| r.get(0))
         .optional()?
         .flatten();
-    hex.map(|h| parse_key(&h).ok_or(Error::Invalid("a stored bridge key is malformed")))
+    hex.map(|h| phr_schema::channel::key_from_hex(&h).ok_or(Error::Invalid("a stored bridge key is malformed")))
         .transpose()
-}
-
-/// An Ed25519 public key from 64 hex characters.
-pub fn parse_key(hex: &str) -> Option<VerifyingKey> {
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
-    let mut bytes = [0u8; 32];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    VerifyingKey::from_bytes(&bytes).ok()
 }
 
 /// The registry's view of one device, read inside the ingest transaction.
