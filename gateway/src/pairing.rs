@@ -34,9 +34,9 @@ pub fn start(
     let pairing_id = Uuid::new_v4();
     // The code only the bridge's key holder can compute. A bridge that is not enrolled has no
     // channel; the store refuses it (and logs the attempt) with a code nobody can match.
-    let code = cx
-        .channels
-        .channel(bridge_id)?
+    let channel = cx.channels.channel(bridge_id)?;
+    let code = channel
+        .as_ref()
         .map(|c| c.pairing_code(&pairing_id, device_id))
         .unwrap_or_default();
     let pairing = match cx
@@ -61,10 +61,10 @@ pub fn start(
     };
     let topic = cx.topics.pairing_requests(bridge_id);
     let body = serde_json::to_vec(&request).map_err(|e| Error::Broker(e.to_string()))?;
-    let sealed = cx
-        .channels
-        .seal(bridge_id, &topic, &body)?
-        .ok_or(Error::Conflict("the bridge's enrolment was revoked"))?;
+    // The store refused a bridge without a channel above, so there is one here.
+    let sealed = channel
+        .ok_or(Error::Conflict("the bridge is not enrolled"))?
+        .seal(&topic, &body, crate::channel::nonce());
     cx.mqtt
         .try_publish(topic, QoS::AtLeastOnce, false, sealed)
         .map_err(|_| Error::Broker("could not queue the pairing request; try again".into()))?;
