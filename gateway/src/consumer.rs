@@ -171,7 +171,6 @@ async fn work(
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<Publish>,
 ) {
-    let channels = cfg.channels.clone();
     let (group_tx, group_rx) = mpsc::channel::<Group>(1);
     let committer = tokio::spawn(commit(
         cfg.clone(),
@@ -190,7 +189,7 @@ async fn work(
         }
         let topics = cfg.topics.clone();
         let limits = cfg.limits.clone();
-        let channels = channels.clone();
+        let channels = cfg.channels.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let now = Utc::now();
             let mut checked = Vec::with_capacity(group.len());
