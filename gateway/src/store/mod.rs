@@ -861,8 +861,11 @@ pub(crate) fn bridge_key(conn: &Connection, bridge_id: &str) -> Result<Option<Ve
         .query_row([bridge_id], |r| r.get(0))
         .optional()?
         .flatten();
-    hex.map(|h| phr_schema::channel::key_from_hex(&h).ok_or(Error::Invalid("a stored bridge key is malformed")))
-        .transpose()
+    hex.map(|h| {
+        phr_schema::channel::key_from_hex(&h)
+            .ok_or(Error::Invalid("a stored bridge key is malformed"))
+    })
+    .transpose()
 }
 
 /// The registry's view of one device, read inside the ingest transaction.

@@ -320,6 +320,17 @@ async fn nobody_pairs_a_band_someone_else_holds_and_the_owner_is_told() -> anyho
         assert!(s == 409 || s == 429, "{s}");
     }
     assert!(log("ana")?.len() <= before + PER_DEVICE as usize);
+    // Nor can another account end her binding to make room: only the holder releases.
+    let release = |who: &str| {
+        call(
+            "DELETE",
+            &gw.url(&format!("/api/v1/me/devices/{band}/binding")),
+            Some(&gw.owner_token(who)),
+            None,
+        )
+    };
+    let (s, _) = release("mallory")?;
+    assert_eq!(s, 404, "mallory holds no binding of it");
     let (_, devices) = call(
         "GET",
         &gw.url("/api/v1/me/devices"),
@@ -327,6 +338,11 @@ async fn nobody_pairs_a_band_someone_else_holds_and_the_owner_is_told() -> anyho
         None,
     )?;
     assert!(devices["devices"][0]["valid_to"].is_null(), "still ana's");
+    // Her own release ends it once; a repeat finds nothing to end.
+    let (s, _) = release("ana")?;
+    assert_eq!(s, 200);
+    let (s, _) = release("ana")?;
+    assert_eq!(s, 404);
 
     // A bridge nobody enrolled has no channel: nothing to pair through.
     let (s, b) = start("ben", "br-nobody", "band-x")?;
