@@ -57,10 +57,17 @@ pub enum Reason {
     #[error("sleep stages overlap")]
     StagesOverlap,
     // Gateway decisions about who may have the record.
-    #[error("the device is registered through another bridge")]
+    /// Measured while the device was held through another bridge (a bridge delivers only
+    /// what was measured while the device was paired through it).
+    #[error("the record was measured while the device was held through another bridge")]
     DeviceNotOnBridge,
+    /// Used by `phr-gateway import`; ingest holds such records for the person instead.
     #[error("the person this record belongs to has not consented to its storage")]
     NoStorageConsent,
+    /// Measured before its person erased their data: never stored again. Final: a bridge
+    /// discards such records (counted), it does not keep or replay them.
+    #[error("the person this record belongs to erased their data measured before it")]
+    ErasedByPerson,
 }
 
 impl Reason {
@@ -87,6 +94,7 @@ impl Reason {
             Self::StagesOverlap => "stages_overlap",
             Self::DeviceNotOnBridge => "device_not_on_bridge",
             Self::NoStorageConsent => "no_storage_consent",
+            Self::ErasedByPerson => "erased_by_person",
         }
     }
 }
