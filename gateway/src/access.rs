@@ -13,6 +13,8 @@
 //! kind of read at all or the request lies wholly outside the consented window, 404 when
 //! there is no consent in force (indistinguishable from a person who does not exist).
 
+pub mod feed;
+
 use chrono::{DateTime, NaiveDate, Utc};
 
 use phr_schema::RecordType;

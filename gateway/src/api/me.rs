@@ -547,6 +547,13 @@ pub(crate) mod doc {
         quarantined: u64,
         bindings_closed: u64,
         consents_withdrawn: u64,
+        /// Rows of the sync feed that named the erased records, replaced by one
+        /// `person_erased` notice to the companies and clinicians that held the data.
+        feed_rows_removed: u64,
+        /// Whether the deleted content was overwritten in the database file (zeroed pages,
+        /// write-ahead log emptied) before the answer; `false` only when a long read held the
+        /// log, which is then emptied at its next checkpoint.
+        overwritten: bool,
     }
 
     #[derive(Debug, ToSchema)]

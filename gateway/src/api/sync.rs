@@ -1,11 +1,13 @@
 //! Incremental sync for PHR companies and clinicians: `GET /api/v1/sync?cursor=&limit=`.
 //!
 //! Every record the caller may see that was stored, corrected or erased since the cursor,
-//! across all the people who consent to it, in commit order (see [`crate::store::changes`]
-//! for the visibility rules). The cursor is opaque; it never skips and never repeats a change,
-//! and a page may be short or empty while `has_more` is true (the gateway bounds how much one
-//! request examines). Keep calling while `has_more`; afterwards, call again later with the
-//! last `next_cursor` to get what arrived since. Each person whose records a page carries gets
+//! across all the people who consent to it, in commit order (see [`crate::access::feed`]
+//! for the visibility rules, consent edits included). The cursor is opaque; it never skips and
+//! never repeats a change. `has_more` is the only end signal: a page is full, or holds
+//! everything visible up to now; it is short (even empty) with `has_more` true only when the
+//! time one request may spend examining changes ran out
+//! ([`crate::store::changes::PAGE_TIME_BUDGET`]). Keep calling while `has_more`; afterwards,
+//! call again later with the last `next_cursor` to get what arrived since. Each person whose records a page carries gets
 //! one disclosure-log entry, written before the page is returned.
 
 use std::collections::BTreeMap;
@@ -42,14 +44,20 @@ pub(crate) struct SyncQuery {
     limit: Option<usize>,
 }
 
-/// One change: a record stored (or moved to this person), or erased (or moved away).
+/// One change: a record stored (or moved to this person), a record erased (or moved away),
+/// or the person erased everything (`person_erased`: drop all you hold of them; it names no
+/// record).
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct SyncChange {
-    /// `stored` or `erased`.
+    /// `stored`, `erased` or `person_erased`.
     op: &'static str,
     person_id: String,
-    record_type: &'static str,
-    record_id: String,
+    /// Absent for `person_erased`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record_type: Option<&'static str>,
+    /// Absent for `person_erased`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record_id: Option<String>,
     /// The record (`stored` only), as `GET /api/v1/subjects/{id}/records` returns it.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
@@ -61,7 +69,8 @@ pub(crate) struct SyncPage {
     changes: Vec<SyncChange>,
     /// Where the next call starts; opaque.
     next_cursor: String,
-    /// Call again now: there may be more.
+    /// Call again now: there may be more. The only end signal: a page is short or empty with
+    /// `has_more` true only when the gateway's time budget for one page ran out.
     has_more: bool,
 }
 
@@ -137,8 +146,8 @@ pub(crate) async fn sync(
         .map(|c| SyncChange {
             op: c.op.as_str(),
             person_id: c.person_id,
-            record_type: c.record_type.as_str(),
-            record_id: c.record_id,
+            record_type: c.record.as_ref().map(|(t, _)| t.as_str()),
+            record_id: c.record.map(|(_, id)| id),
             record: c.json.and_then(|j| RawValue::from_string(j).ok()),
         })
         .collect();
@@ -164,8 +173,10 @@ fn log(
             .entry(&c.person_id)
             .or_insert((0, Vec::new(), c.consent_id));
         e.0 += 1;
-        if !e.1.contains(&c.record_type.as_str()) {
-            e.1.push(c.record_type.as_str());
+        if let Some((t, _)) = &c.record {
+            if !e.1.contains(&t.as_str()) {
+                e.1.push(t.as_str());
+            }
         }
     }
     for (person, (records, types, consent_id)) in per_person {

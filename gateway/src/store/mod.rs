@@ -145,6 +145,12 @@ pub struct Erasure {
     pub quarantined: usize,
     pub bindings_closed: usize,
     pub consents_withdrawn: usize,
+    /// Rows of the change feed that named the person's records, replaced by one
+    /// `person_erased` row.
+    pub feed_rows_removed: usize,
+    /// Whether the deleted content is overwritten in the database file (zeroed pages, WAL
+    /// emptied) by the time the erasure returned.
+    pub overwritten: bool,
 }
 
 /// A position in a person's records: `(start_ms, device_id, end_ms)`.
@@ -167,6 +173,8 @@ pub struct Store {
     rows: RowCounts,
     /// Reads and writes so far ([`Store::accesses`]).
     accesses: std::sync::atomic::AtomicU64,
+    /// How long one sync page may examine changes ([`changes::PAGE_TIME_BUDGET`]).
+    page_budget: std::sync::RwLock<std::time::Duration>,
 }
 
 /// Rows in `records` and `quarantine`, counted once when the store opens and then kept
@@ -234,7 +242,7 @@ pub const DEFAULT_TIME_ZONE: &str = "Asia/Tokyo";
 
 /// Version of the tables below, kept in SQLite's `user_version`. Development versions before
 /// the first release are not migrated: a data dir from one is refused with a clear error.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 fn check_version(conn: &Connection, path: &Path) -> Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -254,9 +262,12 @@ fn check_version(conn: &Connection, path: &Path) -> Result<()> {
     }
 }
 
-/// Every connection's settings: WAL, and a commit is durable when it returns.
+/// Every connection's settings: WAL, a commit is durable when it returns, and deleted content
+/// is overwritten with zeros rather than left in free space (`secure_delete`: an erasure must
+/// not stay readable in the file; [`Store::erase_person`] also empties the WAL afterwards).
 pub const PRAGMAS: &str = "PRAGMA journal_mode=WAL;
 PRAGMA synchronous=FULL;
+PRAGMA secure_delete=ON;
 PRAGMA foreign_keys=ON;
 PRAGMA busy_timeout=10000;";
 
@@ -292,6 +303,7 @@ impl Store {
             default_time_zone: std::sync::RwLock::new(DEFAULT_TIME_ZONE.to_owned()),
             rows,
             accesses: Default::default(),
+            page_budget: std::sync::RwLock::new(changes::PAGE_TIME_BUDGET),
         })
     }
 
@@ -315,6 +327,7 @@ impl Store {
             default_time_zone: std::sync::RwLock::new(DEFAULT_TIME_ZONE.to_owned()),
             rows,
             accesses: Default::default(),
+            page_budget: std::sync::RwLock::new(changes::PAGE_TIME_BUDGET),
         })
     }
 
@@ -607,7 +620,10 @@ impl Store {
     /// now). The disclosure log keeps that an erasure happened and how much, not the data.
     pub fn erase_person(&self, person_id: &str, by: &str, now: DateTime<Utc>) -> Result<Erasure> {
         let now_ms = now.timestamp_millis();
-        self.write(|tx| {
+        let mut erasure = self.write(|tx| {
+            // First, so it is the feed's highest row and every consent the erasure withdraws
+            // was in force at it (see `access::feed::person_erased`).
+            changes::person_erased(tx, person_id)?;
             let records = tx.execute("DELETE FROM records WHERE person_id = ?1", [person_id])?;
             // Only what was measured in the person's own binding periods: never rows measured
             // while the device was someone else's, or nobody's.
@@ -620,6 +636,8 @@ impl Store {
                 params![person_id, now_ms],
             )?;
             let consents_withdrawn = consent::withdraw_all(tx, person_id, by, now)?;
+            // Last: the rows above named each erased record; none may stay.
+            let feed_rows_removed = changes::forget_person(tx, person_id)?;
             let mut entry = audit::Entry::by_owner(
                 person_id,
                 audit::Action::Erasure,
@@ -638,8 +656,25 @@ impl Store {
                 quarantined,
                 bindings_closed,
                 consents_withdrawn,
+                feed_rows_removed,
+                overwritten: false,
             })
-        })
+        })?;
+        erasure.overwritten = self.overwrite_freed()?;
+        Ok(erasure)
+    }
+
+    /// After an erasure: the deleted rows were zeroed in their pages (`secure_delete`), but
+    /// the WAL still holds the pages as they were before. Copies the WAL into the database
+    /// and truncates it to nothing. `false` if a reader held an old snapshot so the WAL
+    /// could not be emptied now (it is at the next checkpoint; the erasure itself holds).
+    fn overwrite_freed(&self) -> Result<bool> {
+        let conn = self.writer.lock().map_err(|_| Error::Poisoned)?;
+        let (busy, _, _): (i64, i64, i64) =
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+        Ok(busy == 0)
     }
 
     // ----- reads -----

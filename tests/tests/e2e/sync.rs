@@ -38,6 +38,8 @@ struct Replica {
     erased: BTreeSet<(String, String)>,
     /// Tombstones for records it never received (allowed, counted).
     unknown_erasures: usize,
+    /// `person_erased` notices received.
+    people_erased: usize,
     cursor: Option<String>,
     pages: usize,
 }
@@ -57,6 +59,25 @@ impl Replica {
                 c["person_id"].as_str().unwrap_or_default().to_owned(),
                 c["record_id"].as_str().unwrap_or_default().to_owned(),
             );
+            if c["op"] == "person_erased" {
+                // Names no record: drop everything held of that person.
+                anyhow::ensure!(
+                    c.get("record_id").is_none() && c.get("record").is_none(),
+                    "{c}"
+                );
+                let gone: Vec<_> = self
+                    .held
+                    .keys()
+                    .filter(|(p, _)| *p == key.0)
+                    .cloned()
+                    .collect();
+                for k in gone {
+                    self.held.remove(&k);
+                    self.erased.insert(k);
+                }
+                self.people_erased += 1;
+                continue;
+            }
             anyhow::ensure!(
                 c["record_type"] == "step-count",
                 "only consented types: {c}"
@@ -250,7 +271,8 @@ async fn a_company_syncing_through_backfill_corrections_and_erasure_ends_with_ex
     assert_eq!(ben.len(), 4);
     assert_eq!(replica.of("ben"), ben);
 
-    // Ana erases her data: everything the company held of hers is reported erased.
+    // Ana erases her data: the company is told once to drop everything of hers (the feed
+    // keeps no record-level trace of her).
     let held_of_ana: BTreeSet<_> = replica.of("ana").into_keys().collect();
     let (s, body) = call(
         "DELETE",
@@ -260,6 +282,7 @@ async fn a_company_syncing_through_backfill_corrections_and_erasure_ends_with_ex
     )?;
     assert_eq!(s, 200, "{body}");
     replica.drain(&gw, &token, 7)?;
+    assert_eq!(replica.people_erased, 1);
     assert!(replica.of("ana").is_empty());
     let erased_ana: BTreeSet<_> = replica
         .erased
@@ -357,6 +380,72 @@ async fn sync_refuses_bad_cursors_limits_and_tokens() -> anyhow::Result<()> {
     assert_eq!((s, b["error"]["code"].as_str()), (403, Some("forbidden")));
     let (s, b) = call("GET", &gw.url("/api/v1/sync"), Some(&token), None)?;
     assert_eq!((s, b["changes"].as_array().map(Vec::len)), (200, Some(0)));
+    gw.stop().await;
+    Ok(())
+}
+
+fn withdraw(gw: &TestGateway, person: &str, consent_id: &str) -> anyhow::Result<()> {
+    let (s, b) = call(
+        "DELETE",
+        &gw.url(&format!("/api/v1/me/consents/{consent_id}")),
+        Some(&gw.owner_token(person)),
+        None,
+    )?;
+    anyhow::ensure!(s == 200, "{b}");
+    Ok(())
+}
+
+/// The consent edit, both ways, through the API: the company synced to the end, 30
+/// records arrive, the owner replaces the consent with a broader one (grant the new, withdraw
+/// the old; then withdraw, then grant). The company receives the 30 exactly once and never
+/// again what it already had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_edit_in_either_order_neither_drops_nor_repeats_records() -> anyhow::Result<()> {
+    let gw = TestGateway::start().await?;
+    let now = Utc::now();
+    gw.enrol("ana", "br-a", &["band-a".into()], now - TimeDelta::days(2))?;
+    let t0 = (now - TimeDelta::hours(20)).duration_trunc(TimeDelta::minutes(1))?;
+    let minute = |m: i64| t0 + TimeDelta::minutes(m);
+    let mut a = gw.raw_bridge("br-a").await?;
+    let token = company_token(&gw);
+    let mut replica = Replica::default();
+    let broader = json!({"grantee": COMPANY, "grantee_kind": "client", "purpose": "wellness programme",
+                         "data_types": ["step-count", "sleep-episode", "heart-rate"]});
+
+    let first = grant_consent(&gw, "ana", steps_consent())?;
+    let recs = (0..10)
+        .map(|m| minute_steps("band-a", "br-a", minute(m), 10 + m))
+        .collect();
+    assert_eq!(send(&mut a, "band-a", recs).await?.stored, 10);
+    replica.drain(&gw, &token, 4)?;
+    assert_eq!(replica.held.len(), 10);
+
+    // Grant the new, then withdraw the old.
+    let recs = (10..40)
+        .map(|m| minute_steps("band-a", "br-a", minute(m), 10))
+        .collect();
+    assert_eq!(send(&mut a, "band-a", recs).await?.stored, 30);
+    let second = grant_consent(&gw, "ana", broader.clone())?;
+    withdraw(&gw, "ana", &first)?;
+    replica.drain(&gw, &token, 7)?;
+    assert_eq!(
+        replica.held.len(),
+        40,
+        "the 30 arrived (the replica refuses a repeat)"
+    );
+
+    // Withdraw, then grant: nothing repeated; what arrived between comes once.
+    let recs = (40..45)
+        .map(|m| minute_steps("band-a", "br-a", minute(m), 10))
+        .collect();
+    assert_eq!(send(&mut a, "band-a", recs).await?.stored, 5);
+    withdraw(&gw, "ana", &second)?;
+    replica.drain(&gw, &token, 7)?;
+    assert_eq!(replica.held.len(), 40, "nothing while no consent holds");
+    grant_consent(&gw, "ana", broader)?;
+    replica.drain(&gw, &token, 7)?;
+    assert_eq!(replica.held.len(), 45);
+    assert_eq!(replica.of("ana"), readable(&gw, &token, "ana")?);
     gw.stop().await;
     Ok(())
 }
