@@ -58,11 +58,12 @@ CREATE TABLE IF NOT EXISTS consent_feed (
     seq INTEGER NOT NULL,
     PRIMARY KEY (consent_id, event)
 ) WITHOUT ROWID;
--- The positions `(from_seq, to_seq]` a reader read through while the consent was in force.
+-- The positions `(from_seq, to_seq]` a reader read through while the consent was in force:
+-- where the reader stood at the grant and when the consent ended (NULL while in force).
 CREATE TABLE IF NOT EXISTS consent_reads (
     consent_id TEXT PRIMARY KEY,
     from_seq INTEGER NOT NULL,
-    to_seq INTEGER NOT NULL
+    to_seq INTEGER
 ) WITHOUT ROWID;
 -- The furthest position each reader has read through.
 CREATE TABLE IF NOT EXISTS feed_readers (
@@ -111,8 +112,10 @@ fn reader_at(conn: &Connection, grantee: &str, kind: GranteeKind) -> Result<i64>
         .unwrap_or(0))
 }
 
-/// Each consent with its feed marks.
-fn with_marks(conn: &Connection, consents: Vec<Consent>) -> Result<Vec<Grant>> {
+/// Each consent with its feed marks. A consent's read marks are the reader's position when
+/// it was granted and when it ended (withdrawn, or seen expired by a read); while it is in
+/// force (or ended unseen since the reader last read), the reader's position now (`at`).
+fn with_marks(conn: &Connection, consents: Vec<Consent>, at: i64) -> Result<Vec<Grant>> {
     let mut mark =
         conn.prepare_cached("SELECT seq FROM consent_feed WHERE consent_id = ?1 AND event = ?2")?;
     let mut read =
@@ -129,8 +132,11 @@ fn with_marks(conn: &Connection, consents: Vec<Consent>) -> Result<Vec<Grant>> {
             .query_row(params![id, "withdrawn"], |r| r.get(0))
             .optional()?;
         let read = read
-            .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
+            .query_row([&id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+            })
+            .optional()?
+            .map(|(from, to)| (from, to.unwrap_or(at)));
         out.push(Grant {
             consent: c,
             granted_at,
@@ -153,18 +159,23 @@ pub(super) fn on_grant(tx: &Transaction<'_>, c: &Consent, now: DateTime<Utc>) ->
         "INSERT INTO consent_feed (consent_id, event, seq) VALUES (?1, 'granted', ?2)",
         params![c.consent_id.to_string(), from],
     )?;
+    let at = reader_at(tx, &c.terms.grantee, c.terms.grantee_kind)?;
+    tx.execute(
+        "INSERT INTO consent_reads (consent_id, from_seq, to_seq) VALUES (?1, ?2, NULL)",
+        params![c.consent_id.to_string(), at],
+    )?;
     let others: Vec<Grant> = with_marks(
         tx,
         consent::of_grantee(tx, &c.terms.grantee, c.terms.grantee_kind, now)?
             .into_iter()
             .filter(|o| o.person_id == c.person_id && o.consent_id != c.consent_id)
             .collect(),
+        at,
     )?;
     let audiences: HashSet<String> = others
         .iter()
         .map(|g| g.consent.consent_id.to_string())
         .collect();
-    let at = reader_at(tx, &c.terms.grantee, c.terms.grantee_kind)?;
     let (wf, wt) = c.terms.window_ms();
     let mut select = tx.prepare_cached(
         "SELECT device_id, start_ms, end_ms, record_id FROM records
@@ -222,13 +233,24 @@ pub(super) fn on_grant(tx: &Transaction<'_>, c: &Consent, now: DateTime<Utc>) ->
     Ok(())
 }
 
-/// At a withdrawal: marks where the consent's feed ends.
-pub(super) fn on_withdraw(tx: &Connection, consent_id: Uuid) -> Result<()> {
+/// At a withdrawal: marks where the consent's feed ends, and how far its reader had read
+/// (unless a read already saw it expired).
+pub(super) fn on_withdraw(tx: &Connection, c: &Consent) -> Result<()> {
     let to = last_seq(tx)?;
     tx.execute(
         "INSERT OR IGNORE INTO consent_feed (consent_id, event, seq) VALUES (?1, 'withdrawn', ?2)",
-        params![consent_id.to_string(), to],
+        params![c.consent_id.to_string(), to],
     )?;
+    let at = reader_at(tx, &c.terms.grantee, c.terms.grantee_kind)?;
+    end_reads(tx, c.consent_id, at)
+}
+
+/// A consent ended: the reader read under it up to `at`, and no further.
+fn end_reads(conn: &Connection, consent_id: Uuid, at: i64) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE consent_reads SET to_seq = ?2 WHERE consent_id = ?1 AND to_seq IS NULL",
+    )?
+    .execute(params![consent_id.to_string(), at])?;
     Ok(())
 }
 
@@ -326,20 +348,20 @@ impl Store {
         limit: usize,
         now: DateTime<Utc>,
     ) -> Result<FeedPage> {
-        let (page, read_under) = self.read(|conn| {
+        let (page, expired) = self.read(|conn| {
             let tx = conn.unchecked_transaction()?;
+            let at = reader_at(&tx, grantee, kind)?;
             let mut grants: HashMap<String, Vec<Grant>> = HashMap::new();
-            for g in with_marks(&tx, consent::of_grantee(&tx, grantee, kind, now)?)? {
+            for g in with_marks(&tx, consent::of_grantee(&tx, grantee, kind, now)?, at)? {
                 grants.entry(g.consent.person_id.clone()).or_default().push(g);
             }
-            let read_under: Vec<Uuid> = grants
+            // Expired since the reader last read: their reads end where it stood then.
+            let expired: Vec<(Uuid, i64)> = grants
                 .values()
                 .flatten()
-                .filter(|g| g.consent.status == consent::ConsentStatus::Granted)
-                .filter(|g| {
-                    types.is_none_or(|t| g.consent.terms.data_types.iter().all(|d| t.contains(d)))
-                })
-                .map(|g| g.consent.consent_id)
+                .filter(|g| g.consent.status == consent::ConsentStatus::Expired)
+                .filter(|g| g.read.is_some_and(|(_, to)| to == at))
+                .map(|g| (g.consent.consent_id, at))
                 .collect();
             let people: Vec<&str> = grants.keys().map(String::as_str).collect();
             let people_json = serde_json::Value::from(people).to_string();
@@ -453,10 +475,10 @@ impl Store {
                     consent_id,
                 });
             }
-            Ok((page, read_under))
+            Ok((page, expired))
         })?;
-        if page.last_seq > after {
-            self.note_read(grantee, kind, &read_under, after, page.last_seq)?;
+        if page.last_seq > after || !expired.is_empty() {
+            self.note_read(grantee, kind, &expired, page.last_seq)?;
         }
         Ok(page)
     }
@@ -477,22 +499,18 @@ impl Store {
         }
     }
 
-    /// Remembers that `grantee` read through `(after, to]` while `consents` were in force.
+    /// Remembers that `grantee` read through `to`, and where the reads under `expired`
+    /// (consents it saw expired for the first time) ended.
     fn note_read(
         &self,
         grantee: &str,
         kind: GranteeKind,
-        consents: &[Uuid],
-        after: i64,
+        expired: &[(Uuid, i64)],
         to: i64,
     ) -> Result<()> {
         self.write(|tx| {
-            let mut mark = tx.prepare_cached(
-                "INSERT INTO consent_reads (consent_id, from_seq, to_seq) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (consent_id) DO UPDATE SET to_seq = max(to_seq, excluded.to_seq)",
-            )?;
-            for c in consents {
-                mark.execute(params![c.to_string(), after, to])?;
+            for (consent_id, at) in expired {
+                end_reads(tx, *consent_id, *at)?;
             }
             tx.execute(
                 "INSERT INTO feed_readers (grantee, grantee_kind, read_to) VALUES (?1, ?2, ?3)
@@ -722,6 +740,34 @@ mod tests {
         // After it expired: nothing, ever.
         acme.sync(&store, now + TimeDelta::hours(2));
         assert_eq!(acme.take(), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_renewal_after_expiry_delivers_what_arrived_meanwhile_once() {
+        let (_d, store) = open(&["ann"]);
+        let now = Utc::now();
+        grant(
+            &store,
+            "ann",
+            &[RecordType::StepCount],
+            Some(now + TimeDelta::hours(1)),
+        );
+        store_minutes(&store, "ann", 0, 10);
+        let mut acme = Replica::default();
+        acme.sync(&store, now);
+        assert_eq!(acme.take(), (10, 0, 0));
+        // Arrives while the consent is lapsing; the company reads past it after expiry.
+        store_minutes(&store, "ann", 10, 15);
+        let later = now + TimeDelta::hours(2);
+        acme.sync(&store, later);
+        assert_eq!(acme.take(), (0, 0, 0));
+        grant(&store, "ann", &[RecordType::StepCount], None);
+        acme.sync(&store, later);
+        assert_eq!(
+            acme.take(),
+            (5, 0, 0),
+            "the 5 it passed while lapsed; not the 10 again"
+        );
     }
 
     /// Every occurrence of `needle` in the database file and its WAL.

@@ -286,7 +286,7 @@ pub(super) fn withdraw_all(
     let mut n = 0;
     for c in all.iter().filter(|c| c.status != ConsentStatus::Withdrawn) {
         append(conn, "withdrawn", c, now, by)?;
-        super::changes::on_withdraw(conn, c.consent_id)?;
+        super::changes::on_withdraw(conn, c)?;
         n += 1;
     }
     Ok(n)
@@ -342,7 +342,7 @@ impl Store {
             };
             if c.status != ConsentStatus::Withdrawn {
                 append(tx, "withdrawn", &c, now, by)?;
-                super::changes::on_withdraw(tx, c.consent_id)?;
+                super::changes::on_withdraw(tx, &c)?;
                 c.status = ConsentStatus::Withdrawn;
                 c.withdrawn_at = Some(now);
             }

@@ -634,6 +634,11 @@ impl Store {
                 "UPDATE bindings SET valid_to = ?2
                   WHERE person_id = ?1 AND valid_from < ?2 AND (valid_to IS NULL OR valid_to > ?2)",
                 params![person_id, now_ms],
+            )? + tx.execute(
+                // Starting now (a pairing confirmed this very millisecond): it covers nothing
+                // yet, and a binding cannot be closed at its own start.
+                "DELETE FROM bindings WHERE person_id = ?1 AND valid_from >= ?2",
+                params![person_id, now_ms],
             )?;
             let consents_withdrawn = consent::withdraw_all(tx, person_id, by, now)?;
             // Last: the rows above named each erased record; none may stay.
