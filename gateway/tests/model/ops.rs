@@ -240,7 +240,7 @@ pub(crate) fn op(without: &[String]) -> BoxedStrategy<Op> {
                 .boxed(),
         ),
         (
-            1,
+            2,
             "withdraw",
             (person(), 0usize..4)
                 .prop_map(|(person, nth)| Op::Withdraw { person, nth })
@@ -310,7 +310,7 @@ pub(crate) fn op(without: &[String]) -> BoxedStrategy<Op> {
             person().prop_map(|person| Op::Erase { person }).boxed(),
         ),
         (
-            3,
+            4,
             "sync",
             (1usize..4, 1usize..4)
                 .prop_map(|(pages, limit)| Op::Sync { pages, limit })

@@ -183,6 +183,9 @@ pub(crate) struct Model {
     pub(crate) locs: BTreeMap<Key, Loc>,
     pub(crate) consents: Vec<CompanyConsent>,
     pub(crate) starts: Vec<Start>,
+    /// Model today's rejection of records without storage consent instead of holding them
+    /// (`PHR_MODEL_SKIP=held`), to find the failures behind that one.
+    pub(crate) reject_unconsented: bool,
 }
 
 /// Measured times of slot `slot`: `[T0 + slot * SLOT, + 1 min)`.
@@ -210,6 +213,7 @@ impl Model {
             locs: BTreeMap::new(),
             consents: Vec::new(),
             starts: Vec::new(),
+            reject_unconsented: false,
         }
     }
 
@@ -344,6 +348,10 @@ impl Model {
         match self.attribute(key) {
             Attr::Person(p) if self.fenced(&p, start) => Outcome::Rejected(Reason::ErasedByPerson),
             Attr::Person(p) if self.has_storage(&p) => Outcome::Stored(p),
+            // Exploration only (`PHR_MODEL_SKIP=held`): today's rejection, to look past it.
+            Attr::Person(_) if self.reject_unconsented => {
+                Outcome::Rejected(Reason::NoStorageConsent)
+            }
             Attr::Person(_) => Outcome::Held,
             Attr::Unbound | Attr::Unlinked => Outcome::Quarantined,
         }
