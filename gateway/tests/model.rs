@@ -184,6 +184,10 @@ struct Sut {
     /// (person, record id) the company holds.
     mirror: BTreeSet<(String, String)>,
     erased: Vec<Erased>,
+    /// People who erased their data while the company held a consent of theirs in force:
+    /// the company must drop what it holds of them (the issue's rule: erasure notices go to
+    /// those who still hold a consent; a relation already ended is not told).
+    told: BTreeSet<String>,
 }
 
 type Step = Result<(), TestCaseError>;
@@ -249,6 +253,7 @@ impl Sut {
             cursor: 0,
             mirror: BTreeSet::new(),
             erased: Vec::new(),
+            told: BTreeSet::new(),
         }
     }
 
@@ -461,7 +466,11 @@ impl Sut {
                 if self.skip.iter().any(|s| s == "bindings") {
                     m.now += 30_000;
                 }
-                self.erase(m, PEOPLE[*person])?
+                let who = PEOPLE[*person];
+                if m.consents_in_force(who).next().is_some() {
+                    self.told.insert(who.to_owned());
+                }
+                self.erase(m, who)?
             }
             Op::Sync { pages, limit } => self.sync(m, Some(*pages), *limit)?,
         }
@@ -808,10 +817,19 @@ impl Sut {
                 )
                 .map_err(|e| TestCaseError::fail(format!("[op] feed: {e}")))?;
             for c in &page.changes {
-                let Some(key) = self.ids.key_of.get(&c.record_id).copied() else {
+                let Some((_, record_id)) = &c.record else {
+                    // `person_erased`: names no record; drop everything of that person.
+                    self.check("sound", m.fences.contains_key(&c.person_id), || {
+                        format!("person_erased for {}, who never erased", c.person_id)
+                    })?;
+                    covered(|c| c.delivered_erased += 1);
+                    self.mirror.retain(|(p, _)| *p != c.person_id);
+                    continue;
+                };
+                let Some(key) = self.ids.key_of.get(record_id).copied() else {
                     return self.check("sound", false, || format!("unknown record {c:?}"));
                 };
-                let entry = (c.person_id.clone(), c.record_id.clone());
+                let entry = (c.person_id.clone(), record_id.clone());
                 match c.op {
                     ChangeOp::Stored => {
                         let stored = m.locs.get(&key) == Some(&Loc::Stored(c.person_id.clone()));
@@ -835,7 +853,7 @@ impl Sut {
                         let other = self
                             .mirror
                             .iter()
-                            .find(|(p, r)| *r == c.record_id && *p != c.person_id)
+                            .find(|(p, r)| r == record_id && *p != c.person_id)
                             .cloned();
                         self.check("record_once", other.is_none(), || {
                             format!(
@@ -851,6 +869,7 @@ impl Sut {
                         covered(|c| c.delivered_erased += 1);
                         self.mirror.remove(&entry);
                     }
+                    ChangeOp::PersonErased => {}
                 }
             }
             self.cursor = page.last_seq;
@@ -894,7 +913,7 @@ impl Sut {
                     },
                 )?;
             }
-            if let Some(fence) = m.fences.get(p) {
+            if let Some(fence) = m.fences.get(p).filter(|_| self.told.contains(p)) {
                 self.check(
                     "erasure_reached",
                     world::measured(key.slot).0 >= *fence,
@@ -999,7 +1018,8 @@ impl Sut {
                 .conn
                 .query_row(
                     "SELECT count(*) FROM changes
-                      WHERE (person_id = ?1 AND start_ms < ?2)
+                      WHERE (person_id = ?1 AND start_ms < ?2 AND op <> 'person_erased')
+                         OR (op = 'person_erased' AND (record_id <> '' OR start_ms <> 0 OR end_ms <> 0))
                          OR (seq <= ?3 AND record_id IN (SELECT value FROM json_each(?4)))",
                     params![
                         e.person,
