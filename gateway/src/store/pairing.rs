@@ -241,10 +241,16 @@ fn wait_for_limits(
         .map(|ms| u64::try_from((ms + 999) / 1000).unwrap_or(1)))
 }
 
-/// Closes the open binding of `device_id` at `now_ms`.
+/// Closes the open binding of `device_id` at `now_ms`; one that starts at `now_ms` (paired
+/// this very millisecond) covers nothing yet and is removed, as a binding cannot end at its
+/// own start.
 fn close_open_binding(tx: &rusqlite::Transaction<'_>, device_id: &str, now_ms: i64) -> Result<()> {
     tx.execute(
-        "UPDATE bindings SET valid_to = ?2 WHERE device_id = ?1 AND valid_to IS NULL AND valid_from <= ?2",
+        "DELETE FROM bindings WHERE device_id = ?1 AND valid_to IS NULL AND valid_from = ?2",
+        params![device_id, now_ms],
+    )?;
+    tx.execute(
+        "UPDATE bindings SET valid_to = ?2 WHERE device_id = ?1 AND valid_to IS NULL AND valid_from < ?2",
         params![device_id, now_ms],
     )?;
     Ok(())
@@ -553,5 +559,26 @@ impl Store {
             }
             Ok(out)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binding_released_at_the_instant_it_started_ends_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        store.add_person("ana", "ana", "UTC").unwrap();
+        store.add_device("band", "br", None).unwrap();
+        let now = Utc::now();
+        store.bind("band", "ana", now).unwrap();
+        assert!(store.release_binding("ana", "band", now).unwrap());
+        let open: i64 = store
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM bindings", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(open, 0);
+        assert!(!store.release_binding("ana", "band", now).unwrap());
     }
 }
