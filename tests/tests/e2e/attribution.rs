@@ -85,19 +85,25 @@ async fn late_records_of_a_reattributed_range_go_to_the_new_person_and_not_to_th
     assert_eq!(ack.stored, 2, "{ack:?}");
 
     // Ben wore the band from hour 2 to hour 6: an operator moves that range to him.
-    let admin = gw
-        .gateway
-        .keys
-        .issue("operator-1", "phr:admin", TimeDelta::hours(1), Utc::now())?;
+    let admin =
+        gw.gateway
+            .keys
+            .issue("operator-1", "phr:admin", TimeDelta::hours(1), Utc::now())?;
     let (s, b) = call(
         "POST",
         &gw.url("/api/v1/admin/corrections"),
         Some(&admin),
-        Some(json!({"kind": "reattribute", "device_id": "band-x", "from": rfc(t0 + TimeDelta::hours(2)),
+        Some(
+            json!({"kind": "reattribute", "device_id": "band-x", "from": rfc(t0 + TimeDelta::hours(2)),
                     "to": rfc(t0 + TimeDelta::hours(6)), "from_person": "ana", "to_person": "ben",
-                    "why": "ben wore the band those hours"})),
+                    "why": "ben wore the band those hours"}),
+        ),
     )?;
-    assert_eq!((s, b["correction"]["records"].as_u64()), (200, Some(1)), "{b}");
+    assert_eq!(
+        (s, b["correction"]["records"].as_u64()),
+        (200, Some(1)),
+        "{b}"
+    );
 
     // The bridge comes back from days offline with the rest of those hours, and one after.
     let late = at(4, 14);
@@ -139,10 +145,16 @@ async fn a_replayed_batch_of_an_unlinked_range_does_not_come_back_to_the_owner(
         "POST",
         &gw.url("/api/v1/me/corrections/unlink"),
         Some(&gw.owner_token("ana")),
-        Some(json!({"device_id": "band-u", "from": rfc(t0), "to": rfc(t0 + TimeDelta::minutes(10)),
-                    "why": "my daughter wore it"})),
+        Some(
+            json!({"device_id": "band-u", "from": rfc(t0), "to": rfc(t0 + TimeDelta::minutes(10)),
+                    "why": "my daughter wore it"}),
+        ),
     )?;
-    assert_eq!((s, b["correction"]["records"].as_u64()), (200, Some(3)), "{b}");
+    assert_eq!(
+        (s, b["correction"]["records"].as_u64()),
+        (200, Some(3)),
+        "{b}"
+    );
     assert!(step_counts(&gw, "ana")?.is_empty());
 
     // The bridge replays the batch (its ack was lost), with one minute it had not sent yet.
@@ -161,7 +173,11 @@ async fn a_replayed_batch_of_an_unlinked_range_does_not_come_back_to_the_owner(
         (Some(4), json!(["unlinked"])),
         "{q}"
     );
-    assert_eq!(gw.gateway.store.counts()?, (0, 4), "each key in one table once");
+    assert_eq!(
+        gw.gateway.store.counts()?,
+        (0, 4),
+        "each key in one table once"
+    );
     gw.stop().await;
     Ok(())
 }
@@ -310,12 +326,7 @@ async fn what_a_band_measured_before_its_owners_erasure_is_never_stored_again_fr
     assert_eq!(quarantine(&gw, "ana")?, json!([]));
 
     // What the band measures after the new pairing is hers.
-    let after = minute_steps(
-        "band-e",
-        "br-e",
-        minute(paired + TimeDelta::minutes(1)),
-        50,
-    );
+    let after = minute_steps("band-e", "br-e", minute(paired + TimeDelta::minutes(1)), 50);
     assert_eq!(send(&mut bridge, "band-e", vec![after]).await?.stored, 1);
     assert_eq!(step_counts(&gw, "ana")?, [50]);
 
