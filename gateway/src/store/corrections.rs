@@ -21,6 +21,16 @@
 //! who, why, old and new person, device, range, how many) and writes the disclosure log of
 //! everyone affected. A correction also answers who must be told: every party the disclosure
 //! log shows received those people's data of that range before.
+//!
+//! A correction stands for records that arrive after it: ingest reads the device's
+//! corrections ([`standing`]) and applies them, in order, to what the bindings decided (see
+//! [`crate::ingest`]). No correction gives a person records measured before their erasure
+//! fence (refused, nothing moves).
+//!
+//! **Held records** live here too: records of a person without storage consent wait in
+//! quarantine with `held_for` set ([`release_held`] stores them at a covering storage
+//! consent's grant; [`Store::expire_held`] deletes them after the hold). Only that person sees
+//! or confirms them; erasure deletes them with the rest.
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, Transaction};
