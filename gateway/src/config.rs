@@ -174,6 +174,10 @@ pub struct IngestConfig {
     pub max_batch_records: usize,
     /// How far in the future a measurement may end (device clock drift), in seconds.
     pub max_future_secs: i64,
+    /// Days a record whose person has no storage consent covering it is held in quarantine,
+    /// where the person sees it, until they consent (then it is stored) or the days pass
+    /// (then it is deleted). 0: not held; such records are rejected `no_storage_consent`.
+    pub hold_without_consent_days: u32,
 }
 
 impl Default for Config {
@@ -235,6 +239,7 @@ impl Default for IngestConfig {
             max_batch_bytes: l.max_batch_bytes,
             max_batch_records: l.max_batch_records,
             max_future_secs: l.max_future.num_seconds(),
+            hold_without_consent_days: crate::store::DEFAULT_HOLD_DAYS,
         }
     }
 }

@@ -111,7 +111,8 @@ pub struct Gateway {
     pub topics: Topics,
     subscribed: watch::Receiver<bool>,
     server: actix_web::dev::ServerHandle,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Each task with its name for the log.
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
 }
 
 pub use store::Store;
@@ -138,6 +139,9 @@ pub async fn start(
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
     let store = Arc::new(Store::open(&config.store_path())?);
     store.set_default_time_zone(config.default_time_zone()?)?;
+    store.set_hold_without_consent_days(config.ingest.hold_without_consent_days);
+    // Holds that ran out while the gateway was down end before anything is served.
+    expire_held(&store);
     // The issuer: as configured, else the address actually bound. Written down so that
     // `phr-gateway token issue` signs for the same issuer.
     let issuer = match http.local_addr() {
@@ -246,7 +250,10 @@ pub async fn start(
         trusted_proxies: config.http.trusted_proxies.clone(),
         tls: tls.is_some(),
     };
-    let mut extra_tasks = Vec::new();
+    let mut extra_tasks = vec![(
+        "hold sweeper",
+        tokio::spawn(sweep_held(store.clone(), shutdown.clone())),
+    )];
     let metrics_addr = match config.metrics.listen {
         Some(addr) => {
             let (addr, task) = serve_metrics(
@@ -255,7 +262,7 @@ pub async fn start(
                 metrics::Scrape::new(true, metrics_token),
                 shutdown.clone(),
             )?;
-            extra_tasks.push(task);
+            extra_tasks.push(("metrics server", task));
             Some(addr)
         }
         None => None,
@@ -321,7 +328,11 @@ pub async fn start(
         })
     };
     tracing::info!(%http_addr, broker = %mqtt, data_dir = %config.data_dir.display(), "gateway started");
-    let mut tasks = vec![consumer, http_task, stopper];
+    let mut tasks = vec![
+        ("MQTT consumer", consumer),
+        ("HTTP server", http_task),
+        ("HTTP stopper", stopper),
+    ];
     tasks.extend(extra_tasks);
     Ok(Gateway {
         http_addr,
@@ -337,6 +348,37 @@ pub async fn start(
         server: server_handle,
         tasks,
     })
+}
+
+/// How often records held without storage consent are checked for expiry (and once at
+/// start).
+pub const HOLD_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes expired held records ([`Store::expire_held`]), logging how many.
+fn expire_held(store: &Store) {
+    match store.expire_held(chrono::Utc::now()) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(expired = n, "records held without storage consent expired"),
+        Err(e) => {
+            tracing::warn!(error = %e, "expiring records held without storage consent failed")
+        }
+    }
+}
+
+/// Runs [`expire_held`] every [`HOLD_SWEEP_EVERY`] until `shutdown`.
+async fn sweep_held(store: Arc<Store>, shutdown: CancellationToken) {
+    let start = tokio::time::Instant::now() + HOLD_SWEEP_EVERY;
+    let mut every = tokio::time::interval_at(start, HOLD_SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let store = store.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || expire_held(&store)).await {
+            tracing::warn!(error = %e, "the hold sweep stopped");
+        }
+    }
 }
 
 /// `/metrics` on its own listener (`metrics.listen`), stopped by `shutdown`.
@@ -403,15 +445,7 @@ impl Gateway {
         {
             tracing::warn!("the HTTP server did not stop in time");
         }
-        for (name, task) in [
-            "MQTT consumer",
-            "HTTP server",
-            "HTTP stopper",
-            "metrics server",
-        ]
-        .into_iter()
-        .zip(self.tasks)
-        {
+        for (name, task) in self.tasks {
             let abort = task.abort_handle();
             if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
                 tracing::warn!(task = name, "did not stop in time; aborted");

@@ -516,6 +516,7 @@ fn plan_only(w: &Workload) -> anyhow::Result<Measured> {
             PERSON_ID.to_owned(),
             phr_gateway::store::Terms::storage(&[RecordType::StepCount]),
         )],
+        ..DeviceView::default()
     };
     let limits = Limits::default();
     let now = Utc::now();

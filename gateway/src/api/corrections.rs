@@ -115,7 +115,10 @@ fn body<T>(b: Result<web::Json<T>, actix_web::Error>) -> Result<T, ApiError> {
                    they were ever bound to, measured wholly inside one of their binding \
                    periods (for a device's first owner, also before its first binding). \
                    Nothing measured while the device was someone else's or nobody's. Take \
-                   them with `POST /api/v1/me/quarantine/confirm`.",
+                   them with `POST /api/v1/me/quarantine/confirm`. Also the owner's records \
+                   held for lack of their storage consent (reason `no_storage_consent`): \
+                   stored as theirs when they grant a storage consent covering them, deleted \
+                   after the gateway's hold (30 days by default).",
     responses(
         (status = 200, description = "One summary per device with quarantined records", body = doc::QuarantineList),
         (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
@@ -155,7 +158,7 @@ pub(crate) async fn quarantine(
         (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
         (status = 403, description = "`forbidden`: the token lacks `patient/Device.c`; `outside_your_bindings`: the range lies wholly outside the owner's binding periods of the device (nothing changed)", body = super::openapi::ErrorBody),
         (status = 404, description = "The device was never bound to the owner", body = super::openapi::ErrorBody),
-        (status = 409, description = "No storage consent of the owner's covers these records", body = super::openapi::ErrorBody),
+        (status = 409, description = "No storage consent of the owner's covers these records, or some were measured before the owner erased their data (nothing changed)", body = super::openapi::ErrorBody),
         (status = 413, description = "Body larger than 64 KiB", body = super::openapi::ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
@@ -274,13 +277,14 @@ pub(crate) struct AdminCorrection {
                    device measured in `[from, to)`, whatever the bindings say (a correction \
                    fixes a wrong linkage); no other person's records are touched. Audited in \
                    the disclosure log of both people, by the operator. `notify` lists every \
-                   party that had received the corrected data.",
+                   party that had received the corrected data. The correction stands: records \
+                   of the range that arrive later are re-attributed (or unlinked) at ingest too.",
     responses(
         (status = 200, description = "The correction", body = doc::CorrectionResult),
         (status = 400, description = "`invalid_body`, `invalid_why`, `invalid_range`, `invalid_correction`, or `invalid` (the same person on both sides)", body = super::openapi::ErrorBody),
         (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
         (status = 403, description = "The token lacks `phr:admin`", body = super::openapi::ErrorBody),
-        (status = 409, description = "`to_person` has no storage consent covering these records", body = super::openapi::ErrorBody),
+        (status = 409, description = "`to_person` has no storage consent covering these records, or erased their data after some of them were measured (nothing changed)", body = super::openapi::ErrorBody),
         (status = 413, description = "Body larger than 64 KiB", body = super::openapi::ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
@@ -422,7 +426,8 @@ pub(crate) mod doc {
         /// Latest measured end.
         #[schema(format = DateTime)]
         last_end: String,
-        /// Why they are quarantined: `no_binding`, `spans_binding_change`, `unlinked`.
+        /// Why they are quarantined: `no_binding`, `spans_binding_change`, `unlinked`,
+        /// `no_storage_consent` (held for the owner until they consent).
         reasons: Vec<String>,
     }
 

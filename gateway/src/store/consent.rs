@@ -314,7 +314,18 @@ impl Store {
         };
         self.write(|tx| {
             append(tx, "granted", &consent, now, by)?;
-            super::changes::on_grant(tx, &consent, now)
+            super::changes::on_grant(tx, &consent, now)?;
+            // Records held for the person's storage consent become theirs now, in this
+            // transaction.
+            if consent.terms.grantee_kind == GranteeKind::Gateway
+                && consent.terms.grantee == STORAGE_GRANTEE
+                && consent.terms.purpose == STORAGE_PURPOSE
+            {
+                let (stored, left) = super::corrections::release_held(tx, &consent, now)?;
+                self.rows.records(super::added(stored));
+                self.rows.quarantine(-super::added(left));
+            }
+            Ok(())
         })?;
         Ok(consent)
     }

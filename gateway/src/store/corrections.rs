@@ -21,6 +21,16 @@
 //! who, why, old and new person, device, range, how many) and writes the disclosure log of
 //! everyone affected. A correction also answers who must be told: every party the disclosure
 //! log shows received those people's data of that range before.
+//!
+//! A correction stands for records that arrive after it: ingest reads the device's
+//! corrections ([`standing`]) and applies them, in order, to what the bindings decided (see
+//! [`crate::ingest`]). No correction gives a person records measured before their erasure
+//! fence (refused, nothing moves).
+//!
+//! **Held records** live here too: records of a person without storage consent wait in
+//! quarantine with `held_for` set ([`release_held`] stores them at a covering storage
+//! consent's grant; [`Store::expire_held`] deletes them after the hold). Only that person sees
+//! or confirms them; erasure deletes them with the rest.
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, Transaction};
@@ -30,6 +40,7 @@ use uuid::Uuid;
 use phr_schema::RecordType;
 
 use super::{audit, consent, Store, STORAGE_GRANTEE, STORAGE_PURPOSE};
+use crate::ingest::{Binding, Rule, Standing, HELD_WITHOUT_CONSENT};
 use crate::store::GranteeKind;
 use crate::{Error, Result};
 
@@ -48,6 +59,7 @@ CREATE TABLE IF NOT EXISTS corrections (
     by TEXT NOT NULL,
     at_ms INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS corrections_by_device ON corrections(device_id, seq);
 CREATE TRIGGER IF NOT EXISTS corrections_no_update BEFORE UPDATE ON corrections
     BEGIN SELECT RAISE(ABORT, 'corrections are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS corrections_no_delete BEFORE DELETE ON corrections
@@ -274,13 +286,9 @@ fn record(
     })
 }
 
-/// A span of measured time `[from_ms, to_ms)` in which a person's claims on a device's records
-/// hold; `i64::MIN` / `i64::MAX` for unbounded ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Period {
-    pub(crate) from_ms: i64,
-    pub(crate) to_ms: i64,
-}
+/// A span of measured time in which a person's claims on a device's records hold (the
+/// rule ingest attributes by: [`Period::contains`]).
+pub(crate) use crate::ingest::Period;
 
 impl Period {
     /// SQL condition (on `start_ms`, `end_ms`) that a row's whole measured interval lies in
@@ -318,38 +326,64 @@ fn any_of(periods: &[Period], each: impl Fn(&Period) -> String) -> String {
     format!("({})", parts.join(" OR "))
 }
 
-/// The periods in which `person` may claim, unlink or erase `device`'s records: their
-/// bindings of the device, past and present, with back-to-back ones (a re-pairing) merged.
-/// The device's first holder also holds the time before its first binding: records a band
-/// measured before it was ever paired are its first owner's history, and no one else's
-/// binding can start before that one (`bind_in` refuses). Time while the device was bound to
-/// someone else, or between two holders, is in nobody's periods.
+/// The periods in which `person` may claim, unlink or erase `device`'s records
+/// ([`crate::ingest::claim_periods`]: their bindings of the device, the first holder's
+/// reaching back to the beginning of time).
 pub(crate) fn claim_periods(conn: &Connection, device: &str, person: &str) -> Result<Vec<Period>> {
     let mut stmt = conn.prepare_cached(
         "SELECT person_id, valid_from, valid_to FROM bindings WHERE device_id = ?1 ORDER BY valid_from",
     )?;
     let bindings = stmt
         .query_map([device], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-            ))
+            Ok(Binding {
+                person_id: r.get(0)?,
+                from_ms: r.get(1)?,
+                to_ms: r.get(2)?,
+            })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut periods: Vec<Period> = Vec::new();
-    for (i, (who, from, to)) in bindings.iter().enumerate() {
-        if who != person {
-            continue;
-        }
-        let from_ms = if i == 0 { i64::MIN } else { *from };
-        let to_ms = to.unwrap_or(i64::MAX);
-        match periods.last_mut() {
-            Some(last) if last.to_ms >= from_ms => last.to_ms = last.to_ms.max(to_ms),
-            _ => periods.push(Period { from_ms, to_ms }),
-        }
+    Ok(crate::ingest::claim_periods(&bindings, person))
+}
+
+/// `device`'s corrections as rules for records that arrive after them, in the order they
+/// were made. An unlinking is confined to the person's claim periods when they did it
+/// themselves (`by` is the person), as [`Store::unlink_own`] was.
+pub(super) fn standing(conn: &Connection, device: &str) -> Result<Vec<Standing>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT kind, from_ms, to_ms, old_person, new_person, by FROM corrections
+          WHERE device_id = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([device], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, Option<String>>(4)?,
+            r.get::<_, String>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (kind, from_ms, to_ms, old, new, by) = row?;
+        let rule = match (kind.as_str(), old, new) {
+            ("reattribute", Some(from), Some(to)) => Rule::Reattribute { from, to },
+            ("unlink", Some(person), _) => Rule::Unlink {
+                confined: by == person,
+                person,
+            },
+            ("confirm_quarantine", _, Some(person)) => Rule::Confirm { person },
+            // The table's CHECK and the writers above make any other row impossible; one
+            // would be a correction nobody can apply, so it is not guessed at.
+            _ => continue,
+        };
+        out.push(Standing {
+            from_ms,
+            to_ms,
+            rule,
+        });
     }
-    Ok(periods)
+    Ok(out)
 }
 
 /// Devices `person` was ever bound to.
@@ -361,21 +395,109 @@ fn devices_of(conn: &Connection, person: &str) -> Result<Vec<String>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Deletes the quarantined rows measured in `person`'s claim periods of every device they
-/// were ever bound to (erasure); returns how many.
+/// Deletes the quarantined rows held for `person`'s consent, and those measured in their
+/// claim periods of every device they were ever bound to (but not rows held for someone
+/// else) (erasure); returns how many.
 pub(super) fn erase_claimable_quarantine(tx: &Transaction<'_>, person: &str) -> Result<usize> {
-    let mut n = 0;
+    let mut n = tx.execute("DELETE FROM quarantine WHERE held_for = ?1", [person])?;
     for device in devices_of(tx, person)? {
         let periods = claim_periods(tx, &device, person)?;
         n += tx.execute(
             &format!(
-                "DELETE FROM quarantine WHERE device_id = ?1 AND {}",
+                "DELETE FROM quarantine WHERE device_id = ?1 AND held_for IS NULL AND {}",
                 any_of(&periods, Period::contains_sql)
             ),
             [&device],
         )?;
     }
     Ok(n)
+}
+
+/// At a grant of a storage consent: stores the records held for its person that it covers
+/// (their type and measured time), as theirs, and takes them out of quarantine, inside the
+/// grant's transaction; one entry in the person's disclosure log counts them. Returns how
+/// many rows were stored and how many left quarantine (the same, as a key lives in one
+/// table only).
+pub(super) fn release_held(
+    tx: &Transaction<'_>,
+    granted: &consent::Consent,
+    now: DateTime<Utc>,
+) -> Result<(usize, usize)> {
+    let person = granted.person_id.as_str();
+    let held: Vec<(String, String, i64, i64)> = tx
+        .prepare_cached(
+            "SELECT device_id, record_type, start_ms, end_ms FROM quarantine
+              WHERE held_for = ?1 AND reason = ?2",
+        )?
+        .query_map(params![person, HELD_WITHOUT_CONSENT], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO records (device_id, record_type, start_ms, end_ms, record_id, person_id,
+                              bridge_id, batch_id, stored_at_ms, body)
+         SELECT device_id, record_type, start_ms, end_ms, record_id, held_for, bridge_id,
+                batch_id, ?5, body
+           FROM quarantine
+          WHERE device_id = ?1 AND record_type = ?2 AND start_ms = ?3 AND end_ms = ?4
+         ON CONFLICT DO NOTHING",
+    )?;
+    let mut delete = tx.prepare_cached(
+        "DELETE FROM quarantine WHERE device_id = ?1 AND record_type = ?2 AND start_ms = ?3 AND end_ms = ?4",
+    )?;
+    let (mut moved, mut left) = (0, 0);
+    let mut types: Vec<&str> = Vec::new();
+    for (device, kind, start, end) in &held {
+        let Ok(t) = kind.parse::<RecordType>() else {
+            continue;
+        };
+        if !granted.terms.covers(t, *start, *end) {
+            continue;
+        }
+        moved += insert.execute(params![device, kind, start, end, now.timestamp_millis()])?;
+        left += delete.execute(params![device, kind, start, end])?;
+        if !types.contains(&t.as_str()) {
+            types.push(t.as_str());
+        }
+    }
+    if moved > 0 {
+        let mut e = audit::Entry::by_owner(
+            person,
+            audit::Action::Correction,
+            "records held without your storage consent stored under this consent",
+            moved as u64,
+            now,
+        );
+        e.consent_id = Some(granted.consent_id);
+        e.data_types = types.iter().map(|t| (*t).to_owned()).collect();
+        audit::append(tx, &e)?;
+    }
+    Ok((moved, left))
+}
+
+/// Refuses to give `person` records measured before their erasure fence: `rows` (an SQL
+/// table and condition, `?1..?n` bound by `params`) are the rows about to become theirs.
+fn refuse_past_fence(
+    tx: &Transaction<'_>,
+    person: &str,
+    rows: &str,
+    params: impl rusqlite::Params,
+) -> Result<()> {
+    let Some(fence) = super::fence_of(tx, person)? else {
+        return Ok(());
+    };
+    let before: i64 = tx.query_row(
+        &format!("SELECT count(*) FROM {rows} AND start_ms < {fence}"),
+        params,
+        |r| r.get(0),
+    )?;
+    if before > 0 {
+        return Err(Error::Conflict(
+            "the person erased their data measured before some of these records; they are \
+             not given to them again (only their own re-import of an export is)",
+        ));
+    }
+    Ok(())
 }
 
 /// `person`'s claim periods of the range's device, or why they have none in the range.
@@ -488,6 +610,12 @@ impl Store {
             if !consents_to_storage(tx, to_person, &types, f, t, now)? {
                 return Err(Error::Conflict("the new person has no storage consent covering these records"));
             }
+            refuse_past_fence(
+                tx,
+                to_person,
+                "records WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND person_id = ?4",
+                params![range.device_id, f, t, from_person],
+            )?;
             let n = tx.execute(
                 "UPDATE records SET person_id = ?5 WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND person_id = ?4",
                 params![range.device_id, f, t, from_person, to_person],
@@ -559,19 +687,29 @@ impl Store {
     }
 
     /// Quarantined records `person` may claim (measured in their claim periods of the
-    /// devices they were ever bound to), summarised per device.
+    /// devices they were ever bound to, or held for their storage consent), summarised per
+    /// device.
     pub fn quarantine_of(&self, person: &str) -> Result<Vec<QuarantineSummary>> {
         self.read(|conn| {
             let mut out = Vec::new();
-            for device in devices_of(conn, person)? {
+            let mut devices = devices_of(conn, person)?;
+            let held: Vec<String> = conn
+                .prepare_cached("SELECT DISTINCT device_id FROM quarantine WHERE held_for = ?1")?
+                .query_map([person], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            devices.extend(held);
+            devices.sort();
+            devices.dedup();
+            for device in devices {
                 let periods = claim_periods(conn, &device, person)?;
                 let sql = format!(
                     "SELECT count(*), min(start_ms), max(end_ms), group_concat(DISTINCT reason)
-                       FROM quarantine WHERE device_id = ?1 AND {}",
+                       FROM quarantine WHERE device_id = ?1
+                        AND (held_for = ?2 OR (held_for IS NULL AND {}))",
                     any_of(&periods, Period::contains_sql)
                 );
                 let (n, first, last, reasons): (i64, Option<i64>, Option<i64>, Option<String>) =
-                    conn.query_row(&sql, [&device], |r| {
+                    conn.query_row(&sql, params![device, person], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                     })?;
                 if let (true, Some(first), Some(last)) = (n > 0, first, last) {
@@ -612,20 +750,23 @@ impl Store {
                 Ok(p) => p,
                 Err(refusal) => return Ok(Err(refusal)),
             };
+            // Never rows held for someone else's consent (a re-attribution gave them away).
             let rows = format!(
-                "quarantine WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND {}",
+                "quarantine WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3
+                   AND (held_for IS NULL OR held_for = ?4) AND {}",
                 any_of(&periods, Period::contains_sql)
             );
+            refuse_past_fence(tx, person, &rows, params![range.device_id, f, t, person])?;
             let types: Vec<RecordType> = tx
                 .prepare(&format!("SELECT DISTINCT record_type FROM {rows}"))?
-                .query_map(params![range.device_id, f, t], |r| r.get::<_, String>(0))?
+                .query_map(params![range.device_id, f, t, person], |r| r.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?
                 .iter()
                 .filter_map(|n| n.parse().ok())
                 .collect();
             let (first, last): (Option<i64>, Option<i64>) = tx.query_row(
                 &format!("SELECT min(start_ms), max(start_ms) FROM {rows}"),
-                params![range.device_id, f, t],
+                params![range.device_id, f, t, person],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             if let (Some(first), Some(last)) = (first, last) {
@@ -642,13 +783,59 @@ impl Store {
                 ),
                 params![range.device_id, f, t, person, now.timestamp_millis()],
             )?;
-            let n = tx.execute(&format!("DELETE FROM {rows}"), params![range.device_id, f, t])?;
+            let n = tx.execute(&format!("DELETE FROM {rows}"), params![range.device_id, f, t, person])?;
             self.rows.records(super::added(moved));
             self.rows.quarantine(-super::added(n));
             let left = left_over(tx, "quarantine", range, None, &periods)?;
             let mut c = record(tx, Kind::ConfirmQuarantine, range, None, Some(person), n, why, person, now)?;
             c.left = left;
             Ok(Ok(c))
+        })
+    }
+
+    /// Deletes records held for lack of storage consent longer than the hold
+    /// (`[ingest] hold_without_consent_days`, or [`super::DEFAULT_HOLD_DAYS`] when holding is
+    /// off, for what was held before), received before `now` minus the hold. Each person
+    /// whose records expired gets one entry in their disclosure log, with the count. Returns
+    /// how many rows were deleted.
+    pub fn expire_held(&self, now: DateTime<Utc>) -> Result<usize> {
+        let days = match self.hold_days.load(std::sync::atomic::Ordering::Relaxed) {
+            d if d > 0 => d,
+            _ => i64::from(super::DEFAULT_HOLD_DAYS),
+        };
+        let cutoff = now.timestamp_millis() - days * 86_400_000;
+        self.write(|tx| {
+            let people: Vec<(String, i64, String)> = tx
+                .prepare_cached(
+                    "SELECT held_for, count(*), group_concat(DISTINCT record_type) FROM quarantine
+                      WHERE held_for IS NOT NULL AND received_at_ms < ?1 GROUP BY held_for",
+                )?
+                .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            if people.is_empty() {
+                return Ok(0);
+            }
+            let n = tx.execute(
+                "DELETE FROM quarantine WHERE held_for IS NOT NULL AND received_at_ms < ?1",
+                [cutoff],
+            )?;
+            self.rows.quarantine(-super::added(n));
+            for (person, count, types) in people {
+                let mut e = audit::Entry::by_owner(
+                    &person,
+                    audit::Action::Erasure,
+                    &format!(
+                        "records held without your storage consent deleted: held longer than {days} days"
+                    ),
+                    count as u64,
+                    now,
+                );
+                e.actor = STORAGE_GRANTEE.to_owned();
+                e.actor_kind = "gateway".into();
+                e.data_types = types.split(',').map(str::to_owned).collect();
+                audit::append(tx, &e)?;
+            }
+            Ok(n)
         })
     }
 
@@ -754,6 +941,162 @@ mod tests {
             .iter()
             .map(|l| (l.reason.as_str(), l.records))
             .collect()
+    }
+
+    /// One minute of steps of `band` through `br`, from minute `minute`.
+    fn steps(minute: i64, count: i64) -> phr_schema::Record {
+        use phr_schema::record::{IntervalFrame, Provenance, StepCount};
+        let start = t(minute).fixed_offset();
+        let end = t(minute + 1).fixed_offset();
+        phr_schema::Record::new(
+            "band",
+            "br",
+            end,
+            Provenance::sensed("test/1"),
+            phr_schema::Body::StepCount(StepCount {
+                effective_time_frame: IntervalFrame::new(start, end),
+                step_count: count,
+            }),
+        )
+    }
+
+    /// `records` through the whole ingest path (check, view, attribute, write) as one batch.
+    fn ingest(store: &Store, records: Vec<phr_schema::Record>) -> phr_schema::Ack {
+        let batch = phr_schema::Batch::new("br", "band", Uuid::new_v4(), records);
+        let payload = serde_json::to_vec(&batch).unwrap();
+        let checked = crate::ingest::check(
+            &payload,
+            "br",
+            "band",
+            Utc::now(),
+            &phr_schema::Limits::default(),
+        );
+        store.ingest(vec![checked], Utc::now()).unwrap().remove(0)
+    }
+
+    fn logged(store: &Store, who: &str) -> Vec<(audit::Action, String, u64)> {
+        store
+            .disclosures(who, 0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.entry.action, l.entry.actor, l.entry.records))
+            .collect()
+    }
+
+    #[test]
+    fn records_without_storage_consent_are_held_until_consent_or_the_end_of_the_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        s.add_person("ana", "ana", "UTC").unwrap();
+        s.add_device("band", "br", None).unwrap();
+        s.bind("band", "ana", t(0)).unwrap();
+        let ack = ingest(&s, vec![steps(10, 1), steps(11, 2)]);
+        assert_eq!((ack.stored, ack.quarantined, ack.rejected.len()), (0, 2, 0));
+        let q = s.quarantine_of("ana").unwrap();
+        assert_eq!(
+            (q[0].records, q[0].reasons.clone()),
+            (2, vec![HELD_WITHOUT_CONSENT.to_owned()])
+        );
+        assert_eq!(s.expire_held(Utc::now()).unwrap(), 0, "within the hold");
+
+        // A consent that does not cover them releases nothing; one that does, all of them.
+        s.grant_consent(
+            "ana",
+            consent::Terms::storage(&[RecordType::HeartRate]),
+            "ana",
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(s.counts().unwrap(), (0, 2));
+        let c = s
+            .grant_consent(
+                "ana",
+                consent::Terms::storage(&[RecordType::StepCount]),
+                "ana",
+                Utc::now(),
+            )
+            .unwrap();
+        assert_eq!(s.counts().unwrap(), (2, 0));
+        assert_eq!(rows(&s, "records", Some("ana")), [(10, 11), (11, 12)]);
+        let release = s.disclosures("ana", 0, 100).unwrap();
+        let release = release.last().unwrap();
+        assert_eq!(
+            (
+                release.entry.action,
+                release.entry.records,
+                release.entry.consent_id
+            ),
+            (audit::Action::Correction, 2, Some(c.consent_id))
+        );
+        assert_eq!(s.row_counts(), (2, 0), "the in-memory counts follow");
+
+        // Held again after a withdrawal; gone after the hold, and the person is told.
+        s.withdraw_storage_consent("ana").unwrap();
+        assert_eq!(ingest(&s, vec![steps(12, 3)]).quarantined, 1);
+        assert_eq!(
+            s.expire_held(Utc::now() + chrono::TimeDelta::days(29))
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            s.expire_held(Utc::now() + chrono::TimeDelta::days(31))
+                .unwrap(),
+            1
+        );
+        assert_eq!(s.counts().unwrap(), (2, 0));
+        assert_eq!(
+            logged(&s, "ana").last().unwrap(),
+            &(audit::Action::Erasure, STORAGE_GRANTEE.to_owned(), 1)
+        );
+
+        // Holding off: rejected, as before.
+        s.set_hold_without_consent_days(0);
+        let ack = ingest(&s, vec![steps(13, 4)]);
+        assert_eq!(
+            (ack.quarantined, ack.rejected[0].reason),
+            (0, phr_schema::Reason::NoStorageConsent)
+        );
+    }
+
+    #[test]
+    fn nothing_measured_before_a_persons_erasure_is_given_to_them_by_a_correction() {
+        let (_d, s) = handed_over();
+        let now = Utc::now();
+        s.confirm_quarantine(&all("band"), "ana", "", now)
+            .unwrap()
+            .unwrap();
+        s.erase_person("ben", "ben", now).unwrap();
+        s.grant_storage_consent("ben", &RecordType::ALL).unwrap();
+        // An operator cannot hand ben ana's records of before his erasure...
+        let err = s
+            .reattribute(&all("band"), "ana", "ben", "mix-up", "op", now)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Conflict(m) if m.contains("erased")),
+            "{err}"
+        );
+        assert_eq!(rows(&s, "records", Some("ana")).len(), 3);
+        // ... nor may ben take a quarantined record of his old period back.
+        s.write(|tx| {
+            tx.execute(
+                "INSERT INTO quarantine (device_id, record_type, start_ms, end_ms, record_id, bridge_id, batch_id, reason, received_at_ms, body)
+                 VALUES ('band', 'step-count', ?1, ?2, 'id', 'br', 'b', 'no_binding', 0, '{}')",
+                params![t(120).timestamp_millis(), t(121).timestamp_millis()],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        let err = s
+            .confirm_quarantine(&all("band"), "ben", "", now)
+            .unwrap_err();
+        assert!(matches!(err, Error::Conflict(_)), "{err}");
+        assert_eq!(rows(&s, "quarantine", None), [(90, 110), (120, 121)]);
+        // And a late record of his old period is refused at ingest, not quarantined.
+        let ack = ingest(&s, vec![steps(130, 5)]);
+        assert_eq!(
+            (ack.quarantined, ack.rejected[0].reason),
+            (0, phr_schema::Reason::ErasedByPerson)
+        );
     }
 
     #[test]

@@ -11,7 +11,12 @@
 //! Import stores records as the given person's, in one transaction: the person, bridges and
 //! devices are registered when missing; no binding is created (the data was attributed by the
 //! gateway it was exported from). A record whose natural key is already stored *for another
-//! person* is refused, never re-attributed or counted as a duplicate.
+//! person* is refused, never re-attributed or counted as a duplicate; one whose key is in
+//! quarantine is refused too (a key lives in one table only; the device's owner confirms it).
+//!
+//! Import is the explicit re-import by (or for) the person, so it passes their erasure fence:
+//! records measured before their last erasure, which ingest refuses `erased_by_person` from
+//! any bridge, are stored when the person's own export is imported again.
 
 use std::io::BufRead;
 
@@ -48,14 +53,17 @@ pub enum ImportRefusal {
     Invalid(Reason),
     #[error("a record with the same device, type and measured times is stored for another person")]
     OtherPerson,
+    #[error("a record with the same device, type and measured times is in quarantine; its owner confirms it")]
+    Quarantined,
 }
 
 impl ImportRefusal {
-    /// A stable code: the validation reason's, or `stored_for_another_person`.
+    /// A stable code: the validation reason's, `stored_for_another_person` or `quarantined`.
     pub fn code(self) -> &'static str {
         match self {
             Self::Invalid(r) => r.code(),
             Self::OtherPerson => "stored_for_another_person",
+            Self::Quarantined => "quarantined",
         }
     }
 }
@@ -152,11 +160,19 @@ impl Store {
                 "INSERT INTO devices (device_id, bridge_id, model, created_at)
                  VALUES (?1, ?2, NULL, ?3) ON CONFLICT DO NOTHING",
             )?;
+            let mut bridge_period = tx.prepare_cached(
+                "INSERT INTO device_bridges (device_id, bridge_id, from_ms, to_ms)
+                 VALUES (?1, ?2, -9223372036854775808, NULL)",
+            )?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO records (device_id, record_type, start_ms, end_ms, record_id,
                                       person_id, bridge_id, batch_id, stored_at_ms, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '', ?8, ?9)
                  ON CONFLICT DO NOTHING",
+            )?;
+            let mut quarantined = tx.prepare_cached(
+                "SELECT count(*) FROM quarantine
+                 WHERE device_id = ?1 AND record_type = ?2 AND start_ms = ?3 AND end_ms = ?4",
             )?;
             let mut owner = tx.prepare_cached(
                 "SELECT person_id FROM records
@@ -192,7 +208,19 @@ impl Store {
                     continue;
                 }
                 bridge.execute(params![record.bridge_id, now_text])?;
-                device.execute(params![record.device_id, record.bridge_id, now_text])?;
+                if device.execute(params![record.device_id, record.bridge_id, now_text])? == 1 {
+                    // A device first seen here: held through that bridge, as ingest reads it.
+                    bridge_period.execute(params![record.device_id, record.bridge_id])?;
+                }
+                // A key lives in one of `records` and `quarantine` only.
+                let in_quarantine: i64 = quarantined.query_row(
+                    params![key.device_id, key.record_type.as_str(), key.start_ms, key.end_ms],
+                    |r| r.get(0),
+                )?;
+                if in_quarantine > 0 {
+                    report.rejected.push((i, ImportRefusal::Quarantined));
+                    continue;
+                }
                 let json = serde_json::to_string(record)
                     .map_err(|_| crate::Error::Invalid("a record that cannot be serialised"))?;
                 let kind = key.record_type.as_str();

@@ -22,7 +22,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 
 use phr_schema::{Ack, Reason, RecordType};
 
-use crate::ingest::{self, Binding, Checked, Decision, DeviceView};
+use crate::ingest::{self, Binding, BridgePeriod, Checked, Decision, DeviceView, Rule};
 
 pub mod audit;
 pub mod changes;
@@ -88,6 +88,22 @@ CREATE TABLE IF NOT EXISTS devices (
     serial_number TEXT,
     created_at TEXT NOT NULL
 );
+-- The bridges a device was held through, [from_ms, to_ms) of measured time; NULL to_ms is
+-- open (its current bridge). A bridge may deliver the device's records measured before the
+-- end of its latest period (see `ingest`). The first period starts at the beginning of time.
+CREATE TABLE IF NOT EXISTS device_bridges (
+    device_id TEXT NOT NULL REFERENCES devices(device_id),
+    bridge_id TEXT NOT NULL,
+    from_ms INTEGER NOT NULL,
+    to_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS device_bridges_by_device ON device_bridges(device_id, from_ms);
+-- A person's latest erasure: records measured before it are never stored again from a
+-- bridge (only the person's explicit re-import passes).
+CREATE TABLE IF NOT EXISTS erasure_fences (
+    person_id TEXT PRIMARY KEY,
+    fence_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 -- A device is bound to one person for [valid_from, valid_to); NULL valid_to is open.
 CREATE TABLE IF NOT EXISTS bindings (
     binding_id INTEGER PRIMARY KEY,
@@ -110,8 +126,13 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason TEXT NOT NULL,
     received_at_ms INTEGER NOT NULL,
     body TEXT NOT NULL,
+    -- The person a record is held for (reason 'no_storage_consent'): theirs once they
+    -- consent, deleted when the hold expires. NULL: attributed to nobody.
+    held_for TEXT,
     PRIMARY KEY (device_id, record_type, start_ms, end_ms)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS quarantine_held ON quarantine(held_for, received_at_ms)
+    WHERE held_for IS NOT NULL;
 ";
 
 /// A stored record: its JSON as received and when the gateway stored it.
@@ -175,7 +196,13 @@ pub struct Store {
     accesses: std::sync::atomic::AtomicU64,
     /// How long one sync page may examine changes ([`changes::PAGE_TIME_BUDGET`]).
     page_budget: std::sync::RwLock<std::time::Duration>,
+    /// Days a record lacking storage consent is held for its person; 0: not held, rejected
+    /// (`[ingest] hold_without_consent_days`).
+    hold_days: AtomicI64,
 }
+
+/// How long records lacking storage consent are held unless configured otherwise.
+pub const DEFAULT_HOLD_DAYS: u32 = 30;
 
 /// Rows in `records` and `quarantine`, counted once when the store opens and then kept
 /// exact by every write that adds or removes rows (ingest, corrections, import, erasure), so
@@ -304,6 +331,7 @@ impl Store {
             rows,
             accesses: Default::default(),
             page_budget: std::sync::RwLock::new(changes::PAGE_TIME_BUDGET),
+            hold_days: AtomicI64::new(DEFAULT_HOLD_DAYS.into()),
         })
     }
 
@@ -328,6 +356,7 @@ impl Store {
             rows,
             accesses: Default::default(),
             page_budget: std::sync::RwLock::new(changes::PAGE_TIME_BUDGET),
+            hold_days: AtomicI64::new(DEFAULT_HOLD_DAYS.into()),
         })
     }
 
@@ -442,6 +471,12 @@ impl Store {
         Ok(())
     }
 
+    /// Sets how many days records lacking storage consent are held for their person (0:
+    /// they are rejected `no_storage_consent` instead).
+    pub fn set_hold_without_consent_days(&self, days: u32) {
+        self.hold_days.store(days.into(), Relaxed);
+    }
+
     /// Registers a device as reached through `bridge_id` (and the bridge, if new).
     pub fn add_device(&self, device_id: &str, bridge_id: &str, model: Option<&str>) -> Result<()> {
         self.write(|tx| {
@@ -461,7 +496,7 @@ impl Store {
                         "INSERT INTO devices (device_id, bridge_id, model, created_at) VALUES (?1, ?2, ?3, ?4)",
                         params![device_id, bridge_id, model, now],
                     )?;
-                    Ok(())
+                    open_bridge_period(tx, device_id, bridge_id, i64::MIN)
                 }
             }
         })
@@ -525,26 +560,38 @@ impl Store {
     /// Nothing is acked unless the whole group committed.
     pub fn ingest(&self, checked: Vec<Checked>, now: DateTime<Utc>) -> Result<Vec<Ack>> {
         let now_ms = now.timestamp_millis();
+        let without_consent = if self.hold_days.load(Relaxed) > 0 {
+            ingest::WithoutConsent::Hold
+        } else {
+            ingest::WithoutConsent::Reject
+        };
         self.write(|tx| {
             let mut views: HashMap<String, DeviceView> = HashMap::new();
             let mut acks = Vec::with_capacity(checked.len());
+            // A key lives in at most one of `records` and `quarantine`: already in either,
+            // a record is a duplicate (so a replay never stores what was unlinked, nor holds
+            // again what was confirmed).
             let mut insert = tx.prepare_cached(
                 "INSERT INTO records (device_id, record_type, start_ms, end_ms, record_id,
                                       person_id, bridge_id, batch_id, stored_at_ms, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
+                  WHERE NOT EXISTS (SELECT 1 FROM quarantine WHERE device_id = ?1
+                                       AND record_type = ?2 AND start_ms = ?3 AND end_ms = ?4)
                  ON CONFLICT DO NOTHING",
             )?;
             let mut quarantine = tx.prepare_cached(
                 "INSERT INTO quarantine (device_id, record_type, start_ms, end_ms, record_id,
-                                         bridge_id, batch_id, reason, received_at_ms, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                                         bridge_id, batch_id, reason, received_at_ms, body, held_for)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
+                  WHERE NOT EXISTS (SELECT 1 FROM records WHERE device_id = ?1
+                                       AND record_type = ?2 AND start_ms = ?3 AND end_ms = ?4)
                  ON CONFLICT DO NOTHING",
             )?;
             for c in checked {
                 let view = match views.get(&c.device_id) {
                     Some(v) => v,
                     None => {
-                        let v = device_view(tx, &c.device_id)?;
+                        let v = device_view(tx, &c.device_id, without_consent)?;
                         views.entry(c.device_id.clone()).or_insert(v)
                     }
                 };
@@ -567,6 +614,21 @@ impl Store {
                         k.record_type.as_str(),
                         v.record_id.to_string(),
                     );
+                    let mut quarantined = |reason: &str, held_for: Option<&str>| {
+                        quarantine.execute(params![
+                            device,
+                            kind,
+                            k.start_ms,
+                            k.end_ms,
+                            id,
+                            plan.bridge_id,
+                            batch_id,
+                            reason,
+                            now_ms,
+                            v.json,
+                            held_for
+                        ])
+                    };
                     let changed = match &p.decision {
                         Decision::Store { person_id } => insert.execute(params![
                             device,
@@ -580,18 +642,10 @@ impl Store {
                             now_ms,
                             v.json
                         ])?,
-                        Decision::Quarantine(reason) => quarantine.execute(params![
-                            device,
-                            kind,
-                            k.start_ms,
-                            k.end_ms,
-                            id,
-                            plan.bridge_id,
-                            batch_id,
-                            reason.code(),
-                            now_ms,
-                            v.json
-                        ])?,
+                        Decision::Quarantine(q) => quarantined(q.code(), None)?,
+                        Decision::Hold { person_id } => {
+                            quarantined(ingest::HELD_WITHOUT_CONSENT, Some(person_id))?
+                        }
                     };
                     match (&p.decision, changed) {
                         (_, 0) => plan.ack.duplicate += 1,
@@ -599,7 +653,7 @@ impl Store {
                             plan.ack.stored += 1;
                             self.rows.records(1);
                         }
-                        (Decision::Quarantine(_), _) => {
+                        (Decision::Quarantine(_) | Decision::Hold { .. }, _) => {
                             plan.ack.quarantined += 1;
                             self.rows.quarantine(1);
                         }
@@ -616,14 +670,18 @@ impl Store {
 
     /// Erases everything the gateway holds of `person_id`: their records, the quarantined
     /// records measured in their binding periods of each device they held (see
-    /// [`corrections::claim_periods`]; not another holder's, nor the gaps), their consents (withdrawn) and bindings (closed
+    /// [`corrections::claim_periods`]; not another holder's, nor the gaps) or held for their
+    /// consent, their consents (withdrawn) and bindings (closed
     /// now). The disclosure log keeps that an erasure happened and how much, not the data.
+    /// `now` becomes the person's erasure fence: what was measured before it is never stored
+    /// again from a bridge (see [`ingest`]); `phr-gateway import` of their export still is.
     pub fn erase_person(&self, person_id: &str, by: &str, now: DateTime<Utc>) -> Result<Erasure> {
         let now_ms = now.timestamp_millis();
         let mut erasure = self.write(|tx| {
             // First, so it is the feed's highest row and every consent the erasure withdraws
             // was in force at it (see `access::feed::person_erased`).
             changes::person_erased(tx, person_id)?;
+            fence(tx, person_id, now_ms)?;
             let records = tx.execute("DELETE FROM records WHERE person_id = ?1", [person_id])?;
             // Only what was measured in the person's own binding periods: never rows measured
             // while the device was someone else's, or nobody's.
@@ -908,8 +966,84 @@ pub(crate) fn bridge_key(conn: &Connection, bridge_id: &str) -> Result<Option<Ve
     .transpose()
 }
 
-/// The registry's view of one device, read inside the ingest transaction.
-fn device_view(tx: &Transaction<'_>, device_id: &str) -> Result<DeviceView> {
+/// Records `person_id`'s erasure fence at `fence_ms` (the latest erasure wins).
+fn fence(tx: &Transaction<'_>, person_id: &str, fence_ms: i64) -> Result<()> {
+    tx.execute(
+        "INSERT INTO erasure_fences (person_id, fence_ms) VALUES (?1, ?2)
+         ON CONFLICT(person_id) DO UPDATE SET fence_ms = max(fence_ms, excluded.fence_ms)",
+        params![person_id, fence_ms],
+    )?;
+    Ok(())
+}
+
+/// `person_id`'s erasure fence, if they ever erased their data.
+pub(crate) fn fence_of(conn: &Connection, person_id: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT fence_ms FROM erasure_fences WHERE person_id = ?1")?
+        .query_row([person_id], |r| r.get(0))
+        .optional()?)
+}
+
+/// Opens a period of `device_id` held through `bridge_id` from `from_ms` on.
+fn open_bridge_period(
+    tx: &Transaction<'_>,
+    device_id: &str,
+    bridge_id: &str,
+    from_ms: i64,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO device_bridges (device_id, bridge_id, from_ms, to_ms) VALUES (?1, ?2, ?3, NULL)",
+    )?
+    .execute(params![device_id, bridge_id, from_ms])?;
+    Ok(())
+}
+
+/// Registers `device_id` as reached through `bridge_id` from `now` on (a confirmed
+/// pairing), inside the caller's transaction. A new device gets one open period through the
+/// bridge from the beginning of time; a device moving from another bridge closes that
+/// bridge's period at `now` (it may still deliver what was measured before) and opens one
+/// here. Pairing again through the same bridge changes no period.
+pub(crate) fn register_device_at(
+    tx: &Transaction<'_>,
+    device_id: &str,
+    bridge_id: &str,
+    serial: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let now_ms = now.timestamp_millis();
+    let current: Option<String> = tx
+        .query_row(
+            "SELECT bridge_id FROM devices WHERE device_id = ?1",
+            [device_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    tx.execute(
+        "INSERT INTO devices (device_id, bridge_id, serial_number, created_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(device_id) DO UPDATE SET bridge_id = excluded.bridge_id, serial_number = excluded.serial_number",
+        params![device_id, bridge_id, serial, now.to_rfc3339()],
+    )?;
+    match current {
+        None => open_bridge_period(tx, device_id, bridge_id, i64::MIN),
+        Some(b) if b == bridge_id => Ok(()),
+        Some(_) => {
+            tx.execute(
+                "UPDATE device_bridges SET to_ms = ?2 WHERE device_id = ?1 AND to_ms IS NULL",
+                params![device_id, now_ms],
+            )?;
+            open_bridge_period(tx, device_id, bridge_id, now_ms)
+        }
+    }
+}
+
+/// The registry's view of one device, read inside the ingest transaction: one query each
+/// for the device, its bindings, bridge periods, corrections and the fences of the people
+/// concerned, plus the storage consents of those people.
+fn device_view(
+    tx: &Transaction<'_>,
+    device_id: &str,
+    without_consent: ingest::WithoutConsent,
+) -> Result<DeviceView> {
     let bridge_id: Option<String> = tx
         .prepare_cached("SELECT bridge_id FROM devices WHERE device_id = ?1")?
         .query_row([device_id], |r| r.get(0))
@@ -926,10 +1060,37 @@ fn device_view(tx: &Transaction<'_>, device_id: &str) -> Result<DeviceView> {
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let bridge_periods = tx
+        .prepare_cached(
+            "SELECT bridge_id, from_ms, to_ms FROM device_bridges WHERE device_id = ?1 ORDER BY from_ms",
+        )?
+        .query_map([device_id], |r| {
+            Ok(BridgePeriod {
+                bridge_id: r.get(0)?,
+                from_ms: r.get(1)?,
+                to_ms: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let corrections = corrections::standing(tx, device_id)?;
+    let fences = tx
+        .prepare_cached(
+            "SELECT person_id, fence_ms FROM erasure_fences WHERE person_id IN (
+                 SELECT person_id FROM bindings WHERE device_id = ?1
+                 UNION SELECT new_person FROM corrections WHERE device_id = ?1)",
+        )?
+        .query_map([device_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<(String, i64)>>>()?;
     let mut storage_consent: Vec<(String, consent::Terms)> = Vec::new();
     let now = Utc::now();
     let mut seen: Vec<&str> = Vec::new();
-    for person in bindings.iter().map(|b| b.person_id.as_str()) {
+    // Everyone a record of the device may go to: its holders and the people corrections
+    // gave its records to.
+    let given = corrections.iter().filter_map(|c| match &c.rule {
+        Rule::Reattribute { to, .. } => Some(to.as_str()),
+        Rule::Unlink { .. } | Rule::Confirm { .. } => None,
+    });
+    for person in bindings.iter().map(|b| b.person_id.as_str()).chain(given) {
         if seen.contains(&person) {
             continue;
         }
@@ -942,7 +1103,11 @@ fn device_view(tx: &Transaction<'_>, device_id: &str) -> Result<DeviceView> {
     }
     Ok(DeviceView {
         bridge_id,
+        bridge_periods,
         bindings,
         storage_consent,
+        corrections,
+        fences,
+        without_consent,
     })
 }

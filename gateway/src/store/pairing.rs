@@ -447,7 +447,9 @@ impl Store {
 
     /// Confirms `person_id`'s pairing with `code` (and, if given, the serial number printed on
     /// the device). On success the device is registered through the pairing's bridge and
-    /// bound to the person from `now`, closing the previous binding at that moment.
+    /// bound to the person from `now`, closing the previous binding at that moment. A device
+    /// that was held through another bridge moves here: that bridge's period ends `now` (it
+    /// may still deliver the backlog it measured before), this bridge's starts.
     pub fn confirm_pairing(
         &self,
         person_id: &str,
@@ -515,12 +517,9 @@ impl Store {
                 return refuse(tx, Refusal::DeviceBound, true);
             }
             // Register the device through this bridge (a device re-paired through another
-            // bridge moves there), then close the open binding and open the new one.
-            tx.execute(
-                "INSERT INTO devices (device_id, bridge_id, serial_number, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(device_id) DO UPDATE SET bridge_id = excluded.bridge_id, serial_number = excluded.serial_number",
-                params![device, bridge, reported_serial, now.to_rfc3339()],
-            )?;
+            // bridge moves there; its old bridge keeps delivering what it measured before
+            // now), then close the open binding and open the new one.
+            super::register_device_at(tx, &device, &bridge, reported_serial.as_deref(), now)?;
             super::bind_in(tx, &device, person_id, now)?;
             tx.execute(
                 "UPDATE pairings SET state = 'confirmed', finished_at_ms = ?2 WHERE pairing_id = ?1",

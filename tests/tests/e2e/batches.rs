@@ -192,8 +192,12 @@ async fn records_of_an_unbound_device_are_quarantined_not_attributed() -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_storage_consent_nothing_is_stored() -> anyhow::Result<()> {
-    let gw = TestGateway::start().await?;
+async fn without_storage_consent_nothing_is_stored_when_holding_is_off() -> anyhow::Result<()> {
+    // (With the default hold, such records wait in quarantine for consent: attribution.rs.)
+    let gw = TestGateway::start_configured(phr_e2e::external_broker(), |c| {
+        c.ingest.hold_without_consent_days = 0;
+    })
+    .await?;
     gw.enrol(
         "gus",
         "br-c",

@@ -417,13 +417,13 @@ async fn erasure_removes_the_data_keeps_the_fact_and_closes_everything() -> anyh
         (erasure["records"].as_u64(), erasure["outcome"].as_str()),
         (Some(7), Some("done"))
     );
-    // Late data her band measured before the erasure is not stored again (no consent now);
-    // data measured after it belongs to nobody (the binding is closed).
+    // Late data her band measured before the erasure is never stored again (her erasure
+    // fences it off); data measured after it belongs to nobody (the binding is closed).
     let mut bridge = w.gw.raw_bridge("br-ana").await?;
     let late = minute_steps("band-ana", "br-ana", Utc::now() - TimeDelta::minutes(30), 9);
     let ack = send(&mut bridge, "band-ana", vec![late]).await?;
-    assert_eq!((ack.stored, ack.rejected.len()), (0, 1));
-    assert_eq!(ack.rejected[0].reason, phr_schema::Reason::NoStorageConsent);
+    assert_eq!((ack.stored, ack.quarantined, ack.rejected.len()), (0, 0, 1));
+    assert_eq!(ack.rejected[0].reason, phr_schema::Reason::ErasedByPerson);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let after = minute_steps("band-ana", "br-ana", Utc::now() + TimeDelta::minutes(1), 9);
     let ack = send(&mut bridge, "band-ana", vec![after]).await?;

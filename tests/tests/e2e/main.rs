@@ -10,6 +10,7 @@ mod attack_auth;
 mod attack_broker;
 mod attack_channel;
 mod attack_moves;
+mod attribution;
 mod batches;
 mod ble;
 mod browser;
