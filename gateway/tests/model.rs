@@ -331,11 +331,12 @@ impl Sut {
                 let got = self.store.release_binding(p, DEVICES[*device], now);
                 match open {
                     Some(b) if b.person == p && b.from == m.now => {
-                        // Ending a binding at the instant it began would leave it empty:
-                        // today's store refuses (an error), and nothing changes.
-                        self.check("op", got.is_err() || got.as_ref().is_ok_and(|g| !g), || {
+                        // Ending a binding at the instant it began: it covered nothing yet,
+                        // and it is gone.
+                        self.check("op", matches!(got, Ok(true)), || {
                             format!("release at the instant of pairing: {got:?}")
                         })?;
+                        m.bindings[*device].retain(|b| !(b.open_at(m.now) && b.from == m.now));
                     }
                     Some(b) if b.person == p => {
                         self.check("op", matches!(got, Ok(true)), || {
@@ -683,6 +684,17 @@ impl Sut {
             return Ok(());
         }
         let keys = m.stored_in(device, old, from, to);
+        // Held for the old person's consent: theirs too, so they move as well (and count).
+        let held = m
+            .locs
+            .iter()
+            .filter(|(k, l)| {
+                **l == Loc::Held
+                    && k.device == device
+                    && (from..to).contains(&world::measured(k.slot).0)
+                    && m.attribute(**k) == world::Attr::Person(old.to_owned())
+            })
+            .count();
         let refused = !keys.is_empty() && !m.has_storage(new);
         let got = self.store.reattribute(
             &range(device, from, to),
@@ -694,7 +706,7 @@ impl Sut {
         );
         match (&got, refused) {
             (Err(_), true) => Ok(()),
-            (Ok(c), false) if c.records as usize == keys.len() => {
+            (Ok(c), false) if c.records as usize == keys.len() + held => {
                 for k in &keys {
                     m.locs.insert(*k, Loc::Stored(new.to_owned()));
                 }

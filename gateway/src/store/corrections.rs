@@ -587,6 +587,80 @@ fn unlink_rows(
     Ok((moved, deleted))
 }
 
+/// The records held for `person`'s storage consent in the range (and matching `inside`):
+/// a correction treats them as theirs, as it would if they arrived now. Unlinking makes them
+/// nobody's (`unlinked`); returns how many.
+fn unlink_held(tx: &Transaction<'_>, range: &Range, person: &str, inside: &str) -> Result<usize> {
+    let (f, t) = (range.from.timestamp_millis(), range.to.timestamp_millis());
+    Ok(tx.execute(
+        &format!(
+            "UPDATE quarantine SET held_for = NULL, reason = 'unlinked'
+              WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND held_for = ?4 AND {inside}"
+        ),
+        params![range.device_id, f, t, person],
+    )?)
+}
+
+/// Re-attributing: the records held for `from`'s consent in the range become `to`'s: stored
+/// under `to` where a storage consent of theirs covers them, held for `to` otherwise. Returns
+/// (stored, held for `to`).
+fn reattribute_held(
+    tx: &Transaction<'_>,
+    range: &Range,
+    from: &str,
+    to: &str,
+    now: DateTime<Utc>,
+) -> Result<(usize, usize)> {
+    let (f, t) = (range.from.timestamp_millis(), range.to.timestamp_millis());
+    let held: Vec<(String, i64, i64)> = tx
+        .prepare_cached(
+            "SELECT record_type, start_ms, end_ms FROM quarantine
+              WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND held_for = ?4",
+        )?
+        .query_map(params![range.device_id, f, t, from], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    if held.is_empty() {
+        return Ok((0, 0));
+    }
+    let consents: Vec<consent::Consent> =
+        consent::in_force(tx, to, STORAGE_GRANTEE, GranteeKind::Gateway, now)?
+            .into_iter()
+            .filter(|c| c.terms.purpose == STORAGE_PURPOSE)
+            .collect();
+    let (mut stored, mut rehold) = (0, 0);
+    for (kind, start, end) in held {
+        let key = params![range.device_id, kind, start, end];
+        let covered = kind
+            .parse::<RecordType>()
+            .is_ok_and(|rt| consents.iter().any(|c| c.terms.covers(rt, start, end)));
+        if covered {
+            stored += tx.execute(
+                "INSERT INTO records (device_id, record_type, start_ms, end_ms, record_id, person_id,
+                                      bridge_id, batch_id, stored_at_ms, body)
+                 SELECT device_id, record_type, start_ms, end_ms, record_id, ?5, bridge_id,
+                        batch_id, ?6, body
+                   FROM quarantine
+                  WHERE device_id = ?1 AND record_type = ?2 AND start_ms = ?3 AND end_ms = ?4
+                 ON CONFLICT DO NOTHING",
+                params![range.device_id, kind, start, end, to, now.timestamp_millis()],
+            )?;
+            tx.execute(
+                "DELETE FROM quarantine WHERE device_id = ?1 AND record_type = ?2 AND start_ms = ?3 AND end_ms = ?4",
+                key,
+            )?;
+        } else {
+            rehold += tx.execute(
+                "UPDATE quarantine SET held_for = ?5
+                  WHERE device_id = ?1 AND record_type = ?2 AND start_ms = ?3 AND end_ms = ?4",
+                params![range.device_id, kind, start, end, to],
+            )?;
+        }
+    }
+    Ok((stored, rehold))
+}
+
 impl Store {
     /// Moves `from_person`'s records of the range to `to_person`, who must have storage
     /// consent covering them.
@@ -616,11 +690,22 @@ impl Store {
                 "records WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND person_id = ?4",
                 params![range.device_id, f, t, from_person],
             )?;
+            refuse_past_fence(
+                tx,
+                to_person,
+                "quarantine WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND held_for = ?4",
+                params![range.device_id, f, t, from_person],
+            )?;
             let n = tx.execute(
                 "UPDATE records SET person_id = ?5 WHERE device_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND person_id = ?4",
                 params![range.device_id, f, t, from_person, to_person],
             )?;
-            record(tx, Kind::Reattribute, range, Some(from_person), Some(to_person), n, why, by, now)
+            // What is held for the old person's consent is theirs too, as the rule would make
+            // it if it arrived now.
+            let (stored, held) = reattribute_held(tx, range, from_person, to_person, now)?;
+            self.rows.records(super::added(stored));
+            self.rows.quarantine(-super::added(stored));
+            record(tx, Kind::Reattribute, range, Some(from_person), Some(to_person), n + stored + held, why, by, now)
         })
     }
 
@@ -642,7 +727,18 @@ impl Store {
             let (moved, n) = unlink_rows(tx, range, person, "1", now)?;
             self.rows.quarantine(super::added(moved));
             self.rows.records(-super::added(n));
-            record(tx, Kind::Unlink, range, Some(person), None, n, why, by, now)
+            let held = unlink_held(tx, range, person, "1")?;
+            record(
+                tx,
+                Kind::Unlink,
+                range,
+                Some(person),
+                None,
+                n + held,
+                why,
+                by,
+                now,
+            )
         })
     }
 
@@ -669,6 +765,7 @@ impl Store {
             let (moved, n) = unlink_rows(tx, range, person, &inside, now)?;
             self.rows.quarantine(super::added(moved));
             self.rows.records(-super::added(n));
+            let held = unlink_held(tx, range, person, &inside)?;
             let left = left_over(tx, "records", range, Some(person), &periods)?;
             let mut c = record(
                 tx,
@@ -676,7 +773,7 @@ impl Store {
                 range,
                 Some(person),
                 None,
-                n,
+                n + held,
                 why,
                 person,
                 now,

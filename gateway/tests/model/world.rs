@@ -341,10 +341,25 @@ impl Model {
 
     /// What delivering `key` should come to once the bridge may deliver it.
     pub(crate) fn decide(&self, key: Key) -> Outcome {
-        if self.locs.contains_key(&key) {
+        let (start, end) = measured(key.slot);
+        // Measured before an erasure, in the erased person's claim periods, attributed to
+        // nobody: refused as erased before the key is looked up (a quarantined row that came
+        // into their periods only by a later pairing stays, and a replay of it is refused).
+        let fenced_claim = || {
+            self.fences
+                .iter()
+                .any(|(p, f)| start < *f && self.in_claim_periods(key.device, p, start, end))
+        };
+        if let Some(loc) = self.locs.get(&key) {
+            let nobodys = matches!(loc, Loc::Quarantined);
+            if nobodys
+                && matches!(self.attribute(key), Attr::Unbound | Attr::Unlinked)
+                && fenced_claim()
+            {
+                return Outcome::Rejected(Reason::ErasedByPerson);
+            }
             return Outcome::Duplicate;
         }
-        let (start, _) = measured(key.slot);
         match self.attribute(key) {
             Attr::Person(p) if self.fenced(&p, start) => Outcome::Rejected(Reason::ErasedByPerson),
             Attr::Person(p) if self.has_storage(&p) => Outcome::Stored(p),
@@ -353,6 +368,11 @@ impl Model {
                 Outcome::Rejected(Reason::NoStorageConsent)
             }
             Attr::Person(_) => Outcome::Held,
+            // Quarantine of an erased person's claim periods went with their erasure: a late
+            // record measured there before it does not come back.
+            Attr::Unbound | Attr::Unlinked if fenced_claim() => {
+                Outcome::Rejected(Reason::ErasedByPerson)
+            }
             Attr::Unbound | Attr::Unlinked => Outcome::Quarantined,
         }
     }
