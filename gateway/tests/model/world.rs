@@ -489,6 +489,30 @@ impl Model {
     }
 
     /// The person's own unlinking takes their records inside their claim periods.
+    /// Keys held for `person`'s consent, of the device, start in the range (and, if
+    /// `own`, inside their claim periods): what a correction of theirs treats as theirs.
+    pub(crate) fn held_for(
+        &self,
+        device: usize,
+        person: &str,
+        from: i64,
+        to: i64,
+        own: bool,
+    ) -> Vec<Key> {
+        self.locs
+            .iter()
+            .filter(|(k, l)| {
+                let (s, e) = measured(k.slot);
+                **l == Loc::Held
+                    && k.device == device
+                    && (from..to).contains(&s)
+                    && self.attribute(**k) == Attr::Person(person.to_owned())
+                    && (!own || self.in_claim_periods(device, person, s, e))
+            })
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
     pub(crate) fn own_unlinkable(
         &self,
         device: usize,
