@@ -9,8 +9,9 @@
 //! (serial number) read at each connection feeds pairing.
 //!
 //! Records wait in memory at most `flush_after_ms` (1 s by default) before they are durable;
-//! a crash in that second loses them unless the device still holds them (history sync, not
-//! built yet). When the outbox refuses records (it is full: the gateway has been away for a
+//! a crash in that second loses them unless the device still holds them (a band with a
+//! history is asked again from each record type's own mark, which moves only with records of
+//! that type, in the transaction that makes them durable). When the outbox refuses records (it is full: the gateway has been away for a
 //! long time; or the disk fails) they stay in memory and are retried, up to [`MAX_PENDING`]
 //! per device; beyond that the oldest are dropped and the log says how many.
 

@@ -241,7 +241,8 @@ fn rejected_records_are_dead_lettered_with_the_batch_removal_and_erased_ones_dis
     let dir = tempfile::tempdir().unwrap();
     let mut o = open(&dir);
     let b = steps_batch("band", 4);
-    o.push(&[b.clone()], &[], &[], Utc::now()).unwrap();
+    o.push(std::slice::from_ref(&b), &[], &[], Utc::now())
+        .unwrap();
     let now = t("2026-01-02T00:00:00Z");
     let a = ack(
         &b,
@@ -329,7 +330,8 @@ fn at_the_dead_letter_bound_the_batch_stays_pending_instead() {
     let path = dir.path().join("outbox.sqlite");
     let mut o = Outbox::open(&path, 10).unwrap().with_max_dead_records(2);
     let b = steps_batch("band", 3);
-    o.push(&[b.clone()], &[], &[], Utc::now()).unwrap();
+    o.push(std::slice::from_ref(&b), &[], &[], Utc::now())
+        .unwrap();
     let a = Ack {
         batch_id: Some(b.batch_id),
         batch_error: Some(Reason::TopicMismatch),
@@ -353,7 +355,8 @@ fn a_failing_dead_letter_write_leaves_the_batch_pending() {
     let dir = tempfile::tempdir().unwrap();
     let mut o = open(&dir);
     let b = steps_batch("band", 3);
-    o.push(&[b.clone()], &[], &[], Utc::now()).unwrap();
+    o.push(std::slice::from_ref(&b), &[], &[], Utc::now())
+        .unwrap();
     // The second dead letter fails to insert (a disk error, as far as the outbox can tell).
     Connection::open(dir.path().join("outbox.sqlite"))
         .unwrap()
@@ -435,7 +438,8 @@ fn replay_into_a_full_outbox_moves_nothing() {
     let path = dir.path().join("outbox.sqlite");
     let mut o = Outbox::open(&path, 1).unwrap();
     let a = steps_batch("a", 2);
-    o.push(&[a.clone()], &[], &[], Utc::now()).unwrap();
+    o.push(std::slice::from_ref(&a), &[], &[], Utc::now())
+        .unwrap();
     o.settle(&[ack(&a, vec![], Some(Reason::TopicMismatch))], Utc::now())
         .unwrap();
     o.push(&[batch("a")], &[], &[], Utc::now()).unwrap();
@@ -454,7 +458,9 @@ fn a_replay_from_another_connection_reaches_the_running_outbox() {
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = open(&dir);
     let a = steps_batch("a", 3);
-    daemon.push(&[a.clone()], &[], &[], Utc::now()).unwrap();
+    daemon
+        .push(std::slice::from_ref(&a), &[], &[], Utc::now())
+        .unwrap();
     daemon
         .settle(
             &[ack(&a, vec![], Some(Reason::DeviceNotOnBridge))],
@@ -477,7 +483,8 @@ fn drop_discards_for_good_and_counts() {
     let dir = tempfile::tempdir().unwrap();
     let mut o = open(&dir);
     let a = steps_batch("a", 3);
-    o.push(&[a.clone()], &[], &[], Utc::now()).unwrap();
+    o.push(std::slice::from_ref(&a), &[], &[], Utc::now())
+        .unwrap();
     o.settle(
         &[ack(
             &a,
