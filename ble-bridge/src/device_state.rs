@@ -4,8 +4,12 @@
 //! mean something only against what came before, and become plain interval readings here:
 //!
 //! - **Running daily step totals** ([`Reading::StepsToday`]): turned into interval deltas by
-//!   [`DailyCounter`] (midnight rollover, counter resets and the UTC offset; rules in
-//!   [`crate::cumulative`]).
+//!   [`DailyCounter`] (midnight rollover, counter resets and the device's zone; rules in
+//!   [`crate::cumulative`]). The device's own Local Time Information ([`Reading::LocalTime`])
+//!   is given to the counter: where it disagrees with the configured zone the band's
+//!   midnight wins. A report whose DST offset is unknown counts as agreeing when its
+//!   standard offset is the zone's (the zone then supplies DST), else as the band's standard
+//!   offset; one whose time zone is unknown is ignored.
 //! - **PAMS summaries** ([`Reading::PamsSteps`], [`Reading::PamsSleep`]): timed in seconds since
 //!   the start of their session. The session's start comes from Activity Current Session or a
 //!   Session Descriptor ([`Reading::PamsSession`]); summaries that arrive before it are held
@@ -38,7 +42,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use chrono::{DateTime, FixedOffset, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::cumulative::DailyCounter;
+use crate::cumulative::{DailyCounter, DayZone};
 use crate::decode::{PamsSessionTiming, PamsSleepSummary, Reading, SleepReading, SleepTotals};
 
 /// PAMS summaries held per device while their session's start is unknown.
@@ -114,19 +118,30 @@ pub struct Effects {
 }
 
 impl DeviceState {
-    /// A device whose days follow `utc_offset`.
-    pub fn new(utc_offset: FixedOffset) -> Self {
+    /// A device whose days follow `zone`.
+    pub fn new(zone: DayZone) -> Self {
         Self {
-            counter: DailyCounter::new(utc_offset),
+            counter: DailyCounter::new(zone),
             pams: Pams::default(),
         }
     }
 
-    /// Restores a saved state; `None` if it cannot be read (the caller starts afresh).
-    pub fn from_json(json: &str, utc_offset: FixedOffset) -> Option<Self> {
+    /// Restores a saved state with the zone configured now; `None` if it cannot be read (the
+    /// caller starts afresh). What the band reported about its offset is kept.
+    pub fn from_json(json: &str, zone: DayZone) -> Option<Self> {
         let mut state: Self = serde_json::from_str(json).ok()?;
-        state.counter.set_offset(utc_offset);
+        state.counter.set_zone(zone);
         Some(state)
+    }
+
+    /// The device's offset from UTC at `at` (the band's report or the configured zone).
+    pub fn offset_at(&self, at: DateTime<Utc>) -> FixedOffset {
+        self.counter.offset_at(at)
+    }
+
+    /// The running-total counter (its zone, the band's report).
+    pub fn counter(&self) -> &DailyCounter {
+        &self.counter
     }
 
     pub fn to_json(&self) -> String {
@@ -166,10 +181,40 @@ impl DeviceState {
                 &mut fx,
             ),
             Reading::PamsSleep(s) => self.pams.summary(Held::Sleep(s), &mut fx),
+            Reading::LocalTime {
+                zone_minutes,
+                dst_minutes,
+                received_at,
+            } => {
+                self.local_time(zone_minutes, dst_minutes, received_at);
+                Vec::new()
+            }
             Reading::PamsSession(t) => self.pams.session(t, &mut fx),
             other => vec![other],
         };
         (out, fx)
+    }
+}
+
+impl DeviceState {
+    fn local_time(&mut self, zone: Option<i16>, dst: Option<u16>, at: DateTime<Utc>) {
+        let Some(zone) = zone else { return };
+        let seconds = |minutes: i32| FixedOffset::east_opt(minutes * 60);
+        let offset = match dst {
+            Some(dst) => seconds(i32::from(zone) + i32::from(dst)),
+            None => {
+                let configured = self.counter.zone();
+                match seconds(i32::from(zone)) {
+                    Some(standard) if configured.standard_offset_at(at) == standard => {
+                        Some(configured.offset_at(at))
+                    }
+                    other => other,
+                }
+            }
+        };
+        if let Some(offset) = offset {
+            self.counter.set_band_offset(offset, at);
+        }
     }
 }
 

@@ -5,10 +5,12 @@
 //! - [`decode`]: sans-io GATT decoders, one module per device family, one registry table.
 //! - [`identity`]: the bridge's signing key (its credential towards the gateway).
 //! - [`normalise`]: decoded readings to `phr_schema::Record`s (ids, units, offsets).
+//! - [`device_state`]: per-device state between decoders and normaliser (PAMS sessions, totals).
 //! - [`sim`]: simulated wearables that emit the bytes real GATT characteristics would carry.
-//! - [`outbox`]: the durable on-disk queue; batches leave it only on the gateway's ack.
+//! - [`outbox`]: the durable on-disk queue; batches leave it only on the gateway's ack, what the
+//!   gateway refused goes to its dead-letter table; per-type history marks.
 //! - [`publish`]: the MQTT publisher (rumqttc): resend until acked.
-//! - [`cumulative`]: running daily step totals to interval deltas (per device, persisted).
+//! - [`cumulative`]: running daily step totals to interval deltas in the device's IANA zone.
 //! - [`daemon`]: `phr-bridge run`, real devices through the same pipeline.
 //! - [`simulate`]: `phr-bridge simulate`, simulated bands through the whole pipeline.
 //! - [`transport`]: Bluetooth LE through btleplug (the only module that imports it).

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use phr_bridge::mqtt::{MqttPassword, MqttUrl};
+use phr_bridge::outbox::{DeadLetterFilter, Outbox};
 use phr_bridge::simulate::{self, SimulateConfig};
 
 #[derive(Debug, Parser)]
@@ -39,11 +40,18 @@ enum Command {
         #[arg(long, env = "PHR_BRIDGE_MQTT_PASSWORD", hide_env_values = true)]
         mqtt_password: Option<MqttPassword>,
     },
-    /// Show the outbox: batches and records waiting, each device's last data.
+    /// Show the outbox: batches and records waiting, each device's history marks, and the
+    /// records the gateway refused (dead letters) or that were discarded.
     Status {
         #[arg(long, env = "PHR_BRIDGE_DATA_DIR", default_value = "phr-bridge-data")]
         data_dir: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
+    /// Records the gateway refused, kept for the operator: list, replay or drop them.
+    #[command(subcommand)]
+    DeadLetter(DeadLetterCommand),
     /// Run simulated wearables through the real decode → outbox → MQTT pipeline.
     Simulate(Box<SimulateArgs>),
     /// Print this bridge's public key (made on first use), for the gateway operator to enrol
@@ -52,6 +60,63 @@ enum Command {
         #[arg(long, env = "PHR_BRIDGE_DATA_DIR", default_value = "phr-bridge-data")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterCommand {
+    /// Dead letters per device and reason (or per refused batch), with counts and the
+    /// measured range.
+    List {
+        #[arg(long, env = "PHR_BRIDGE_DATA_DIR", default_value = "phr-bridge-data")]
+        data_dir: PathBuf,
+        /// One line per refused batch instead of per device and reason.
+        #[arg(long)]
+        by_batch: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Moves dead letters back into the outbox as new batches (the same records, so the
+    /// gateway stores none twice). Safe while `phr-bridge run` uses the same data dir.
+    Replay {
+        #[arg(long, env = "PHR_BRIDGE_DATA_DIR", default_value = "phr-bridge-data")]
+        data_dir: PathBuf,
+        /// Only this device's.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only those refused for this reason (a code such as `device_not_on_bridge`).
+        #[arg(long, value_parser = parse_reason)]
+        reason: Option<String>,
+        /// Records per new batch.
+        #[arg(long, default_value_t = 60)]
+        batch_records: usize,
+    },
+    /// Discards dead letters for good (counted and logged). Both filters are required.
+    Drop {
+        #[arg(long, env = "PHR_BRIDGE_DATA_DIR", default_value = "phr-bridge-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        device: String,
+        #[arg(long, value_parser = parse_reason)]
+        reason: String,
+        /// Confirms that these records are to be discarded.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// A rejection reason's code, checked against the codes the gateway sends.
+fn parse_reason(s: &str) -> Result<String, String> {
+    serde_json::from_value::<phr_schema::Reason>(serde_json::Value::String(s.to_owned()))
+        .map(|r| r.code().to_owned())
+        .map_err(|_| format!("{s:?} is not a rejection reason code (e.g. device_not_on_bridge, implausible_count)"))
+}
+
+/// Opens the outbox of `data_dir` for an operator command (it must exist).
+fn open_outbox(data_dir: &std::path::Path) -> anyhow::Result<Outbox> {
+    let path = data_dir.join("outbox.sqlite");
+    anyhow::ensure!(path.exists(), "no outbox at {}", path.display());
+    Outbox::open(&path, usize::MAX).with_context(|| path.display().to_string())
 }
 
 #[derive(Debug, clap::Args)]
@@ -165,18 +230,86 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("bridge failed")?;
         }
-        Command::Status { data_dir } => {
-            let path = data_dir.join("outbox.sqlite");
-            anyhow::ensure!(path.exists(), "no outbox at {}", path.display());
-            let outbox = phr_bridge::outbox::Outbox::open(&path, usize::MAX)?;
-            println!(
-                "outbox: {} batches, {} records waiting for the gateway",
-                outbox.depth()?,
-                outbox.depth_records()?
-            );
-            for (device, until) in outbox.cursors()? {
-                println!("  {device:<24} data up to {until}");
+        Command::Status { data_dir, json } => {
+            let outbox = open_outbox(&data_dir)?;
+            let status = phr_bridge::outbox::StatusReport::read(&outbox)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.text());
             }
+        }
+        Command::DeadLetter(DeadLetterCommand::List {
+            data_dir,
+            by_batch,
+            json,
+        }) => {
+            let outbox = open_outbox(&data_dir)?;
+            let groups = if by_batch {
+                outbox.dead_letter_batches()?
+            } else {
+                outbox.dead_letter_groups()?
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&groups)?);
+            } else if groups.is_empty() {
+                println!("no dead letters");
+            } else {
+                for g in groups {
+                    let batch = g
+                        .batch_id
+                        .map(|b| format!("  batch {b}"))
+                        .unwrap_or_default();
+                    println!(
+                        "{:<24} {:<24} {:>7} records  measured {} .. {}  refused {} .. {}{batch}",
+                        g.device_id,
+                        g.reason,
+                        g.records,
+                        g.measured_from,
+                        g.measured_to,
+                        g.first_at,
+                        g.last_at
+                    );
+                }
+            }
+        }
+        Command::DeadLetter(DeadLetterCommand::Replay {
+            data_dir,
+            device,
+            reason,
+            batch_records,
+        }) => {
+            anyhow::ensure!(batch_records > 0, "--batch-records must be at least 1");
+            let mut outbox = open_outbox(&data_dir)?;
+            let filter = DeadLetterFilter {
+                device_id: device,
+                reason,
+            };
+            let r = outbox.replay(&filter, batch_records, chrono::Utc::now())?;
+            tracing::info!(records = r.records, batches = r.batches, device = ?filter.device_id, reason = ?filter.reason, "dead letters replayed into the outbox");
+            println!(
+                "replayed {} records as {} batches into the outbox",
+                r.records, r.batches
+            );
+        }
+        Command::DeadLetter(DeadLetterCommand::Drop {
+            data_dir,
+            device,
+            reason,
+            yes,
+        }) => {
+            anyhow::ensure!(
+                yes,
+                "dropping discards these records for good; add --yes to confirm"
+            );
+            let mut outbox = open_outbox(&data_dir)?;
+            let filter = DeadLetterFilter {
+                device_id: Some(device),
+                reason: Some(reason),
+            };
+            let n = outbox.drop_dead_letters(&filter)?;
+            tracing::warn!(records = n, device = ?filter.device_id, reason = ?filter.reason, "dead letters dropped by the operator");
+            println!("dropped {n} records");
         }
         Command::Identity { data_dir } => {
             let key = phr_bridge::identity::BridgeKey::load_or_create(&data_dir)?;

@@ -48,6 +48,7 @@ pub fn normalise(
         Reading::Battery { .. }
         | Reading::DeviceInfo { .. }
         | Reading::DeviceClock { .. }
+        | Reading::LocalTime { .. }
         | Reading::PamsSteps { .. }
         | Reading::PamsSleep(_)
         | Reading::PamsSession(_)

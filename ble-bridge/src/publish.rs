@@ -28,7 +28,7 @@ use phr_schema::{Ack, PairingReport, PairingRequest, Topics};
 
 use crate::identity::BridgeKey;
 use crate::mqtt::MqttUrl;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Settlement};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -77,6 +77,14 @@ pub struct Status {
     pub duplicate: u64,
     pub quarantined: u64,
     pub rejected: u64,
+    /// Records the gateway refused, moved to the dead-letter table (since start).
+    pub dead_lettered: u64,
+    /// Records discarded because their person erased their data (since start).
+    pub discarded_erased: u64,
+    /// Records in the dead-letter table now, waiting for the operator.
+    pub dead_letter_records: u64,
+    /// Batches kept pending because the dead-letter table is full.
+    pub held_for_dead_letter_space: usize,
     /// Pairing codes shown, newest last (at most the last 16).
     pub pairing_codes: Vec<ShownCode>,
 }
@@ -129,6 +137,7 @@ pub async fn run(
     let mut inflight: HashMap<Uuid, Instant> = HashMap::new();
     let mut generation = 0;
     let mut last_depth_log = Instant::now();
+    let mut last_dead_read: Option<Instant> = None;
     loop {
         let (gen, connected) = *link_rx.borrow_and_update();
         if gen != generation {
@@ -160,9 +169,20 @@ pub async fn run(
             }
         }
         let depth = blocking(&outbox, |o| o.depth()).await?;
+        // The dead-letter depth also changes under the operator's replay and drop (another
+        // process): re-read now and then, not every turn (it counts a table).
+        let dead = if last_dead_read.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+            last_dead_read = Some(Instant::now());
+            Some(blocking(&outbox, |o| o.dead_letter_depth()).await?)
+        } else {
+            None
+        };
         status.send_modify(|s| {
             s.connected = connected;
             s.outbox_batches = depth;
+            if let Some(d) = dead {
+                s.dead_letter_records = d;
+            }
         });
         if depth > 0 && last_depth_log.elapsed() > Duration::from_secs(30) {
             info!(
@@ -180,15 +200,28 @@ pub async fn run(
                     acks.push(more);
                 }
                 let ids: Vec<Uuid> = acks.iter().filter_map(|a| a.batch_id).collect();
+                let settled = {
+                    let acks = acks.clone();
+                    blocking(&outbox, move |o| o.settle(&acks, chrono::Utc::now())).await?
+                };
                 for id in &ids {
-                    inflight.remove(id);
+                    // A batch held for dead-letter space stays in flight: it is resent after
+                    // the ack timeout, not at once.
+                    if !settled.held_for_space.contains(id) {
+                        inflight.remove(id);
+                    }
                 }
-                let removed = blocking(&outbox, move |o| o.remove(&ids)).await?;
+                let removed = &settled.removed;
                 // Only acks of batches this bridge still held count: others' batches on the
                 // same topic, or a second ack for one already removed, change nothing.
                 acks.retain(|a| a.batch_id.is_some_and(|id| removed.contains(&id)));
+                let dead_depth = blocking(&outbox, |o| o.dead_letter_depth()).await?;
                 status.send_modify(|s| {
                     s.batches_acked += removed.len() as u64;
+                    s.dead_lettered += settled.dead_lettered;
+                    s.discarded_erased += settled.discarded_erased;
+                    s.dead_letter_records = dead_depth;
+                    s.held_for_dead_letter_space = settled.held_for_space.len();
                     for a in &acks {
                         s.stored += u64::from(a.stored);
                         s.duplicate += u64::from(a.duplicate);
@@ -196,10 +229,7 @@ pub async fn run(
                         s.rejected += a.rejected.len() as u64;
                     }
                 });
-                for a in acks.iter().filter(|a| a.batch_error.is_some() || !a.rejected.is_empty()) {
-                    let reasons: Vec<&str> = a.rejected.iter().map(|r| r.reason.code()).collect();
-                    warn!(batch_id = ?a.batch_id, batch_error = ?a.batch_error.map(|r| r.code()), ?reasons, "gateway rejected records");
-                }
+                log_settlement(&acks, &settled);
             }
             Some(request) = pair_rx.recv() => show_code(&cfg, &channel, &client, &status, request),
             _ = wake.notified() => {}
@@ -210,6 +240,45 @@ pub async fn run(
     let _ = client.try_disconnect();
     poller.abort();
     Ok(())
+}
+
+/// One line per refused batch (never per record, never a value): what was kept for the
+/// operator, what was discarded at the person's request, and what could not be settled.
+fn log_settlement(acks: &[Ack], settled: &Settlement) {
+    for a in acks
+        .iter()
+        .filter(|a| a.batch_error.is_some() || !a.rejected.is_empty())
+    {
+        let reasons: std::collections::BTreeSet<&str> =
+            a.rejected.iter().map(|r| r.reason.code()).collect();
+        let erased = a
+            .rejected
+            .iter()
+            .filter(|r| r.reason == phr_schema::Reason::ErasedByPerson)
+            .count();
+        if erased > 0 {
+            info!(batch_id = ?a.batch_id, discarded = erased, "records measured before their person's erasure discarded, as the person asked");
+        }
+        warn!(batch_id = ?a.batch_id, batch_error = ?a.batch_error.map(|r| r.code()), ?reasons, "gateway refused records; kept in the dead-letter table (phr-bridge dead-letter list)");
+    }
+    if !settled.held_for_space.is_empty() {
+        tracing::error!(
+            batches = settled.held_for_space.len(),
+            "dead-letter table full: refused batches stay in the outbox until the operator replays or drops dead letters"
+        );
+    }
+    if !settled.unreadable.is_empty() {
+        tracing::error!(
+            batches = settled.unreadable.len(),
+            "refused batches whose stored payload cannot be read back stay in the outbox"
+        );
+    }
+    if settled.unknown_indexes > 0 {
+        warn!(
+            rejections = settled.unknown_indexes,
+            "rejections named records a batch does not have; ignored"
+        );
+    }
 }
 
 /// Shows a pairing code for a device this bridge knows, and reports what the device is.

@@ -10,6 +10,8 @@
 //! - [`device_information`]: Serial Number, Manufacturer Name and Model Number strings (0x2A25,
 //!   0x2A29, 0x2A24, Device Information Service 0x180A), read while pairing.
 //! - [`current_time`]: Current Time (0x2A2B, Current Time Service 0x1805), the device's clock.
+//! - [`local_time`]: Local Time Information (0x2A0F, Current Time Service 0x1805), the device's
+//!   time zone and DST offset (its midnight).
 //! - [`pams`]: Step Counter Activity Summary Data (0x2B40, Physical Activity Monitor Service
 //!   0x183E), complete single-segment messages.
 //! - [`pams_sleep`]: PAMS Sleep Activity Summary Data (0x2B42), complete single-segment
@@ -26,6 +28,7 @@ pub mod battery;
 pub mod current_time;
 pub mod device_information;
 pub mod heart_rate;
+pub mod local_time;
 pub mod pams;
 pub mod pams_session;
 pub mod pams_sleep;
@@ -71,6 +74,14 @@ pub enum Reading {
     /// `received_at`; the bridge learns the device clock's offset from it. Not a health record.
     DeviceClock {
         device_time: NaiveDateTime,
+        received_at: DateTime<Utc>,
+    },
+    /// The device's own time zone and DST offset (Local Time Information), in minutes east
+    /// of UTC; `None` where the device says it does not know. Not a health record: it places
+    /// the device's midnight ([`crate::cumulative`]).
+    LocalTime {
+        zone_minutes: Option<i16>,
+        dst_minutes: Option<u16>,
         received_at: DateTime<Utc>,
     },
     /// A PAMS Step Counter Activity Summary ([`pams`]), timed relative to the start of session
@@ -206,6 +217,11 @@ pub static DECODERS: &[Decoder] = &[
         name: current_time::NAME,
         characteristic: current_time::CHARACTERISTIC,
         decode: current_time::decode,
+    },
+    Decoder {
+        name: local_time::NAME,
+        characteristic: local_time::CHARACTERISTIC,
+        decode: local_time::decode,
     },
     Decoder {
         name: pams::NAME,

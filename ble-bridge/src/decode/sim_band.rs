@@ -39,13 +39,23 @@
 //!
 //! ## History request `7e4a0003` (write)
 //!
+//! Either form:
+//!
 //! | offset | type | field |
 //! | --- | --- | --- |
-//! | 0 | u32 | send everything measured since this Unix second |
+//! | 0 | u32 | send everything measured since this Unix second (version 1) |
+//!
+//! | offset | type | field |
+//! | --- | --- | --- |
+//! | 0 | u8 | which history: 1 minute activity, 2 sleep ([`HistoryKind`]) |
+//! | 1 | u32 | send what of that kind was measured since this Unix second (version 2) |
 //!
 //! The band answers with the activity and sleep notifications above for what it stored,
-//! then carries on live. The bridge writes it at every connection with its per-device
-//! high-water mark, so nothing measured while the bridge was away is lost.
+//! then carries on live. The bridge writes one version-2 request per kind at every
+//! connection, each with that kind's own high-water mark (live heart rate moves no mark of
+//! steps or sleep), so nothing measured while the bridge was away is lost. A band that
+//! refuses a 5-byte write gets one version-1 request from the earliest of the marks
+//! (repeats are harmless: the gateway deduplicates by record id).
 //!
 //! # Steps today, `7e4a0004-5048-5200-8000-00805f9b34fb` (read, notify)
 //! Exactly 4 bytes: u32, the steps counted since the band's local midnight (it resets to 0
@@ -102,13 +112,59 @@ pub fn encode_history_request(since: DateTime<Utc>) -> Vec<u8> {
     secs.to_le_bytes().to_vec()
 }
 
-/// The `since` of a history request (what a band reads from the write).
+/// The `since` of a version-1 history request (what a band reads from the write).
 pub fn decode_history_request(bytes: &[u8]) -> Result<DateTime<Utc>, DecodeError> {
     let raw: [u8; 4] = bytes
         .try_into()
         .map_err(|_| DecodeError::Invalid("a history request is 4 bytes"))?;
     DateTime::from_timestamp(i64::from(u32::from_le_bytes(raw)), 0)
         .ok_or(DecodeError::Invalid("time out of range"))
+}
+
+/// The histories a band keeps, each asked for from its own mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HistoryKind {
+    /// Minute activity: step-count records.
+    Activity = 1,
+    /// Sleep summaries: sleep-episode records.
+    Sleep = 2,
+}
+
+impl HistoryKind {
+    pub const ALL: [HistoryKind; 2] = [HistoryKind::Activity, HistoryKind::Sleep];
+
+    /// The record type whose mark this history starts from.
+    pub fn record_type(self) -> phr_schema::RecordType {
+        match self {
+            HistoryKind::Activity => phr_schema::RecordType::StepCount,
+            HistoryKind::Sleep => phr_schema::RecordType::SleepEpisode,
+        }
+    }
+}
+
+/// The bytes of a version-2 history request: `kind` measured since `since`.
+pub fn encode_history_request_for(kind: HistoryKind, since: DateTime<Utc>) -> Vec<u8> {
+    let mut out = vec![kind as u8];
+    out.extend(encode_history_request(since));
+    out
+}
+
+/// What a band reads from a history request of either version: the kind (`None`: every
+/// kind, version 1) and `since`.
+pub fn decode_any_history_request(
+    bytes: &[u8],
+) -> Result<(Option<HistoryKind>, DateTime<Utc>), DecodeError> {
+    match bytes {
+        [kind, rest @ ..] if rest.len() == 4 => {
+            let kind = match kind {
+                1 => HistoryKind::Activity,
+                2 => HistoryKind::Sleep,
+                _ => return Err(DecodeError::Invalid("unknown history kind")),
+            };
+            Ok((Some(kind), decode_history_request(rest)?))
+        }
+        _ => Ok((None, decode_history_request(bytes)?)),
+    }
 }
 
 /// Size of one activity entry.
@@ -581,6 +637,23 @@ mod tests {
             prop_assert!(bytes.len() <= MAX_LEN);
             prop_assert_eq!(decode_sleep(&bytes, t(0)).unwrap(), vec![Reading::Sleep(sleep)]);
         }
+    }
+
+    #[test]
+    fn per_kind_history_requests_round_trip() {
+        let since = t(T0);
+        let bytes = encode_history_request_for(HistoryKind::Sleep, since);
+        assert_eq!(bytes, hex("02 00 b9 55 69"));
+        assert_eq!(
+            decode_any_history_request(&bytes).unwrap(),
+            (Some(HistoryKind::Sleep), since)
+        );
+        assert_eq!(
+            decode_any_history_request(&encode_history_request(since)).unwrap(),
+            (None, since)
+        );
+        assert!(decode_any_history_request(&hex("03 00 b9 55 69")).is_err());
+        assert!(decode_any_history_request(&hex("01 00 b9")).is_err());
     }
 
     #[test]

@@ -6,8 +6,8 @@ fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-fn jst() -> FixedOffset {
-    FixedOffset::east_opt(9 * 3600).unwrap()
+fn jst() -> DayZone {
+    DayZone::Fixed(FixedOffset::east_opt(9 * 3600).unwrap())
 }
 
 fn session(id: u16, start: &str) -> Reading {
@@ -286,4 +286,63 @@ proptest::proptest! {
             last_end = Some(*end);
         }
     }
+}
+
+fn local_time(zone: Option<i16>, dst: Option<u16>, at: &str) -> Reading {
+    Reading::LocalTime {
+        zone_minutes: zone,
+        dst_minutes: dst,
+        received_at: t(at),
+    }
+}
+
+/// The band's Local Time Information decides its midnight where it disagrees with the
+/// configured zone (issue #13, problem 5); a partial report is read as the module says.
+#[test]
+fn the_bands_local_time_information_places_its_midnight() {
+    let minus = |h: i32| FixedOffset::west_opt(h * 3600).unwrap();
+    // Configured -05:00; the band says EST + 1 h DST in July.
+    let mut s = DeviceState::new(DayZone::Fixed(minus(5)));
+    let (out, _) = s.process(local_time(Some(-300), Some(60), "2026-07-01T12:00:00Z"));
+    assert!(out.is_empty(), "device state, no reading");
+    assert_eq!(s.offset_at(t("2026-07-02T04:00:00Z")), minus(4));
+    s.process(Reading::StepsToday {
+        at: t("2026-07-02T03:50:00Z"),
+        total: 9_000,
+    });
+    let (out, _) = s.process(Reading::StepsToday {
+        at: t("2026-07-02T04:10:00Z"),
+        total: 40,
+    });
+    assert_eq!(
+        out,
+        vec![Reading::Steps {
+            start: t("2026-07-02T04:00:00Z"),
+            end: t("2026-07-02T04:10:00Z"),
+            steps: 40
+        }],
+        "the band's midnight (00:00 EDT)"
+    );
+    // The report survives a restart, under a zone configured anew.
+    let back = DeviceState::from_json(&s.to_json(), DayZone::Fixed(minus(5))).unwrap();
+    assert_eq!(back.offset_at(t("2026-07-03T00:00:00Z")), minus(4));
+
+    // DST unknown, standard offset the zone's: the zone (with its DST) stays in charge.
+    let ny: DayZone = "America/New_York".parse().unwrap();
+    let mut s = DeviceState::new(ny);
+    s.process(local_time(Some(-300), None, "2026-07-01T12:00:00Z"));
+    assert_eq!(s.offset_at(t("2026-07-01T12:00:00Z")), minus(4));
+    assert_eq!(s.offset_at(t("2026-12-01T12:00:00Z")), minus(5));
+    // DST unknown, another standard offset: the band's standard offset.
+    s.process(local_time(Some(540), None, "2026-07-01T12:00:00Z"));
+    assert_eq!(
+        s.offset_at(t("2026-12-01T12:00:00Z")),
+        FixedOffset::east_opt(9 * 3600).unwrap()
+    );
+    // Time zone unknown: ignored (the last report stands).
+    s.process(local_time(None, Some(60), "2026-07-02T12:00:00Z"));
+    assert_eq!(
+        s.offset_at(t("2026-12-01T12:00:00Z")),
+        FixedOffset::east_opt(9 * 3600).unwrap()
+    );
 }

@@ -26,8 +26,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
+use crate::decode::sim_band::HistoryKind;
 use crate::decode::{self, uuid16};
 use crate::{Error, Result};
+use phr_schema::RecordType;
 
 /// Device Information: Serial Number String, read at every connection (pairing uses it).
 pub const SERIAL_NUMBER: Uuid = uuid16(0x2A25);
@@ -35,12 +37,14 @@ pub const SERIAL_NUMBER: Uuid = uuid16(0x2A25);
 pub const BATTERY_LEVEL: Uuid = uuid16(0x2A19);
 
 /// Characteristics read at every connection, where the device has them: the serial number
-/// (pairing), the battery, the running PAMS session (the anchor of PAMS summaries' times)
+/// (pairing), the battery, the running PAMS session (the anchor of PAMS summaries' times),
+/// the device's Local Time Information (its midnight; read before the step total it places)
 /// and the running daily step total (a baseline for the next one).
-pub const READ_AT_CONNECT: [Uuid; 4] = [
+pub const READ_AT_CONNECT: [Uuid; 5] = [
     SERIAL_NUMBER,
     BATTERY_LEVEL,
     decode::pams_session::ACTIVITY_CURRENT_SESSION,
+    decode::local_time::CHARACTERISTIC,
     decode::sim_band::STEPS_TODAY,
 ];
 
@@ -101,9 +105,29 @@ pub enum Event {
     },
 }
 
-/// Per device (by address), the end of the latest measurement already durable: the bridge
-/// asks a device for its history from there at every connection.
-pub type HistoryMarks = std::sync::Arc<std::sync::RwLock<HashMap<String, DateTime<Utc>>>>;
+/// Per device (by address) and record type, the end of the latest measurement of that type
+/// already durable: the bridge asks a device for each history from its own type's mark at
+/// every connection.
+pub type HistoryMarks = std::sync::Arc<
+    std::sync::RwLock<HashMap<String, std::collections::BTreeMap<RecordType, DateTime<Utc>>>>,
+>;
+
+/// The history requests for a device whose marks are `marks`, one per kind the band keeps,
+/// each from its own type's mark (`default` where a type has none yet).
+pub fn history_requests(
+    marks: Option<&std::collections::BTreeMap<RecordType, DateTime<Utc>>>,
+    default: DateTime<Utc>,
+) -> Vec<(HistoryKind, DateTime<Utc>)> {
+    HistoryKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let since = marks
+                .and_then(|m| m.get(&kind.record_type()).copied())
+                .unwrap_or(default);
+            (kind, since)
+        })
+        .collect()
+}
 
 /// How far back a device is asked for history when the bridge has nothing of it yet.
 pub const FIRST_HISTORY: chrono::TimeDelta = chrono::TimeDelta::days(7);
@@ -402,16 +426,28 @@ async fn serve(
         .into_iter()
         .find(|c| c.uuid == decode::sim_band::HISTORY)
     {
-        let since = history
-            .read()
-            .ok()
-            .and_then(|m| m.get(address).copied())
-            .unwrap_or_else(|| Utc::now() - FIRST_HISTORY);
-        let request = decode::sim_band::encode_history_request(since);
-        p.write(&c, &request, WriteType::WithResponse)
-            .await
-            .map_err(ble)?;
-        info!(%address, %since, "requested history");
+        let marks = history.read().ok().and_then(|m| m.get(address).cloned());
+        let requests = history_requests(marks.as_ref(), Utc::now() - FIRST_HISTORY);
+        let mut refused = false;
+        for &(kind, since) in &requests {
+            let request = decode::sim_band::encode_history_request_for(kind, since);
+            match p.write(&c, &request, WriteType::WithResponse).await {
+                Ok(()) => info!(%address, ?kind, %since, "requested history"),
+                Err(e) => {
+                    warn!(%address, error = %e, "per-kind history request refused; asking for everything from the earliest mark");
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        if refused {
+            let since = requests.iter().map(|r| r.1).min().unwrap_or_else(Utc::now);
+            let request = decode::sim_band::encode_history_request(since);
+            p.write(&c, &request, WriteType::WithResponse)
+                .await
+                .map_err(ble)?;
+            info!(%address, %since, "requested history");
+        }
     }
     loop {
         tokio::select! {
@@ -502,6 +538,32 @@ mod tests {
         assert!(!slot.due(), "not before the backoff");
         slot.next_attempt = tokio::time::Instant::now();
         assert!(slot.due());
+    }
+
+    /// Issue #13, problem 4: live heart rate after a disconnect has moved only the
+    /// heart-rate mark; steps and sleep are asked for from their own marks.
+    #[test]
+    fn each_history_is_asked_for_from_its_own_mark() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let default = t("2026-01-01T00:00:00Z");
+        let marks = std::collections::BTreeMap::from([
+            (RecordType::StepCount, t("2026-01-08T09:59:00Z")),
+            (RecordType::HeartRate, t("2026-01-08T11:30:00Z")),
+        ]);
+        assert_eq!(
+            history_requests(Some(&marks), default),
+            vec![
+                (HistoryKind::Activity, t("2026-01-08T09:59:00Z")),
+                (HistoryKind::Sleep, default),
+            ]
+        );
+        assert_eq!(
+            history_requests(None, default),
+            vec![
+                (HistoryKind::Activity, default),
+                (HistoryKind::Sleep, default)
+            ]
+        );
     }
 
     #[test]

@@ -478,8 +478,8 @@ async fn what_the_band_measured_while_the_bridge_was_away_is_fetched_on_reconnec
     let (_bridge, _stdout) = start_bridge(&gw, &bluez)?;
     bluez.set_present(BAND, true)?;
 
-    // On reconnecting, the bridge asks for history since the end of the last minute it made
-    // durable, read back from its disk after the restart.
+    // On reconnecting, the bridge asks for the activity history since the end of the last
+    // minute it made durable, read back from its disk after the restart.
     let request = bluez
         .wait_until("a history request", Duration::from_secs(60), |s| {
             s.writes
@@ -493,7 +493,8 @@ async fn what_the_band_measured_while_the_bridge_was_away_is_fetched_on_reconnec
         .skip(writes_before)
         .find(|w| w.uuid == uuids::VENDOR_HISTORY)
         .expect("found above");
-    let since = sim_band::decode_history_request(&request.bytes())?;
+    let (kind, since) = sim_band::decode_any_history_request(&request.bytes())?;
+    assert_eq!(kind, Some(sim_band::HistoryKind::Activity));
     assert_eq!(
         since.timestamp(),
         (t + TimeDelta::seconds(60)).timestamp(),
@@ -525,6 +526,133 @@ async fn what_the_band_measured_while_the_bridge_was_away_is_fetched_on_reconnec
     )
     .await?;
     assert_eq!(steps, [90.0, 91.0, 92.0]);
+    gw.stop().await;
+    Ok(())
+}
+
+/// Issue #13, problem 4: the history mark is per record type. Live heart rate after the
+/// last delivered minute used to move the device's one mark to "now", so the minutes the band
+/// stored before it walked away were never asked for again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs dbus-daemon and python3-dbus/python3-gi for the emulated BlueZ; .ci/run installs them"]
+async fn live_heart_rate_does_not_move_the_steps_mark_and_stored_minutes_are_fetched(
+) -> anyhow::Result<()> {
+    let gw = TestGateway::start().await?;
+    let band = EmulatedBand::new(BAND, "PHR Band 01");
+    let bluez = PrivateBluez::start(std::slice::from_ref(&band))?;
+    let (bridge, stdout) = start_bridge(&gw, &bluez)?;
+    bluez
+        .wait_notifying(BAND, uuids::HEART_RATE_MEASUREMENT, Duration::from_secs(60))
+        .await?;
+    bluez
+        .wait_notifying(BAND, uuids::VENDOR_ACTIVITY, Duration::from_secs(10))
+        .await?;
+    let ana = gw.owner_token("ana");
+    consent_to_storage(&gw.url(""), &ana, &["step-count", "heart-rate"])?;
+    pair(&gw.url(""), &ana, BAND, &band.serial, &stdout).await?;
+
+    // Five seconds of steps arrive (the vendor protocol times intervals in seconds); the
+    // band holds the ten seconds after them. (After the pairing: earlier data has no owner.)
+    let t = Utc::now().duration_trunc(TimeDelta::seconds(1))? + TimeDelta::seconds(1);
+    let minute = |i: i64, steps: u16| (t + TimeDelta::seconds(5 * i), 5u16, steps);
+    assert!(bluez.notify(
+        BAND,
+        uuids::VENDOR_ACTIVITY,
+        &sim_band::encode_activity(&[minute(0, 9)])
+    )?);
+    wait_for("the first steps", Duration::from_secs(30), || {
+        values(&gw, "ana", "step-count", "step_count")
+            .ok()
+            .filter(|v| v.len() == 1)
+    })
+    .await?;
+    // Until the band's stored intervals have ended (a condition on the clock, not a delay).
+    wait_for(
+        "the stored intervals to end",
+        Duration::from_secs(30),
+        || (Utc::now() > t + TimeDelta::seconds(16)).then_some(()),
+    )
+    .await?;
+    // Live heart rate, measured now: later than any step interval.
+    assert!(bluez.notify(
+        BAND,
+        uuids::HEART_RATE_MEASUREMENT,
+        &heart_rate::encode(66, Some(true), None, &[])
+    )?);
+    wait_for("the heart rate", Duration::from_secs(30), || {
+        values(&gw, "ana", "heart-rate", "heart_rate")
+            .ok()
+            .filter(|v| v.len() == 1)
+    })
+    .await?;
+
+    // The band walks away; the bridge restarts (its marks come back from disk).
+    bluez.set_present(BAND, false)?;
+    bluez
+        .wait_connected(BAND, false, Duration::from_secs(20))
+        .await?;
+    drop(bridge);
+    let writes_before = bluez.status()?.writes.len();
+    let (_bridge, _stdout) = start_bridge(&gw, &bluez)?;
+    bluez.set_present(BAND, true)?;
+
+    // Steps are asked for from the end of the last minute, not from the heart rate.
+    let requests: Vec<_> = bluez
+        .wait_until("both history requests", Duration::from_secs(60), |s| {
+            s.writes
+                .iter()
+                .skip(writes_before)
+                .filter(|w| w.uuid == uuids::VENDOR_HISTORY)
+                .count()
+                >= 2
+        })
+        .await?
+        .writes
+        .into_iter()
+        .skip(writes_before)
+        .filter(|w| w.uuid == uuids::VENDOR_HISTORY)
+        .map(|w| sim_band::decode_any_history_request(&w.bytes()))
+        .collect::<Result<_, _>>()?;
+    let since = requests
+        .iter()
+        .find(|(kind, _)| *kind == Some(sim_band::HistoryKind::Activity))
+        .map(|(_, since)| *since)
+        .expect("an activity history request");
+    assert_eq!(
+        since,
+        t + TimeDelta::seconds(5),
+        "the end of the steps delivered"
+    );
+    assert!(requests
+        .iter()
+        .any(|(kind, _)| *kind == Some(sim_band::HistoryKind::Sleep)));
+
+    // The band answers with what it stored since then, and all of it arrives.
+    let stored_in_band = [minute(1, 10), minute(2, 11)];
+    let history: Vec<_> = stored_in_band
+        .into_iter()
+        .filter(|(start, _, _)| *start >= since)
+        .collect();
+    assert_eq!(history.len(), 2);
+    bluez
+        .wait_notifying(BAND, uuids::VENDOR_ACTIVITY, Duration::from_secs(20))
+        .await?;
+    assert!(bluez.notify(
+        BAND,
+        uuids::VENDOR_ACTIVITY,
+        &sim_band::encode_activity(&history)
+    )?);
+    let steps = wait_for(
+        "the steps stored before the disconnect",
+        Duration::from_secs(30),
+        || {
+            values(&gw, "ana", "step-count", "step_count")
+                .ok()
+                .filter(|v| v.len() == 3)
+        },
+    )
+    .await?;
+    assert_eq!(steps, [9.0, 10.0, 11.0]);
     gw.stop().await;
     Ok(())
 }

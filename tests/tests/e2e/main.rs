@@ -18,6 +18,7 @@ mod consent;
 mod corrections;
 mod crash;
 mod dashboard_session;
+mod dead_letter;
 mod demo;
 mod export;
 mod export_stream;
