@@ -91,7 +91,20 @@ fn decode_cursor(c: &str) -> Option<i64> {
 #[utoipa::path(get, path = "/api/v1/sync", tag = "companies", params(SyncQuery),
     security(("bearer" = [])),
     description = "Scopes: `system/Observation.rs` (PHR companies) or `user/Observation.rs` \
-                   (clinicians); a type-narrowed scope narrows the feed.",
+                   (clinicians); a type-narrowed scope narrows the feed (keep one cursor per scope).\n\n\
+                   Keep calling while `has_more` is true: it is the only end signal. A page is \
+                   never short while visible changes remain, except when one request's time \
+                   budget (2 s) ran out; the cursor has then moved past what was examined.\n\n\
+                   Visibility is decided at read time from each person's consent history: a \
+                   `stored` change is delivered when a consent in force now covers its type and \
+                   measured start and the caller has not received that record under an earlier \
+                   consent. Editing a consent (grant the new one and withdraw the old, in either \
+                   order), renewing it after expiry or granting one late neither drops nor \
+                   repeats a record; a withdrawal or expiry stops the flow at once, for changes \
+                   not yet read too. `erased` (a record deleted or moved away by a correction) is \
+                   sent while the caller holds a consent of that person and could have seen the \
+                   record; `person_erased` (the person erased everything; it names no record) \
+                   means: drop everything you hold of them.",
     responses(
         (status = 200, description = "A page of changes", body = SyncPage),
         (status = 400, description = "Bad cursor or limit", body = super::openapi::ErrorBody),
