@@ -16,6 +16,7 @@ Needs Debian's /usr/bin/python3 with python3-dbus and python3-gi.
 """
 
 import argparse
+import datetime
 import json
 import os
 import signal
@@ -48,6 +49,11 @@ VENDOR_SLEEP = "7e4a0002-5048-5200-8000-00805f9b34fb"
 VENDOR_HISTORY = "7e4a0003-5048-5200-8000-00805f9b34fb"
 VENDOR_STEPS_TODAY = "7e4a0004-5048-5200-8000-00805f9b34fb"
 CCCD = "00002902" + BASE_UUID_SUFFIX
+# Current Time Service (CTS 1.1): one primary service with Current Time (mandatory: read,
+# notify) and, optionally, Local Time Information (read).
+CURRENT_TIME_SERVICE = "00001805" + BASE_UUID_SUFFIX
+CURRENT_TIME = "00002a2b" + BASE_UUID_SUFFIX
+LOCAL_TIME_INFORMATION = "00002a0f" + BASE_UUID_SUFFIX
 
 VERBOSE = False
 
@@ -88,9 +94,29 @@ def failed(msg, name="org.bluez.Error.Failed"):
     return dbus.exceptions.DBusException(msg, name=name)
 
 
+def local_offset_minutes(local_time):
+    """Local Time Information bytes (s8 time zone in 15-minute steps, u8 DST code) -> minutes
+    east of UTC; unknown or malformed parts count as 0, as a band without a zone shows UTC."""
+    if len(local_time) != 2:
+        return 0
+    zone = local_time[0] - 256 if local_time[0] > 127 else local_time[0]
+    dst = {0: 0, 2: 30, 4: 60, 8: 120}.get(local_time[1], 0)
+    return (0 if zone == -128 else zone * 15) + dst
+
+
+def current_time_value(local_time):
+    """The Current Time characteristic (Exact Time 256 + Adjust Reason, 10 bytes) of a band
+    whose clock is the emulator's UTC clock shifted by its Local Time Information."""
+    now = (datetime.datetime.now(datetime.timezone.utc)
+           + datetime.timedelta(minutes=local_offset_minutes(local_time)))
+    return (now.year.to_bytes(2, "little")
+            + bytes([now.month, now.day, now.hour, now.minute, now.second, now.isoweekday(),
+                     now.microsecond * 256 // 1000000, 0]))
+
+
 def default_services(band):
     """Standard Heart Rate, Battery, Device Information, Physical Activity Monitor, plus the
-    project's vendor service."""
+    project's vendor service; and the Current Time Service for a band given `local_time`."""
     # Activity Current Session is readable once the band has a session to describe.
     session = band.get("pams_current_session")
     session_char = ({"uuid": "2b44", "flags": ["read", "notify"], "value": session} if session
@@ -122,7 +148,23 @@ def default_services(band):
             {"uuid": VENDOR_STEPS_TODAY, "flags": ["read", "notify"],
              "value": list(int(band.get("steps_today", 0)).to_bytes(4, "little"))},
         ]},
-    ]
+    ] + current_time_service(band)
+
+
+def current_time_service(band):
+    """A band with `local_time` (Local Time Information bytes, a list or hex) serves the
+    Current Time Service: Current Time (read, notify; read answers the band's local clock
+    unless a test set a value) and Local Time Information (read). Bands without it have no
+    CTS, as most consumer bands."""
+    lti = band.get("local_time")
+    if lti is None:
+        return []
+    lti = bytes.fromhex(lti) if isinstance(lti, str) else bytes(lti)
+    return [{"uuid": "1805", "characteristics": [
+        {"uuid": "2a2b", "flags": ["read", "notify"], "value": [],
+         "dynamic": "current_time"},
+        {"uuid": "2a0f", "flags": ["read"], "value": list(lti)},
+    ]}]
 
 
 # Methods each BlueZ interface offers, for Introspect: (name, [(arg, type, direction)]).
@@ -474,7 +516,7 @@ class GattCharacteristic(PropObject):
         if "read" not in self.char.flags:
             raise failed("Read not permitted", "org.bluez.Error.NotPermitted")
         offset = int(options.get("offset", 0))
-        value = bytes(self.char.value)
+        value = self.char.read()
         self.band.reads += 1
         log("ReadValue %s %s -> %s" % (self.band.address, self.char.uuid, value.hex()))
         # BlueZ caches the value it read and announces it: btleplug sees it as a notification.
@@ -490,7 +532,7 @@ class GattCharacteristic(PropObject):
         if not ({"write", "write-without-response", "reliable-write"} & set(flags)):
             raise failed("Write not permitted", "org.bluez.Error.NotPermitted")
         self.band.emu.writes.append((self.band.address, self.char.uuid, bytes(value)))
-        self.char.value = bytes(value)
+        self.char.set(value)
 
     @dbus.service.method(CHAR_IFACE, in_signature="", out_signature="", sender_keyword="sender")
     def StartNotify(self, sender=None):
@@ -538,12 +580,23 @@ class GattDescriptor(PropObject):
 
 
 class Char:
-    def __init__(self, uuid, flags, value):
+    def __init__(self, uuid, flags, value, dynamic=None):
         self.uuid = uuid
         self.flags = list(flags)
         self.value = bytes(value)
+        # A value computed at each read (Current Time) until a test sets one.
+        self.dynamic = dynamic
         self.notify_clients = set()
         self.obj = None
+
+    def set(self, value):
+        self.value = bytes(value)
+        self.dynamic = None
+
+    def read(self):
+        if self.dynamic is not None:
+            return bytes(self.dynamic())
+        return bytes(self.value)
 
 
 class Band:
@@ -560,7 +613,8 @@ class Band:
         for s in cfg.get("services") or default_services(cfg):
             chars = [Char(full_uuid(c["uuid"]), c.get("flags", ["read"]),
                           bytes(c.get("value", [])) if not isinstance(c.get("value"), str)
-                          else bytes.fromhex(c["value"]))
+                          else bytes.fromhex(c["value"]),
+                          self.dynamic_value(c.get("dynamic")))
                      for c in s["characteristics"]]
             self.services.append((full_uuid(s["uuid"]), chars))
         adv = cfg.get("advertised_uuids")
@@ -572,6 +626,14 @@ class Band:
         self.connects = 0
         self.disconnects = 0
         self.reads = 0
+
+    def dynamic_value(self, kind):
+        if kind is None:
+            return None
+        if kind == "current_time":
+            # The band's clock follows whatever Local Time Information it serves now.
+            return lambda: current_time_value(self.char(LOCAL_TIME_INFORMATION).value)
+        raise ValueError("unknown dynamic value %r" % kind)
 
     def char(self, uuid):
         uuid = full_uuid(uuid)
@@ -714,7 +776,7 @@ class Control(dbus.service.Object):
         """Sets the value and notifies it if a client subscribed; returns whether it was sent."""
         band = self.band(address)
         c = band.char(uuid)
-        c.value = bytes(value)
+        c.set(value)
         if not (band.connected() and c.notify_clients and c.obj is not None):
             log("Notify %s %s dropped: not subscribed" % (band.address, c.uuid))
             return False
@@ -725,7 +787,7 @@ class Control(dbus.service.Object):
 
     @dbus.service.method(CONTROL_IFACE, in_signature="ssay", out_signature="")
     def SetReadValue(self, address, uuid, value):
-        self.band(address).char(uuid).value = bytes(value)
+        self.band(address).char(uuid).set(value)
 
     @dbus.service.method(CONTROL_IFACE, in_signature="sb", out_signature="")
     def SetPresent(self, address, present):

@@ -40,12 +40,16 @@ pub mod uuids {
     pub const PAMS_CONTROL_POINT: &str = "00002b43-0000-1000-8000-00805f9b34fb";
     pub const PAMS_CURRENT_SESSION: &str = "00002b44-0000-1000-8000-00805f9b34fb";
     pub const PAMS_SESSION_DESCRIPTOR: &str = "00002b45-0000-1000-8000-00805f9b34fb";
+    pub const CURRENT_TIME_SERVICE: &str = "00001805-0000-1000-8000-00805f9b34fb";
+    pub const CURRENT_TIME: &str = "00002a2b-0000-1000-8000-00805f9b34fb";
+    pub const LOCAL_TIME_INFORMATION: &str = "00002a0f-0000-1000-8000-00805f9b34fb";
 }
 
 /// One emulated wearable. It serves Device Information (serial, manufacturer), Battery,
 /// Heart Rate, the Physical Activity Monitor Service (step and sleep summaries, control
 /// point, current session, session descriptors) and the project's vendor service (activity,
-/// sleep, history, steps today).
+/// sleep, history, steps today); with [`local_time`](Self::local_time) also the Current
+/// Time Service.
 #[derive(Clone, Debug)]
 pub struct EmulatedBand {
     /// `AA:BB:CC:DD:EE:FF`.
@@ -65,6 +69,13 @@ pub struct EmulatedBand {
     pub pams_current_session: Option<Vec<u8>>,
     /// The steps-today value (vendor `7e4a0004`) at the start.
     pub steps_today: u32,
+    /// `Some`: the band serves the Current Time Service (0x1805, one primary service, as CTS
+    /// 1.1 has it): Current Time 0x2A2B (read, notify; a read answers the emulator's clock in
+    /// the band's local time) and Local Time Information 0x2A0F (read) answering these bytes
+    /// (time zone in 15-minute steps, DST code; `phr_bridge::decode::local_time::encode`)
+    /// until [`PrivateBluez::set_read_value`] changes them. `None`: no Current Time Service,
+    /// as on most consumer bands.
+    pub local_time: Option<Vec<u8>>,
 }
 
 impl EmulatedBand {
@@ -81,6 +92,7 @@ impl EmulatedBand {
             present: true,
             pams_current_session: None,
             steps_today: 0,
+            local_time: None,
         }
     }
 }
@@ -489,6 +501,7 @@ fn emulator_config(bands: &[EmulatedBand], options: &EmulatorOptions) -> serde_j
             "present": b.present,
             "pams_current_session": b.pams_current_session,
             "steps_today": b.steps_today,
+            "local_time": b.local_time,
         })).collect::<Vec<_>>(),
     })
 }
@@ -551,7 +564,11 @@ mod tests {
         let a = "C0:FF:EE:00:00:01";
         let mut hidden = EmulatedBand::new("C0:FF:EE:00:00:02", "Band 2");
         hidden.present = false;
-        let bluez = PrivateBluez::start(&[EmulatedBand::new(a, "Band 1"), hidden])?;
+        // Band 3 tells its zone (Current Time Service); the others have no such service.
+        let c = "C0:FF:EE:00:00:03";
+        let mut zoned = EmulatedBand::new(c, "Band 3");
+        zoned.local_time = Some(vec![0xEC, 0x04]);
+        let bluez = PrivateBluez::start(&[EmulatedBand::new(a, "Band 1"), hidden, zoned])?;
         assert!(bluez.system_bus_address().starts_with("unix:path="));
         let st = bluez.status()?;
         assert!(st.powered && !st.discovering);
@@ -559,6 +576,14 @@ mod tests {
         // Nobody subscribed: the value is kept for reads but not sent.
         assert!(!bluez.notify(a, "2a37", &[0, 72])?);
         bluez.set_read_value(a, uuids::BATTERY_LEVEL, &[])?;
+        bluez.set_read_value(c, uuids::LOCAL_TIME_INFORMATION, &[0x24, 0x00])?;
+        let no_cts = bluez
+            .set_read_value(a, uuids::LOCAL_TIME_INFORMATION, &[0x24, 0x00])
+            .unwrap_err();
+        assert!(
+            format!("{no_cts:#}").contains("NoSuchCharacteristic"),
+            "{no_cts:#}"
+        );
         bluez.set_present("C0:FF:EE:00:00:02", true)?;
         bluez.set_rssi(a, -40)?;
         bluez.fail_connects(a, 1)?;

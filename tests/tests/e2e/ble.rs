@@ -16,7 +16,7 @@ use phr_bridge::decode::pams_session::{
     SessionTime,
 };
 use phr_bridge::decode::pams_sleep::{encode_sleep_activity_summary, SleepActivitySummary};
-use phr_bridge::decode::{heart_rate, sim_band};
+use phr_bridge::decode::{heart_rate, local_time, sim_band};
 use phr_e2e::bluez::{uuids, EmulatedBand, PrivateBluez};
 use phr_e2e::{
     binary, call, free_port, loopback, spawn_gateway, test_prefix, wait_for, Process, TestGateway,
@@ -60,6 +60,19 @@ fn spawn_bridge_with(
     gateway_data: &std::path::Path,
     extra: &str,
 ) -> anyhow::Result<(Process, Arc<Mutex<Vec<String>>>)> {
+    spawn_bridge_env(dir, mqtt, prefix, bluez, gateway_data, extra, &[])
+}
+
+/// As [`spawn_bridge_with`], with extra environment variables for the bridge process.
+fn spawn_bridge_env(
+    dir: &std::path::Path,
+    mqtt: &str,
+    prefix: &str,
+    bluez: &PrivateBluez,
+    gateway_data: &std::path::Path,
+    extra: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<(Process, Arc<Mutex<Vec<String>>>)> {
     std::fs::create_dir_all(dir)?;
     let key = phr_bridge::identity::BridgeKey::load_or_create(dir)?;
     phr_gateway::Store::open(&gateway_data.join("phr.sqlite"))?
@@ -80,6 +93,7 @@ fn spawn_bridge_with(
         .arg(&config)
         .env("DBUS_SYSTEM_BUS_ADDRESS", bluez.system_bus_address())
         .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -1077,6 +1091,253 @@ async fn pams_summaries_are_timed_by_their_session_and_daily_totals_become_delta
         Some(92.0)
     );
     assert_eq!(body["is_main_sleep"], json!(true));
+    gw.stop().await;
+    Ok(())
+}
+
+/// The bridge's wall clock, set by the test: libfaketime (Debian's `libfaketime`), preloaded
+/// into the bridge process, reads a frozen instant from a file at every clock read, so the
+/// times the bridge stamps on what it receives are the test's to choose. The monotonic clock
+/// (tokio's timers, timeouts) is left alone. `PHR_LIBFAKETIME` overrides the library's path.
+struct BridgeClock {
+    file: std::path::PathBuf,
+    lib: std::path::PathBuf,
+}
+
+impl BridgeClock {
+    fn new(dir: &std::path::Path, at: DateTime<Utc>) -> anyhow::Result<Self> {
+        let lib = match std::env::var_os("PHR_LIBFAKETIME") {
+            Some(p) => std::path::PathBuf::from(p),
+            // Debian puts it under the multiarch directory; the MT build is for threaded
+            // programs.
+            None => std::fs::read_dir("/usr/lib")?
+                .filter_map(Result::ok)
+                .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+                .find(|p| p.is_file())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("libfaketime is not installed (apt-get install -y libfaketime)")
+                })?,
+        };
+        std::fs::create_dir_all(dir)?;
+        let clock = Self {
+            file: dir.join("clock"),
+            lib,
+        };
+        clock.set(at)?;
+        Ok(clock)
+    }
+
+    /// From now on the bridge's clock reads `at` (whole seconds), standing still.
+    fn set(&self, at: DateTime<Utc>) -> anyhow::Result<()> {
+        // Renamed into place: the bridge never reads half a timestamp.
+        let tmp = self.file.with_extension("tmp");
+        std::fs::write(&tmp, format!("{}\n", at.format("%Y-%m-%d %H:%M:%S")))?;
+        std::fs::rename(&tmp, &self.file)?;
+        Ok(())
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("LD_PRELOAD", self.lib.display().to_string()),
+            ("FAKETIME_TIMESTAMP_FILE", self.file.display().to_string()),
+            // Re-read the file at every clock read, so a `set` takes effect at once.
+            ("FAKETIME_NO_CACHE", "1".into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+            // The file's timestamp is read in the process's local zone.
+            ("TZ", "UTC".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
+/// Records of `token`'s devices waiting in quarantine.
+fn quarantined(gw: &TestGateway, token: &str) -> Option<u64> {
+    let (_, b) = call("GET", &gw.url("/api/v1/me/quarantine"), Some(token), None).ok()?;
+    Some(
+        b["quarantine"]
+            .as_array()?
+            .iter()
+            .filter_map(|q| q["records"].as_u64())
+            .sum(),
+    )
+}
+
+/// Issue #13, problem 5, through btleplug and the real daemon: a band whose day is not the
+/// bridge's. The bridge is configured for Asia/Tokyo; band "told" says over Local Time
+/// Information that it keeps New York summer time (UTC−5, DST +1 h = UTC−4), band "silent"
+/// says nothing. Both walk the same day and reset their steps-today total at 00:00 EDT
+/// (04:00Z). The bridge's clock is the test's (libfaketime), so the totals arrive on both
+/// sides of the band's midnight and of Tokyo's (15:00Z).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs dbus-daemon, python3-dbus/python3-gi and libfaketime; .ci/run installs them"]
+async fn a_band_that_reports_its_zone_has_its_steps_counted_once_across_its_own_midnight(
+) -> anyhow::Result<()> {
+    const TOLD: &str = "C0:FF:EE:00:00:0A";
+    const SILENT: &str = "C0:FF:EE:00:00:0B";
+    let gw = TestGateway::start().await?;
+    let mut told = EmulatedBand::new(TOLD, "Band in New York");
+    told.local_time = local_time::encode(Some(-5 * 60), Some(60));
+    assert_eq!(
+        told.local_time,
+        Some(vec![0xEC, 0x04]),
+        "−20 quarters, DST code 4"
+    );
+    told.steps_today = 9_000;
+    let mut silent = EmulatedBand::new(SILENT, "Band without a zone");
+    silent.steps_today = 9_000;
+    let (told_serial, silent_serial) = (told.serial.clone(), silent.serial.clone());
+    let bluez = PrivateBluez::start(&[told, silent])?;
+
+    // A day two days back: everything lies in the gateway's past.
+    let day = (Utc::now() - TimeDelta::days(2)).date_naive();
+    let utc = |h, m| {
+        day.and_hms_opt(h, m, 0)
+            .expect("a valid time of day")
+            .and_utc()
+    };
+    let band_midnight = utc(4, 0); // 00:00 EDT
+    let tokyo_midnight = utc(15, 0); // 00:00 JST
+                                     // When the bridge receives each total, and the total the bands show then: read at
+                                     // connect; then 20 min before and 10 min after the bands' midnight (they reset there
+                                     // and walked nothing between 03:50Z and 04:00Z); then around Tokyo's midnight, where
+                                     // the bands do not reset.
+    let at = [
+        utc(3, 30),
+        utc(3, 50),
+        utc(4, 10),
+        utc(4, 30),
+        utc(14, 50),
+        utc(16, 0),
+    ];
+    let totals: [u32; 6] = [9_000, 9_400, 150, 500, 5_000, 5_200];
+    let walked = (9_400 - 9_000) + 5_200;
+
+    let dir = gw.dir.path().join("ble-bridge");
+    let clock = BridgeClock::new(&dir, at[0])?;
+    let (_bridge, stdout) = spawn_bridge_env(
+        &dir,
+        &gw.gateway.mqtt.to_string(),
+        gw.topics().prefix(),
+        &bluez,
+        &gw.config.data_dir,
+        "time_zone = \"Asia/Tokyo\"",
+        &clock.env(),
+    )?;
+    // Subscribed to steps today: the reads at connect (Local Time Information first, then
+    // the total, a baseline) are done, stamped at[0].
+    for band in [TOLD, SILENT] {
+        bluez
+            .wait_notifying(band, uuids::VENDOR_STEPS_TODAY, Duration::from_secs(60))
+            .await?;
+    }
+    let (ana, bob) = (gw.owner_token("ana"), gw.owner_token("bob"));
+    for token in [&ana, &bob] {
+        consent_to_storage(&gw.url(""), token, &["step-count", "heart-rate"])?;
+    }
+    pair(&gw.url(""), &ana, TOLD, &told_serial, &stdout).await?;
+    pair(&gw.url(""), &bob, SILENT, &silent_serial, &stdout).await?;
+
+    // A heart rate through each band, once stored (quarantined: measured before the
+    // pairing), shows the bridge has taken in everything sent before it, the echoes of the
+    // reads at connect included, all at at[0]; only then does its clock move.
+    for band in [TOLD, SILENT] {
+        assert!(bluez.notify(
+            band,
+            uuids::HEART_RATE_MEASUREMENT,
+            &heart_rate::encode(70, Some(true), None, &[])
+        )?);
+    }
+    for token in [&ana, &bob] {
+        wait_for("a heart rate per band", Duration::from_secs(30), || {
+            quarantined(&gw, token).filter(|n| *n >= 1)
+        })
+        .await?;
+    }
+    // Each later total gives each band one step record (checked below); wait for it before
+    // moving the clock again.
+    for (k, (&when, &total)) in at.iter().zip(&totals).enumerate().skip(1) {
+        clock.set(when)?;
+        for band in [TOLD, SILENT] {
+            assert!(bluez.notify(
+                band,
+                uuids::VENDOR_STEPS_TODAY,
+                &sim_band::encode_steps_today(total)
+            )?);
+        }
+        for token in [&ana, &bob] {
+            wait_for(
+                &format!("the step record of total {k}"),
+                Duration::from_secs(30),
+                || quarantined(&gw, token).filter(|n| *n > k as u64),
+            )
+            .await?;
+        }
+    }
+    for (token, band) in [(&ana, TOLD), (&bob, SILENT)] {
+        let range = json!({"device_id": band, "from": (at[0] - TimeDelta::hours(1)).to_rfc3339(),
+                           "to": (Utc::now() + TimeDelta::minutes(1)).to_rfc3339()});
+        let (s, b) = call(
+            "POST",
+            &gw.url("/api/v1/me/quarantine/confirm"),
+            Some(token),
+            Some(range),
+        )?;
+        assert_eq!(
+            (s, b["correction"]["records"].as_u64()),
+            (200, Some(6)),
+            "{band}: a heart rate and five step records: {b}"
+        );
+    }
+    let steps = |who: &str| -> anyhow::Result<Vec<(DateTime<Utc>, DateTime<Utc>, i64)>> {
+        Ok(intervals(&gw, who, "step-count")?
+            .into_iter()
+            .map(|(a, b, body)| (a, b, body["step_count"].as_i64().unwrap_or(-1)))
+            .collect())
+    };
+
+    // The band that told its zone: its reset is its midnight; Tokyo's midnight is nothing
+    // to it.
+    let told = steps("ana")?;
+    assert_eq!(
+        told,
+        [
+            (at[0], at[1], 400),
+            (band_midnight, at[2], 150),
+            (at[2], at[3], 350),
+            (at[3], at[4], 4_500),
+            (at[4], at[5], 200),
+        ],
+        "deltas placed by the band's own midnight"
+    );
+    assert_eq!(
+        told.iter().map(|s| s.2).sum::<i64>(),
+        walked,
+        "every step once"
+    );
+    assert!(
+        told.iter()
+            .all(|&(from, to, _)| !(from < band_midnight && band_midnight < to)),
+        "no delta spans the band's midnight: {told:?}"
+    );
+
+    // The same day from the band that did not: by the configured zone its midnight reset
+    // looks like a reboot (a delta across its midnight), and at Tokyo's midnight the whole
+    // day's total is taken as new: 5,000 steps counted twice.
+    let silent = steps("bob")?;
+    assert_eq!(
+        silent,
+        [
+            (at[0], at[1], 400),
+            (at[1], at[2], 150),
+            (at[2], at[3], 350),
+            (at[3], at[4], 4_500),
+            (tokyo_midnight, at[5], 5_200),
+        ],
+        "deltas placed by Tokyo's midnight"
+    );
+    assert_eq!(silent.iter().map(|s| s.2).sum::<i64>(), walked + 5_000);
     gw.stop().await;
     Ok(())
 }
