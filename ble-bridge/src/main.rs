@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use chrono::{DateTime, FixedOffset, TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use phr_bridge::cumulative::DayZone;
 use phr_bridge::mqtt::{MqttPassword, MqttUrl};
 use phr_bridge::outbox::{DeadLetterFilter, Outbox};
 use phr_bridge::simulate::{self, SimulateConfig};
@@ -146,9 +147,11 @@ struct SimulateArgs {
     /// Hours of history each band holds when first seen.
     #[arg(long, default_value_t = 24)]
     history_hours: i64,
-    /// The bands' UTC offset (their days and nights follow it).
-    #[arg(long, default_value = "+09:00", value_parser = parse_offset)]
-    utc_offset: FixedOffset,
+    /// The bands' IANA time zone (their days, nights and daily totals follow its local time,
+    /// DST included), e.g. America/New_York; an offset like +09:00 is a fixed offset, which
+    /// cannot follow DST. `--utc-offset` is a deprecated alias.
+    #[arg(long, alias = "utc-offset", default_value = phr_bridge::daemon::DEFAULT_TIME_ZONE)]
+    time_zone: DayZone,
     /// Seed of the simulated data.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -166,11 +169,6 @@ struct SimulateArgs {
 fn parse_key(s: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
     phr_schema::channel::key_from_hex(s.trim())
         .ok_or_else(|| "expected the 64 hex characters `phr-gateway bridges enrol` prints".into())
-}
-
-fn parse_offset(s: &str) -> Result<FixedOffset, String> {
-    s.parse()
-        .map_err(|_| format!("{s:?} is not a UTC offset like +09:00"))
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
@@ -325,7 +323,7 @@ async fn main() -> anyhow::Result<()> {
             let mut cfg = SimulateConfig::new(&a.bridge_id, a.devices, a.data_dir, mqtt);
             cfg.topic_prefix = a.topic_prefix;
             cfg.history = TimeDelta::hours(a.history_hours);
-            cfg.utc_offset = a.utc_offset;
+            cfg.time_zone = a.time_zone;
             cfg.seed = a.seed;
             cfg.until = a.until;
             cfg.exit_when_drained = a.exit_when_drained;
@@ -343,4 +341,40 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn simulate(args: &[&str]) -> Result<SimulateArgs, clap::Error> {
+        let key = "00".repeat(32);
+        let mut argv = vec!["phr-bridge", "simulate", "--gateway-key", &key];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Simulate(a) => Ok(*a),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn simulated_bands_take_an_iana_zone_and_the_old_offset_flag_still_parses() {
+        let tokyo: DayZone = "Asia/Tokyo".parse().unwrap();
+        assert_eq!(simulate(&[]).unwrap().time_zone, tokyo);
+        assert_eq!(
+            simulate(&["--time-zone", "America/New_York"])
+                .unwrap()
+                .time_zone,
+            DayZone::Iana(chrono_tz::America::New_York)
+        );
+        // Deprecated alias: a fixed offset, as before.
+        assert_eq!(
+            simulate(&["--utc-offset", "+05:30"]).unwrap().time_zone,
+            DayZone::Fixed(chrono::FixedOffset::east_opt(5 * 3600 + 1800).unwrap())
+        );
+        let err = simulate(&["--time-zone", "Mars/Base"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not an IANA time zone"), "{err}");
+    }
 }

@@ -9,6 +9,16 @@
 //! then `[b, c)` yields exactly what generating `[a, c)` yields, notification for
 //! notification, for any `a <= b <= c`.
 //!
+//! # Whose local time
+//! A band lives in a [`DayZone`]: an IANA zone with its DST transitions (`phr-bridge simulate
+//! --time-zone America/New_York`; the default is the bridge's, Asia/Tokyo), or a fixed offset.
+//! Its days and nights, its walking hours and its daily step total all follow the local wall
+//! clock, so a 23-hour spring-forward day and a 25-hour fall-back day each have one midnight,
+//! and the daily total resets there, where the bridge's [`crate::cumulative`] rules expect it.
+//! A local time that a transition skips counts as the first time after the gap, one that
+//! repeats as the first of the two; in a fall-back hour the repeated local minutes walk
+//! alike (their randomness is keyed by local time), which is harmless for simulated data.
+//!
 //! # What a band does
 //! - **Sleep**: one main sleep a night, in the band's local time: bedtime 23:00 ± 45 min, wake
 //!   06:30 ± 45 min; a few minutes awake before sleep onset, then ~90-minute cycles of light,
@@ -25,13 +35,20 @@
 //!   contact and two RR-intervals: 55–70 bpm asleep (lowest in deep sleep), 65–110 awake,
 //!   rising with the cadence of the minute just ended.
 //!
+//! - **Steps today** ([`SimBand::daily_totals`]): on every whole UTC hour, the running total of
+//!   the band's local day so far, as the vendor steps-today characteristic carries it; at
+//!   exactly local midnight it still shows the day that just ended (the bridge's rule too).
+//!   Not part of [`SimBand::notifications`]: the minute activity already carries those steps,
+//!   and a bridge that took both would count each step twice.
+//!
 //! A notification belongs to a window `[from, to)` when its `at` does. The band's clock is
 //! the protocol's u32 Unix seconds, so simulate times between 1970 and 2106.
 
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, FixedOffset, LocalResult, NaiveDateTime, Offset, TimeZone, Utc};
 use phr_schema::{Record, SleepStageKind};
 use uuid::Uuid;
 
+use crate::cumulative::DayZone;
 use crate::decode::{self, heart_rate, sim_band, DecodeError, Reading, SleepReading};
 use crate::normalise::normalise;
 
@@ -63,8 +80,8 @@ const TAG_HEART: u64 = 5;
 pub struct SimBand {
     pub device_id: String,
     pub seed: u64,
-    /// The wearer's local offset: days and nights follow it.
-    pub utc_offset: FixedOffset,
+    /// The wearer's zone: days, nights and the daily total follow its local time.
+    pub zone: DayZone,
 }
 
 /// One GATT notification as the transport would hand it to the decoders.
@@ -104,11 +121,11 @@ impl Night {
 
 impl SimBand {
     /// Band number `index` of a fleet: `device_id` is `sim-band-{index:04}` (`sim-band-0001`).
-    pub fn new(index: usize, seed: u64, utc_offset: FixedOffset) -> Self {
+    pub fn new(index: usize, seed: u64, zone: DayZone) -> Self {
         Self {
             device_id: format!("sim-band-{index:04}"),
             seed,
-            utc_offset,
+            zone,
         }
     }
 
@@ -225,7 +242,7 @@ impl SimBand {
                     decoder,
                     &self.device_id,
                     bridge_id,
-                    self.utc_offset,
+                    self.zone.offset_at(n.at),
                     n.at,
                 )
             }));
@@ -233,30 +250,85 @@ impl SimBand {
         Ok(records)
     }
 
+    /// The band's steps-today total at `at`: the steps of the whole minutes ended by `at`
+    /// since the start of the local day `at` belongs to (at exactly local midnight, the day
+    /// that just ended: the total before the reset).
+    pub fn steps_today(&self, at: DateTime<Utc>) -> u32 {
+        let end = minute_of(at);
+        let last = minute_of(at - chrono::Duration::nanoseconds(1));
+        let day = self.local_minute(last).div_euclid(MINUTES_PER_DAY);
+        let start = self.utc_minute(day * MINUTES_PER_DAY);
+        let nights = self.nights(start, end);
+        (start..end)
+            .map(|m| u32::from(self.steps(m, &nights)))
+            .sum()
+    }
+
+    /// The band's steps-today notifications at times in `[from, to)`: one on every whole
+    /// UTC quarter hour (every local midnight of every real zone is one), carrying
+    /// [`Self::steps_today`].
+    pub fn daily_totals(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Notification> {
+        const QUARTER: i64 = 15 * 60;
+        let first = from.timestamp().div_euclid(QUARTER)
+            + i64::from(
+                from.timestamp().rem_euclid(QUARTER) != 0 || from.timestamp_subsec_nanos() != 0,
+            );
+        (first..)
+            .map_while(|q| {
+                DateTime::from_timestamp(q.checked_mul(QUARTER)?, 0).filter(|at| *at < to)
+            })
+            .map(|at| Notification {
+                characteristic: sim_band::STEPS_TODAY,
+                bytes: sim_band::encode_steps_today(self.steps_today(at)),
+                at,
+            })
+            .collect()
+    }
+
     fn rng(&self, stream: u64, index: i64) -> SplitMix {
         SplitMix::new(&[self.seed, fnv1a(&self.device_id), stream, index as u64])
     }
 
-    /// Local minus UTC, in whole minutes.
-    fn offset_minutes(&self) -> i64 {
-        i64::from(self.utc_offset.local_minus_utc()).div_euclid(60)
+    /// The local wall-clock minute (minutes since 1970-01-01T00:00 local) of UTC minute `m`.
+    fn local_minute(&self, m: i64) -> i64 {
+        let offset = minute_time(m).map_or(0, |t| self.zone.offset_at(t).local_minus_utc());
+        m + i64::from(offset).div_euclid(60)
+    }
+
+    /// The UTC minute at which the local wall clock shows `local` (minutes since
+    /// 1970-01-01T00:00 local): the first of two in a fall-back hour; for a time a
+    /// spring-forward gap skips, the same distance past the gap's start (02:30 → 03:30).
+    fn utc_minute(&self, local: i64) -> i64 {
+        let fixed = |o: FixedOffset| local - i64::from(o.local_minus_utc()).div_euclid(60);
+        match self.zone {
+            DayZone::Fixed(o) => fixed(o),
+            DayZone::Iana(tz) => {
+                let Some(naive) = minute_time(local).map(|t| t.naive_utc()) else {
+                    return local;
+                };
+                match tz.from_local_datetime(&naive) {
+                    LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => minute_of(t.to_utc()),
+                    // In a gap: the offset in force before it (a day earlier is before any
+                    // real zone's gap starts and after its previous transition).
+                    LocalResult::None => fixed(before_gap(tz, naive)),
+                }
+            }
+        }
     }
 
     /// The nights that can touch the UTC minutes `[lo, hi]`.
     fn nights(&self, lo: i64, hi: i64) -> Vec<Night> {
-        let off = self.offset_minutes();
-        let first = (lo + off).div_euclid(MINUTES_PER_DAY) - 1;
-        let last = (hi + off).div_euclid(MINUTES_PER_DAY) + 1;
+        let first = self.local_minute(lo).div_euclid(MINUTES_PER_DAY) - 1;
+        let last = self.local_minute(hi).div_euclid(MINUTES_PER_DAY) + 1;
         (first..=last).map(|day| self.night(day)).collect()
     }
 
     /// The night ending on local day `day` (days since 1970-01-01 in local time).
     fn night(&self, day: i64) -> Night {
         let mut rng = self.rng(TAG_NIGHT, day);
-        let off = self.offset_minutes();
-        let midnight = day * MINUTES_PER_DAY - off;
-        let bed = midnight - 60 + rng.range(-45, 45);
-        let wake = midnight + 6 * 60 + 30 + rng.range(-45, 45);
+        let midnight = day * MINUTES_PER_DAY;
+        let bed = self.utc_minute(midnight - 60 + rng.range(-45, 45));
+        let wake = self.utc_minute(midnight + 6 * 60 + 30 + rng.range(-45, 45));
         Night {
             bed,
             wake,
@@ -269,7 +341,7 @@ impl SimBand {
         if nights.iter().any(|n| n.contains(m)) {
             return 0;
         }
-        let local = m + self.offset_minutes();
+        let local = self.local_minute(m);
         let hour = local.rem_euclid(MINUTES_PER_DAY) / 60;
         let p = WALK_PROBABILITY[hour as usize];
         if p == 0.0 {
@@ -384,6 +456,13 @@ impl Stages {
     }
 }
 
+/// The offset a zone had just before a spring-forward gap that `local` falls in: the one in
+/// force a day earlier (real zones do not change offset twice within a day).
+fn before_gap(tz: chrono_tz::Tz, local: NaiveDateTime) -> FixedOffset {
+    tz.offset_from_utc_datetime(&(local - chrono::Duration::days(1)))
+        .fix()
+}
+
 /// The whole UTC minute containing `t`, as minutes since the Unix epoch.
 fn minute_of(t: DateTime<Utc>) -> i64 {
     t.timestamp().div_euclid(60)
@@ -454,8 +533,17 @@ mod tests {
         DateTime::parse_from_rfc3339(s).unwrap().to_utc()
     }
 
-    fn jst() -> FixedOffset {
-        FixedOffset::east_opt(9 * 3600).unwrap()
+    fn jst() -> DayZone {
+        DayZone::Iana(chrono_tz::Asia::Tokyo)
+    }
+
+    fn new_york() -> DayZone {
+        DayZone::Iana(chrono_tz::America::New_York)
+    }
+
+    /// `t` on the wall clock of `zone` (whatever offset a record was written with).
+    fn local(zone: DayZone, t: DateTime<FixedOffset>) -> DateTime<FixedOffset> {
+        t.with_timezone(&zone.offset_at(t.to_utc()))
     }
 
     fn band(index: usize) -> SimBand {
@@ -514,7 +602,7 @@ mod tests {
             seed in any::<u64>(),
             offset_quarters in -48i32..=56,
         ) {
-            let s = SimBand::new(9, seed, FixedOffset::east_opt(offset_quarters * 900).unwrap());
+            let s = SimBand::new(9, seed, DayZone::Fixed(FixedOffset::east_opt(offset_quarters * 900).unwrap()));
             let a = t("2025-06-01T00:00:00Z") + Duration::seconds(start);
             let b = a + Duration::seconds(first);
             let c = b + Duration::seconds(second);
@@ -524,20 +612,22 @@ mod tests {
         }
     }
 
-    /// Two weeks of four bands in two time zones.
+    /// Two weeks of six bands in three time zones: Tokyo and UTC in February, New York
+    /// across its spring-forward (8 March 2026) and its fall-back (1 November 2026) days.
     fn fortnight() -> Vec<(SimBand, DateTime<Utc>, Vec<Record>)> {
-        let to = t("2026-02-15T00:00:00Z");
-        let from = to - Duration::days(14);
-        let utc = FixedOffset::east_opt(0).unwrap();
+        let february = t("2026-02-15T00:00:00Z");
+        let utc = DayZone::Fixed(FixedOffset::east_opt(0).unwrap());
         [
-            band(1),
-            band(2),
-            SimBand::new(3, 7, utc),
-            SimBand::new(4, 7, utc),
+            (band(1), february),
+            (band(2), february),
+            (SimBand::new(3, 7, utc), february),
+            (SimBand::new(4, 7, utc), february),
+            (SimBand::new(5, 7, new_york()), t("2026-03-15T00:00:00Z")),
+            (SimBand::new(6, 7, new_york()), t("2026-11-08T00:00:00Z")),
         ]
         .into_iter()
-        .map(|s| {
-            let records = s.records(BRIDGE, from, to).unwrap();
+        .map(|(s, to)| {
+            let records = s.records(BRIDGE, to - Duration::days(14), to).unwrap();
             (s, to, records)
         })
         .collect()
@@ -550,7 +640,10 @@ mod tests {
             for r in &records {
                 validate_record(r, BRIDGE, &s.device_id, to, &Limits::default())
                     .unwrap_or_else(|reason| panic!("{reason}: {r:?}"));
-                assert_eq!(r.source_created_at.offset(), &s.utc_offset);
+                assert_eq!(
+                    r.source_created_at.offset(),
+                    &s.zone.offset_at(r.source_created_at.to_utc())
+                );
             }
         }
     }
@@ -573,6 +666,8 @@ mod tests {
             for n in nights {
                 assert!(n.is_main_sleep);
                 let (start, end) = (n.effective_time_frame.start(), n.effective_time_frame.end());
+                // Read on the local wall clock of each instant: a night can span a transition.
+                let (start, end) = (local(s.zone, start), local(s.zone, end));
                 let hours = (end - start).num_minutes() as f64 / 60.0;
                 assert!((6.0..=9.0).contains(&hours), "{hours} h");
                 let bed = start.time().format("%H:%M").to_string();
@@ -646,14 +741,10 @@ mod tests {
                         s.device_id
                     );
                 }
-                let local = start
-                    .with_timezone(&s.utc_offset)
-                    .time()
-                    .format("%H")
-                    .to_string();
+                let hour = local(s.zone, start).time().format("%H").to_string();
                 assert!(
-                    ("06".."23").contains(&local.as_str()),
-                    "steps at {local}h local"
+                    ("06".."23").contains(&hour.as_str()),
+                    "steps at {hour}h local"
                 );
             }
         }
@@ -666,19 +757,17 @@ mod tests {
             let mut days: BTreeMap<chrono::NaiveDate, i64> = BTreeMap::new();
             for r in &records {
                 if let Body::StepCount(steps) = &r.body {
-                    let day = steps.effective_time_frame.start().date_naive();
+                    let day = local(s.zone, steps.effective_time_frame.start()).date_naive();
                     *days.entry(day).or_default() += steps.step_count;
                 }
             }
             // Only local days wholly inside the (UTC) window count.
+            let midnight = |day: chrono::NaiveDate| {
+                let index = (day - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()).num_days();
+                minute_time(s.utc_minute(index * MINUTES_PER_DAY)).unwrap()
+            };
             let whole = |day: &chrono::NaiveDate| {
-                let midnight = day
-                    .and_hms_opt(0, 0, 0)
-                    .unwrap()
-                    .and_local_timezone(s.utc_offset)
-                    .unwrap()
-                    .to_utc();
-                midnight >= from && midnight + Duration::days(1) <= to
+                midnight(*day) >= from && day.succ_opt().is_some_and(|next| midnight(next) <= to)
             };
             let full: Vec<i64> = days
                 .iter()
@@ -756,6 +845,123 @@ mod tests {
         ] {
             assert!(all.iter().any(|n| n.characteristic == c), "{c}");
         }
+    }
+
+    /// Steps the band walked in whole minutes inside `[from, to)`, from its minute activity
+    /// (the decoders and normaliser, not [`SimBand::steps_today`]).
+    fn walked(s: &SimBand, from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
+        // An hour's minutes are sent at the end of its last one: look wider, then clip.
+        s.records(BRIDGE, from - Duration::hours(2), to + Duration::hours(2))
+            .unwrap()
+            .iter()
+            .filter_map(|r| match &r.body {
+                Body::StepCount(c) => Some(c),
+                _ => None,
+            })
+            .filter(|c| {
+                let (a, b) = (c.effective_time_frame.start(), c.effective_time_frame.end());
+                from <= a && b <= to
+            })
+            .map(|c| c.step_count)
+            .sum()
+    }
+
+    /// Feeds a band's daily totals through the bridge's running-total rules for a device in
+    /// New York; returns the steps counted and the window they cover.
+    fn counted_in_new_york(
+        s: &SimBand,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> (i64, DateTime<Utc>, DateTime<Utc>) {
+        let totals = s.daily_totals(from, to);
+        let (first, last) = (totals[0].at, totals[totals.len() - 1].at);
+        let mut counter = crate::cumulative::DailyCounter::new(new_york());
+        let mut counted = 0;
+        for n in &totals {
+            let (_, readings) = decode::decode(n.characteristic, &n.bytes, n.at).unwrap();
+            let [Reading::StepsToday { at, total }] = readings[..] else {
+                panic!("one steps-today reading: {readings:?}")
+            };
+            if let Some(d) = counter.observe(at, total) {
+                assert!(first <= d.start && d.end <= last);
+                counted += i64::from(d.steps);
+            }
+        }
+        (counted, first, last)
+    }
+
+    #[test]
+    fn daily_totals_of_a_band_in_new_york_count_every_step_once_across_dst() {
+        // (window, the 23- or 25-hour local day inside it as UTC instants, where a band that
+        // kept EST all year resets after New York's midnight already passed)
+        let cases = [
+            (
+                ("2026-03-07T12:00:00Z", "2026-03-09T12:00:00Z"),
+                ("2026-03-08T05:00:00Z", "2026-03-09T04:00:00Z", 23),
+                "2026-03-09T05:00:00Z",
+            ),
+            (
+                ("2026-10-31T12:00:00Z", "2026-11-02T12:00:00Z"),
+                ("2026-11-01T04:00:00Z", "2026-11-02T05:00:00Z", 25),
+                "2026-11-01T05:00:00Z",
+            ),
+        ];
+        for ((from, to), (day_start, day_end, hours), est_reset) in cases {
+            let (from, to) = (t(from), t(to));
+            let band = SimBand::new(7, 3, new_york());
+            // Quarter-hourly, time ordered, inside the window.
+            let totals = band.daily_totals(from, to);
+            assert_eq!(totals.len() as i64, (to - from).num_minutes() / 15);
+            assert!(totals
+                .windows(2)
+                .all(|w| w[1].at - w[0].at == Duration::minutes(15)));
+
+            // The local day is 23 or 25 hours long, and its total is reset only at its ends.
+            let (day_start, day_end) = (t(day_start), t(day_end));
+            assert_eq!(day_end - day_start, Duration::hours(hours));
+            let day_total = i64::from(band.steps_today(day_end));
+            assert!(day_total > 1_000, "a day of walking: {day_total}");
+            assert_eq!(
+                day_total,
+                walked(&band, day_start, day_end),
+                "at midnight: the whole day"
+            );
+            assert_eq!(
+                band.steps_today(day_start + Duration::minutes(1)),
+                0,
+                "reset, asleep"
+            );
+
+            let (counted, first, last) = counted_in_new_york(&band, from, to);
+            assert_eq!(counted, walked(&band, first, last), "every step once");
+
+            // A band that kept EST all year resets an hour after New York's summer midnight:
+            // the bridge takes its unreset total at 01:00 EDT for the new day's, and counts
+            // that whole day again.
+            let est = SimBand::new(
+                7,
+                3,
+                DayZone::Fixed(FixedOffset::west_opt(5 * 3600).unwrap()),
+            );
+            let again = i64::from(est.steps_today(t(est_reset)));
+            assert!(again > 1_000, "{again}");
+            let (counted, first, last) = counted_in_new_york(&est, from, to);
+            assert_eq!(counted, walked(&est, first, last) + again);
+        }
+    }
+
+    #[test]
+    fn daily_totals_split_like_everything_else() {
+        let s = SimBand::new(2, 9, new_york());
+        let (a, b, c) = (
+            t("2026-03-07T00:00:00Z"),
+            t("2026-03-08T07:07:07Z"),
+            t("2026-03-10T00:00:00Z"),
+        );
+        let mut parts = s.daily_totals(a, b);
+        parts.extend(s.daily_totals(b, c));
+        assert_eq!(parts, s.daily_totals(a, c));
+        assert!(s.daily_totals(b, a).is_empty());
     }
 
     #[test]

@@ -9,13 +9,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, DurationRound, FixedOffset, TimeDelta, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use phr_schema::Topics;
 
+use crate::cumulative::DayZone;
 use crate::identity::BridgeKey;
 use crate::mqtt::MqttUrl;
 use crate::outbox::{batches, Outbox};
@@ -28,8 +29,10 @@ pub struct SimulateConfig {
     pub bridge_id: String,
     pub devices: usize,
     pub seed: u64,
-    /// The bands' local UTC offset (their day and night follow it).
-    pub utc_offset: FixedOffset,
+    /// The bands' zone: their days, nights and daily totals follow its local time, DST
+    /// included (a fixed offset only where one is asked for). Default: the bridge's,
+    /// Asia/Tokyo.
+    pub time_zone: DayZone,
     pub data_dir: PathBuf,
     pub mqtt: MqttUrl,
     pub topic_prefix: String,
@@ -58,7 +61,7 @@ impl SimulateConfig {
             bridge_id: bridge_id.to_owned(),
             devices,
             seed: 1,
-            utc_offset: FixedOffset::east_opt(9 * 3600).expect("+09:00 is a valid offset"),
+            time_zone: DayZone::Iana(chrono_tz::Asia::Tokyo),
             data_dir,
             mqtt,
             topic_prefix: phr_schema::envelope::DEFAULT_PREFIX.to_owned(),
@@ -77,7 +80,7 @@ impl SimulateConfig {
     /// The bands this configuration simulates.
     pub fn bands(&self) -> Vec<SimBand> {
         (0..self.devices)
-            .map(|i| SimBand::new(i, self.seed, self.utc_offset))
+            .map(|i| SimBand::new(i, self.seed, self.time_zone))
             .collect()
     }
 }
@@ -203,4 +206,22 @@ async fn generate(
     blocking(outbox, move |o| o.push(&batches, &cursor, &[], Utc::now())).await?;
     tracing::debug!(device_id = %band.device_id, %from, %to, records = count, "generated");
     Ok(to >= end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bands_live_in_the_bridges_default_zone() {
+        let cfg = SimulateConfig::new(
+            "b",
+            2,
+            PathBuf::from("unused"),
+            "mqtt://127.0.0.1:1883".parse().unwrap(),
+        );
+        let default: DayZone = crate::daemon::DEFAULT_TIME_ZONE.parse().unwrap();
+        assert_eq!(cfg.time_zone, default);
+        assert!(cfg.bands().iter().all(|b| b.zone == default));
+    }
 }

@@ -1290,7 +1290,9 @@ async fn a_band_that_reports_its_zone_has_its_steps_counted_once_across_its_own_
             "{band}: a heart rate and five step records: {b}"
         );
     }
-    let steps = |who: &str| -> anyhow::Result<Vec<(DateTime<Utc>, DateTime<Utc>, i64)>> {
+    /// A step record's interval and count.
+    type Steps = (DateTime<Utc>, DateTime<Utc>, i64);
+    let steps = |who: &str| -> anyhow::Result<Vec<Steps>> {
         Ok(intervals(&gw, who, "step-count")?
             .into_iter()
             .map(|(a, b, body)| (a, b, body["step_count"].as_i64().unwrap_or(-1)))
