@@ -500,7 +500,10 @@ impl Store {
     }
 
     /// Remembers that `grantee` read through `to`, and where the reads under `expired`
-    /// (consents it saw expired for the first time) ended.
+    /// (consents it saw expired for the first time) ended. A separate write after the page's
+    /// read: a grant committed between the two sees the reader one page behind and may copy
+    /// a record of that page into its catch-up, which the reader then receives a second time
+    /// (at-least-once in that race, never lost).
     fn note_read(
         &self,
         grantee: &str,
