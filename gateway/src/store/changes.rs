@@ -327,6 +327,15 @@ pub struct FeedPage {
     pub more: bool,
 }
 
+/// A page's scan: the feed in `seq` order from the cursor, rows of the reader's people. The
+/// `+` keeps SQLite on the rowid range: with `changes_by_person` it would otherwise gather
+/// every later row of those people and sort them before returning the first.
+const FEED_SCAN: &str =
+    "SELECT seq, op, person_id, record_type, device_id, start_ms, end_ms, record_id, audience
+       FROM changes
+      WHERE seq > ?1 AND +person_id IN (SELECT value FROM json_each(?2))
+      ORDER BY seq";
+
 /// How long one page may spend examining changes the reader may not see (a reader with few
 /// people among many). When it runs out the page ends, possibly empty, with `more` set and
 /// the cursor past what was examined; it is checked every [`BUDGET_CHECK_EVERY`] rows.
@@ -353,7 +362,10 @@ impl Store {
             let at = reader_at(&tx, grantee, kind)?;
             let mut grants: HashMap<String, Vec<Grant>> = HashMap::new();
             for g in with_marks(&tx, consent::of_grantee(&tx, grantee, kind, now)?, at)? {
-                grants.entry(g.consent.person_id.clone()).or_default().push(g);
+                grants
+                    .entry(g.consent.person_id.clone())
+                    .or_default()
+                    .push(g);
             }
             // Expired since the reader last read: their reads end where it stood then.
             let expired: Vec<(Uuid, i64)> = grants
@@ -365,12 +377,7 @@ impl Store {
                 .collect();
             let people: Vec<&str> = grants.keys().map(String::as_str).collect();
             let people_json = serde_json::Value::from(people).to_string();
-            let mut scan = tx.prepare_cached(
-                "SELECT seq, op, person_id, record_type, device_id, start_ms, end_ms, record_id, audience
-                   FROM changes
-                  WHERE seq > ?1 AND person_id IN (SELECT value FROM json_each(?2))
-                  ORDER BY seq",
-            )?;
+            let mut scan = tx.prepare_cached(FEED_SCAN)?;
             let mut body = tx.prepare_cached(
                 "SELECT body FROM records WHERE device_id = ?1 AND record_type = ?2
                     AND start_ms = ?3 AND end_ms = ?4 AND person_id = ?5",
@@ -845,6 +852,23 @@ mod tests {
             .feed(ACME, GranteeKind::Client, None, 0, 10, Utc::now())
             .unwrap();
         assert_eq!((page.changes.len(), page.more), (1, false));
+    }
+
+    #[test]
+    fn a_page_scans_the_feed_in_order_without_sorting_it() {
+        let (_d, store) = open(&["ann"]);
+        let plan: Vec<String> = store
+            .read(|c| {
+                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {FEED_SCAN}"))?;
+                let rows = stmt.query_map(params![0, "[\"ann\"]"], |r| r.get::<_, String>(3))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .unwrap();
+        assert!(
+            plan.iter().any(|l| l.contains("INTEGER PRIMARY KEY")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|l| l.contains("TEMP B-TREE")), "{plan:?}");
     }
 
     #[test]
