@@ -115,6 +115,16 @@ fn reason(code: &str) -> String {
         .unwrap_or_else(|| code.to_owned())
 }
 
+/// Why `p` was refused: a start refused at once (it never had a code: it "expires" when it
+/// started) is worded as a start refusal, since both kinds share some codes.
+fn reason_of(p: &PairingSummary, code: &str) -> String {
+    if p.expires_at == p.started_at && code == StartRefusal::DeviceBound.code() {
+        StartRefusal::DeviceBound.to_string()
+    } else {
+        reason(code)
+    }
+}
+
 /// A wait in words, rounded up to whole minutes.
 fn wait(secs: u64) -> String {
     match secs.div_ceil(60) {
@@ -135,7 +145,7 @@ fn state_of(p: &PairingSummary, now: DateTime<Utc>) -> Markup {
         }
         ("pending", _) => html! { span class="status" { "waiting for the code" } },
         ("confirmed", _) => html! { span class="status status-granted" { "paired" } },
-        (_, Some(why)) => html! { span class="flag" { "refused" } " " (reason(why)) },
+        (_, Some(why)) => html! { span class="flag" { "refused" } " " (reason_of(p, why)) },
         (other, None) => html! { (other) },
     }
 }

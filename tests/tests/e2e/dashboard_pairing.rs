@@ -330,6 +330,17 @@ async fn refused_starts_and_too_many_wrong_codes_are_shown_with_the_reason() -> 
     let a = ana.post(&confirm, &[("csrf", &csrf), ("code", &code)])?;
     assert_eq!(a.status, 400, "{}", a.body);
     assert!(!open_binding(&gw, "ana", BAND));
+    // Running out of tries costs a wait (doubling each time) before the next.
+    let a = ana.post(
+        pairing::PAIRINGS,
+        &[("csrf", &csrf), ("bridge", BRIDGE), ("device", BAND)],
+    )?;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert!(
+        a.body.contains("You can start another pairing in "),
+        "{}",
+        a.body
+    );
     let home = ana.get(owner::HOME)?;
     assert!(home.body.contains("too many wrong codes"), "{}", home.body);
     assert!(
@@ -385,6 +396,30 @@ async fn forms_without_the_sessions_token_or_from_another_owner_change_nothing(
     let a = ana.post(&confirm, &[("csrf", &csrf), ("code", &code)])?;
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(open_binding(&gw, "ana", BAND));
+
+    // Bo cannot pair ana's band through his dashboard; ana is told he tried.
+    let a = bo.post(
+        pairing::PAIRINGS,
+        &[("csrf", &bo_csrf), ("bridge", BRIDGE), ("device", BAND)],
+    )?;
+    assert_eq!(a.status, 409, "{}", a.body);
+    assert!(
+        a.body
+            .contains("the device is bound to someone else; its owner releases it first"),
+        "{}",
+        a.body
+    );
+    let told =
+        format!("someone else tried to pair your device {BAND} through bridge {BRIDGE}: refused");
+    assert!(log_of(&gw, "ana").contains(&told));
+    let bo_home = bo.get(owner::HOME)?;
+    assert!(
+        bo_home
+            .body
+            .contains("the device is bound to someone else; its owner releases it first"),
+        "{}",
+        bo_home.body
+    );
 
     // Release: no token, a forged one, or bo's session: the binding stays.
     let release = pairing::release_path(BAND);
