@@ -490,3 +490,48 @@ async fn a_band_is_released_through_its_confirmation_page_and_the_release_is_log
     gw.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_code_is_said_plainly_and_cannot_pair() -> anyhow::Result<()> {
+    let (gw, raw) = hall().await?;
+    let ana = Browser::sign_in(&gw, "ana")?;
+    let csrf = ana.csrf()?;
+    let id = ana.start(&csrf, BRIDGE, BAND)?;
+    let code = bridge_answers(&gw, &raw, id, BAND).await?;
+    // The code's five minutes pass: its expiry moved into the past in the real file (the
+    // gateway compares it with its clock on every read and confirmation).
+    let conn = rusqlite::Connection::open(gw.config.data_dir.join("phr.sqlite"))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let past = (Utc::now() - chrono::TimeDelta::seconds(1)).timestamp_millis();
+    let n = conn.execute(
+        "UPDATE pairings SET expires_at_ms = ?2 WHERE pairing_id = ?1",
+        rusqlite::params![id.to_string(), past],
+    )?;
+    assert_eq!(n, 1);
+
+    let page = ana.get(&pairing::pairing_path(id))?;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains(">expired<"), "{}", page.body);
+    assert!(
+        !page.body.contains("name=\"code\""),
+        "no code form: {}",
+        page.body
+    );
+
+    let confirm = pairing::CONFIRM.replace("{pairing_id}", &id.to_string());
+    let a = ana.post(&confirm, &[("csrf", &csrf), ("code", &code)])?;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(a.body.contains("The code has expired."), "{}", a.body);
+    assert!(!open_binding(&gw, "ana", BAND));
+    let home = ana.get(owner::HOME)?;
+    assert!(
+        home.body.contains("the pairing has expired"),
+        "{}",
+        home.body
+    );
+    assert!(log_of(&gw, "ana")
+        .iter()
+        .any(|l| l == "pairing refused: pairing_expired"));
+    gw.stop().await;
+    Ok(())
+}
