@@ -8,6 +8,8 @@
 //!   `/dashboard/clinician/patients/{person_id}` (one patient, printable visit summary).
 //! - [`owner`]: `/dashboard/me`: my charts, devices, consents (withdraw), disclosures,
 //!   export and erasure.
+//! - [`pairing`]: pairing a band (start, the bridge's code, confirm) and releasing one, from
+//!   `/dashboard/me`.
 //! - [`patient`]: one person's charts (steps, sleep stages, hypnogram, sleep timing, resting
 //!   heart rate, weekly averages), shared by the clinician's patient page and the owner's
 //!   `/dashboard/me/charts`.
@@ -19,6 +21,7 @@
 pub mod charts;
 pub mod clinician;
 pub mod owner;
+pub mod pairing;
 pub mod patient;
 pub mod session;
 
@@ -91,6 +94,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     session::configure(cfg);
     clinician::configure(cfg);
     owner::configure(cfg);
+    pairing::configure(cfg);
     patient::configure(cfg);
 }
 

@@ -1,7 +1,8 @@
 //! The owner's dashboard, `/dashboard/me`: what the owner API offers, as pages and forms.
 //!
 //! - `GET /dashboard/me`: a link to my charts, my devices (bindings with their validity
-//!   intervals), my consents (each in force with a Withdraw button), my disclosure log (the
+//!   intervals, a Release link for each open one), "Pair a band" (see [`super::pairing`]),
+//!   my consents (each in force with a Withdraw button), my disclosure log (the
 //!   latest [`DISCLOSURES_SHOWN`] entries, newest first), export links, and the erasure form.
 //! - `GET /dashboard/me/consents/{id}/withdraw`: the confirmation page;
 //!   `POST` (CSRF) withdraws through [`Store::withdraw_consent`], as `DELETE
@@ -22,6 +23,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::pairing;
 use super::session::{self, check_csrf, internal_error, CsrfForm};
 use super::{not_found, page, respond, Role, Viewer};
 use crate::api::export::{self, Format};
@@ -29,6 +31,7 @@ use crate::api::me::ERASE_CONFIRMATION;
 use crate::api::AppState;
 use crate::store::audit::{Action, Logged, Outcome};
 use crate::store::pairing::BindingInterval;
+use crate::store::pairing_view::PairingSummary;
 use crate::store::subjects::Zone;
 use crate::store::{Consent, ConsentStatus, GranteeKind, Store};
 
@@ -56,7 +59,7 @@ fn withdraw_path(id: Uuid) -> String {
 
 /// Only owners have a `/dashboard/me`; for anyone else it does not exist.
 #[allow(clippy::result_large_err)] // as `check_csrf`: the refusal is a page
-fn owner_only(v: &Viewer) -> Result<(), HttpResponse> {
+pub(super) fn owner_only(v: &Viewer) -> Result<(), HttpResponse> {
     if v.role == Role::Owner {
         Ok(())
     } else {
@@ -65,7 +68,7 @@ fn owner_only(v: &Viewer) -> Result<(), HttpResponse> {
 }
 
 /// A store call off the async workers; failures are the HTML 500 page.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     viewer: &Viewer,
     f: impl FnOnce() -> crate::Result<T> + Send + 'static,
 ) -> Result<T, HttpResponse> {
@@ -79,13 +82,13 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-fn either(r: Result<HttpResponse, HttpResponse>) -> HttpResponse {
+pub(super) fn either(r: Result<HttpResponse, HttpResponse>) -> HttpResponse {
     r.unwrap_or_else(|e| e)
 }
 
 // ----- formatting -----
 
-fn when(t: DateTime<Utc>, tz: Tz) -> String {
+pub(super) fn when(t: DateTime<Utc>, tz: Tz) -> String {
     t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string()
 }
 
@@ -163,9 +166,12 @@ struct Home {
     consents: Vec<Consent>,
     /// Newest first.
     disclosures: Vec<Logged>,
+    /// Enrolled bridges the owner has used, and their latest pairings (newest first).
+    bridges: Vec<String>,
+    pairings: Vec<PairingSummary>,
 }
 
-fn time_zone(store: &Store, person: &str) -> crate::Result<Tz> {
+pub(super) fn time_zone(store: &Store, person: &str) -> crate::Result<Tz> {
     Ok(Zone::resolve(store.person_time_zone(person)?.as_deref()).tz)
 }
 
@@ -205,6 +211,8 @@ async fn home_page(state: web::Data<AppState>, v: Viewer) -> Result<HttpResponse
             bindings: store.bindings_of(&person)?,
             consents: store.consents(&person, now)?,
             disclosures: latest_disclosures(&store, &person, DISCLOSURES_SHOWN)?,
+            bridges: store.bridges_used_by(&person)?,
+            pairings: store.recent_pairings(&person, pairing::PAIRINGS_SHOWN)?,
         })
     })
     .await?;
@@ -229,6 +237,7 @@ async fn home_page(state: web::Data<AppState>, v: Viewer) -> Result<HttpResponse
                         th scope="col" { "Device" }
                         th scope="col" { "Mine from" }
                         th scope="col" { "Mine until" }
+                        th scope="col" { "Action" }
                     } }
                     tbody {
                         @for b in &data.bindings {
@@ -241,12 +250,15 @@ async fn home_page(state: web::Data<AppState>, v: Viewer) -> Result<HttpResponse
                                         None => "now (still bound)",
                                     }
                                 }
+                                td { (pairing::release_link(b)) }
                             }
                         }
                     }
                 }
             }
         }
+
+        (pairing::section(&v, tz, &data.bridges, &data.pairings, Utc::now()))
 
         section aria-labelledby="consents-h" {
             h2 id="consents-h" { "My consents" }

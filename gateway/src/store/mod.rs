@@ -32,6 +32,7 @@ pub mod corrections;
 pub mod dashboard;
 pub mod export;
 pub mod pairing;
+pub mod pairing_view;
 pub mod sessions;
 pub mod subjects;
 

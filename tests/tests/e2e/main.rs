@@ -17,6 +17,7 @@ mod browser;
 mod consent;
 mod corrections;
 mod crash;
+mod dashboard_pairing;
 mod dashboard_session;
 mod dead_letter;
 mod demo;
