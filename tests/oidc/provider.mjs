@@ -67,6 +67,12 @@ function loadConfig() {
   return config;
 }
 
+// stdout carries the one issuer line only: oidc-provider's own notices (console.log/info)
+// go to stderr, and a reader that stopped reading stdout must not crash the provider.
+console.log = console.error;
+console.info = console.error;
+process.stdout.on('error', () => {});
+
 const config = loadConfig();
 const port = Number.isInteger(config.port) ? config.port : 0;
 const accounts = new Map(config.accounts.map((a) => [a.sub, a.claims ?? {}]));
