@@ -169,6 +169,9 @@ pub struct AuthRequest {
     pub scope: String,
     /// The account to sign in as; the provider's login step refuses unknown ones.
     pub login_hint: Option<String>,
+    /// Without a `login_hint` the provider serves its login form: the account to submit
+    /// there, as a browser would (no JavaScript involved).
+    pub form_account: Option<String>,
     pub state: String,
     pub nonce: String,
     /// Kept by the client; only its S256 challenge is sent.
@@ -186,6 +189,7 @@ impl AuthRequest {
             redirect_uri: client.redirect_uris.first().cloned().unwrap_or_default(),
             scope: format!("openid {PHR_SCOPE} {API_SCOPE}"),
             login_hint: Some(account.to_owned()),
+            form_account: None,
             state: random_token(),
             nonce: random_token(),
             code_verifier: random_token(),
@@ -397,6 +401,7 @@ impl OidcProvider {
 
     /// Runs the authorization request through login and consent, following the provider's
     /// redirects with a cookie jar, up to the client's redirect URI; returns what arrived there.
+    /// Login is by `login_hint`, or else by posting `form_account` to the login form.
     /// An error redirect (`error=…`) or a refusal page is an `Err` with the provider's text.
     pub fn authorize(&self, req: &AuthRequest) -> Result<Authorized> {
         let agent = ureq::AgentBuilder::new().redirects(0).build();
@@ -417,19 +422,30 @@ impl OidcProvider {
             query.push(("resource", resource.clone()));
         }
         let mut url = format!("{}?{}", self.url("/auth"), form_urlencode(&query));
+        // The login form's POST, once, when the request names no `login_hint`.
+        let mut post: Option<[(&str, &str); 1]> = None;
+        let mut form_posted = false;
         let mut jar = CookieJar::default();
         for _ in 0..MAX_REDIRECTS {
-            let mut request = agent.get(&url);
+            let mut request = if post.is_some() {
+                agent.post(&url)
+            } else {
+                agent.get(&url)
+            };
             if let Some(cookies) = jar.header() {
                 request = request.set("Cookie", &cookies);
             }
-            let resp = match request.call() {
+            let sent = match post.take() {
+                Some(form) => request.send_form(&form),
+                None => request.call(),
+            };
+            let resp = match sent {
                 Ok(r) => r,
                 Err(ureq::Error::Status(status, r)) => {
                     let body = r.into_string().unwrap_or_default();
-                    bail!("GET {url}: {status}: {body}");
+                    bail!("{url}: {status}: {body}");
                 }
-                Err(e) => bail!("GET {url}: {e}\nprovider log:\n{}", self.log()),
+                Err(e) => bail!("{url}: {e}\nprovider log:\n{}", self.log()),
             };
             for set in resp.all("set-cookie") {
                 jar.set(set);
@@ -437,7 +453,15 @@ impl OidcProvider {
             let status = resp.status();
             let Some(location) = resp.header("location").map(str::to_owned) else {
                 let body = resp.into_string().unwrap_or_default();
-                bail!("GET {url}: {status} without a redirect: {body}");
+                match (&req.form_account, form_action(&body)) {
+                    (Some(account), Some(action)) if !form_posted => {
+                        url = self.url(&action);
+                        post = Some([("account", account.as_str())]);
+                        form_posted = true;
+                        continue;
+                    }
+                    _ => bail!("{url}: {status} without a redirect: {body}"),
+                }
             };
             let next = if location.starts_with('/') {
                 self.url(&location)
@@ -616,6 +640,16 @@ impl CookieJar {
     }
 }
 
+/// The `action` of the provider's login form (its own relative path).
+fn form_action(html: &str) -> Option<String> {
+    let start = html.find("<form")?;
+    let rest = &html[start..];
+    let at = rest.find("action=\"")? + "action=\"".len();
+    let action = &rest[at..];
+    let action = &action[..action.find('"')?];
+    action.starts_with('/').then(|| action.to_owned())
+}
+
 /// `application/x-www-form-urlencoded` for one value (RFC 6749 Appendix B).
 fn form_component(s: &str) -> String {
     s.bytes()
@@ -687,6 +721,15 @@ mod tests {
         assert_eq!(ok.iss.as_deref(), Some("http://127.0.0.1:5"));
         let err = callback("http://x/cb?error=access_denied&state=s").unwrap_err();
         assert!(err.to_string().contains("access_denied"), "{err}");
+    }
+
+    #[test]
+    fn the_login_forms_action_is_found() {
+        let html = "<h1>Sign in</h1>\n<form method=\"post\" action=\"/interaction/u-1/login\">";
+        assert_eq!(form_action(html).as_deref(), Some("/interaction/u-1/login"));
+        assert_eq!(form_action("<p>no form</p>"), None);
+        // Only the provider's own paths: a form posting elsewhere is not followed.
+        assert_eq!(form_action("<form action=\"http://evil/x\">"), None);
     }
 
     #[test]

@@ -230,3 +230,37 @@ fn token_lifetimes_come_from_the_config() {
         11
     );
 }
+
+#[test]
+#[ignore = "needs node and tests/oidc/node_modules; .ci/run installs them"]
+fn without_a_login_hint_the_login_form_signs_the_chosen_account_in() {
+    let op = provider();
+    let web = op.client(WEB_CLIENT).unwrap().clone();
+    let form = |account: Option<&str>| AuthRequest {
+        login_hint: None,
+        form_account: account.map(str::to_owned),
+        ..AuthRequest::new(&web, OWNER_SUB)
+    };
+
+    let req = form(Some(CLINICIAN_SUB));
+    let code = op.authorize(&req).unwrap().code;
+    let tokens = op
+        .exchange_code(&web, &code, REDIRECT, &req.code_verifier)
+        .unwrap();
+    let id = op
+        .verify_jwt(tokens.id_token.as_deref().unwrap(), WEB_CLIENT)
+        .unwrap();
+    assert_eq!(id["sub"], CLINICIAN_SUB);
+
+    // The form lists the accounts and nothing signs in by itself.
+    let err = op.authorize(&form(None)).unwrap_err().to_string();
+    assert!(
+        err.contains("<form") && err.contains(OWNER_SUB) && err.contains(CLINICIAN_SUB),
+        "{err}"
+    );
+    let err = op
+        .authorize(&form(Some("mallory")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown account"), "{err}");
+}
