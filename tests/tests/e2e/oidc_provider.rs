@@ -154,7 +154,10 @@ fn the_clinician_signs_in_at_the_api_client_as_a_practitioner() {
         .unwrap();
     let st = op.verify_jwt(&service.access_token, API_AUDIENCE).unwrap();
     assert_eq!(st["scope"], "phr:read");
-    assert!(st.get("phr_person").is_none() && st.get("sub") != Some(&Value::from(OWNER_SUB)));
+    assert_eq!(st["client_id"], API_CLIENT);
+    for person_claim in ["phr_person", "phr_practitioner", "roles"] {
+        assert!(st.get(person_claim).is_none(), "{st}");
+    }
 }
 
 #[test]
