@@ -9,6 +9,7 @@
 
 pub mod bluez;
 pub mod browser;
+pub mod oidc;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

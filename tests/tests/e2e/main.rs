@@ -28,6 +28,7 @@ mod forwarded;
 mod limits;
 mod metrics_scrape;
 mod oauth;
+mod oidc_provider;
 mod openapi;
 mod operators;
 mod pairing;
