@@ -37,7 +37,6 @@ use super::owner::{blocking, either, owner_only, time_zone, when, HOME};
 use super::session::{check_csrf, internal_error, CsrfForm};
 use super::{not_found, page, respond, Viewer};
 use crate::api::AppState;
-use crate::store::audit::{self, Action};
 use crate::store::pairing::{BindingInterval, Refusal, StartRefusal, MAX_ATTEMPTS};
 use crate::store::pairing_view::PairingSummary;
 
@@ -300,22 +299,8 @@ async fn start_now(
             topics: &st.topics,
         };
         let now = Utc::now();
+        // The store logs the start, refusals and confirmations in the owner's log.
         let started = crate::pairing::start(cx, &person, &bridge, &device, now)?;
-        if let Ok(p) = &started {
-            // The store logs refusals and confirmations; the start itself is logged here so
-            // the owner's log shows every step the dashboard took.
-            let what = format!(
-                "started pairing of device {} through bridge {} (from the dashboard)",
-                p.device_id, p.bridge_id
-            );
-            st.store.log_disclosure(&audit::Entry::by_owner(
-                &person,
-                Action::Pairing,
-                &what,
-                0,
-                now,
-            ))?;
-        }
         Ok::<_, crate::Error>(started)
     })
     .await

@@ -329,6 +329,15 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
                 params![pairing_id.to_string(), person_id, bridge_id, device_id, hash(pairing_id, code), now_ms, expires_at.timestamp_millis()],
             )?;
+            // Every step in the owner's log, whichever way they started (API or dashboard).
+            audit::append(
+                tx,
+                &pairing_entry(
+                    person_id,
+                    &format!("started pairing of device {device_id} through bridge {bridge_id}"),
+                    now,
+                ),
+            )?;
             Ok(Ok(Pairing {
                 pairing_id,
                 bridge_id: bridge_id.to_owned(),

@@ -274,7 +274,7 @@ async fn an_owner_pairs_a_band_with_the_forms_and_the_code_the_bridge_shows() ->
 
     let log = log_of(&gw, "ana");
     for step in [
-        "started pairing of device band-7 through bridge br-hall (from the dashboard)",
+        "started pairing of device band-7 through bridge br-hall",
         "pairing refused: wrong_code",
         "paired device band-7 through bridge br-hall",
         "pairing refused: pairing_used",

@@ -211,7 +211,15 @@ async fn only_the_owner_who_started_it_with_the_code_the_bridge_shows_can_pair(
             .iter()
             .map(|e| e["outcome"].as_str().unwrap())
             .collect::<Vec<_>>(),
-        ["denied", "done", "denied"]
+        ["done", "denied", "done", "denied"]
+    );
+    // The start through the API is a step of its own in the log.
+    assert!(
+        pairing.iter().any(|e| e["purpose"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("started pairing of device")),
+        "{pairing:?}"
     );
 
     // From now on the band's data is ana's, once she lets the gateway store it.
