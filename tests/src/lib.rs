@@ -770,3 +770,84 @@ pub fn machine() -> Vec<(String, String)> {
         ),
     ]
 }
+
+/// A response of any status, redirects not followed.
+#[derive(Debug)]
+pub struct Page {
+    pub status: u16,
+    pub set_cookies: Vec<String>,
+    pub location: Option<String>,
+    pub body: String,
+}
+
+impl Page {
+    /// The value a `Set-Cookie` of this answer gives cookie `name`, if any.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.set_cookies.iter().find_map(|c| {
+            let first = c.split(';').next()?;
+            let (n, v) = first.split_once('=')?;
+            (n == name).then(|| v.to_owned())
+        })
+    }
+
+    pub fn set_cookie_line(&self, name: &str) -> Option<&str> {
+        self.set_cookies
+            .iter()
+            .find(|c| c.starts_with(&format!("{name}=")))
+            .map(String::as_str)
+    }
+
+    /// The value of the hidden form field `name`.
+    pub fn field(&self, name: &str) -> Option<String> {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = self.body.find(&marker)? + marker.len();
+        self.body[start..].split('"').next().map(str::to_owned)
+    }
+}
+
+/// One request from a browser whose cookie jar holds `cookies` (`name=value` pairs),
+/// redirects not followed.
+pub fn browse(
+    method: &str,
+    url: &str,
+    cookies: &[(&str, &str)],
+    form: Option<&[(&str, &str)]>,
+) -> anyhow::Result<Page> {
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let mut req = agent.request(method, url);
+    if !cookies.is_empty() {
+        let jar: Vec<String> = cookies.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        req = req.set("Cookie", &jar.join("; "));
+    }
+    let resp = match form {
+        Some(f) => req.send_form(f),
+        None => req.call(),
+    };
+    let resp = match resp {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Page {
+        status: resp.status(),
+        set_cookies: resp
+            .all("Set-Cookie")
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        location: resp.header("Location").map(str::to_owned),
+        body: resp.into_string()?,
+    })
+}
+
+/// `application/x-www-form-urlencoded` for one value (RFC 6749 Appendix B).
+pub fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                char::from(b).to_string()
+            }
+            b' ' => "+".into(),
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -536,8 +536,8 @@ impl OidcProvider {
     ) -> Result<Tokens, TokenError> {
         let credentials = format!(
             "{}:{}",
-            form_component(&client.id),
-            form_component(&client.secret)
+            crate::form_encode(&client.id),
+            crate::form_encode(&client.secret)
         );
         let resp = match ureq::post(&self.url("/token"))
             .set(
@@ -650,23 +650,10 @@ fn form_action(html: &str) -> Option<String> {
     action.starts_with('/').then(|| action.to_owned())
 }
 
-/// `application/x-www-form-urlencoded` for one value (RFC 6749 Appendix B).
-fn form_component(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                char::from(b).to_string()
-            }
-            b' ' => "+".into(),
-            b => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn form_urlencode(pairs: &[(&str, String)]) -> String {
     pairs
         .iter()
-        .map(|(k, v)| format!("{}={}", form_component(k), form_component(v)))
+        .map(|(k, v)| format!("{}={}", crate::form_encode(k), crate::form_encode(v)))
         .collect::<Vec<_>>()
         .join("&")
 }
@@ -707,7 +694,7 @@ mod tests {
     #[test]
     fn percent_decoding_round_trips_form_encoding() {
         let s = "http://127.0.0.1:9/cb?x=a b&é";
-        assert_eq!(percent_decode(&form_component(s)).as_deref(), Some(s));
+        assert_eq!(percent_decode(&crate::form_encode(s)).as_deref(), Some(s));
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
     }

@@ -6,7 +6,7 @@ use chrono::{TimeDelta, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use phr_e2e::{b64url, call, get_json, minute_steps, send, TestGateway};
+use phr_e2e::{b64url, browse, call, get_json, minute_steps, send, TestGateway};
 use phr_gateway::api::me::ERASE_CONFIRMATION;
 use phr_gateway::dashboard::{session, Role};
 use phr_gateway::store::clients::NewClient;
@@ -250,73 +250,6 @@ async fn token_refusals_do_not_tell_registered_client_ids_from_unknown_ones() ->
 }
 
 // ----- sign-in links (login CSRF) -----
-
-/// A response of any status, redirects not followed.
-#[derive(Debug)]
-struct Page {
-    status: u16,
-    set_cookies: Vec<String>,
-    location: Option<String>,
-    body: String,
-}
-
-impl Page {
-    /// The value a `Set-Cookie` of this answer gives cookie `name`, if any.
-    fn cookie(&self, name: &str) -> Option<String> {
-        self.set_cookies.iter().find_map(|c| {
-            let first = c.split(';').next()?;
-            let (n, v) = first.split_once('=')?;
-            (n == name).then(|| v.to_owned())
-        })
-    }
-
-    fn set_cookie_line(&self, name: &str) -> Option<&str> {
-        self.set_cookies
-            .iter()
-            .find(|c| c.starts_with(&format!("{name}=")))
-            .map(String::as_str)
-    }
-
-    /// The value of the hidden form field `name`.
-    fn field(&self, name: &str) -> Option<String> {
-        let marker = format!("name=\"{name}\" value=\"");
-        let start = self.body.find(&marker)? + marker.len();
-        self.body[start..].split('"').next().map(str::to_owned)
-    }
-}
-
-/// One request from a browser whose cookie jar holds `cookies` (`name=value` pairs).
-fn browse(
-    method: &str,
-    url: &str,
-    cookies: &[(&str, &str)],
-    form: Option<&[(&str, &str)]>,
-) -> anyhow::Result<Page> {
-    let agent = ureq::AgentBuilder::new().redirects(0).build();
-    let mut req = agent.request(method, url);
-    if !cookies.is_empty() {
-        let jar: Vec<String> = cookies.iter().map(|(n, v)| format!("{n}={v}")).collect();
-        req = req.set("Cookie", &jar.join("; "));
-    }
-    let resp = match form {
-        Some(f) => req.send_form(f),
-        None => req.call(),
-    };
-    let resp = match resp {
-        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => return Err(e.into()),
-    };
-    Ok(Page {
-        status: resp.status(),
-        set_cookies: resp
-            .all("Set-Cookie")
-            .into_iter()
-            .map(str::to_owned)
-            .collect(),
-        location: resp.header("Location").map(str::to_owned),
-        body: resp.into_string()?,
-    })
-}
 
 /// Signs `subject` in the way a person does: opens the link, agrees. Returns the session
 /// cookie's value.

@@ -8,71 +8,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use phr_e2e::{wait_for, RawBridge, TestGateway};
+use phr_e2e::{browse, wait_for, Page, RawBridge, TestGateway};
 use phr_gateway::dashboard::{owner, pairing, session, Role};
 use phr_schema::PairingReport;
 
 const BRIDGE: &str = "br-hall";
 const BAND: &str = "band-7";
-
-/// A response of any status, with its body read.
-struct Answer {
-    status: u16,
-    location: Option<String>,
-    cookies: Vec<String>,
-    body: String,
-}
-
-/// Sends a request without following redirects; `cookies` is the browser's jar.
-fn request(
-    method: &str,
-    url: &str,
-    cookies: &[(&str, &str)],
-    form: Option<&[(&str, &str)]>,
-) -> anyhow::Result<Answer> {
-    let mut req = ureq::AgentBuilder::new()
-        .redirects(0)
-        .build()
-        .request(method, url);
-    if !cookies.is_empty() {
-        let jar: Vec<String> = cookies.iter().map(|(n, v)| format!("{n}={v}")).collect();
-        req = req.set("Cookie", &jar.join("; "));
-    }
-    let resp = match form {
-        Some(f) => req.send_form(f),
-        None => req.call(),
-    };
-    let resp = match resp {
-        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => return Err(e.into()),
-    };
-    Ok(Answer {
-        status: resp.status(),
-        location: resp.header("location").map(str::to_owned),
-        cookies: resp
-            .all("set-cookie")
-            .into_iter()
-            .map(str::to_owned)
-            .collect(),
-        body: resp.into_string()?,
-    })
-}
-
-/// The value of the form field `name` of a page.
-fn field(html: &str, name: &str) -> Option<String> {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker)? + marker.len();
-    html[start..].split('"').next().map(str::to_owned)
-}
-
-/// The value of cookie `name` among `Set-Cookie` lines.
-fn cookie(lines: &[String], name: &str) -> Option<String> {
-    lines.iter().find_map(|l| {
-        let first = l.split(';').next()?;
-        let (n, v) = first.split_once('=')?;
-        (n == name).then(|| v.to_owned())
-    })
-}
 
 /// A browser signed in to the dashboard as an owner.
 struct Browser<'g> {
@@ -90,24 +31,24 @@ impl<'g> Browser<'g> {
             Utc::now(),
         )?;
         let link = gw.url(&format!("{}?code={code}", session::SIGN_IN));
-        let page = request("GET", &link, &[], None)?;
+        let page = browse("GET", &link, &[], None)?;
         anyhow::ensure!(page.status == 200, "{}", page.body);
-        let nonce = cookie(&page.cookies, session::SIGNIN_COOKIE).unwrap_or_default();
-        let csrf = field(&page.body, "csrf").unwrap_or_default();
-        let a = request(
+        let nonce = page.cookie(session::SIGNIN_COOKIE).unwrap_or_default();
+        let csrf = page.field("csrf").unwrap_or_default();
+        let a = browse(
             "POST",
             &gw.url(session::SIGN_IN),
             &[(session::SIGNIN_COOKIE, &nonce)],
             Some(&[("code", &code), ("csrf", &csrf)]),
         )?;
         anyhow::ensure!(a.status == 303, "sign-in answered {}: {}", a.status, a.body);
-        let session = cookie(&a.cookies, session::COOKIE).unwrap_or_default();
+        let session = a.cookie(session::COOKIE).unwrap_or_default();
         anyhow::ensure!(!session.is_empty(), "no session cookie");
         Ok(Self { gw, session })
     }
 
-    fn get(&self, path: &str) -> anyhow::Result<Answer> {
-        request(
+    fn get(&self, path: &str) -> anyhow::Result<Page> {
+        browse(
             "GET",
             &self.gw.url(path),
             &[(session::COOKIE, &self.session)],
@@ -115,8 +56,8 @@ impl<'g> Browser<'g> {
         )
     }
 
-    fn post(&self, path: &str, form: &[(&str, &str)]) -> anyhow::Result<Answer> {
-        request(
+    fn post(&self, path: &str, form: &[(&str, &str)]) -> anyhow::Result<Page> {
+        browse(
             "POST",
             &self.gw.url(path),
             &[(session::COOKIE, &self.session)],
@@ -128,7 +69,8 @@ impl<'g> Browser<'g> {
     fn csrf(&self) -> anyhow::Result<String> {
         let home = self.get(owner::HOME)?;
         anyhow::ensure!(home.status == 200, "{}", home.body);
-        field(&home.body, "csrf").ok_or_else(|| anyhow::anyhow!("no csrf field"))
+        home.field("csrf")
+            .ok_or_else(|| anyhow::anyhow!("no csrf field"))
     }
 
     /// Sends the start form; the id of the pairing it led to.

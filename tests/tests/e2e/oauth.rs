@@ -7,7 +7,7 @@ use chrono::Utc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use phr_e2e::{b64url, call, get_json, TestGateway};
+use phr_e2e::{b64url, call, form_encode, get_json, TestGateway};
 use phr_gateway::store::clients::NewClient;
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -94,19 +94,6 @@ impl Answer {
         assert_eq!(self.status, 200, "{self:?}");
         self.body["access_token"].as_str().unwrap()
     }
-}
-
-/// `application/x-www-form-urlencoded` for one value (RFC 6749 Appendix B).
-fn form_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                char::from(b).to_string()
-            }
-            b' ' => "+".into(),
-            b => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Standard, padded base64 (RFC 7617 Basic credentials).
