@@ -166,10 +166,16 @@ pub(super) fn on_grant(tx: &Transaction<'_>, c: &Consent, now: DateTime<Utc>) ->
     )?;
     let others: Vec<Grant> = with_marks(
         tx,
-        consent::of_grantee(tx, &c.terms.grantee, c.terms.grantee_kind, now)?
-            .into_iter()
-            .filter(|o| o.person_id == c.person_id && o.consent_id != c.consent_id)
-            .collect(),
+        consent::of_person_to(
+            tx,
+            &c.person_id,
+            &c.terms.grantee,
+            c.terms.grantee_kind,
+            now,
+        )?
+        .into_iter()
+        .filter(|o| o.consent_id != c.consent_id)
+        .collect(),
         at,
     )?;
     let audiences: HashSet<String> = others

@@ -211,20 +211,26 @@ pub(super) fn in_force(
     kind: GranteeKind,
     now: DateTime<Utc>,
 ) -> Result<Vec<Consent>> {
+    let mut all = of_person_to(conn, person_id, grantee, kind, now)?;
+    all.retain(Consent::in_force);
+    Ok(all)
+}
+
+/// Every consent `person_id` ever gave `grantee`, as it stands at `now`, newest first.
+pub(super) fn of_person_to(
+    conn: &Connection,
+    person_id: &str,
+    grantee: &str,
+    kind: GranteeKind,
+    now: DateTime<Utc>,
+) -> Result<Vec<Consent>> {
     let mut stmt = conn.prepare_cached(&format!(
         "{SELECT_CONSENTS} AND g.person_id = ?1 AND g.grantee = ?2 AND g.grantee_kind = ?3 ORDER BY g.seq DESC"
     ))?;
     let rows = stmt.query_map(params![person_id, grantee, kind.as_str()], |r| {
         from_row(r, now)
     })?;
-    let mut out = Vec::new();
-    for c in rows {
-        let c = c?;
-        if c.in_force() {
-            out.push(c);
-        }
-    }
-    Ok(out)
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 /// Every consent ever given to `grantee` (of `kind`), by anyone, as it stands at `now`.

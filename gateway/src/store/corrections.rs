@@ -413,6 +413,44 @@ pub(super) fn erase_claimable_quarantine(tx: &Transaction<'_>, person: &str) -> 
     Ok(n)
 }
 
+/// Stores the quarantined row of this key as `person`'s and takes it out of quarantine;
+/// returns how many rows were stored and how many left quarantine (the same, as a key lives
+/// in one table only).
+fn store_quarantined(
+    tx: &Transaction<'_>,
+    device: &str,
+    kind: &str,
+    start: i64,
+    end: i64,
+    person: &str,
+    now: DateTime<Utc>,
+) -> Result<(usize, usize)> {
+    let stored = tx
+        .prepare_cached(
+            "INSERT INTO records (device_id, record_type, start_ms, end_ms, record_id, person_id,
+                                  bridge_id, batch_id, stored_at_ms, body)
+             SELECT device_id, record_type, start_ms, end_ms, record_id, ?5, bridge_id,
+                    batch_id, ?6, body
+               FROM quarantine
+              WHERE device_id = ?1 AND record_type = ?2 AND start_ms = ?3 AND end_ms = ?4
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            device,
+            kind,
+            start,
+            end,
+            person,
+            now.timestamp_millis()
+        ])?;
+    let left = tx
+        .prepare_cached(
+            "DELETE FROM quarantine WHERE device_id = ?1 AND record_type = ?2 AND start_ms = ?3 AND end_ms = ?4",
+        )?
+        .execute(params![device, kind, start, end])?;
+    Ok((stored, left))
+}
+
 /// At a grant of a storage consent: stores the records held for its person that it covers
 /// (their type and measured time), as theirs, and takes them out of quarantine, inside the
 /// grant's transaction; one entry in the person's disclosure log counts them. Returns how
@@ -433,18 +471,6 @@ pub(super) fn release_held(
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO records (device_id, record_type, start_ms, end_ms, record_id, person_id,
-                              bridge_id, batch_id, stored_at_ms, body)
-         SELECT device_id, record_type, start_ms, end_ms, record_id, held_for, bridge_id,
-                batch_id, ?5, body
-           FROM quarantine
-          WHERE device_id = ?1 AND record_type = ?2 AND start_ms = ?3 AND end_ms = ?4
-         ON CONFLICT DO NOTHING",
-    )?;
-    let mut delete = tx.prepare_cached(
-        "DELETE FROM quarantine WHERE device_id = ?1 AND record_type = ?2 AND start_ms = ?3 AND end_ms = ?4",
-    )?;
     let (mut moved, mut left) = (0, 0);
     let mut types: Vec<&str> = Vec::new();
     for (device, kind, start, end) in &held {
@@ -454,8 +480,9 @@ pub(super) fn release_held(
         if !granted.terms.covers(t, *start, *end) {
             continue;
         }
-        moved += insert.execute(params![device, kind, start, end, now.timestamp_millis()])?;
-        left += delete.execute(params![device, kind, start, end])?;
+        let (stored, out) = store_quarantined(tx, device, kind, *start, *end, person, now)?;
+        moved += stored;
+        left += out;
         if !types.contains(&t.as_str()) {
             types.push(t.as_str());
         }
@@ -603,14 +630,14 @@ fn unlink_held(tx: &Transaction<'_>, range: &Range, person: &str, inside: &str) 
 
 /// Re-attributing: the records held for `from`'s consent in the range become `to`'s: stored
 /// under `to` where a storage consent of theirs covers them, held for `to` otherwise. Returns
-/// (stored, held for `to`).
+/// (stored, left quarantine, held for `to`).
 fn reattribute_held(
     tx: &Transaction<'_>,
     range: &Range,
     from: &str,
     to: &str,
     now: DateTime<Utc>,
-) -> Result<(usize, usize)> {
+) -> Result<(usize, usize, usize)> {
     let (f, t) = (range.from.timestamp_millis(), range.to.timestamp_millis());
     let held: Vec<(String, i64, i64)> = tx
         .prepare_cached(
@@ -622,34 +649,22 @@ fn reattribute_held(
         })?
         .collect::<rusqlite::Result<_>>()?;
     if held.is_empty() {
-        return Ok((0, 0));
+        return Ok((0, 0, 0));
     }
     let consents: Vec<consent::Consent> =
         consent::in_force(tx, to, STORAGE_GRANTEE, GranteeKind::Gateway, now)?
             .into_iter()
             .filter(|c| c.terms.purpose == STORAGE_PURPOSE)
             .collect();
-    let (mut stored, mut rehold) = (0, 0);
+    let (mut stored, mut left, mut rehold) = (0, 0, 0);
     for (kind, start, end) in held {
-        let key = params![range.device_id, kind, start, end];
         let covered = kind
             .parse::<RecordType>()
             .is_ok_and(|rt| consents.iter().any(|c| c.terms.covers(rt, start, end)));
         if covered {
-            stored += tx.execute(
-                "INSERT INTO records (device_id, record_type, start_ms, end_ms, record_id, person_id,
-                                      bridge_id, batch_id, stored_at_ms, body)
-                 SELECT device_id, record_type, start_ms, end_ms, record_id, ?5, bridge_id,
-                        batch_id, ?6, body
-                   FROM quarantine
-                  WHERE device_id = ?1 AND record_type = ?2 AND start_ms = ?3 AND end_ms = ?4
-                 ON CONFLICT DO NOTHING",
-                params![range.device_id, kind, start, end, to, now.timestamp_millis()],
-            )?;
-            tx.execute(
-                "DELETE FROM quarantine WHERE device_id = ?1 AND record_type = ?2 AND start_ms = ?3 AND end_ms = ?4",
-                key,
-            )?;
+            let (s, out) = store_quarantined(tx, &range.device_id, &kind, start, end, to, now)?;
+            stored += s;
+            left += out;
         } else {
             rehold += tx.execute(
                 "UPDATE quarantine SET held_for = ?5
@@ -658,7 +673,7 @@ fn reattribute_held(
             )?;
         }
     }
-    Ok((stored, rehold))
+    Ok((stored, left, rehold))
 }
 
 impl Store {
@@ -702,9 +717,9 @@ impl Store {
             )?;
             // What is held for the old person's consent is theirs too, as the rule would make
             // it if it arrived now.
-            let (stored, held) = reattribute_held(tx, range, from_person, to_person, now)?;
+            let (stored, left, held) = reattribute_held(tx, range, from_person, to_person, now)?;
             self.rows.records(super::added(stored));
-            self.rows.quarantine(-super::added(stored));
+            self.rows.quarantine(-super::added(left));
             record(tx, Kind::Reattribute, range, Some(from_person), Some(to_person), n + stored + held, why, by, now)
         })
     }
