@@ -601,8 +601,18 @@ mod tests {
         types: &[RecordType],
         until: Option<DateTime<Utc>>,
     ) -> Uuid {
+        grant_to(store, ACME, person, types, until)
+    }
+
+    fn grant_to(
+        store: &Store,
+        grantee: &str,
+        person: &str,
+        types: &[RecordType],
+        until: Option<DateTime<Utc>>,
+    ) -> Uuid {
         let terms = Terms {
-            grantee: ACME.into(),
+            grantee: grantee.into(),
             grantee_kind: GranteeKind::Client,
             purpose: "research".into(),
             data_types: types.to_vec(),
@@ -619,6 +629,8 @@ mod tests {
     /// A company's replica: pages of `limit` until `has_more` is false.
     #[derive(Default)]
     struct Replica {
+        /// The company reading (`ACME` if unset).
+        reader: Option<&'static str>,
         cursor: i64,
         held: HashSet<(String, String)>,
         stored: usize,
@@ -630,7 +642,14 @@ mod tests {
         fn sync(&mut self, store: &Store, now: DateTime<Utc>) {
             loop {
                 let page = store
-                    .feed(ACME, GranteeKind::Client, None, self.cursor, 7, now)
+                    .feed(
+                        self.reader.unwrap_or(ACME),
+                        GranteeKind::Client,
+                        None,
+                        self.cursor,
+                        7,
+                        now,
+                    )
                     .unwrap();
                 for c in &page.changes {
                     match (c.op, &c.record) {
@@ -724,6 +743,35 @@ mod tests {
         store_minutes(&store, "ann", 10, 12);
         acme.sync(&store, Utc::now());
         assert_eq!(acme.take(), (12, 0, 0));
+    }
+
+    #[test]
+    fn another_companys_catch_up_and_an_unrelated_erasure_reach_no_one_else() {
+        let (_d, store) = open(&["ann", "bob", "cy"]);
+        grant_to(&store, "beta", "ann", &[RecordType::StepCount], None);
+        grant(&store, "bob", &[RecordType::StepCount], None);
+        store_minutes(&store, "ann", 0, 10);
+        store_minutes(&store, "bob", 0, 3);
+        store_minutes(&store, "cy", 0, 3);
+        let mut beta = Replica {
+            reader: Some("beta"),
+            ..Replica::default()
+        };
+        beta.sync(&store, Utc::now());
+        assert_eq!(beta.take(), (10, 0, 0));
+        // Acme reads past ann's records (it sees bob's); ann lets it see hers later: catch-up
+        // rows addressed to acme's consent, which beta (with a consent covering them too)
+        // must not receive again.
+        let mut acme = Replica::default();
+        acme.sync(&store, Utc::now());
+        assert_eq!(acme.take(), (3, 0, 0));
+        grant(&store, "ann", &[RecordType::StepCount], None);
+        // Cy, who never consented to either company, erases everything.
+        store.erase_person("cy", "cy", Utc::now()).unwrap();
+        beta.sync(&store, Utc::now());
+        assert_eq!(beta.take(), (0, 0, 0));
+        acme.sync(&store, Utc::now());
+        assert_eq!(acme.take(), (10, 0, 0));
     }
 
     #[test]
