@@ -27,6 +27,7 @@ pub mod config;
 pub mod consumer;
 pub mod dashboard;
 pub mod demo;
+pub mod idp;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;
@@ -217,6 +218,7 @@ pub async fn start(
         },
         channels: channels.clone(),
     };
+    let idp = Arc::new(idp::Providers::from_config(&config.auth.providers)?);
     let (client, eventloop) = consumer::connect(&consumer_config);
     let consumer = tokio::spawn(consumer::run(
         consumer_config,
@@ -229,6 +231,8 @@ pub async fn start(
     ));
 
     let state = api::AppState {
+        idp: idp.clone(),
+        public_base: (!config.auth.issuer.is_empty()).then(|| config.issuer()),
         store: store.clone(),
         keys: keys.clone(),
         channels: channels.clone(),

@@ -5,6 +5,7 @@
 //! configs in `lib.rs` (413 `payload_too_large`), query spans by the read routes (400
 //! `span_too_large`).
 
+use crate::auth::Principal;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -99,11 +100,17 @@ pub async fn rate_limit(
 /// Whose bucket a request uses: the verified token's subject, else the peer address. The
 /// verified claims are left in the request for the `Principal` extractor.
 fn caller(req: &ServiceRequest, state: &AppState) -> String {
-    let claims = crate::api::bearer_token(req.headers()).and_then(|t| state.keys.verify(t).ok());
-    if let Some(claims) = claims {
-        let key = format!("sub:{}", claims.sub);
+    // A provider's token is checked with cached keys only (no fetch on this path); one that
+    // needs a fetch is counted by address and verified by the `Principal` extractor.
+    let caller =
+        crate::api::bearer_token(req.headers()).and_then(|t| match state.idp.for_access_token(t) {
+            Some(provider) => provider.verify_access_token(t, false).ok(),
+            None => state.keys.verify(t).ok().map(Principal::from_claims),
+        });
+    if let Some(caller) = caller {
+        let key = format!("sub:{}", caller.subject);
         req.extensions_mut()
-            .insert(crate::api::VerifiedClaims(claims));
+            .insert(crate::api::VerifiedCaller(caller));
         return key;
     }
     let peer = req

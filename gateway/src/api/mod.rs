@@ -32,7 +32,7 @@ pub mod subjects;
 pub mod summary;
 pub mod sync;
 
-use std::future::{ready, Ready};
+use std::future::ready;
 use std::sync::Arc;
 
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
@@ -61,6 +61,11 @@ pub struct AppState {
     pub limiter: Arc<crate::limits::RateLimiter>,
     /// Exports running, per subject and overall (`[export]` limits).
     pub exports: Arc<export::ExportSlots>,
+    /// The identity providers trusted for sign-in and API tokens (`[[auth.providers]]`).
+    pub idp: Arc<crate::idp::Providers>,
+    /// The gateway's public origin when the operator set one (`auth.issuer`); otherwise the
+    /// request's (see [`forwarded`]).
+    pub public_base: Option<String>,
 }
 
 /// Mounts every route.
@@ -164,30 +169,48 @@ pub fn bearer_token(headers: &actix_web::http::header::HeaderMap) -> Option<&str
         .filter(|t| !t.is_empty())
 }
 
-/// Claims already verified for this request (by the rate limiter, which keys on the token's
-/// subject), kept in the request's extensions so the signature is checked once.
+/// The caller already verified for this request (by the rate limiter, which keys on the
+/// token's subject), kept in the request's extensions so the signature is checked once.
 #[derive(Debug, Clone)]
-pub struct VerifiedClaims(pub crate::auth::Claims);
+pub struct VerifiedCaller(pub Principal);
 
 /// The verified caller. Handlers that take a `Principal` cannot run without a valid token.
 impl FromRequest for Principal {
     type Error = ApiError;
-    type Future = Ready<Result<Self, Self::Error>>;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, ApiError>>>>;
 
+    /// The gateway's own token, or an access token of a trusted identity provider
+    /// ([`crate::idp`]); the provider's keys may need fetching, off the async threads.
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let Some(state) = req.app_data::<web::Data<AppState>>() else {
-            return ready(Err(ApiError::Internal));
+            return Box::pin(ready(Err(ApiError::Internal)));
         };
-        if let Some(VerifiedClaims(claims)) = req.extensions().get::<VerifiedClaims>() {
-            return ready(Ok(Principal::from_claims(claims.clone())));
+        if let Some(VerifiedCaller(p)) = req.extensions().get::<VerifiedCaller>() {
+            return Box::pin(ready(Ok(p.clone())));
         }
-        ready(match bearer_token(req.headers()) {
-            Some(t) => state
-                .keys
-                .verify(t)
-                .map(Principal::from_claims)
-                .map_err(|_| ApiError::Unauthorized),
-            None => Err(ApiError::Unauthorized),
+        let Some(token) = bearer_token(req.headers()) else {
+            return Box::pin(ready(Err(ApiError::Unauthorized)));
+        };
+        let Some(provider) = state.idp.for_access_token(token).cloned() else {
+            return Box::pin(ready(
+                state
+                    .keys
+                    .verify(token)
+                    .map(Principal::from_claims)
+                    .map_err(|_| ApiError::Unauthorized),
+            ));
+        };
+        let token = token.to_owned();
+        Box::pin(async move {
+            let name = provider.name().to_owned();
+            match web::block(move || provider.verify_access_token(&token, true)).await {
+                Ok(Ok(p)) => Ok(p),
+                Ok(Err(e)) => {
+                    tracing::info!(provider = %name, error = %e, "refused a provider's access token");
+                    Err(ApiError::Unauthorized)
+                }
+                Err(_) => Err(ApiError::Internal),
+            }
         })
     }
 }

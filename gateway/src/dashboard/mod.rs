@@ -4,6 +4,8 @@
 //!
 //! - [`session`]: one-time sign-in links exchanged for an HttpOnly, SameSite=Strict session
 //!   cookie; CSRF tokens for forms; sign-out; the [`Viewer`] extractor.
+//! - [`oidc`]: sign-in through an OpenID provider (code flow with PKCE), ending in the same
+//!   kind of session.
 //! - [`clinician`]: `/dashboard/clinician` (the panel of consenting patients) and
 //!   `/dashboard/clinician/patients/{person_id}` (one patient, printable visit summary).
 //! - [`owner`]: `/dashboard/me`: my charts, devices, consents (withdraw), disclosures,
@@ -20,6 +22,7 @@
 
 pub mod charts;
 pub mod clinician;
+pub mod oidc;
 pub mod owner;
 pub mod pairing;
 pub mod patient;
@@ -92,6 +95,7 @@ impl Viewer {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(STYLE, web::get().to(style));
     session::configure(cfg);
+    oidc::configure(cfg);
     clinician::configure(cfg);
     owner::configure(cfg);
     pairing::configure(cfg);

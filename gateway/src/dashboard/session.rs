@@ -81,11 +81,11 @@ pub fn home_of(role: Role) -> &'static str {
 
 /// The value of the session cookie the request carries, if any.
 pub fn session_cookie(req: &HttpRequest) -> Option<String> {
-    cookie(req, COOKIE)
+    request_cookie(req, COOKIE)
 }
 
 /// The value of cookie `wanted` in the request, if any (and not empty).
-fn cookie(req: &HttpRequest, wanted: &str) -> Option<String> {
+pub(super) fn request_cookie(req: &HttpRequest, wanted: &str) -> Option<String> {
     req.headers()
         .get_all(header::COOKIE)
         .filter_map(|v| v.to_str().ok())
@@ -101,7 +101,7 @@ fn secure(req: &HttpRequest) -> bool {
 }
 
 /// The `Set-Cookie` value that stores session `id` for `max_age`.
-fn session_cookie_header(id: &str, max_age: TimeDelta, secure: bool) -> String {
+pub(super) fn session_cookie_header(id: &str, max_age: TimeDelta, secure: bool) -> String {
     format!(
         "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path={COOKIE_PATH}; Max-Age={}{}",
         max_age.num_seconds().max(0),
@@ -298,7 +298,23 @@ async fn sign_in_page(
 ) -> HttpResponse {
     let code = query.ok().and_then(|q| q.into_inner().code);
     let Some(code) = code.filter(|c| !c.is_empty()) else {
-        return bad_link(StatusCode::BAD_REQUEST, NO_CODE);
+        // No link code: the identity providers to sign in with, if any are configured.
+        return match super::oidc::choices(&state) {
+            Some(choices) => respond(
+                StatusCode::OK,
+                "Sign in",
+                None,
+                html! {
+                    h1 { "Sign in" }
+                    (choices)
+                    p class="muted" {
+                        "Operators can also hand out one-time sign-in links; the "
+                        a href=(START) { "dashboard start page" } " explains how."
+                    }
+                },
+            ),
+            None => bad_link(StatusCode::BAD_REQUEST, NO_CODE),
+        };
     };
     let previous = session_cookie(&req);
     let store = state.store.clone();
@@ -374,7 +390,7 @@ async fn sign_in(
     if form.code.is_empty() {
         return bad_link(StatusCode::BAD_REQUEST, NO_CODE);
     }
-    let nonce = cookie(&req, SIGNIN_COOKIE).unwrap_or_default();
+    let nonce = request_cookie(&req, SIGNIN_COOKIE).unwrap_or_default();
     let previous = session_cookie(&req);
     let store = state.store.clone();
     let completed = web::block(move || {

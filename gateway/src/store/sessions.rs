@@ -57,7 +57,50 @@ CREATE TABLE IF NOT EXISTS web_sessions (
 );
 CREATE INDEX IF NOT EXISTS web_sessions_by_expiry ON web_sessions(expires_at_ms);
 CREATE INDEX IF NOT EXISTS web_sessions_by_subject ON web_sessions(subject);
+-- A sign-in at an OpenID provider under way: the hash of the id the browser's `phr_oidc`
+-- cookie holds, and what the callback must find (state, nonce, PKCE verifier). One use.
+CREATE TABLE IF NOT EXISTS oidc_pending (
+    id_hash TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('clinician', 'owner')),
+    state TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    verifier TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS oidc_pending_by_expiry ON oidc_pending(expires_at_ms);
 ";
+
+/// Sign-ins at identity providers that may be under way at once; more are refused until
+/// some finish or lapse, so an unauthenticated flood costs a bounded table.
+pub const MAX_OIDC_PENDING: i64 = 10_000;
+
+/// A sign-in at an OpenID provider, as started: what the browser keeps (`id`, in the
+/// `phr_oidc` cookie) and what goes to the provider (`state`, `nonce`, the challenge of
+/// `verifier`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct OidcPending {
+    pub id: String,
+    pub provider: String,
+    pub role: Role,
+    pub state: String,
+    pub nonce: String,
+    pub verifier: String,
+    pub redirect_uri: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for OidcPending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcPending")
+            .field("provider", &self.provider)
+            .field("role", &self.role)
+            .field("redirect_uri", &self.redirect_uri)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Longer inputs are not codes or session ids this store handed out (those are 43
 /// characters); they are refused before hashing.
@@ -172,6 +215,8 @@ fn purge(tx: &Transaction<'_>, now_ms: i64) -> Result<()> {
         .execute([now_ms])?;
     tx.prepare_cached("DELETE FROM signin_pending WHERE expires_at_ms <= ?1")?
         .execute([now_ms])?;
+    tx.prepare_cached("DELETE FROM oidc_pending WHERE expires_at_ms <= ?1")?
+        .execute([now_ms])?;
     Ok(())
 }
 
@@ -219,6 +264,18 @@ fn redeem(
     }
     tx.prepare_cached("DELETE FROM signin_pending WHERE code_hash = ?1")?
         .execute([code_hash])?;
+    insert_session(tx, subject, role, session_ttl, now).map(Some)
+}
+
+/// Opens a session for `subject` as `role` in the caller's transaction.
+fn insert_session(
+    tx: &Transaction<'_>,
+    subject: String,
+    role: Role,
+    session_ttl: TimeDelta,
+    now: DateTime<Utc>,
+) -> Result<NewSession> {
+    let now_ms = now.timestamp_millis();
     let session = NewSession {
         id: random_secret(),
         subject,
@@ -239,7 +296,7 @@ fn redeem(
         now_ms,
         session.expires_at.timestamp_millis(),
     ])?;
-    Ok(Some(session))
+    Ok(session)
 }
 
 impl Store {
@@ -444,6 +501,105 @@ impl Store {
                 .execute(params![id_hash, now_ms])?;
             purge(tx, now_ms)?;
             Ok(ended == 1)
+        })
+    }
+
+    /// Starts a sign-in at identity provider `provider` for `role`, lapsing at `now + ttl`:
+    /// fresh `state`, `nonce`, PKCE verifier and cookie id. `None` when
+    /// [`MAX_OIDC_PENDING`] sign-ins are under way already.
+    pub fn begin_oidc_signin(
+        &self,
+        provider: &str,
+        role: Role,
+        redirect_uri: &str,
+        ttl: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OidcPending>> {
+        let now_ms = now.timestamp_millis();
+        let pending = OidcPending {
+            id: random_secret(),
+            provider: provider.to_owned(),
+            role,
+            state: random_secret(),
+            nonce: random_secret(),
+            verifier: random_secret(),
+            redirect_uri: redirect_uri.to_owned(),
+            expires_at: now + ttl,
+        };
+        self.write(|tx| {
+            tx.prepare_cached("DELETE FROM oidc_pending WHERE expires_at_ms <= ?1")?
+                .execute([now_ms])?;
+            let open: i64 = tx
+                .prepare_cached("SELECT count(*) FROM oidc_pending")?
+                .query_row([], |r| r.get(0))?;
+            if open >= MAX_OIDC_PENDING {
+                return Ok(None);
+            }
+            tx.prepare_cached(
+                "INSERT INTO oidc_pending
+                     (id_hash, provider, role, state, nonce, verifier, redirect_uri, expires_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                hash(&pending.id),
+                pending.provider,
+                pending.role.as_str(),
+                pending.state,
+                pending.nonce,
+                pending.verifier,
+                pending.redirect_uri,
+                pending.expires_at.timestamp_millis(),
+            ])?;
+            Ok(Some(pending.clone()))
+        })
+    }
+
+    /// The unexpired sign-in whose cookie holds `id`, removed whatever comes of it: a
+    /// callback is answered once (a replayed one finds nothing).
+    pub fn take_oidc_signin(&self, id: &str, now: DateTime<Utc>) -> Result<Option<OidcPending>> {
+        if id.is_empty() || id.len() > MAX_SECRET_LEN {
+            return Ok(None);
+        }
+        let now_ms = now.timestamp_millis();
+        let id_hash = hash(id);
+        self.write(|tx| {
+            let found = tx
+                .prepare_cached(
+                    "SELECT provider, role, state, nonce, verifier, redirect_uri, expires_at_ms
+                       FROM oidc_pending WHERE id_hash = ?1 AND expires_at_ms > ?2",
+                )?
+                .query_row(params![id_hash, now_ms], |r| {
+                    Ok(OidcPending {
+                        id: id.to_owned(),
+                        provider: r.get(0)?,
+                        role: role_from_db(&r.get::<_, String>(1)?)?,
+                        state: r.get(2)?,
+                        nonce: r.get(3)?,
+                        verifier: r.get(4)?,
+                        redirect_uri: r.get(5)?,
+                        expires_at: DateTime::from_timestamp_millis(r.get(6)?).unwrap_or(now),
+                    })
+                })
+                .optional()?;
+            tx.prepare_cached("DELETE FROM oidc_pending WHERE id_hash = ?1")?
+                .execute([&id_hash])?;
+            Ok(found)
+        })
+    }
+
+    /// Opens a session for `subject` as `role` (a sign-in an identity provider vouched for).
+    pub fn open_session(
+        &self,
+        subject: &str,
+        role: Role,
+        session_ttl: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<NewSession> {
+        let now_ms = now.timestamp_millis();
+        self.write(|tx| {
+            let session = insert_session(tx, subject.to_owned(), role, session_ttl, now)?;
+            purge(tx, now_ms)?;
+            Ok(session)
         })
     }
 
