@@ -228,8 +228,9 @@ pub struct ClaimMapping {
     pub person: String,
     /// The claim holding the practitioner's id (a clinician).
     pub practitioner: String,
-    /// The claim naming the client of a client-credentials token (a company acting as
-    /// itself: `sub` equals it).
+    /// The claim naming the client of a company's token: without `roles`, `sub` must equal it
+    /// (a client-credentials token, RFC 9068 §2.2); with `roles`, the company role must be
+    /// held.
     pub company: String,
     /// The claim listing roles (an array, or a space-separated string). Unset: the role is
     /// the one whose id claim is present.
@@ -478,6 +479,27 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("IANA"));
+    }
+
+    /// The README's Keycloak example is a configuration the gateway accepts.
+    #[test]
+    fn the_readmes_identity_provider_example_parses() {
+        let readme = include_str!("../../README.md");
+        let at = readme.find("A Keycloak realm").expect("the example");
+        let block = &readme[at..];
+        let start = block.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let end = block[start..].find("```").expect("its end");
+        let c: Config = toml::from_str(&block[start..start + end]).expect("the example parses");
+        let p = &c.auth.providers[0];
+        assert_eq!(p.claims.roles.as_deref(), Some("realm_access.roles"));
+        assert_eq!(
+            p.claims.role_map.get("phr-owner").map(String::as_str),
+            Some("owner")
+        );
+        let mut checked = p.clone();
+        checked.client_secret_file = None;
+        checked.client_secret = Some(Secret("s".into()));
+        crate::idp::Providers::from_config(&[checked]).expect("and is valid");
     }
 
     #[test]

@@ -26,9 +26,10 @@
 //!
 //! Claim mapping ([`ClaimMapping`]): a token is for one of three kinds of caller. An **owner**
 //! acts as the person its `claims.person` claim names, a **clinician** as the practitioner
-//! `claims.practitioner` names, a **company** as the client `claims.company` names when that
-//! equals `sub` (a client-credentials token). With `claims.roles` set, the role must also be
-//! listed there (through `claims.role_map`). An API token's SMART scopes say which kind it is
+//! `claims.practitioner` names, a **company** as the client `claims.company` names. With
+//! `claims.roles` set, the role must also be listed there (through `claims.role_map`); without
+//! it, holding the id claim is enough, and a company's token must be a client-credentials
+//! token (`sub` = the client). An API token's SMART scopes say which kind it is
 //! (`patient/` owner, `user/` clinician, `system/` company) and must all be of one kind.
 
 use std::collections::HashMap;
@@ -803,8 +804,12 @@ pub fn identity(
     let id = match kind {
         Kind::Owner => id_claim(claims, &mapping.person),
         Kind::Clinician => id_claim(claims, &mapping.practitioner),
-        Kind::Company => id_claim(claims, &mapping.company)
-            .filter(|c| claims.get("sub").and_then(Value::as_str) == Some(c.as_str())),
+        // Without roles mapped, only a client-credentials token (RFC 9068 §2.2: `sub` is the
+        // client) is a company's; with roles mapped, the company role says so (Keycloak's
+        // service accounts have a `sub` of their own).
+        Kind::Company => id_claim(claims, &mapping.company).filter(|c| {
+            mapping.roles.is_some() || claims.get("sub").and_then(Value::as_str) == Some(c)
+        }),
     }
     .ok_or_else(not_mapped)?;
     if let Some(path) = &mapping.roles {
@@ -1085,12 +1090,21 @@ mod tests {
             )
             .unwrap();
         assert_eq!(acme.subject, "acme");
-        // A person's token with system scopes is not the company's.
+        // A person's token with system scopes is not the company's: the role is not held.
         assert!(check(
             "system/Observation.rs",
-            json!({"client_id": "acme", "roles": ["company"]})
+            json!({"client_id": "acme", "phr_person": "ana", "roles": ["owner"]})
         )
         .is_err());
+        // Without roles mapped, only a token whose sub is the client (client credentials).
+        let plain = ClaimMapping::default();
+        let cc = json!({"sub": "acme", "client_id": "acme"});
+        let users = json!({"sub": "u-1", "client_id": "acme", "phr_person": "ana"});
+        assert_eq!(
+            identity(&plain, cc.as_object().unwrap(), Kind::Company).unwrap(),
+            "acme"
+        );
+        assert!(identity(&plain, users.as_object().unwrap(), Kind::Company).is_err());
     }
 
     #[test]
