@@ -110,6 +110,17 @@ impl TestGateway {
         external: Option<MqttUrl>,
         configure: impl FnOnce(&mut Config),
     ) -> Result<Self> {
+        Self::start_on(TcpListener::bind("127.0.0.1:0")?, external, configure).await
+    }
+
+    /// As [`TestGateway::start_configured`], serving HTTP on `http` (bound by the caller, so
+    /// its address can go into another party's configuration first: an identity provider's
+    /// redirect URI).
+    pub async fn start_on(
+        http: TcpListener,
+        external: Option<MqttUrl>,
+        configure: impl FnOnce(&mut Config),
+    ) -> Result<Self> {
         init_tracing();
         let dir = tempfile::tempdir()?;
         let mut config = Config {
@@ -124,7 +135,6 @@ impl TestGateway {
             None => config.mqtt.listen = loopback(free_port()),
         }
         configure(&mut config);
-        let http = TcpListener::bind("127.0.0.1:0")?;
         let shutdown = CancellationToken::new();
         let mut gateway = phr_gateway::start(&config, http, shutdown.clone()).await?;
         if !gateway.wait_subscribed(Duration::from_secs(10)).await {

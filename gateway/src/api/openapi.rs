@@ -80,6 +80,12 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
+                    .description(Some(
+                        "A JWT access token: the gateway's own (`/oauth/token`, or \
+                         `phr-gateway token issue`), or one of a trusted identity provider \
+                         (`[[auth.providers]]` with an `audience`) whose SMART scopes and \
+                         claims map it to an owner, a clinician or a company.",
+                    ))
                     .build(),
             ),
         );
