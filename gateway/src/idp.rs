@@ -135,7 +135,9 @@ pub struct Provider {
     config: ProviderConfig,
     client_secret: Option<Secret>,
     agent: ureq::Agent,
-    metadata: Mutex<Option<Metadata>>,
+    /// The discovery document once read, and when reading it last failed (retried only after
+    /// [`REFRESH_COOLDOWN`], so a provider that is down is not asked at every request).
+    metadata: Mutex<(Option<Metadata>, Option<Instant>)>,
     keys: RwLock<KeyCache>,
     /// Held while fetching keys, so concurrent refreshes make one request.
     fetching: Mutex<()>,
@@ -230,7 +232,7 @@ impl Providers {
                 config: c.clone(),
                 client_secret,
                 agent,
-                metadata: Mutex::new(None),
+                metadata: Mutex::new((None, None)),
                 keys: RwLock::new(KeyCache::default()),
                 fetching: Mutex::new(()),
             }));
@@ -458,9 +460,26 @@ impl Provider {
             .metadata
             .lock()
             .map_err(|_| IdpError::Unavailable("poisoned".into()))?;
-        if let Some(m) = cached.as_ref() {
+        if let Some(m) = cached.0.as_ref() {
             return Ok(m.clone());
         }
+        if cached.1.is_some_and(|t| t.elapsed() < REFRESH_COOLDOWN) {
+            return Err(IdpError::Unavailable(
+                "discovery failed moments ago; not asking again yet".into(),
+            ));
+        }
+        let read = self.discover();
+        match &read {
+            Ok(m) => cached.0 = Some(m.clone()),
+            Err(e) => {
+                tracing::warn!(provider = %self.config.name, error = %e, "discovery failed");
+                cached.1 = Some(Instant::now());
+            }
+        }
+        read
+    }
+
+    fn discover(&self) -> std::result::Result<Metadata, IdpError> {
         let url = format!(
             "{}/.well-known/openid-configuration",
             self.config.issuer.trim_end_matches('/')
@@ -479,7 +498,7 @@ impl Provider {
                 .map(str::to_owned)
                 .ok_or_else(|| IdpError::Unavailable(format!("discovery: no https {k}")))
         };
-        let m = Metadata {
+        Ok(Metadata {
             authorization_endpoint: endpoint("authorization_endpoint")?,
             token_endpoint: endpoint("token_endpoint")?,
             jwks_uri: endpoint("jwks_uri")?,
@@ -487,9 +506,7 @@ impl Provider {
             iss_parameter: doc["authorization_response_iss_parameter_supported"]
                 .as_bool()
                 .unwrap_or(false),
-        };
-        *cached = Some(m.clone());
-        Ok(m)
+        })
     }
 
     /// The key for `kid`, from the cache or, if `may_fetch`, from a refetch of the JWKS
