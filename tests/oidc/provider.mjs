@@ -5,9 +5,11 @@
 // Usage: node provider.mjs <config.json>   (or PHR_OIDC_CONFIG=<config.json>)
 //
 // Rules:
-// - It listens on 127.0.0.1 only, on `port` from the config (0 = any free port), and prints
-//   exactly one line to stdout once listening: {"issuer":"http://127.0.0.1:PORT"}. Nothing
-//   else goes to stdout; diagnostics go to stderr.
+// - It listens on 127.0.0.1 only, over HTTPS with the certificate and key named by `tls`
+//   (PEM files the harness makes, signed by its own test CA: the gateway trusts issuers over
+//   HTTPS only), on `port` from the config (0 = any free port), and prints exactly one line to
+//   stdout once listening: {"issuer":"https://127.0.0.1:PORT"}. Nothing else goes to stdout;
+//   diagnostics go to stderr.
 // - Its signing key (RS256) is generated at start and never written anywhere: every run is a
 //   separate issuer with a separate key, which is what "a token from another issuer" needs.
 //   The public half is served at /jwks.
@@ -25,6 +27,7 @@
 // Config shape (every field but `accounts` and `clients` is optional):
 // {
 //   "port": 0,
+//   "tls": { "cert": "/tmp/…/cert.pem", "key": "/tmp/…/key.pem" },
 //   "accounts": [{ "sub": "owner-ana", "claims": { "phr_person": "ana", "roles": ["owner"] } }],
 //   "clients": [ /* oidc-provider client metadata: client_id, client_secret, redirect_uris… */ ],
 //   "api": { "audience": "https://phr.test/api", "scope": "phr:read phr:write" },
@@ -34,7 +37,7 @@
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import http from 'node:http';
+import https from 'node:https';
 import process from 'node:process';
 
 import Provider from 'oidc-provider';
@@ -59,6 +62,9 @@ function loadConfig() {
   if (!Array.isArray(config.clients) || config.clients.length === 0) {
     fail('config: "clients" must be a non-empty array');
   }
+  if (typeof config.tls?.cert !== 'string' || typeof config.tls?.key !== 'string') {
+    fail('config: "tls" must name a PEM "cert" and "key"');
+  }
   for (const account of config.accounts) {
     if (typeof account.sub !== 'string' || account.sub === '') {
       fail('config: every account needs a non-empty "sub"');
@@ -81,12 +87,20 @@ const scopeClaims = config.claims ?? { phr: ['phr_person', 'phr_practitioner', '
 
 // The issuer needs the port, which is only known once the socket is bound: bind first, then
 // build the provider and hand it the requests.
-const server = http.createServer();
+let server;
+try {
+  server = https.createServer({
+    cert: readFileSync(config.tls.cert),
+    key: readFileSync(config.tls.key),
+  });
+} catch (err) {
+  fail(`cannot read the TLS certificate or key: ${err.message}`);
+}
 await new Promise((resolve, reject) => {
   server.once('error', reject);
   server.listen(port, '127.0.0.1', resolve);
 });
-const issuer = `http://127.0.0.1:${server.address().port}`;
+const issuer = `https://127.0.0.1:${server.address().port}`;
 
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const signingKey = {
@@ -147,8 +161,7 @@ const provider = new Provider(issuer, {
     },
   },
 });
-// Loopback over plain HTTP is the point here; oidc-provider's dev key warning is not emitted
-// since the key is given.
+// oidc-provider's dev key warning is not emitted since the key is given.
 provider.on('server_error', (_ctx, err) => {
   process.stderr.write(`oidc provider: server error: ${err?.stack ?? err}\n`);
 });

@@ -39,6 +39,13 @@ fn program(var: &str, default: &str) -> PathBuf {
 
 impl Browser {
     pub fn start() -> Result<Self> {
+        Self::start_with_args(&[])
+    }
+
+    /// [`Browser::start`] with more Chromium flags, e.g.
+    /// `--ignore-certificate-errors-spki-list=…` to accept one test certificate (the OpenID
+    /// provider's, `OidcProvider::spki_sha256`) and no other.
+    pub fn start_with_args(extra: &[String]) -> Result<Self> {
         let driver = program("PHR_TEST_CHROMEDRIVER", "/usr/bin/chromedriver");
         let chromium = program("PHR_TEST_CHROMIUM", "/usr/bin/chromium");
         for p in [&driver, &chromium] {
@@ -76,7 +83,7 @@ impl Browser {
         }
         let profile = tempfile::tempdir()?;
         // Flags: headless, and no background traffic (the machine's network is closed).
-        let args = [
+        let mut args = vec![
             "--headless=new".to_owned(),
             "--no-sandbox".to_owned(),
             "--disable-gpu".to_owned(),
@@ -89,6 +96,7 @@ impl Browser {
             "--window-size=1280,1600".to_owned(),
             format!("--user-data-dir={}", profile.path().display()),
         ];
+        args.extend(extra.iter().cloned());
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": chromium.to_string_lossy(), "args": args},

@@ -1,12 +1,15 @@
 //! A real OpenID provider on loopback for the tests (issue #14): `tests/oidc/provider.mjs`, the
 //! certified `oidc-provider` npm package, run with `node`. [`OidcProvider::start`] writes the
-//! accounts and clients of an [`OidcConfig`] to a JSON file, starts the provider on a free
-//! port, reads the one line it prints once listening (its issuer), and kills it on drop.
+//! accounts and clients of an [`OidcConfig`] to a JSON file, makes a test CA and a server
+//! certificate for 127.0.0.1 signed by it, starts the provider over HTTPS on a free port, reads
+//! the one line it prints once listening (its issuer), and kills it on drop. The gateway trusts
+//! it as a deployment trusts its identity provider: [`trusting`] gives the
+//! `[[auth.providers]]` entry, with the test CA as `ca_file`.
 //!
 //! Rules:
-//! - Every provider is a separate issuer with its own freshly generated RS256 key, so "a token
-//!   from another issuer" is a token from a second [`OidcProvider`].
-//! - Nothing is mocked: the whole authorization code flow with PKCE runs over plain HTTP
+//! - Every provider is a separate issuer with its own freshly generated RS256 key and its own
+//!   CA, so "a token from another issuer" is a token from a second [`OidcProvider`].
+//! - Nothing is mocked: the whole authorization code flow with PKCE runs over HTTPS
 //!   against the provider ([`OidcProvider::authorize`] follows its redirects with a cookie jar
 //!   up to the client's redirect URI; the provider's login step picks the account named by
 //!   `login_hint` and consents automatically), then [`OidcProvider::exchange_code`] redeems the
@@ -21,9 +24,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -32,6 +35,8 @@ use jsonwebtoken::{DecodingKey, Validation};
 use rand::RngCore;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
+
+use phr_gateway::config::{ClaimMapping, ProviderConfig, Secret};
 
 use crate::{b64url, Process};
 
@@ -130,7 +135,7 @@ impl OidcConfig {
         self.clients.iter().find(|c| c.id == id)
     }
 
-    fn to_json(&self, port: u16) -> Value {
+    fn to_json(&self, port: u16, tls: &TestCa) -> Value {
         let accounts: Vec<Value> = self
             .accounts
             .iter()
@@ -153,6 +158,7 @@ impl OidcConfig {
             .collect();
         json!({
             "port": port,
+            "tls": {"cert": tls.cert_file, "key": tls.key_file},
             "accounts": accounts,
             "clients": clients,
             "api": {"audience": self.api_audience, "scope": self.api_scope},
@@ -259,12 +265,113 @@ impl fmt::Display for TokenError {
 impl std::error::Error for TokenError {}
 
 /// A running provider; dropping it kills the process.
-#[derive(Debug)]
 pub struct OidcProvider {
     issuer: String,
     config: OidcConfig,
+    tls: TestCa,
+    /// HTTPS trusting only the test CA, no redirects followed (each is a step of the flow).
+    agent: ureq::Agent,
     dir: tempfile::TempDir,
     _process: Process,
+}
+
+impl fmt::Debug for OidcProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OidcProvider")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The provider's test CA and its server certificate, written as PEM files.
+struct TestCa {
+    ca_file: PathBuf,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    ca_der: Vec<u8>,
+    /// base64(SHA-256(server SubjectPublicKeyInfo)), what Chromium's
+    /// `--ignore-certificate-errors-spki-list` takes.
+    spki_sha256: String,
+}
+
+impl TestCa {
+    /// A CA (`PHR test CA`) and a server certificate for 127.0.0.1 and localhost signed by it,
+    /// written into `dir`.
+    fn make(dir: &Path) -> Result<Self> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "PHR test CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = ca_params.self_signed(&ca_key)?;
+        let key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "PHR test OpenID provider");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &ca, &ca_key)?;
+        let ca_file = dir.join("ca.pem");
+        let cert_file = dir.join("cert.pem");
+        let key_file = dir.join("key.pem");
+        std::fs::write(&ca_file, ca.pem())?;
+        std::fs::write(&cert_file, cert.pem())?;
+        std::fs::write(&key_file, key.serialize_pem())?;
+        Ok(Self {
+            ca_file,
+            cert_file,
+            key_file,
+            ca_der: ca.der().to_vec(),
+            spki_sha256: std_b64(&Sha256::digest(key.public_key_der())),
+        })
+    }
+
+    /// An HTTPS client trusting this CA only; redirects are not followed.
+    fn agent(&self) -> Result<ureq::Agent> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from(self.ca_der.clone()))?;
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(ureq::AgentBuilder::new()
+            .tls_config(Arc::new(tls))
+            .redirects(0)
+            .timeout(Duration::from_secs(20))
+            .build())
+    }
+}
+
+/// The `[[auth.providers]]` entry that trusts `provider` as a deployment would: named `test`,
+/// its issuer and test CA, the web client with its secret (dashboard sign-in), the `phr` scope
+/// for the claims, the API's audience (access tokens), roles from the `roles` claim.
+pub fn trusting(provider: &OidcProvider) -> ProviderConfig {
+    let web = provider.client(WEB_CLIENT);
+    ProviderConfig {
+        name: "test".to_owned(),
+        display_name: Some("Test provider".to_owned()),
+        issuer: provider.issuer().to_owned(),
+        ca_file: Some(provider.ca_file().to_owned()),
+        client_id: web.map(|c| c.id.clone()),
+        client_secret_file: None,
+        client_secret: web.map(|c| Secret(c.secret.clone())),
+        scopes: vec!["openid".to_owned(), PHR_SCOPE.to_owned()],
+        redirect_uri: web.and_then(|c| c.redirect_uris.first().cloned()),
+        audience: Some(API_AUDIENCE.to_owned()),
+        claims: ClaimMapping {
+            roles: Some("roles".to_owned()),
+            ..ClaimMapping::default()
+        },
+    }
 }
 
 fn provider_dir() -> PathBuf {
@@ -291,8 +398,13 @@ impl OidcProvider {
         }
         let node = std::env::var_os("PHR_TEST_NODE").unwrap_or_else(|| "node".into());
         let tmp = tempfile::tempdir()?;
+        let tls = TestCa::make(tmp.path())?;
+        let agent = tls.agent()?;
         let config_path = tmp.path().join("config.json");
-        std::fs::write(&config_path, serde_json::to_vec_pretty(&config.to_json(0))?)?;
+        std::fs::write(
+            &config_path,
+            serde_json::to_vec_pretty(&config.to_json(0, &tls))?,
+        )?;
         let log_path = tmp.path().join("provider.log");
         let log = std::fs::File::create(&log_path)?;
         let mut child = Command::new(&node)
@@ -339,6 +451,8 @@ impl OidcProvider {
         Ok(Self {
             issuer,
             config,
+            tls,
+            agent,
             dir: tmp,
             _process: process,
         })
@@ -350,6 +464,17 @@ impl OidcProvider {
 
     pub fn config(&self) -> &OidcConfig {
         &self.config
+    }
+
+    /// The test CA (PEM) that signed the provider's certificate: the gateway's `ca_file`.
+    pub fn ca_file(&self) -> &Path {
+        &self.tls.ca_file
+    }
+
+    /// base64(SHA-256) of the provider certificate's public key, for Chromium's
+    /// `--ignore-certificate-errors-spki-list` (accepts this certificate and no other).
+    pub fn spki_sha256(&self) -> &str {
+        &self.tls.spki_sha256
     }
 
     /// A configured client by id (panics-free: `None` for an unknown id).
@@ -366,9 +491,18 @@ impl OidcProvider {
         format!("{}{path}", self.issuer)
     }
 
+    fn get_json(&self, url: &str) -> Result<Value> {
+        self.agent
+            .get(url)
+            .call()
+            .with_context(|| format!("GET {url}"))?
+            .into_json()
+            .with_context(|| format!("GET {url}: not JSON"))
+    }
+
     /// `GET /.well-known/openid-configuration`.
     pub fn discovery(&self) -> Result<Value> {
-        get_json(&self.url("/.well-known/openid-configuration"))
+        self.get_json(&self.url("/.well-known/openid-configuration"))
     }
 
     /// The provider's public keys, from the `jwks_uri` its discovery document names.
@@ -377,7 +511,7 @@ impl OidcProvider {
         let uri = discovery["jwks_uri"]
             .as_str()
             .context("discovery names no jwks_uri")?;
-        Ok(serde_json::from_value(get_json(uri)?)?)
+        Ok(serde_json::from_value(self.get_json(uri)?)?)
     }
 
     /// Checks a JWT as a relying party or resource server would: signature against this
@@ -404,7 +538,6 @@ impl OidcProvider {
     /// Login is by `login_hint`, or else by posting `form_account` to the login form.
     /// An error redirect (`error=…`) or a refusal page is an `Err` with the provider's text.
     pub fn authorize(&self, req: &AuthRequest) -> Result<Authorized> {
-        let agent = ureq::AgentBuilder::new().redirects(0).build();
         let mut query: Vec<(&str, String)> = vec![
             ("client_id", req.client_id.clone()),
             ("response_type", "code".to_owned()),
@@ -421,7 +554,31 @@ impl OidcProvider {
         if let Some(resource) = &req.resource {
             query.push(("resource", resource.clone()));
         }
-        let mut url = format!("{}?{}", self.url("/auth"), form_urlencode(&query));
+        let url = format!("{}?{}", self.url("/auth"), form_urlencode(&query));
+        self.run_authorization(url, &req.redirect_uri, req.form_account.as_deref())
+    }
+
+    /// Follows an authorization request someone else built (the gateway's redirect to the
+    /// provider) as a browser would: the provider's login form, submitted as `account`, then
+    /// its redirects up to the request's `redirect_uri`; returns what arrived there.
+    pub fn follow(&self, url: &str, account: &str) -> Result<Authorized> {
+        let query = url.split_once('?').map_or("", |(_, q)| q);
+        let redirect_uri = query
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| *k == "redirect_uri")
+            .and_then(|(_, v)| percent_decode(v))
+            .with_context(|| format!("no redirect_uri in {url}"))?;
+        self.run_authorization(url.to_owned(), &redirect_uri, Some(account))
+    }
+
+    fn run_authorization(
+        &self,
+        mut url: String,
+        redirect_uri: &str,
+        form_account: Option<&str>,
+    ) -> Result<Authorized> {
+        let agent = &self.agent;
         // The login form's POST, once, when the request names no `login_hint`.
         let mut post: Option<[(&str, &str); 1]> = None;
         let mut form_posted = false;
@@ -453,10 +610,10 @@ impl OidcProvider {
             let status = resp.status();
             let Some(location) = resp.header("location").map(str::to_owned) else {
                 let body = resp.into_string().unwrap_or_default();
-                match (&req.form_account, form_action(&body)) {
+                match (form_account, form_action(&body)) {
                     (Some(account), Some(action)) if !form_posted => {
                         url = self.url(&action);
-                        post = Some([("account", account.as_str())]);
+                        post = Some([("account", account)]);
                         form_posted = true;
                         continue;
                     }
@@ -468,7 +625,7 @@ impl OidcProvider {
             } else {
                 location
             };
-            if next.starts_with(&req.redirect_uri) {
+            if next.starts_with(redirect_uri) {
                 return callback(&next);
             }
             url = next;
@@ -539,7 +696,9 @@ impl OidcProvider {
             crate::form_encode(&client.id),
             crate::form_encode(&client.secret)
         );
-        let resp = match ureq::post(&self.url("/token"))
+        let resp = match self
+            .agent
+            .post(&self.url("/token"))
             .set(
                 "Authorization",
                 &format!("Basic {}", std_b64(credentials.as_bytes())),
@@ -571,14 +730,6 @@ impl OidcProvider {
             body,
         })
     }
-}
-
-fn get_json(url: &str) -> Result<Value> {
-    ureq::get(url)
-        .call()
-        .with_context(|| format!("GET {url}"))?
-        .into_json()
-        .with_context(|| format!("GET {url}: not JSON"))
 }
 
 /// The code (or the error) on the client's redirect URI.

@@ -29,9 +29,7 @@ use phr_bridge::identity::BridgeKey;
 use phr_bridge::publish::Status;
 use phr_bridge::simulate::{self, SimulateConfig};
 use phr_e2e::browser::Browser;
-use phr_e2e::oidc::{
-    trusting, OidcConfig, OidcProvider, CLINICIAN_SUB, OWNER_PERSON, OWNER_SUB,
-};
+use phr_e2e::oidc::{trusting, OidcConfig, OidcProvider, CLINICIAN_SUB, OWNER_PERSON, OWNER_SUB};
 use phr_e2e::{grant_consent, minute_steps, send, wait_for, TestGateway};
 use phr_gateway::idp::CALLBACK_PATH;
 
@@ -67,11 +65,9 @@ async fn sign_in(
     let link = browser.expect(&format!("a[href$='as={role}']"))?;
     browser.click(&link)?;
     // The provider's own login page: one button per account.
-    let button = wait_for(
-        "the provider's login page",
-        Duration::from_secs(15),
-        || browser.find(&format!("#login-{account}")).ok().flatten(),
-    )
+    let button = wait_for("the provider's login page", Duration::from_secs(15), || {
+        browser.find(&format!("#login-{account}")).ok().flatten()
+    })
     .await?;
     browser.click(&button)?;
     Ok(())
@@ -85,8 +81,8 @@ async fn owner_and_clinician_sign_in_at_the_provider_and_the_owner_pairs_and_rel
     let http = TcpListener::bind("127.0.0.1:0")?;
     let base = format!("http://{}", http.local_addr()?);
     let provider = OidcProvider::start(OidcConfig::phr(&format!("{base}{CALLBACK_PATH}")))?;
-    let gw = TestGateway::start_on(http, None, |c| c.auth.providers.push(trusting(&provider)))
-        .await?;
+    let gw =
+        TestGateway::start_on(http, None, |c| c.auth.providers.push(trusting(&provider))).await?;
 
     // Ana is a person here with storage consent, consenting to the clinician; no band yet.
     gw.enrol(OWNER_PERSON, BRIDGE, &[], Utc::now() - TimeDelta::days(1))?;
@@ -107,6 +103,9 @@ async fn owner_and_clinician_sign_in_at_the_provider_and_the_owner_pairs_and_rel
     cfg.topic_prefix = gw.topics().prefix().to_owned();
     gw.enrol_sim(&mut cfg)?;
     cfg.history = TimeDelta::minutes(30);
+    // Its band measured until now (before the pairing, so not Ana's to see); the data she
+    // sees below is exactly what the bridge sends after the pairing.
+    cfg.until = Some(Utc::now());
     cfg.tick = Duration::from_millis(500);
     let (tx, status) = watch::channel(Status::default());
     let stop_bridge = CancellationToken::new();
@@ -144,8 +143,17 @@ async fn owner_and_clinician_sign_in_at_the_provider_and_the_owner_pairs_and_rel
     browser.type_text(&browser.expect("#pair-code")?, &code)?;
     let confirm = browser.expect("form[action$='/confirm'] button[type=submit]")?;
     browser.click(&confirm)?;
-    let page = browser.source()?;
-    assert!(page.contains("Paired"), "{page}");
+    wait_for(
+        "the pairing to be confirmed",
+        Duration::from_secs(15),
+        || {
+            browser
+                .source()
+                .ok()
+                .filter(|page| page.contains("<h1>Paired</h1>"))
+        },
+    )
+    .await?;
     let open = |gw: &TestGateway| -> anyhow::Result<bool> {
         Ok(gw
             .gateway
@@ -164,15 +172,15 @@ async fn owner_and_clinician_sign_in_at_the_provider_and_the_owner_pairs_and_rel
         &mut raw,
         BAND,
         vec![
-            minute_steps(BAND, BRIDGE, minute, 4321),
-            minute_steps(BAND, BRIDGE, minute + TimeDelta::minutes(1), 1234),
+            minute_steps(BAND, BRIDGE, minute, 271),
+            minute_steps(BAND, BRIDGE, minute + TimeDelta::minutes(1), 266),
         ],
     )
     .await?;
     assert_eq!(ack.stored, 2, "{ack:?}");
     browser.goto(&gw.url("/dashboard/me/charts"))?;
     let charts = browser.source()?;
-    assert!(charts.contains("5,555") || charts.contains("5555"), "{charts}");
+    assert!(charts.contains("537"), "{charts}");
 
     // Release it, with the confirmation page.
     browser.goto(&gw.url("/dashboard/me"))?;
@@ -183,8 +191,29 @@ async fn owner_and_clinician_sign_in_at_the_provider_and_the_owner_pairs_and_rel
     arrive(&browser, "/dashboard/me").await?;
     assert!(!open(&gw)?, "the band is released");
 
-    // Sign out; the clinician signs in on the same browser and sees Ana on his panel.
+    // Sign out: the gateway's session ends (the provider's own session is the provider's).
     browser.click(&browser.expect("form[action='/dashboard/signout'] button")?)?;
+    wait_for("the session to end", Duration::from_secs(15), || {
+        browser.cookies().ok().filter(|cookies| {
+            !cookies
+                .iter()
+                .any(|c| c["name"] == "phr_session" && c["value"] != "")
+        })
+    })
+    .await?;
+    browser.goto(&gw.url("/dashboard/me"))?;
+    assert!(
+        !browser.source()?.contains("ana (owner)"),
+        "signed out: {}",
+        browser.source()?
+    );
+    drop(browser);
+
+    // The clinician, in his own browser, sees Ana on his panel.
+    let browser = Browser::start_with_args(&[format!(
+        "--ignore-certificate-errors-spki-list={}",
+        provider.spki_sha256()
+    )])?;
     sign_in(&browser, &gw, "clinician", CLINICIAN_SUB).await?;
     arrive(&browser, "/dashboard/clinician").await?;
     assert_eq!(

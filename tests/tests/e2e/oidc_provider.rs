@@ -61,7 +61,7 @@ fn discovery_is_served_and_names_the_jwks() {
     let d = op.discovery().unwrap();
     assert_eq!(d["issuer"], op.issuer());
     assert!(
-        op.issuer().starts_with("http://127.0.0.1:"),
+        op.issuer().starts_with("https://127.0.0.1:"),
         "{}",
         op.issuer()
     );

@@ -17,8 +17,8 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use phr_e2e::oidc::{
-    trusting, OidcConfig, OidcProvider, API_CLIENT, CLINICIAN_SUB, OWNER_PERSON,
-    OWNER_SUB, WEB_CLIENT,
+    trusting, OidcConfig, OidcProvider, API_CLIENT, CLINICIAN_SUB, OWNER_PERSON, OWNER_SUB,
+    WEB_CLIENT,
 };
 use phr_e2e::{browse, Page, TestGateway};
 use phr_gateway::idp::{IdpError, Providers, CALLBACK_PATH};
@@ -39,8 +39,8 @@ async fn setup_with(tune: impl FnOnce(OidcConfig) -> OidcConfig) -> anyhow::Resu
     let http = TcpListener::bind("127.0.0.1:0")?;
     let callback = format!("http://{}{CALLBACK_PATH}", http.local_addr()?);
     let provider = OidcProvider::start(tune(OidcConfig::phr(&callback)))?;
-    let gw = TestGateway::start_on(http, None, |c| c.auth.providers.push(trusting(&provider)))
-        .await?;
+    let gw =
+        TestGateway::start_on(http, None, |c| c.auth.providers.push(trusting(&provider))).await?;
     gw.enrol(OWNER_PERSON, "br-1", &[], chrono::Utc::now())?;
     Ok(Setup { provider, gw })
 }
@@ -57,7 +57,9 @@ impl Setup {
     fn begin(&self, start: &str, account: &str) -> anyhow::Result<Begun> {
         let page = browse("GET", &self.gw.url(start), &[], None)?;
         assert_eq!(page.status, 303, "{}", page.body);
-        let line = page.set_cookie_line("phr_oidc").expect("the pending cookie");
+        let line = page
+            .set_cookie_line("phr_oidc")
+            .expect("the pending cookie");
         assert!(
             line.contains("HttpOnly") && line.contains("SameSite=Lax"),
             "{line}"
@@ -65,7 +67,12 @@ impl Setup {
         let cookie = page.cookie("phr_oidc").expect("the pending cookie");
         let url = page.location.expect("to the provider");
         assert!(url.starts_with(self.provider.issuer()), "{url}");
-        for asked in ["code_challenge_method=S256", "state=", "nonce=", "scope=openid"] {
+        for asked in [
+            "code_challenge_method=S256",
+            "state=",
+            "nonce=",
+            "scope=openid",
+        ] {
             assert!(url.contains(asked), "{asked} in {url}");
         }
         let authorized = self.provider.follow(&url, account)?;
@@ -131,7 +138,9 @@ async fn owner_and_clinician_sign_in_as_the_people_their_tokens_name_and_sign_ou
     // The sign-in page lists the provider.
     let choices = browse("GET", &s.gw.url("/dashboard/signin"), &[], None)?;
     assert_eq!(choices.status, 200);
-    assert!(choices.body.contains(START_OWNER.replace('&', "&amp;").as_str()));
+    assert!(choices
+        .body
+        .contains(START_OWNER.replace('&', "&amp;").as_str()));
 
     let owner = signed_in(
         &s.finish(&s.begin(START_OWNER, OWNER_SUB)?)?,
@@ -231,9 +240,9 @@ async fn a_wrong_state_another_browser_a_replay_and_a_mixed_up_issuer_sign_nobod
         .to_owned();
     let error = Begun {
         cookie: begun.cookie.clone(),
-        callback: s
-            .gw
-            .url(&format!("{CALLBACK_PATH}?error=access_denied&state={state}")),
+        callback: s.gw.url(&format!(
+            "{CALLBACK_PATH}?error=access_denied&state={state}"
+        )),
     };
     nobody_signed_in(&s.finish(&error)?, 401);
 
@@ -246,8 +255,7 @@ async fn a_wrong_state_another_browser_a_replay_and_a_mixed_up_issuer_sign_nobod
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs node and tests/oidc/node_modules (.ci/run)"]
-async fn id_tokens_of_another_issuer_another_client_or_expired_are_refused() -> anyhow::Result<()>
-{
+async fn id_tokens_of_another_issuer_another_client_or_expired_are_refused() -> anyhow::Result<()> {
     let provider =
         OidcProvider::start(OidcConfig::phr("http://127.0.0.1:9/cb").with_ttl("IdToken", 1))?;
     let other = OidcProvider::start(OidcConfig::phr("http://127.0.0.1:9/cb"))?;
