@@ -319,7 +319,9 @@ async fn callback(
             "No account here",
             &format!(
                 "The identity provider signed you in, but does not name you as a {kind} of \
-                 this gateway. Ask its operator to check your account."
+                 this gateway. If you meant to sign in as someone else, sign out at the \
+                 identity provider first (it remembers who signed in last in this browser); \
+                 otherwise ask the operator of this gateway to check your account."
             ),
         ),
         Failure::Idp(IdpError::Unavailable(_)) => refused(
