@@ -268,6 +268,8 @@ async function interaction(req, res, url) {
 const callback = provider.callback();
 server.on('request', (req, res) => {
   const url = new URL(req.url, issuer);
+  // One line per request on stderr, so tests can count what the gateway fetched (its JWKS).
+  process.stderr.write(`oidc provider: request ${req.method} ${url.pathname}\n`);
   if (url.pathname.startsWith('/interaction/')) {
     interaction(req, res, url).catch((err) => {
       process.stderr.write(`oidc provider: interaction failed: ${err?.stack ?? err}\n`);

@@ -51,8 +51,13 @@ pub const WEB_CLIENT: &str = "phr-web";
 pub const API_CLIENT: &str = "phr-api-client";
 /// The resource indicator (and `aud`) of access tokens for the PHR API.
 pub const API_AUDIENCE: &str = "https://phr.test/api";
-/// The scopes the API resource offers.
-pub const API_SCOPE: &str = "phr:read phr:write";
+/// The scopes the API resource offers: SMART on FHIR scopes the gateway maps (one context per
+/// token: `patient/` an owner, `user/` a clinician, `system/` a company), and two that mean
+/// nothing to it.
+pub const API_SCOPE: &str =
+    "phr:read phr:write patient/*.cruds patient/*.rs user/*.rs system/*.rs patient/*.read";
+/// What [`AuthRequest::new`] asks of the API: scopes that grant nothing at the gateway.
+pub const PLAIN_API_SCOPE: &str = "phr:read phr:write";
 /// The OIDC scope whose claims are `phr_person`, `phr_practitioner` and `roles`.
 pub const PHR_SCOPE: &str = "phr";
 
@@ -193,7 +198,7 @@ impl AuthRequest {
         Self {
             client_id: client.id.clone(),
             redirect_uri: client.redirect_uris.first().cloned().unwrap_or_default(),
-            scope: format!("openid {PHR_SCOPE} {API_SCOPE}"),
+            scope: format!("openid {PHR_SCOPE} {PLAIN_API_SCOPE}"),
             login_hint: Some(account.to_owned()),
             form_account: None,
             state: random_token(),
@@ -669,6 +674,45 @@ impl OidcProvider {
                 ("scope", scope),
             ],
         )
+    }
+
+    /// An access token for the PHR API with `scope` (SMART scopes), for `account` signing in
+    /// at the API client: the whole code flow, as a PHR app would run it.
+    pub fn api_token(&self, account: &str, scope: &str) -> Result<String> {
+        let client = self.client(API_CLIENT).context("no API client")?.clone();
+        let mut req = AuthRequest::new(&client, account);
+        req.scope = format!("openid {PHR_SCOPE} {scope}");
+        let authorized = self.authorize(&req)?;
+        let tokens = self.exchange_code(
+            &client,
+            &authorized.code,
+            &req.redirect_uri,
+            &req.code_verifier,
+        )?;
+        Ok(tokens.access_token)
+    }
+
+    /// A service's access token for the PHR API (client credentials at the API client): no
+    /// person, `sub` = `client_id` = [`API_CLIENT`].
+    pub fn service_token(&self, scope: &str) -> Result<String> {
+        let client = self.client(API_CLIENT).context("no API client")?.clone();
+        Ok(self
+            .client_credentials(&client, API_AUDIENCE, scope)?
+            .access_token)
+    }
+
+    /// How many requests for `path` (e.g. `/jwks`) the provider served so far, from the
+    /// request lines it writes to its log.
+    pub fn requests_for(&self, path: &str) -> usize {
+        self.log()
+            .lines()
+            .filter_map(|l| l.strip_prefix("oidc provider: request "))
+            .filter(|l| {
+                l.split(' ')
+                    .nth(1)
+                    .is_some_and(|p| p.split('?').next() == Some(path))
+            })
+            .count()
     }
 
     /// Signs `account` in at `client` with [`AuthRequest::new`] and redeems the code.

@@ -28,6 +28,7 @@ mod forwarded;
 mod limits;
 mod metrics_scrape;
 mod oauth;
+mod oidc_api;
 mod oidc_browser;
 mod oidc_provider;
 mod oidc_signin;
