@@ -77,6 +77,9 @@ pub struct BridgeConfig {
     /// Records the dead-letter table holds at most; at the bound refused batches stay
     /// pending in the outbox (see `ble-bridge/src/outbox.rs`).
     pub dead_letter_max_records: u64,
+    /// The shortest time between two reports to the gateway of the devices in range (sent
+    /// when the set changes, and unchanged every 5 minutes); 0: none are sent.
+    pub nearby_interval_secs: u64,
 }
 
 /// One device's own settings.
@@ -108,6 +111,7 @@ impl Default for BridgeConfig {
             flush_after_ms: 1000,
             outbox_max_batches: 100_000,
             dead_letter_max_records: crate::outbox::DEFAULT_MAX_DEAD_RECORDS,
+            nearby_interval_secs: crate::nearby::DEFAULT_INTERVAL.as_secs(),
         }
     }
 }
@@ -236,6 +240,7 @@ pub async fn run(
     let key = Arc::new(BridgeKey::load_or_create(&cfg.data_dir)?);
     let identities: publish::Identities = Arc::new(RwLock::new(HashMap::new()));
     let wake = Arc::new(Notify::new());
+    let (nearby_tx, nearby_rx) = watch::channel(None);
     let publisher = tokio::spawn(publish::run(
         PublisherConfig {
             mqtt: cfg.mqtt()?,
@@ -246,6 +251,8 @@ pub async fn run(
             identities: identities.clone(),
             key: key.clone(),
             gateway_key: cfg.gateway_key()?,
+            nearby: (cfg.nearby_interval_secs > 0).then_some(nearby_rx),
+            nearby_interval: Duration::from_secs(cfg.nearby_interval_secs),
         },
         outbox.clone(),
         wake.clone(),
@@ -298,6 +305,9 @@ pub async fn run(
                     }
                 }
                 Some(Event::Disconnected { .. }) => {}
+                Some(Event::Nearby { seen, at }) => {
+                    nearby_tx.send_replace(Some(crate::nearby::from_seen(&seen, at)));
+                }
                 Some(Event::Value { address, characteristic, bytes, received_at }) => {
                     match decode::decode(characteristic, &bytes, received_at) {
                         Ok((decoder, readings)) => {

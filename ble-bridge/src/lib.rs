@@ -9,7 +9,8 @@
 //! - [`sim`]: simulated wearables that emit the bytes real GATT characteristics would carry.
 //! - [`outbox`]: the durable on-disk queue; batches leave it only on the gateway's ack, what the
 //!   gateway refused goes to its dead-letter table; per-type history marks.
-//! - [`publish`]: the MQTT publisher (rumqttc): resend until acked.
+//! - [`publish`]: the MQTT publisher (rumqttc): resend until acked; nearby reports paced.
+//! - [`nearby`]: what the bridge sees nearby, and when a scan is worth a report.
 //! - [`cumulative`]: running daily step totals to interval deltas in the device's IANA zone.
 //! - [`daemon`]: `phr-bridge run`, real devices through the same pipeline.
 //! - [`simulate`]: `phr-bridge simulate`, simulated bands through the whole pipeline.
@@ -22,6 +23,7 @@ pub mod decode;
 pub mod device_state;
 pub mod identity;
 pub mod mqtt;
+pub mod nearby;
 pub mod normalise;
 pub mod outbox;
 pub mod publish;

@@ -164,6 +164,10 @@ struct SimulateArgs {
     /// The gateway's channel key (64 hex characters), printed by `phr-gateway bridges enrol`.
     #[arg(long, env = "PHR_GATEWAY_KEY", value_parser = parse_key)]
     gateway_key: ed25519_dalek::VerifyingKey,
+    /// Shortest time in seconds between two reports of the bands in range (for pairing from
+    /// the dashboard); 0: none are sent.
+    #[arg(long, default_value_t = phr_bridge::nearby::DEFAULT_INTERVAL.as_secs())]
+    nearby_interval_secs: u64,
 }
 
 fn parse_key(s: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
@@ -328,6 +332,8 @@ async fn main() -> anyhow::Result<()> {
             cfg.until = a.until;
             cfg.exit_when_drained = a.exit_when_drained;
             cfg.gateway_key = Some(a.gateway_key);
+            cfg.nearby_interval = (a.nearby_interval_secs > 0)
+                .then(|| std::time::Duration::from_secs(a.nearby_interval_secs));
             let shutdown = CancellationToken::new();
             let (status, _) = watch::channel(Default::default());
             let stop = shutdown.clone();

@@ -45,6 +45,11 @@ pub struct PublisherConfig {
     pub key: std::sync::Arc<BridgeKey>,
     /// The gateway's channel key, as configured at enrolment.
     pub gateway_key: ed25519_dalek::VerifyingKey,
+    /// The latest scan, reported on the nearby topic as [`crate::nearby::Pacer`] allows;
+    /// `None`: this bridge reports nothing nearby.
+    pub nearby: Option<crate::nearby::Latest>,
+    /// The shortest time between two nearby reports.
+    pub nearby_interval: Duration,
 }
 
 /// The identities of the devices a bridge knows, shared between who learns them (the
@@ -87,6 +92,8 @@ pub struct Status {
     pub held_for_dead_letter_space: usize,
     /// Pairing codes shown, newest last (at most the last 16).
     pub pairing_codes: Vec<ShownCode>,
+    /// Nearby reports sent (since start).
+    pub nearby_reports: u64,
 }
 
 /// Connection generation (bumped on every CONNACK) and whether it is up now.
@@ -138,6 +145,8 @@ pub async fn run(
     let mut generation = 0;
     let mut last_depth_log = Instant::now();
     let mut last_dead_read: Option<Instant> = None;
+    let mut pacer = crate::nearby::Pacer::new(cfg.nearby_interval);
+    let nearby_topic = cfg.topics.nearby(&cfg.bridge_id);
     loop {
         let (gen, connected) = *link_rx.borrow_and_update();
         if gen != generation {
@@ -166,6 +175,16 @@ pub async fn run(
                     }
                     inflight.insert(p.batch_id, Instant::now());
                 }
+            }
+            if let Some(latest) = &cfg.nearby {
+                report_nearby(
+                    &client,
+                    &channel,
+                    &nearby_topic,
+                    latest,
+                    &mut pacer,
+                    &status,
+                );
             }
         }
         let depth = blocking(&outbox, |o| o.depth()).await?;
@@ -240,6 +259,45 @@ pub async fn run(
     let _ = client.try_disconnect();
     poller.abort();
     Ok(())
+}
+
+/// Sends the latest scan on the nearby topic if the pacer says it is due (QoS 1, not
+/// retained: an old list must not greet a gateway that subscribes later).
+fn report_nearby(
+    client: &AsyncClient,
+    channel: &ChannelKey,
+    topic: &str,
+    latest: &crate::nearby::Latest,
+    pacer: &mut crate::nearby::Pacer,
+    status: &watch::Sender<Status>,
+) {
+    let now = Instant::now();
+    let body = {
+        let scan = latest.borrow();
+        let Some(report) = scan.as_ref().filter(|r| pacer.due(r, now)) else {
+            return;
+        };
+        match serde_json::to_vec(report) {
+            Ok(body) => {
+                pacer.sent(report, now);
+                body
+            }
+            Err(e) => {
+                warn!(error = %e, "could not encode a nearby report");
+                return;
+            }
+        }
+    };
+    let sealed = channel.seal(topic, &body, nonce());
+    if client
+        .try_publish(topic, QoS::AtLeastOnce, false, sealed)
+        .is_err()
+    {
+        // Sent with the next change or refresh.
+        debug!("could not queue a nearby report");
+        return;
+    }
+    status.send_modify(|s| s.nearby_reports += 1);
 }
 
 /// One line per refused batch (never per record, never a value): what was kept for the

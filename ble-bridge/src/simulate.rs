@@ -52,6 +52,9 @@ pub struct SimulateConfig {
     /// The gateway's channel key (`phr-gateway bridges enrol` prints it): every message to
     /// and from the gateway is sealed with the key derived from it and this bridge's key.
     pub gateway_key: Option<ed25519_dalek::VerifyingKey>,
+    /// The shortest time between two nearby reports (the bands, after each round); `None`:
+    /// none are sent.
+    pub nearby_interval: Option<Duration>,
 }
 
 impl SimulateConfig {
@@ -74,6 +77,7 @@ impl SimulateConfig {
             max_inflight: 32,
             exit_when_drained: false,
             gateway_key: None,
+            nearby_interval: Some(crate::nearby::DEFAULT_INTERVAL),
         }
     }
 
@@ -108,6 +112,8 @@ pub async fn run(
     })?;
     let wake = Arc::new(Notify::new());
     let publisher_stop = shutdown.child_token();
+    // Every round "scans" the bands: they are all in range, always.
+    let (nearby_tx, nearby_rx) = watch::channel(None);
     let publisher = tokio::spawn(publish::run(
         PublisherConfig {
             mqtt: cfg.mqtt.clone(),
@@ -123,6 +129,10 @@ pub async fn run(
             )),
             key: key.clone(),
             gateway_key,
+            nearby: cfg.nearby_interval.map(|_| nearby_rx),
+            nearby_interval: cfg
+                .nearby_interval
+                .unwrap_or(crate::nearby::DEFAULT_INTERVAL),
         },
         outbox.clone(),
         wake.clone(),
@@ -149,6 +159,7 @@ pub async fn run(
             }
         }
         wake.notify_one();
+        nearby_tx.send_replace(Some(crate::nearby::simulated(&bands, Utc::now())));
         if done && cfg.until.is_some() && cfg.exit_when_drained {
             // Ask the outbox itself: a status snapshot may predate the last push.
             loop {

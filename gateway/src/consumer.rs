@@ -1,4 +1,5 @@
-//! The MQTT side of ingest: subscribe to every bridge's records topic, check messages in
+//! The MQTT side of ingest: subscribe to every bridge's records, pairing reports and nearby
+//! reports (each refused unread unless it opens with its bridge's channel key), check messages in
 //! groups outside the store's lock, commit each group in one transaction (one fsync, many
 //! batches) while the next group is being checked, and only after the commit publish each
 //! batch's ack and PUBACK the message.
@@ -18,11 +19,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use phr_bridge::mqtt::MqttUrl;
-use phr_schema::{Limits, PairingReport, Topics};
+use phr_schema::{Limits, NearbyReport, PairingReport, Topics};
 
 use crate::channel::Channels;
 use crate::ingest;
 use crate::metrics::Metrics;
+use crate::store::nearby::Recorded;
 use crate::store::{RefusedBatch, Store};
 
 /// Largest number of messages committed in one transaction.
@@ -85,7 +87,11 @@ pub async fn run(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = std::time::Duration::from_millis(100);
                 metrics.mqtt_connected();
-                for f in [filter.clone(), cfg.topics.pairing_reports_filter()] {
+                for f in [
+                    filter.clone(),
+                    cfg.topics.pairing_reports_filter(),
+                    cfg.topics.nearby_filter(),
+                ] {
                     if let Err(e) = client.try_subscribe(f, QoS::AtLeastOnce) {
                         error!(error = %e, "could not request a subscription");
                     }
@@ -93,8 +99,8 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
                 subacks += 1;
-                if subacks.is_multiple_of(2) {
-                    info!(broker = %cfg.mqtt, %filter, "subscribed to bridge records and pairing reports");
+                if subacks.is_multiple_of(3) {
+                    info!(broker = %cfg.mqtt, %filter, "subscribed to bridge records, pairing and nearby reports");
                     connected.send_replace(true);
                 }
             }
@@ -135,6 +141,9 @@ enum Item {
     Refused(String, RefusedBatch),
     /// A bridge's pairing report; `None` if it did not open or parse.
     Pairing(String, Option<PairingReport>),
+    /// A bridge's nearby report, or why it does not count (refused unread if it did not
+    /// open; counted with refused batches either way).
+    Nearby(String, Result<NearbyReport, RefusedBatch>),
     /// Not a topic this gateway serves.
     Foreign,
 }
@@ -208,6 +217,14 @@ async fn work(
                         .ok()
                         .and_then(|r| serde_json::from_slice(&r).ok());
                     Item::Pairing(bridge.to_owned(), report)
+                } else if let Some(bridge) = topics.parse_nearby(&p.topic) {
+                    let report = open(&channels, bridge, &p.topic, &p.payload).and_then(|r| {
+                        NearbyReport::parse(&r).map_err(|e| {
+                            debug!(bridge_id = %bridge, reason = e.code(), "invalid nearby report");
+                            RefusedBatch::InvalidReport
+                        })
+                    });
+                    Item::Nearby(bridge.to_owned(), report)
                 } else {
                     Item::Foreign
                 };
@@ -249,10 +266,19 @@ async fn commit(
                 _ => None,
             })
             .collect();
-        let refused: Vec<(String, RefusedBatch)> = items
+        let mut refused: Vec<(String, RefusedBatch)> = items
             .iter()
             .filter_map(|(_, i)| match i {
-                Item::Refused(bridge, why) => Some((bridge.clone(), *why)),
+                Item::Refused(bridge, why) | Item::Nearby(bridge, Err(why)) => {
+                    Some((bridge.clone(), *why))
+                }
+                _ => None,
+            })
+            .collect();
+        let nearby: Vec<(String, NearbyReport)> = items
+            .iter()
+            .filter_map(|(_, i)| match i {
+                Item::Nearby(bridge, Ok(r)) => Some((bridge.clone(), r.clone())),
                 _ => None,
             })
             .collect();
@@ -264,15 +290,30 @@ async fn commit(
             } else {
                 store.ingest(checked, Utc::now())?
             };
-            store.count_refused(&refused, Utc::now())?;
             let mut recorded = Vec::with_capacity(reports.len());
             for (bridge, r) in &reports {
                 recorded.push(store.report_pairing(r.pairing_id, bridge, r)?);
             }
-            Ok((acks, route, recorded))
+            let mut seen_nearby = Vec::with_capacity(nearby.len());
+            for (bridge, r) in &nearby {
+                let outcome = store.record_nearby(bridge, r, Utc::now())?;
+                match outcome {
+                    // Enrolment revoked since the report opened.
+                    Recorded::NotEnrolled => {
+                        refused.push((bridge.clone(), RefusedBatch::NotEnrolled))
+                    }
+                    Recorded::InFuture => {
+                        refused.push((bridge.clone(), RefusedBatch::InvalidReport))
+                    }
+                    Recorded::Stored | Recorded::NotNewer => {}
+                }
+                seen_nearby.push(outcome);
+            }
+            store.count_refused(&refused, Utc::now())?;
+            Ok((acks, route, recorded, seen_nearby))
         })
         .await;
-        let (acks, bridges, recorded) = match result {
+        let (acks, bridges, recorded, seen_nearby) = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 // Not acked: the bridges resend and nothing is lost. (A broker that insists on
@@ -292,6 +333,7 @@ async fn commit(
             metrics.committed(&acks, started.elapsed());
         }
         let mut recorded = recorded.into_iter();
+        let mut seen_nearby = seen_nearby.into_iter();
         for (p, item) in &items {
             match item {
                 Item::Batch(i) => {
@@ -323,6 +365,19 @@ async fn commit(
                     _ => warn!("pairing report does not match a pending, unreported pairing of that bridge and device"),
                 },
                 Item::Pairing(_, None) => warn!("unreadable pairing report"),
+                Item::Nearby(bridge, Ok(_)) => match seen_nearby.next() {
+                    Some(Recorded::Stored) => debug!(bridge_id = %bridge, "nearby report recorded"),
+                    Some(Recorded::NotNewer) => debug!(bridge_id = %bridge, "nearby report not newer than the stored one; ignored"),
+                    Some(Recorded::InFuture) => {
+                        metrics.refused_batch();
+                        warn!(bridge_id = %bridge, "nearby report scanned too far in the future (bridge clock?); refused");
+                    }
+                    Some(Recorded::NotEnrolled) | None => metrics.refused_batch(),
+                },
+                Item::Nearby(bridge, Err(why)) => {
+                    metrics.refused_batch();
+                    debug!(bridge_id = %bridge, reason = why.code(), "nearby report refused");
+                }
                 // The subscription filters guarantee the shape, not the id alphabet: drop
                 // such messages from the broker, visibly.
                 Item::Foreign => warn!(topic_len = p.topic.len(), "ignoring a message on an invalid topic"),

@@ -184,7 +184,7 @@ impl Metrics {
     }
 
     /// A batch refused before it could be read: its bridge is not enrolled, or it did not open
-    /// with the bridge's channel key.
+    /// with the bridge's channel key. Nearby reports refused (so, or invalid) count here too.
     pub fn refused_batch(&self) {
         self.batches_refused_unread.fetch_add(1, Relaxed);
     }
@@ -242,7 +242,7 @@ impl Metrics {
         );
         counter(
             "phr_batches_refused_unread_total",
-            "Batches refused unread: bridge not enrolled, or not sealed with its channel key.",
+            "Batches (and nearby reports) refused unread: bridge not enrolled, or not sealed with its channel key; invalid nearby reports.",
             self.batches_refused_unread.load(Relaxed),
         );
         let commits = lock(&self.commits).clone();

@@ -11,6 +11,8 @@
 //! - Pairing: `{prefix}/bridges/{bridge_id}/pairing/requests` ([`PairingRequest`], gateway to
 //!   bridge: show this code) and `.../pairing/reports` ([`PairingReport`], bridge to gateway:
 //!   what the device is).
+//! - Nearby: `{prefix}/bridges/{bridge_id}/nearby` ([`crate::nearby::NearbyReport`], bridge to
+//!   gateway, QoS 1, not retained: the devices the bridge sees, so an owner can pick one to pair).
 //!
 //! The prefix defaults to `phr/v1`; deployments (and tests sharing one broker) may change it.
 
@@ -184,6 +186,25 @@ impl Topics {
         format!("{}/bridges/+/pairing/reports", self.prefix)
     }
 
+    /// Where a bridge reports the devices it sees nearby.
+    pub fn nearby(&self, bridge_id: &str) -> String {
+        format!("{}/bridges/{bridge_id}/nearby", self.prefix)
+    }
+
+    /// The filter a gateway subscribes to for nearby reports.
+    pub fn nearby_filter(&self) -> String {
+        format!("{}/bridges/+/nearby", self.prefix)
+    }
+
+    /// The bridge of a nearby topic.
+    pub fn parse_nearby<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let bridge = topic
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("/bridges/")?
+            .strip_suffix("/nearby")?;
+        is_valid_id(bridge).then_some(bridge)
+    }
+
     /// The bridge of a pairing-reports topic.
     pub fn parse_pairing_reports<'t>(&self, topic: &'t str) -> Option<&'t str> {
         let bridge = topic
@@ -214,15 +235,16 @@ impl Topics {
 /// front in the gateway does; the shipped Mosquitto ACL in `docs/mosquitto/` says the same).
 ///
 /// A bridge `b` may publish only its own records (`{prefix}/bridges/{b}/devices/{d}/records`,
-/// `d` a valid device id) and its own pairing reports, and subscribe only to exactly its own
-/// acks and pairing requests: no wildcards, nothing of another bridge, nothing outside the
-/// prefix. The gateway's own client may do anything; that is decided by the caller, not here.
+/// `d` a valid device id), its own pairing reports and its own nearby reports, and subscribe
+/// only to exactly its own acks and pairing requests: no wildcards, nothing of another
+/// bridge, nothing outside the prefix. The gateway's own client may do anything; that is decided by the caller, not here.
 impl Topics {
     /// Whether bridge `bridge` may publish on `topic`.
     pub fn bridge_may_publish(&self, bridge: &str, topic: &str) -> bool {
         is_valid_id(bridge)
             && (self.parse_records(topic).is_some_and(|(b, _)| b == bridge)
-                || topic == self.pairing_reports(bridge))
+                || topic == self.pairing_reports(bridge)
+                || topic == self.nearby(bridge))
     }
 
     /// Whether bridge `bridge` may subscribe to `filter` (compared exactly: a filter with a
@@ -290,12 +312,31 @@ mod tests {
     }
 
     #[test]
+    fn nearby_topics_round_trip() {
+        let t = Topics::new("phr/v1/");
+        assert_eq!(t.nearby("br-1"), "phr/v1/bridges/br-1/nearby");
+        assert_eq!(t.nearby_filter(), "phr/v1/bridges/+/nearby");
+        assert_eq!(t.parse_nearby("phr/v1/bridges/br-1/nearby"), Some("br-1"));
+        for bad in [
+            "phr/v1/bridges/a/b/nearby",
+            "phr/v1/bridges//nearby",
+            "phr/v1/bridges/+/nearby",
+            "phr/v1/bridges/br-1/nearby/",
+            "phr/v2/bridges/br-1/nearby",
+            "phr/v1/bridges/br-1/pairing/reports",
+        ] {
+            assert_eq!(t.parse_nearby(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn a_bridge_publishes_only_its_own_records_and_reports() {
         let t = Topics::new("phr/v1");
         for ok in [
             "phr/v1/bridges/br-a/devices/AA:BB:CC:DD:EE:FF/records",
             "phr/v1/bridges/br-a/devices/band-1/records",
             "phr/v1/bridges/br-a/pairing/reports",
+            "phr/v1/bridges/br-a/nearby",
         ] {
             assert!(t.bridge_may_publish("br-a", ok), "{ok}");
         }
@@ -305,6 +346,13 @@ mod tests {
             "phr/v1/bridges/br-b/pairing/reports",
             "phr/v1/bridges/br-a2/pairing/reports",
             "phr/v1/bridges/br/devices/band-1/records",
+            "phr/v1/bridges/br-b/nearby",
+            "phr/v1/bridges/br-a2/nearby",
+            "phr/v1/bridges/+/nearby",
+            "phr/v1/bridges/br-a/nearby/",
+            "phr/v1/bridges/br-a/nearby/x",
+            "phr/v1/bridges/br-a/devices/band-1/nearby",
+            "phr/v2/bridges/br-a/nearby",
             // What only the gateway sends.
             "phr/v1/bridges/br-a/acks",
             "phr/v1/bridges/br-a/pairing/requests",
@@ -360,6 +408,8 @@ mod tests {
             "phr/v1/bridges/br-a/devices/+/records",
             "phr/v1/bridges/br-a/devices/band-1/records",
             "phr/v1/bridges/br-a/pairing/reports",
+            "phr/v1/bridges/br-a/nearby",
+            "phr/v1/bridges/+/nearby",
             "phr/v1/bridges/br-a/acks/",
             "phr/v1/bridges/br-a/acks/#",
             "phr/v1//bridges/br-a/acks",

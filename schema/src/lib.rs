@@ -8,6 +8,7 @@
 //! - [`id`]: the natural key of a record and its deterministic UUIDv5 `record_id`.
 //! - [`validate`]: total validation of records and batches, each rejection a named [`Reason`].
 //! - [`envelope`]: the MQTT contract: topics, the batch envelope, the gateway's ack.
+//! - [`nearby`]: a bridge's report of the devices it sees, bounded and cleaned.
 //! - [`channel`]: the bridge–gateway channel key: sealed MQTT payloads, pairing codes.
 //! - [`omh`]: Open mHealth (IEEE 1752.1 family) data points, header 1.2.
 //! - [`fhir`]: HL7 FHIR R4 `Observation`s (LOINC), daily step totals, `Bundle`, NDJSON, and back.
@@ -18,6 +19,7 @@ pub mod csv;
 pub mod envelope;
 pub mod fhir;
 pub mod id;
+pub mod nearby;
 pub mod omh;
 pub mod record;
 pub mod validate;
@@ -26,6 +28,7 @@ pub use envelope::{
     Ack, Batch, PairingReport, PairingRequest, RecordOutcome, Rejection, Topics, ENVELOPE_VERSION,
 };
 pub use id::{record_id, RecordKey};
+pub use nearby::{NearbyDevice, NearbyError, NearbyReport};
 pub use record::{
     Body, HeartRate, Modality, Provenance, Record, RecordType, SleepEpisode, SleepStage,
     SleepStageKind, StepCount, TimeInterval, UnitValue,

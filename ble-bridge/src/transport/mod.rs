@@ -85,6 +85,20 @@ impl Seen {
         names.dedup();
         names
     }
+
+    /// The decoder that reads most of this device, for the nearby report: the reference
+    /// band's protocol, else PAMS, else Heart Rate, else Battery; `None` if none can.
+    pub fn primary_decoder(&self) -> Option<&'static str> {
+        let names = self.decoders();
+        [
+            "phr-reference-band/1",
+            "pams",
+            decode::heart_rate::NAME,
+            decode::battery::NAME,
+        ]
+        .into_iter()
+        .find(|n| names.contains(n))
+    }
 }
 
 /// What the transport reports.
@@ -102,6 +116,12 @@ pub enum Event {
         characteristic: Uuid,
         bytes: Vec<u8>,
         received_at: DateTime<Utc>,
+    },
+    /// What the scan sees now (every [`crate::nearby::SNAPSHOT_EVERY`]): the wanted devices
+    /// BlueZ knows, strongest first.
+    Nearby {
+        seen: Vec<Seen>,
+        at: DateTime<Utc>,
     },
 }
 
@@ -285,9 +305,23 @@ pub async fn run(
     info!(adapter = %adapter_info, "scanning for devices");
     let mut slots: HashMap<PeripheralId, Slot> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut snapshot = tokio::time::interval(crate::nearby::SNAPSHOT_EVERY);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = snapshot.tick() => {
+                let mut seen_now = Vec::new();
+                for p in central.peripherals().await.map_err(ble)? {
+                    if let Ok(s) = seen(&p).await {
+                        if wanted(&cfg, &s) {
+                            seen_now.push(s);
+                        }
+                    }
+                }
+                seen_now.sort_by_key(|s| std::cmp::Reverse(s.rssi));
+                // A full channel: this snapshot is skipped, the next one comes.
+                let _ = events.try_send(Event::Nearby { seen: seen_now, at: Utc::now() });
+            }
             e = central_events.next() => {
                 let Some(e) = e else { return Err(Error::Bluetooth("BlueZ event stream ended".into())) };
                 match e {

@@ -11,6 +11,9 @@
 //! 4. `GET /api/v1/me/devices`: the owner's bindings with their validity intervals.
 //! 5. `DELETE /api/v1/me/devices/{device_id}/binding`: the owner ends their binding now
 //!    (giving the band away); only then can someone else pair it.
+//! 6. `GET /api/v1/me/bridges/{bridge_id}/nearby`: the bands a bridge last reported nearby,
+//!    to pick the one to pair; never a band someone else holds
+//!    ([`crate::store::nearby`]).
 
 use actix_web::{web, HttpResponse};
 use chrono::Utc;
@@ -31,6 +34,7 @@ pub const PAIRINGS: &str = "/api/v1/me/devices/pairings";
 pub const PAIRING: &str = "/api/v1/me/devices/pairings/{pairing_id}";
 pub const CONFIRM: &str = "/api/v1/me/devices/pairings/{pairing_id}/confirm";
 pub const BINDING: &str = "/api/v1/me/devices/{device_id}/binding";
+pub const NEARBY: &str = "/api/v1/me/bridges/{bridge_id}/nearby";
 pub const ADMIN_BINDING: &str = "/api/v1/admin/devices/{device_id}/binding";
 pub const ADMIN_BRIDGES: &str = "/api/v1/admin/bridges";
 pub const ADMIN_BRIDGE: &str = "/api/v1/admin/bridges/{bridge_id}";
@@ -41,6 +45,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(PAIRING, web::get().to(show))
         .route(CONFIRM, web::post().to(confirm))
         .route(BINDING, web::delete().to(release))
+        .route(NEARBY, web::get().to(nearby))
         .route(ADMIN_BINDING, web::delete().to(operator_release))
         .route(ADMIN_BRIDGES, web::post().to(enrol))
         .route(ADMIN_BRIDGE, web::delete().to(revoke));
@@ -190,6 +195,47 @@ pub(crate) async fn show(
         .map_err(|_| ApiError::Internal)??
         .ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "pairing": pairing })))
+}
+
+/// The bands a bridge last reported nearby, as the owner may see them.
+#[utoipa::path(get, path = "/api/v1/me/bridges/{bridge_id}/nearby", tag = "owner",
+    operation_id = "nearby_devices",
+    params(("bridge_id" = String, Path, description = "The bridge (1-64 characters of `A-Z a-z 0-9 . _ : -`)")),
+    security(("bearer" = [])),
+    description = "Scope: `patient/Device.r`. The devices the bridge saw in its latest report \
+                   (sent when what it sees changes, at most every 30 s by default), strongest \
+                   signal first, to pick the `device_id` of `POST /api/v1/me/devices/pairings`. \
+                   A device someone else holds a binding of is never listed; the owner's own are \
+                   marked `yours`. A report older than 10 minutes is `stale` and lists no devices. \
+                   `observed_at` is the earlier of the bridge's scan time and the report's arrival.",
+    responses(
+        (status = 200, description = "The bridge's latest report, filtered for the owner", body = doc::Nearby),
+        (status = 400, description = "`invalid_id`", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token lacks `patient/Device.r`", body = super::openapi::ErrorBody),
+        (status = 404, description = "The bridge has not reported (or is not enrolled)", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
+        (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn nearby(
+    principal: Principal,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require(&principal, 'r')?;
+    let bridge = path.into_inner();
+    if !is_valid_id(&bridge) {
+        return Err(ApiError::bad_request(
+            "invalid_id",
+            "`bridge_id` must be 1-64 characters of A-Z a-z 0-9 . _ : -",
+        ));
+    }
+    let store = state.store.clone();
+    let view = web::block(move || store.nearby_for_owner(&principal.subject, &bridge, Utc::now()))
+        .await
+        .map_err(|_| ApiError::Internal)??
+        .ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok().json(view))
 }
 
 /// The code the bridge shows, and optionally the serial number printed on the device.
@@ -484,6 +530,31 @@ pub(crate) mod doc {
         /// What the bridge reported about the device; null until it has.
         reported_address: Option<String>,
         reported_serial: Option<String>,
+    }
+
+    /// A device a bridge reported nearby.
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct NearbyDevice {
+        device_id: String,
+        /// Its advertised name, cleaned (at most 32 characters); null if none.
+        name: Option<String>,
+        /// Signal strength in dBm; null if the bridge had none.
+        rssi: Option<i16>,
+        /// The decoder that reads it (model or kind).
+        decoder: String,
+        /// The owner holds a binding of it already.
+        yours: bool,
+    }
+
+    /// A bridge's latest nearby report, as the owner may see it.
+    #[derive(Debug, ToSchema)]
+    pub(crate) struct Nearby {
+        bridge_id: String,
+        #[schema(format = DateTime)]
+        observed_at: String,
+        /// Older than 10 minutes: `devices` is empty.
+        stale: bool,
+        devices: Vec<NearbyDevice>,
     }
 
     #[derive(Debug, ToSchema)]

@@ -3,9 +3,14 @@
 //! store's ([`crate::store::pairing`]); these handlers only call them.
 //!
 //! - The home page's "Pair a band" section ([`section`]): a start form (the bridge from a
-//!   list of enrolled bridges the owner has used, or typed; the device typed: bridges do not
-//!   report nearby devices yet), and the owner's latest [`PAIRINGS_SHOWN`] pairings with
-//!   their expiry, tries used and why one was refused.
+//!   list of enrolled bridges the owner has used, or typed; the device typed) with a second
+//!   button that shows the bands near that bridge, and the owner's latest [`PAIRINGS_SHOWN`]
+//!   pairings with their expiry, tries used and why one was refused.
+//! - `POST /dashboard/me/pairings/nearby` (CSRF): the bands the chosen bridge last reported
+//!   nearby ([`Store::nearby_for_owner`]: never a band someone else holds; the owner's own
+//!   marked "already yours"), each with its name, id, signal and the report's age, as radio
+//!   buttons of a start form for that bridge, which also takes a typed band id. A report
+//!   older than ten minutes lists nothing and says so.
 //! - `POST /dashboard/me/pairings` (CSRF): starts through [`crate::pairing::start`], as `POST
 //!   /api/v1/me/devices/pairings` does, logs the start in the owner's disclosure log, and
 //!   goes to the pairing's page; a refusal is a page saying why (and, for too many pairings,
@@ -37,10 +42,13 @@ use super::owner::{blocking, either, owner_only, time_zone, when, HOME};
 use super::session::{check_csrf, internal_error, CsrfForm};
 use super::{not_found, page, respond, Viewer};
 use crate::api::AppState;
+use crate::store::nearby::NearbyView;
 use crate::store::pairing::{BindingInterval, Refusal, StartRefusal, MAX_ATTEMPTS};
 use crate::store::pairing_view::PairingSummary;
+use crate::store::Store;
 
 pub const PAIRINGS: &str = "/dashboard/me/pairings";
+pub const NEARBY: &str = "/dashboard/me/pairings/nearby";
 pub const PAIRING: &str = "/dashboard/me/pairings/{pairing_id}";
 pub const CONFIRM: &str = "/dashboard/me/pairings/{pairing_id}/confirm";
 pub const RELEASE: &str = "/dashboard/me/devices/{device_id}/release";
@@ -50,6 +58,7 @@ pub const PAIRINGS_SHOWN: usize = 20;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(PAIRINGS, web::post().to(start))
+        .route(NEARBY, web::post().to(nearby))
         .route(PAIRING, web::get().to(show))
         .route(CONFIRM, web::post().to(confirm))
         .route(RELEASE, web::get().to(confirm_release))
@@ -71,8 +80,8 @@ pub fn release_path(device_id: &str) -> String {
 
 // ----- pure rules of the forms -----
 
-/// The bridge the start form names: the typed one if any, else the one picked.
-fn chosen_bridge<'a>(picked: &'a str, typed: &'a str) -> &'a str {
+/// The bridge (or band) a form names: the typed one if any, else the one picked.
+fn chosen<'a>(picked: &'a str, typed: &'a str) -> &'a str {
     match typed.trim() {
         "" => picked.trim(),
         t => t,
@@ -124,6 +133,25 @@ fn reason_of(p: &PairingSummary, code: &str) -> String {
     }
 }
 
+/// How long ago, in words.
+fn ago(secs: i64) -> String {
+    match secs.max(0) {
+        0..=59 => "less than a minute ago".into(),
+        60..=119 => "1 minute ago".into(),
+        s => format!("{} minutes ago", s / 60),
+    }
+}
+
+/// A signal strength in words (BLE RSSI in dBm).
+fn signal(rssi: Option<i16>) -> String {
+    match rssi {
+        None => "unknown".into(),
+        Some(r) if r >= -60 => format!("strong ({r} dBm)"),
+        Some(r) if r >= -80 => format!("fair ({r} dBm)"),
+        Some(r) => format!("weak ({r} dBm)"),
+    }
+}
+
 /// A wait in words, rounded up to whole minutes.
 fn wait(secs: u64) -> String {
     match secs.div_ceil(60) {
@@ -163,9 +191,9 @@ pub fn section(
         section aria-labelledby="pair-h" {
             h2 id="pair-h" { "Pair a band" }
             p {
-                "Stand at the bridge with the band nearby. Start here; the bridge shows a code; "
-                "type that code on the next page. Bridges do not list nearby bands yet: type the "
-                "band's id (printed on it, or shown by the bridge)."
+                "Stand at the bridge with the band nearby. Choose the bridge and see the bands "
+                "it reports nearby, or type the band's id (printed on it, or shown by the "
+                "bridge) and start; the bridge shows a code; type that code on the next page."
             }
             form method="post" action=(PAIRINGS) {
                 input type="hidden" name="csrf" value=(v.csrf);
@@ -193,6 +221,10 @@ pub fn section(
                         autocomplete="off" spellcheck="false";
                 }
                 button type="submit" { "Start pairing" }
+                " "
+                button type="submit" id="pair-nearby" formaction=(NEARBY) formnovalidate {
+                    "Show bands near this bridge"
+                }
             }
             @if !pairings.is_empty() {
                 table {
@@ -250,6 +282,8 @@ struct StartForm {
     #[serde(default)]
     bridge: String,
     #[serde(default)]
+    device_pick: String,
+    #[serde(default)]
     device: String,
 }
 
@@ -273,8 +307,8 @@ async fn start_now(
 ) -> Result<HttpResponse, HttpResponse> {
     owner_only(&v)?;
     check_csrf(&v, &form.csrf)?;
-    let bridge = chosen_bridge(&form.bridge_pick, &form.bridge).to_owned();
-    let device = form.device.trim().to_owned();
+    let bridge = chosen(&form.bridge_pick, &form.bridge).to_owned();
+    let device = chosen(&form.device_pick, &form.device).to_owned();
     if !is_valid_id(&bridge) || !is_valid_id(&device) {
         return Err(respond(
             StatusCode::BAD_REQUEST,
@@ -357,6 +391,132 @@ async fn start_now(
                 }
             }
             Err(resp)
+        }
+    }
+}
+
+// ----- the bands near a bridge -----
+
+async fn nearby(
+    state: web::Data<AppState>,
+    viewer: Viewer,
+    form: Result<web::Form<StartForm>, actix_web::Error>,
+) -> HttpResponse {
+    let form = form.map(web::Form::into_inner).unwrap_or_default();
+    either(nearby_page(state, viewer, form).await)
+}
+
+/// What `person` may see near `bridge`, and their zone.
+fn nearby_of(
+    store: &Store,
+    person: &str,
+    bridge: &str,
+    now: DateTime<Utc>,
+) -> crate::Result<(Option<NearbyView>, Tz)> {
+    Ok((
+        store.nearby_for_owner(person, bridge, now)?,
+        time_zone(store, person)?,
+    ))
+}
+
+async fn nearby_page(
+    state: web::Data<AppState>,
+    v: Viewer,
+    form: StartForm,
+) -> Result<HttpResponse, HttpResponse> {
+    owner_only(&v)?;
+    check_csrf(&v, &form.csrf)?;
+    let bridge = chosen(&form.bridge_pick, &form.bridge).to_owned();
+    if !is_valid_id(&bridge) {
+        return Err(respond(
+            StatusCode::BAD_REQUEST,
+            "No bridge",
+            Some(&v),
+            html! {
+                h1 { "Which bridge?" }
+                p {
+                    "Pick a bridge or type its id: 1 to 64 letters, digits or "
+                    code { ". _ : -" } "."
+                }
+                (back_home())
+            },
+        ));
+    }
+    let (store, person, b) = (state.store.clone(), v.subject.clone(), bridge.clone());
+    let now = Utc::now();
+    let (view, tz) = blocking(&v, move || nearby_of(&store, &person, &b, now)).await?;
+    Ok(page(
+        "Bands near a bridge",
+        Some(&v),
+        nearby_body(&v, &bridge, view.as_ref(), tz, now),
+    ))
+}
+
+/// The bands `view` lists as choices of a start form for `bridge`, and a typed id.
+fn nearby_body(
+    v: &Viewer,
+    bridge: &str,
+    view: Option<&NearbyView>,
+    tz: Tz,
+    now: DateTime<Utc>,
+) -> Markup {
+    let devices = view.map(|n| n.devices.as_slice()).unwrap_or_default();
+    html! {
+        h1 { "Bands near bridge " code { (bridge) } }
+        @match view {
+            // Not enrolled or never reported: the same words, as starting a pairing there
+            // would say whether it is enrolled.
+            None => p id="nearby-none" {
+                "This bridge has not reported any bands nearby. Check the bridge id, or type "
+                "the band's id below."
+            },
+            Some(n) if n.stale => p id="nearby-stale" {
+                "The bridge last reported " (ago((now - n.observed_at).num_seconds()))
+                " (at " (when(n.observed_at, tz)) "): its list is out of date and not shown. "
+                "Is the bridge running? You can type the band's id below."
+            },
+            Some(n) => p id="nearby-age" class="muted" {
+                "Reported by the bridge " (ago((now - n.observed_at).num_seconds())) ". "
+                "Only bands nobody else has paired are listed."
+            },
+        }
+        form method="post" action=(PAIRINGS) {
+            input type="hidden" name="csrf" value=(v.csrf);
+            input type="hidden" name="bridge" value=(bridge);
+            @if view.is_some_and(|n| !n.stale) {
+                @if devices.is_empty() {
+                    p id="nearby-empty" { "No band that you could pair is near this bridge now." }
+                } @else {
+                    fieldset id="nearby-list" {
+                        legend { "Bands near the bridge, strongest signal first" }
+                        @for (i, d) in devices.iter().enumerate() {
+                            p class="nearby-band" {
+                                input type="radio" name="device_pick" value=(d.device_id)
+                                    id={ "nearby-" (i) } checked[i == 0];
+                                " "
+                                label for={ "nearby-" (i) } {
+                                    @if let Some(name) = &d.name { strong { (name) } " " }
+                                    code { (d.device_id) }
+                                    " · signal " (signal(d.rssi))
+                                    " · " span class="muted" { (d.decoder) }
+                                    @if d.yours { " " span class="status status-granted" { "already yours" } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            p {
+                label for="pair-device" {
+                    @if devices.is_empty() { "Band (device id)" } @else { "or type a band's id" }
+                }
+                " "
+                input type="text" id="pair-device" name="device" maxlength="64"
+                    autocomplete="off" spellcheck="false" required[devices.is_empty()];
+            }
+            button type="submit" { "Start pairing" }
+            " "
+            a href={ (HOME) "#pair-h" } { "Cancel" }
         }
     }
 }
@@ -624,10 +784,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_typed_bridge_wins_over_the_picked_one() {
-        assert_eq!(chosen_bridge("br-a", "  br-b "), "br-b");
-        assert_eq!(chosen_bridge(" br-a ", "   "), "br-a");
-        assert_eq!(chosen_bridge("", ""), "");
+    fn a_typed_bridge_or_band_wins_over_the_picked_one() {
+        assert_eq!(chosen("br-a", "  br-b "), "br-b");
+        assert_eq!(chosen(" br-a ", "   "), "br-a");
+        assert_eq!(chosen("", ""), "");
+    }
+
+    #[test]
+    fn ages_and_signals_in_words() {
+        assert_eq!(ago(-5), "less than a minute ago");
+        assert_eq!(ago(59), "less than a minute ago");
+        assert_eq!(ago(60), "1 minute ago");
+        assert_eq!(ago(610), "10 minutes ago");
+        assert_eq!(signal(None), "unknown");
+        assert_eq!(signal(Some(-45)), "strong (-45 dBm)");
+        assert_eq!(signal(Some(-75)), "fair (-75 dBm)");
+        assert_eq!(signal(Some(-90)), "weak (-90 dBm)");
+    }
+
+    fn viewer() -> Viewer {
+        Viewer {
+            subject: "ana".into(),
+            role: super::super::Role::Owner,
+            csrf: "tok".into(),
+        }
+    }
+
+    /// Names and ids from a bridge are text, never markup.
+    #[test]
+    fn the_list_escapes_what_the_bridge_reported() {
+        let now = Utc::now();
+        let view = NearbyView {
+            bridge_id: "br".into(),
+            observed_at: now,
+            stale: false,
+            devices: vec![crate::store::nearby::NearbyEntry {
+                device_id: "band-1".into(),
+                name: Some("<img src=x onerror=alert(1)>".into()),
+                rssi: Some(-50),
+                decoder: "pams".into(),
+                yours: true,
+            }],
+        };
+        let html = nearby_body(&viewer(), "br", Some(&view), chrono_tz::UTC, now).into_string();
+        assert!(!html.contains("<img"), "{html}");
+        assert!(
+            html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+            "{html}"
+        );
+        assert!(html.contains("value=\"band-1\""), "{html}");
+        assert!(html.contains("already yours"), "{html}");
+        assert!(html.contains("name=\"csrf\" value=\"tok\""), "{html}");
     }
 
     #[test]

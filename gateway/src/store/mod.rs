@@ -31,6 +31,7 @@ pub mod consent;
 pub mod corrections;
 pub mod dashboard;
 pub mod export;
+pub mod nearby;
 pub mod pairing;
 pub mod pairing_view;
 pub mod sessions;
@@ -321,6 +322,9 @@ impl Store {
         conn.execute_batch(corrections::SCHEMA)?;
         conn.execute_batch(clients::SCHEMA)?;
         conn.execute_batch(sessions::SCHEMA)?;
+        // A new table only, created where missing: stores of this schema version gain it
+        // on their next start, as `oidc_pending` did.
+        conn.execute_batch(nearby::SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let rows = RowCounts::counted(&conn)?;
         Ok(Self {
@@ -442,9 +446,11 @@ impl Store {
     /// Revokes `bridge_id`'s enrolment (a lost or compromised bridge): it can no longer
     /// connect to the embedded broker, nothing it seals opens any more, and nothing is sent to
     /// it; its devices and their bindings stay. `false` if it was not enrolled. Enrolling it
-    /// again (with a new key) is allowed afterwards.
+    /// again (with a new key) is allowed afterwards. Its latest nearby report is deleted.
     pub fn revoke_bridge(&self, bridge_id: &str) -> Result<bool> {
         self.write(|tx| {
+            // What it reported nearby goes with it.
+            tx.execute("DELETE FROM nearby_reports WHERE bridge_id = ?1", [bridge_id])?;
             Ok(tx.execute(
                 "UPDATE bridges SET public_key = NULL WHERE bridge_id = ?1 AND public_key IS NOT NULL",
                 [bridge_id],
@@ -941,6 +947,9 @@ pub enum RefusedBatch {
     NotSealed,
     /// An enrolled bridge sent records of a device registered through another bridge.
     DeviceNotOnBridge,
+    /// A report (nearby devices) opened but is not one a bridge following the contract
+    /// sends: malformed, out of bounds, or scanned too far in the future.
+    InvalidReport,
 }
 
 impl RefusedBatch {
@@ -949,6 +958,7 @@ impl RefusedBatch {
             Self::NotEnrolled => "bridge_not_enrolled",
             Self::NotSealed => "not_sealed_by_bridge",
             Self::DeviceNotOnBridge => "device_not_on_bridge",
+            Self::InvalidReport => "invalid_report",
         }
     }
 }

@@ -239,7 +239,7 @@ async fn two_bridges() -> anyhow::Result<(TestGateway, BridgeKey, BridgeKey)> {
 }
 
 /// The filters an intruder tries: everything, the prefix, every bridge's acks, pairing
-/// requests and records, and the victim's own topics.
+/// requests, records and nearby reports, and the victim's own topics.
 fn snooping_filters(t: &Topics) -> Vec<String> {
     let p = t.prefix();
     vec![
@@ -250,10 +250,12 @@ fn snooping_filters(t: &Topics) -> Vec<String> {
         format!("{p}/bridges/+/acks"),
         format!("{p}/bridges/+/pairing/requests"),
         format!("{p}/bridges/+/devices/+/records"),
+        format!("{p}/bridges/+/nearby"),
         t.acks(VICTIM),
         t.pairing_requests(VICTIM),
         t.records(VICTIM, BAND),
         t.pairing_reports(VICTIM),
+        t.nearby(VICTIM),
         format!("{}/#", t.acks(EVIL)),
         format!("{p}/bridges/{EVIL}/+"),
     ]
@@ -374,8 +376,8 @@ async fn a_bridge_reads_nothing_of_another_bridges_traffic() -> anyhow::Result<(
     // clock crosses a minute between them.
     let start = ago(60);
     for round in 0..3 {
-        // The victim's traffic: a batch (health data), its ack, and a pairing request with
-        // a one-time code from the gateway.
+        // The victim's traffic: a batch (health data), its ack, a nearby report (which bands
+        // are near it), and a pairing request with a one-time code from the gateway.
         let ack = send(
             &mut victim,
             BAND,
@@ -388,6 +390,17 @@ async fn a_bridge_reads_nothing_of_another_bridges_traffic() -> anyhow::Result<(
         )
         .await?;
         assert_eq!(ack.stored, 1, "{ack:?}");
+        let nearby = phr_schema::NearbyReport::new(
+            Utc::now().fixed_offset(),
+            phr_schema::NearbyDevice::new(BAND, Some("Victim's band"), Some(-50), "pams"),
+        );
+        let topic = t.nearby(VICTIM);
+        victim
+            .publish_to(
+                topic.clone(),
+                victim.seal(&topic, serde_json::to_vec(&nearby)?),
+            )
+            .await?;
         let request = serde_json::json!({
             "pairing_id": Uuid::new_v4(), "device_id": BAND, "code": "123456",
             "expires_at": Utc::now().to_rfc3339(),
@@ -448,6 +461,14 @@ async fn forged_acks_and_publishes_on_foreign_topics_close_the_connection() -> a
             "a pairing report as the victim",
             t.pairing_reports(VICTIM),
             serde_json::to_vec(&report)?,
+        ),
+        (
+            "a nearby report as the victim",
+            t.nearby(VICTIM),
+            serde_json::to_vec(&phr_schema::NearbyReport::new(
+                Utc::now().fixed_offset(),
+                phr_schema::NearbyDevice::new("band-evil", Some("Pick me"), Some(-30), "pams"),
+            ))?,
         ),
         (
             "a pairing request (only the gateway sends them)",
@@ -746,6 +767,7 @@ async fn mosquitto_with_the_shipped_acl_holds_the_same_boundaries() -> anyhow::R
         t.acks(VICTIM),
         t.records(VICTIM, BAND),
         t.pairing_requests(VICTIM),
+        t.nearby(VICTIM),
     ] {
         evil.client
             .publish(topic, QoS::AtLeastOnce, false, forged_ack.clone())
@@ -782,6 +804,33 @@ async fn mosquitto_with_the_shipped_acl_holds_the_same_boundaries() -> anyhow::R
         vec![100, 100, 100],
         "only the victim's own batches are stored"
     );
+    // The victim's nearby report passes the ACL and reaches the gateway; the attacker's
+    // forged one on the same topic did not.
+    let nearby = phr_schema::NearbyReport::new(
+        Utc::now().fixed_offset(),
+        phr_schema::NearbyDevice::new("band-near", None, Some(-50), "pams"),
+    );
+    let topic = t.nearby(VICTIM);
+    victim
+        .publish_to(
+            topic.clone(),
+            victim.seal(&topic, serde_json::to_vec(&nearby)?),
+        )
+        .await?;
+    let store = gw.gateway.store.clone();
+    let seen = wait_for(
+        "the victim's nearby report",
+        Duration::from_secs(10),
+        || {
+            store
+                .nearby_for_owner("vic", VICTIM, Utc::now())
+                .ok()
+                .flatten()
+        },
+    )
+    .await?;
+    let ids: Vec<&str> = seen.devices.iter().map(|d| d.device_id.as_str()).collect();
+    assert_eq!(ids, ["band-near"]);
     gw.stop().await;
     Ok(())
 }

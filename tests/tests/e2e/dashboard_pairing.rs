@@ -15,15 +15,15 @@ use phr_schema::PairingReport;
 const BRIDGE: &str = "br-hall";
 const BAND: &str = "band-7";
 
-/// A browser signed in to the dashboard as an owner.
-struct Browser<'g> {
+/// A browser signed in to the dashboard as an owner (also used by [`crate::nearby`]).
+pub(crate) struct Browser<'g> {
     gw: &'g TestGateway,
     session: String,
 }
 
 impl<'g> Browser<'g> {
     /// Signs in as `person` with a one-time link: its page, then its form.
-    fn sign_in(gw: &'g TestGateway, person: &str) -> anyhow::Result<Self> {
+    pub(crate) fn sign_in(gw: &'g TestGateway, person: &str) -> anyhow::Result<Self> {
         let code = gw.gateway.store.issue_signin_code(
             person,
             Role::Owner,
@@ -47,7 +47,7 @@ impl<'g> Browser<'g> {
         Ok(Self { gw, session })
     }
 
-    fn get(&self, path: &str) -> anyhow::Result<Page> {
+    pub(crate) fn get(&self, path: &str) -> anyhow::Result<Page> {
         browse(
             "GET",
             &self.gw.url(path),
@@ -56,7 +56,7 @@ impl<'g> Browser<'g> {
         )
     }
 
-    fn post(&self, path: &str, form: &[(&str, &str)]) -> anyhow::Result<Page> {
+    pub(crate) fn post(&self, path: &str, form: &[(&str, &str)]) -> anyhow::Result<Page> {
         browse(
             "POST",
             &self.gw.url(path),
@@ -66,7 +66,7 @@ impl<'g> Browser<'g> {
     }
 
     /// The CSRF token of this session, as the home page's forms carry it.
-    fn csrf(&self) -> anyhow::Result<String> {
+    pub(crate) fn csrf(&self) -> anyhow::Result<String> {
         let home = self.get(owner::HOME)?;
         anyhow::ensure!(home.status == 200, "{}", home.body);
         home.field("csrf")

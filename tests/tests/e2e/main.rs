@@ -27,6 +27,7 @@ mod fhir;
 mod forwarded;
 mod limits;
 mod metrics_scrape;
+mod nearby;
 mod oauth;
 mod oidc_api;
 mod oidc_browser;
