@@ -131,9 +131,31 @@ async fn owner_and_clinician_sign_in_at_the_provider_and_the_owner_pairs_and_rel
         "the pending sign-in cookie is gone"
     );
 
-    // Pair the band: bridge and band typed, start, the code the bridge shows, confirm.
+    // Pair the band: the bridge typed, the bands it reports nearby shown, the band picked
+    // from them, start, the code the bridge shows, confirm.
+    wait_for(
+        "the bridge's nearby report",
+        Duration::from_secs(20),
+        || {
+            gw.gateway
+                .store
+                .nearby_for_owner(OWNER_PERSON, BRIDGE, Utc::now())
+                .ok()
+                .flatten()
+                .filter(|n| n.devices.iter().any(|d| d.device_id == BAND))
+        },
+    )
+    .await?;
     browser.type_text(&browser.expect("#pair-bridge")?, BRIDGE)?;
-    browser.type_text(&browser.expect("#pair-device")?, BAND)?;
+    browser.click(&browser.expect("#pair-nearby")?)?;
+    let pick = wait_for("the nearby list", Duration::from_secs(15), || {
+        browser
+            .find(&format!("#nearby-list input[value='{BAND}']"))
+            .ok()
+            .flatten()
+    })
+    .await?;
+    browser.click(&pick)?;
     let start = browser.expect("form[action='/dashboard/me/pairings'] button[type=submit]")?;
     browser.click(&start)?;
     let code = wait_for("the bridge to show a code", Duration::from_secs(15), || {
