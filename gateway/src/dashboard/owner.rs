@@ -118,6 +118,7 @@ fn action(a: Action) -> &'static str {
         Action::Correction => "correction",
         Action::RefusedBatch => "refused batch",
         Action::Import => "import",
+        Action::SourcePriority => "device order",
     }
 }
 

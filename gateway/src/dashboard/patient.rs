@@ -593,9 +593,15 @@ fn sleep_section(page: &Page<'_>) -> Markup {
                 .collect()
         })
         .collect();
+    // A second device's copy of a night is listed below, not drawn over the night.
     let timing_bars: Vec<Vec<Timing>> = timings
         .iter()
-        .map(|ts| ts.iter().map(|(t, _)| *t).collect())
+        .map(|ts| {
+            ts.iter()
+                .filter(|(_, e)| !e.duplicate)
+                .map(|(t, _)| *t)
+                .collect()
+        })
         .collect();
     let stage_rows = html! {
         @for n in page.nights.iter().filter(|n| page.shown(n.date)) {
@@ -636,7 +642,11 @@ fn sleep_section(page: &Page<'_>) -> Markup {
                     th scope="row" { (d) }
                     td class="bed" { (e.start.format("%Y-%m-%d %H:%M")) }
                     td class="wake" { (e.end.format("%Y-%m-%d %H:%M")) }
-                    td class="main" { @if t.main { "yes" } @else { "no" } }
+                    td class="main" {
+                        @if e.duplicate {
+                            "duplicate (" code { (e.device_id) } "), not counted"
+                        } @else if t.main { "yes" } @else { "no" }
+                    }
                 }
             }
         }

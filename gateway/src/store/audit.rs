@@ -62,6 +62,8 @@ pub enum Action {
     RefusedBatch,
     /// Records imported from another gateway's export.
     Import,
+    /// The person changed which of their devices counts first (see [`super::sources`]).
+    SourcePriority,
 }
 
 /// Whether data left.
@@ -166,6 +168,7 @@ fn action_str(a: Action) -> &'static str {
         Action::Correction => "correction",
         Action::RefusedBatch => "refused_batch",
         Action::Import => "import",
+        Action::SourcePriority => "source_priority",
     }
 }
 
@@ -238,6 +241,7 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, Entry, String,
         "correction" => Action::Correction,
         "refused_batch" => Action::RefusedBatch,
         "import" => Action::Import,
+        "source_priority" => Action::SourcePriority,
         _ => Action::Erasure,
     };
     let outcome = match r.get::<_, String>(6)?.as_str() {

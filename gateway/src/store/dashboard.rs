@@ -18,16 +18,19 @@
 //! # The 5-minute rollup
 //! Minute-level data is 1,440 step records and as many heart-rate readings a day; summing
 //! their JSON bodies for 90 days takes most of a second. So steps and heart rate are also
-//! kept summed per person, type and 5-minute clock interval (`series_5min`: records, total,
-//! latest `stored_at_ms`), maintained by triggers on `records` in the transaction that
-//! changes the series (insert, delete, re-attribution), like the change feed: no write path
-//! can forget it. A store made before the rollup is backfilled once when opened.
+//! kept summed per person, type, 5-minute clock interval and **device** (`series_slots`:
+//! records, total, measured time, latest `stored_at_ms`), maintained by triggers on
+//! `records` in the transaction that changes the series (insert, delete, re-attribution),
+//! like the change feed: no write path can forget it. A step record longer than an interval
+//! (15-minute counts, an hour) is spread over the intervals it covers in proportion to its
+//! time in each. A store made before this rollup is backfilled once when opened.
 //!
 //! Local midnights fall on whole quarter hours in every zone in use today, so a local day is
-//! a whole number of intervals and is read from the rollup alone; only a range a consent's
-//! window cuts mid-interval reads the few records at its ends from `records` ([`slots`]).
-//! Results are exactly those of summing the records. The 5-minute means of the resting heart
-//! rate are the rollup's intervals themselves.
+//! a whole number of intervals and is read from the rollup alone; a day a consent's window
+//! cuts is read from its records inside the window, spread the same way ([`slots`],
+//! [`super::sources::spread`]). The merged view then takes one device per interval
+//! ([`super::sources`]). The 5-minute means of the resting heart rate are the chosen
+//! devices' intervals.
 //!
 //! [`PatientView`] holds one read of all of these (through
 //! [`crate::access::read_patient_view`], which checks consent and logs the disclosure) and
@@ -88,6 +91,11 @@ pub struct Episode {
     /// Wake time: the episode's end.
     pub end: DateTime<FixedOffset>,
     pub main: bool,
+    /// The same sleep as an episode of another device that counts (the night's merge,
+    /// [`super::sources::merge_night`]): shown as such, counted nowhere, never a nap.
+    pub duplicate: bool,
+    /// The device that measured it.
+    pub device_id: String,
     /// Minutes asleep, as the daily summary counts them.
     pub asleep_minutes: Option<f64>,
     /// Minutes per stage; `None` when the episode has no stages.
@@ -126,84 +134,155 @@ pub struct RestingHeartRate {
 /// The width of a rollup interval; intervals are `start_ms / INTERVAL_MS`.
 pub const INTERVAL_MS: i64 = 5 * 60_000;
 
-/// The rollup and the triggers that keep it (the value of a record: its `step_count`, or its
-/// heart rate in beats per minute).
-pub(super) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS series_5min (
+/// The most intervals one record spans (ingest's longest interval, 24 h, plus one for a
+/// record not aligned to the clock).
+const MAX_SPAN: i64 = 24 * 12 + 1;
+
+/// The value of record `R` (`NEW` or `OLD`): its `step_count`, or its heart rate in bpm.
+fn value(r: &str) -> String {
+    format!(
+        "CASE {r}.record_type WHEN 'step-count' THEN json_extract({r}.body, '$.body.step_count')
+              ELSE json_extract({r}.body, '$.body.heart_rate.value') END"
+    )
+}
+
+/// How many intervals after its first one record `R` reaches: steps are spread over the
+/// intervals they were measured in; a heart-rate reading (and a step record inside one
+/// interval) stays in the interval it starts in.
+fn span(r: &str) -> String {
+    format!(
+        "CASE WHEN {r}.record_type = 'step-count' AND {r}.end_ms > {r}.start_ms
+              THEN min((({r}.end_ms - 1) / 300000) - ({r}.start_ms / 300000), {MAX_SPAN})
+              ELSE 0 END"
+    )
+}
+
+/// The measured time of record `R` in interval `S`, in ms (0 for heart rate).
+fn overlap(r: &str, s: &str) -> String {
+    format!(
+        "CASE WHEN {r}.record_type = 'step-count' AND {r}.end_ms > {r}.start_ms
+              THEN min({r}.end_ms, ({s} + 1) * 300000) - max({r}.start_ms, {s} * 300000)
+              ELSE 0 END"
+    )
+}
+
+/// Record `R`'s share of its value in interval `S`: in proportion to its measured time there.
+fn share(r: &str, s: &str) -> String {
+    format!(
+        "CASE WHEN ({span}) = 0 THEN ({value}) * 1.0
+              ELSE ({value}) * 1.0 * ({overlap}) / ({r}.end_ms - {r}.start_ms) END",
+        span = span(r),
+        value = value(r),
+        overlap = overlap(r, s),
+    )
+}
+
+/// Adds record `R` to the rollup, one row per interval it reaches.
+fn add(r: &str) -> String {
+    let s = format!("({r}.start_ms / 300000 + o.k)");
+    format!(
+        "INSERT INTO series_slots
+            (person_id, record_type, slot, device_id, pieces, records, total, covered_ms,
+             last_stored_ms)
+         SELECT {r}.person_id, {r}.record_type, {s}, {r}.device_id, 1, o.k = 0, {share},
+                {overlap}, {r}.stored_at_ms
+           FROM rollup_offsets o WHERE o.k <= {span}
+         ON CONFLICT (person_id, record_type, slot, device_id) DO UPDATE
+            SET pieces = pieces + 1, records = records + excluded.records,
+                total = total + excluded.total, covered_ms = covered_ms + excluded.covered_ms,
+                last_stored_ms = max(last_stored_ms, excluded.last_stored_ms);",
+        share = share(r, &s),
+        overlap = overlap(r, &s),
+        span = span(r),
+    )
+}
+
+/// Takes record `R` out of the rollup.
+fn remove(r: &str) -> String {
+    let range = format!(
+        "person_id = {r}.person_id AND record_type = {r}.record_type AND device_id = {r}.device_id
+         AND slot >= {r}.start_ms / 300000 AND slot <= {r}.start_ms / 300000 + {span}",
+        span = span(r)
+    );
+    format!(
+        "UPDATE series_slots
+            SET pieces = pieces - 1, records = records - (slot = {r}.start_ms / 300000),
+                total = total - ({share}), covered_ms = covered_ms - ({overlap})
+          WHERE {range};
+         DELETE FROM series_slots WHERE {range} AND pieces <= 0;",
+        share = share(r, "slot"),
+        overlap = overlap(r, "slot"),
+    )
+}
+
+/// The rollup and the triggers that keep it: per person, type, 5-minute interval and
+/// **device** (the merged view picks one device per interval, [`super::sources`]). The rollup
+/// of schema 6 (`series_5min`, summed over devices) is dropped and rebuilt from the series.
+pub(super) fn schema() -> String {
+    format!(
+        "DROP TRIGGER IF EXISTS series_5min_stored;
+DROP TRIGGER IF EXISTS series_5min_erased;
+DROP TRIGGER IF EXISTS series_5min_moved;
+DROP TABLE IF EXISTS series_5min;
+CREATE TABLE IF NOT EXISTS rollup_offsets (k INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS series_slots (
     person_id TEXT NOT NULL,
     record_type TEXT NOT NULL,
     slot INTEGER NOT NULL,
+    device_id TEXT NOT NULL,
+    -- Records reaching into the interval (a row goes when none is left).
+    pieces INTEGER NOT NULL,
+    -- Records starting in it.
     records INTEGER NOT NULL,
-    total NUMERIC NOT NULL,
+    -- Their values' shares in it (steps spread by measured time; heart rates summed).
+    total REAL NOT NULL,
+    -- Their measured time in it, ms (steps).
+    covered_ms INTEGER NOT NULL,
     -- The latest stored_at_ms of a record added; not lowered when records leave.
     last_stored_ms INTEGER NOT NULL,
-    PRIMARY KEY (person_id, record_type, slot)
+    PRIMARY KEY (person_id, record_type, slot, device_id)
 ) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS series_5min_stored AFTER INSERT ON records
+CREATE TRIGGER IF NOT EXISTS series_slots_stored AFTER INSERT ON records
     WHEN NEW.record_type IN ('step-count', 'heart-rate') BEGIN
-    INSERT INTO series_5min (person_id, record_type, slot, records, total, last_stored_ms)
-    VALUES (NEW.person_id, NEW.record_type, NEW.start_ms / 300000, 1,
-            CASE NEW.record_type WHEN 'step-count' THEN json_extract(NEW.body, '$.body.step_count')
-                 ELSE json_extract(NEW.body, '$.body.heart_rate.value') END,
-            NEW.stored_at_ms)
-    ON CONFLICT (person_id, record_type, slot) DO UPDATE
-       SET records = records + 1, total = total + excluded.total,
-           last_stored_ms = max(last_stored_ms, excluded.last_stored_ms);
+    {add_new}
 END;
-CREATE TRIGGER IF NOT EXISTS series_5min_erased AFTER DELETE ON records
+CREATE TRIGGER IF NOT EXISTS series_slots_erased AFTER DELETE ON records
     WHEN OLD.record_type IN ('step-count', 'heart-rate') BEGIN
-    UPDATE series_5min
-       SET records = records - 1,
-           total = total - CASE OLD.record_type
-                               WHEN 'step-count' THEN json_extract(OLD.body, '$.body.step_count')
-                               ELSE json_extract(OLD.body, '$.body.heart_rate.value') END
-     WHERE person_id = OLD.person_id AND record_type = OLD.record_type
-       AND slot = OLD.start_ms / 300000;
-    DELETE FROM series_5min
-     WHERE person_id = OLD.person_id AND record_type = OLD.record_type
-       AND slot = OLD.start_ms / 300000 AND records <= 0;
+    {remove_old}
 END;
-CREATE TRIGGER IF NOT EXISTS series_5min_moved AFTER UPDATE OF person_id ON records
+CREATE TRIGGER IF NOT EXISTS series_slots_moved AFTER UPDATE OF person_id ON records
     WHEN OLD.person_id <> NEW.person_id AND NEW.record_type IN ('step-count', 'heart-rate') BEGIN
-    UPDATE series_5min
-       SET records = records - 1,
-           total = total - CASE OLD.record_type
-                               WHEN 'step-count' THEN json_extract(OLD.body, '$.body.step_count')
-                               ELSE json_extract(OLD.body, '$.body.heart_rate.value') END
-     WHERE person_id = OLD.person_id AND record_type = OLD.record_type
-       AND slot = OLD.start_ms / 300000;
-    DELETE FROM series_5min
-     WHERE person_id = OLD.person_id AND record_type = OLD.record_type
-       AND slot = OLD.start_ms / 300000 AND records <= 0;
-    INSERT INTO series_5min (person_id, record_type, slot, records, total, last_stored_ms)
-    VALUES (NEW.person_id, NEW.record_type, NEW.start_ms / 300000, 1,
-            CASE NEW.record_type WHEN 'step-count' THEN json_extract(NEW.body, '$.body.step_count')
-                 ELSE json_extract(NEW.body, '$.body.heart_rate.value') END,
-            NEW.stored_at_ms)
-    ON CONFLICT (person_id, record_type, slot) DO UPDATE
-       SET records = records + 1, total = total + excluded.total,
-           last_stored_ms = max(last_stored_ms, excluded.last_stored_ms);
+    {remove_old}
+    {add_new}
 END;
-";
+",
+        add_new = add("NEW"),
+        remove_old = remove("OLD"),
+    )
+}
 
-/// Fills an empty rollup from the series (a store made before it existed); a no-op once the
-/// rollup holds anything.
+/// Fills the interval offsets the triggers join, and an empty rollup from the series (a
+/// store made before it, or before it was kept per device); a no-op once both hold anything.
 pub(super) fn backfill(conn: &Connection) -> Result<()> {
-    let empty: bool = conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM series_5min)", [], |r| {
-        r.get(0)
-    })?;
+    let offsets: i64 = conn.query_row("SELECT count(*) FROM rollup_offsets", [], |r| r.get(0))?;
+    if offsets != MAX_SPAN + 1 {
+        conn.execute("DELETE FROM rollup_offsets", [])?;
+        let mut insert = conn.prepare("INSERT INTO rollup_offsets (k) VALUES (?1)")?;
+        for k in 0..=MAX_SPAN {
+            insert.execute([k])?;
+        }
+    }
+    let empty: bool =
+        conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM series_slots)", [], |r| {
+            r.get(0)
+        })?;
     if empty {
-        conn.execute(
-            "INSERT INTO series_5min (person_id, record_type, slot, records, total, last_stored_ms)
-             SELECT person_id, record_type, start_ms / 300000, COUNT(*),
-                    SUM(CASE record_type
-                            WHEN 'step-count' THEN json_extract(body, '$.body.step_count')
-                            ELSE json_extract(body, '$.body.heart_rate.value') END),
-                    MAX(stored_at_ms)
-               FROM records WHERE record_type IN ('step-count', 'heart-rate')
-              GROUP BY person_id, record_type, start_ms / 300000",
-            [],
-        )?;
+        let add = add("r").replace(
+            "FROM rollup_offsets o WHERE",
+            "FROM records r JOIN rollup_offsets o
+              WHERE r.record_type IN ('step-count', 'heart-rate') AND",
+        );
+        conn.execute_batch(&add)?;
     }
     Ok(())
 }
@@ -237,27 +316,6 @@ pub fn slots(from_ms: i64, to_ms: i64) -> Slots {
     (Some((first, end)), rest)
 }
 
-/// `days` for the rollup queries: `[[day index, first interval, end interval], ...]` and
-/// `[[day index, from_ms, to_ms], ...]` for the parts read from the records, as JSON arrays
-/// (`None` when empty).
-pub(super) fn day_slots(days: &[DayWindow]) -> (Option<String>, Option<String>) {
-    let mut whole: Vec<[i64; 3]> = Vec::new();
-    let mut rest: Vec<[i64; 3]> = Vec::new();
-    for (i, d) in days.iter().enumerate() {
-        let (w, r) = slots(d.from_ms, d.to_ms);
-        if let Some((a, b)) = w {
-            whole.push([i as i64, a, b]);
-        }
-        rest.extend(r.into_iter().map(|(a, b)| [i as i64, a, b]));
-    }
-    let json = |v: Vec<[i64; 3]>| {
-        (!v.is_empty()).then(|| {
-            serde_json::Value::from(v.iter().map(|x| x.to_vec()).collect::<Vec<_>>()).to_string()
-        })
-    };
-    (json(whole), json(rest))
-}
-
 impl Store {
     /// The sleep episodes of `person_id` ending in each of `days` and starting inside
     /// `window` (the records [`Store::daily_sleep`] sums), one by one, with times in `tz`.
@@ -270,8 +328,9 @@ impl Store {
     ) -> Result<Vec<Episode>> {
         let local = |t: DateTime<FixedOffset>| t.with_timezone(&tz).fixed_offset();
         let mut out = Vec::new();
-        for (i, body, _, _) in self.sleep_rows(person_id, days, window)? {
-            let record: Record = serde_json::from_str(&body)
+        for row in self.sleep_rows(person_id, days, window)? {
+            let (i, body) = (row.day, &row.body);
+            let record: Record = serde_json::from_str(body)
                 .map_err(|_| Error::Invalid("a stored record does not parse"))?;
             let Body::SleepEpisode(e) = &record.body else {
                 continue;
@@ -284,6 +343,8 @@ impl Store {
                 start: local(e.effective_time_frame.start()),
                 end: local(e.effective_time_frame.end()),
                 main: e.is_main_sleep,
+                duplicate: !row.counted,
+                device_id: row.device_id.clone(),
                 asleep_minutes: total_sleep_minutes(e),
                 stages: StageMinutes::of(e),
                 spans: e
@@ -308,53 +369,18 @@ impl Store {
         person_id: &str,
         days: &[DayWindow],
     ) -> Result<(Vec<RestingHeartRate>, u64)> {
-        let (whole, rest) = day_slots(days);
         let mut per_day: BTreeMap<usize, (f64, i64)> = BTreeMap::new();
-        let mut add = |i: usize, bpm: f64, n: i64| {
-            let e = per_day.entry(i).or_insert((bpm, 0));
-            e.0 = e.0.min(bpm);
-            e.1 += n;
-        };
-        self.read(|conn| {
-            if let Some(whole) = &whole {
-                let mut stmt = conn.prepare_cached(
-                    "WITH d(i, a, b) AS (
-                         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
-                                json_extract(value, '$[2]')
-                           FROM json_each(?2))
-                     SELECT d.i, MIN(s.total * 1.0 / s.records), SUM(s.records)
-                       FROM d CROSS JOIN series_5min s
-                      WHERE s.person_id = ?1 AND s.record_type = 'heart-rate'
-                        AND s.slot >= d.a AND s.slot < d.b
-                      GROUP BY d.i",
-                )?;
-                let mut rows = stmt.query(params![person_id, whole])?;
-                while let Some(r) = rows.next()? {
-                    add(r.get::<_, i64>(0)? as usize, r.get(1)?, r.get(2)?);
-                }
+        for (i, day) in self.merged_days(person_id, RecordType::HeartRate, days)? {
+            let lowest = day
+                .slots
+                .iter()
+                .filter(|(_, _, n)| *n > 0)
+                .map(|(_, total, n)| total / *n as f64)
+                .min_by(f64::total_cmp);
+            if let Some(bpm) = lowest {
+                per_day.insert(i, (bpm, day.records));
             }
-            if let Some(rest) = &rest {
-                let mut stmt = conn.prepare_cached(
-                    "WITH d(i, s, e) AS (
-                         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
-                                json_extract(value, '$[2]')
-                           FROM json_each(?2)),
-                     intervals(i, bpm, n) AS (
-                         SELECT d.i, AVG(json_extract(r.body, '$.body.heart_rate.value')),
-                                COUNT(*)
-                           FROM d CROSS JOIN records r
-                          WHERE r.person_id = ?1 AND r.record_type = 'heart-rate'
-                            AND r.start_ms >= d.s AND r.start_ms < d.e
-                          GROUP BY d.i, r.start_ms / ?3)
-                     SELECT i, MIN(bpm), SUM(n) FROM intervals GROUP BY i",
-                )?;
-                let mut rows = stmt.query(params![person_id, rest, INTERVAL_MS])?;
-                while let Some(r) = rows.next()? {
-                    add(r.get::<_, i64>(0)? as usize, r.get(1)?, r.get(2)?);
-                }
-            }
-            Ok(())
-        })?;
+        }
         let mut n = 0;
         let mut out = Vec::with_capacity(per_day.len());
         for (i, (bpm, readings)) in per_day {
@@ -390,7 +416,7 @@ impl Store {
             if let Some((a, b)) = whole {
                 let v: Option<i64> = conn
                     .prepare_cached(
-                        "SELECT MAX(last_stored_ms) FROM series_5min
+                        "SELECT MAX(last_stored_ms) FROM series_slots
                           WHERE person_id = ?1 AND record_type = ?2 AND slot >= ?3 AND slot < ?4",
                     )?
                     .query_row(params![person_id, record_type.as_str(), a, b], |r| r.get(0))?;
@@ -459,7 +485,7 @@ pub struct Night {
     pub sleep: SleepDay,
     /// The longest main-sleep episode of the night, if any is marked main.
     pub main: Option<Episode>,
-    /// Stage minutes of the night's other episodes (naps, a second device), if staged.
+    /// Stage minutes of the night's other counted episodes (naps), if staged.
     pub other_stages: Option<StageMinutes>,
 }
 
@@ -591,8 +617,13 @@ impl PatientView {
             .iter()
             .filter_map(|d| {
                 let sleep = d.sleep?;
-                let of_night: Vec<&Episode> =
-                    self.episodes.iter().filter(|e| e.night == d.date).collect();
+                // A second device's copy of the night counts neither as the main episode nor
+                // as another one.
+                let of_night: Vec<&Episode> = self
+                    .episodes
+                    .iter()
+                    .filter(|e| e.night == d.date && !e.duplicate)
+                    .collect();
                 let main = of_night
                     .iter()
                     .enumerate()
@@ -817,9 +848,10 @@ pub(crate) mod fixture {
         "2026-03-10T18:00:00Z".parse().unwrap()
     }
 
-    /// An hour of steps from `start` (a record spanning midnight counts towards its start).
+    /// Half an hour of steps from `start` (the 23:30 ones end at midnight: a record across
+    /// midnight would count towards both days, in proportion, see `sources`).
     fn steps(start: DateTime<FixedOffset>, count: i64) -> Record {
-        let e = start + TimeDelta::hours(1);
+        let e = start + TimeDelta::minutes(30);
         Record::new(
             "band",
             "br",
@@ -1180,35 +1212,87 @@ mod tests {
         assert_eq!(ann.count(), 0);
     }
 
-    type Rows = Vec<(String, String, i64, i64, f64)>;
+    /// (person, type, interval, device, records starting there, total in micro-units,
+    /// measured ms)
+    type Rows = Vec<(String, String, i64, String, i64, i64, i64)>;
 
-    /// The rollup as stored, and as the records say it should be.
+    /// The rollup as stored, and as the records say it should be (spread here, in Rust,
+    /// independently of the triggers' SQL).
     fn rollup_and_records(store: &Store) -> (Rows, Rows) {
+        let micro = |v: f64| (v * 1e6).round() as i64;
         store
             .read(|conn| {
-                let rows = |sql: &str| -> Result<Rows> {
-                    let mut stmt = conn.prepare(sql)?;
-                    let v = stmt
-                        .query_map([], |r| {
-                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                        })?
-                        .collect::<rusqlite::Result<Rows>>()?;
-                    Ok(v)
-                };
-                Ok((
-                    rows(
-                        "SELECT person_id, record_type, slot, records, total FROM series_5min
-                           ORDER BY 1, 2, 3",
-                    )?,
-                    rows(
-                        "SELECT person_id, record_type, start_ms / 300000, COUNT(*),
-                                 SUM(CASE record_type WHEN 'step-count'
-                                     THEN json_extract(body, '$.body.step_count')
-                                     ELSE json_extract(body, '$.body.heart_rate.value') END)
-                            FROM records WHERE record_type IN ('step-count', 'heart-rate')
-                           GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-                    )?,
-                ))
+                let mut stmt = conn.prepare(
+                    "SELECT person_id, record_type, slot, device_id, records, total, covered_ms
+                       FROM series_slots ORDER BY 1, 2, 3, 4",
+                )?;
+                let rollup = stmt
+                    .query_map([], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            micro(r.get(5)?),
+                            r.get(6)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Rows>>()?;
+                let mut stmt = conn.prepare(
+                    "SELECT person_id, record_type, device_id, start_ms, end_ms,
+                            CASE record_type WHEN 'step-count'
+                                 THEN json_extract(body, '$.body.step_count')
+                                 ELSE json_extract(body, '$.body.heart_rate.value') END
+                       FROM records WHERE record_type IN ('step-count', 'heart-rate')",
+                )?;
+                type Key = (String, String, i64, String);
+                let mut sums: BTreeMap<Key, (i64, f64, i64)> = BTreeMap::new();
+                let records = stmt.query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, f64>(5)?,
+                    ))
+                })?;
+                for r in records {
+                    let (person, kind, device, start, end, v) = r?;
+                    let first = start / INTERVAL_MS;
+                    let spread = kind == "step-count" && end > start;
+                    let last = if spread {
+                        (end - 1) / INTERVAL_MS
+                    } else {
+                        first
+                    };
+                    for k in first..=last {
+                        let (share, covered) = if spread {
+                            let o = end.min((k + 1) * INTERVAL_MS) - start.max(k * INTERVAL_MS);
+                            if first == last {
+                                (v, o)
+                            } else {
+                                (v * o as f64 / (end - start) as f64, o)
+                            }
+                        } else {
+                            (v, 0)
+                        };
+                        let e = sums
+                            .entry((person.clone(), kind.clone(), k, device.clone()))
+                            .or_default();
+                        e.0 += i64::from(k == first);
+                        e.1 += share;
+                        e.2 += covered;
+                    }
+                }
+                let expected = sums
+                    .into_iter()
+                    .map(|((p, t, k, d), (n, total, covered))| {
+                        (p, t, k, d, n, micro(total), covered)
+                    })
+                    .collect();
+                Ok((rollup, expected))
             })
             .unwrap()
     }
@@ -1237,7 +1321,7 @@ mod tests {
         assert!(!rollup.iter().any(|r| r.0 == ANN));
         // Emptied, it is rebuilt from the records when the store is opened.
         store
-            .write(|tx| Ok(tx.execute("DELETE FROM series_5min", [])?))
+            .write(|tx| Ok(tx.execute("DELETE FROM series_slots", [])?))
             .unwrap();
         store.read(backfill).unwrap();
         let (rollup, records) = rollup_and_records(&store);

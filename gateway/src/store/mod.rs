@@ -35,6 +35,7 @@ pub mod nearby;
 pub mod pairing;
 pub mod pairing_view;
 pub mod sessions;
+pub mod sources;
 pub mod subjects;
 
 use crate::{Error, Result};
@@ -313,7 +314,7 @@ impl Store {
         check_version(&conn, path)?;
         conn.execute_batch(SERIES_SCHEMA)?;
         conn.execute_batch(changes::SCHEMA)?;
-        conn.execute_batch(dashboard::SCHEMA)?;
+        conn.execute_batch(&dashboard::schema())?;
         dashboard::backfill(&conn)?;
         conn.execute_batch(REGISTRY_AND_QUARANTINE)?;
         conn.execute_batch(consent::SCHEMA)?;
@@ -325,6 +326,7 @@ impl Store {
         // A new table only, created where missing: stores of this schema version gain it
         // on their next start, as `oidc_pending` did.
         conn.execute_batch(nearby::SCHEMA)?;
+        conn.execute_batch(sources::SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let rows = RowCounts::counted(&conn)?;
         Ok(Self {

@@ -12,18 +12,20 @@
 //! so ([`TimeZoneUsed::fallback`]).
 //!
 //! # Which day a record counts towards
-//! - Steps: the day its measured interval *starts* in. A record spanning midnight counts
-//!   wholly towards the day before (records are a minute or so long, so the error is small).
+//! - Steps: the day they were measured in. A record spanning midnight counts towards both
+//!   days in proportion to its time in each (the rollup spreads records over its 5-minute
+//!   intervals, [`super::dashboard`]).
 //! - Sleep: the day an episode *ends* in, the day one wakes up: Monday night's sleep, woken
 //!   from on Tuesday, is Tuesday's.
 //!
-//! Steps are summed in SQL: the day boundaries go in as one JSON array, and each day is a
-//! range of the 5-minute rollup (`series_5min`, kept by triggers on the series, see
-//! [`super::dashboard`]), plus, for a day a consent's window cuts mid-interval, an index
-//! range scan of `records_by_person` at its ends. Sleep episodes are selected per day with
-//! an index range scan and summed here with the FHIR mapping's own rules (total sleep time,
-//! stage minutes).
-//! Records from two devices measuring the same time both count, as in the export's totals.
+//! Steps are read per device and 5-minute interval from the rollup (`series_slots`, kept by
+//! triggers on the series, see [`super::dashboard`]), the day boundaries going in as one JSON
+//! array; a day a consent's window cuts is read from its records inside the window. Then
+//! one device's data counts per interval ([`super::sources`]): a person wearing two bands
+//! walks each step once. Sleep episodes are selected per day with an index range scan and
+//! summed here with the FHIR mapping's own rules (total sleep time, stage minutes), each
+//! night's duplicates (the same sleep seen by a second device) left out. Raw records, their
+//! reads and exports keep every device's records.
 
 use chrono::{DateTime, FixedOffset, LocalResult, NaiveDate, NaiveTime, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -364,8 +366,9 @@ fn day_bounds(days: &[DayWindow], lo: impl Fn(&DayWindow) -> i64) -> String {
 }
 
 impl Store {
-    /// Adds to `summary` the steps of `person_id`'s records starting in each of `days`; returns
-    /// how many records were summed. Whole 5-minute intervals come from the rollup
+    /// Adds to `summary` the steps of `person_id` in each of `days`, merged across their
+    /// devices (one device per 5-minute interval, [`super::sources`]); returns how many
+    /// records were summed. Whole 5-minute intervals come from the rollup
     /// ([`super::dashboard`]), the ends of a day a consent's window cuts mid-interval from the
     /// records themselves.
     pub fn daily_steps(
@@ -374,47 +377,11 @@ impl Store {
         days: &[DayWindow],
         summary: &mut DailySummary,
     ) -> Result<u64> {
-        let (whole, rest) = super::dashboard::day_slots(days);
-        let mut per_day: std::collections::BTreeMap<usize, (i64, i64)> = Default::default();
-        self.read(|conn| {
-            let queries = [
-                (
-                    whole.as_ref(),
-                    "WITH d(i, a, b) AS (
-                         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
-                                json_extract(value, '$[2]')
-                           FROM json_each(?2))
-                     SELECT d.i, SUM(s.total), SUM(s.records)
-                       FROM d CROSS JOIN series_5min s
-                      WHERE s.person_id = ?1 AND s.record_type = 'step-count'
-                        AND s.slot >= d.a AND s.slot < d.b
-                      GROUP BY d.i",
-                ),
-                (
-                    rest.as_ref(),
-                    "WITH d(i, s, e) AS (
-                         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
-                                json_extract(value, '$[2]')
-                           FROM json_each(?2))
-                     SELECT d.i, SUM(json_extract(r.body, '$.body.step_count')), COUNT(*)
-                       FROM d CROSS JOIN records r
-                      WHERE r.person_id = ?1 AND r.record_type = 'step-count'
-                        AND r.start_ms >= d.s AND r.start_ms < d.e
-                      GROUP BY d.i",
-                ),
-            ];
-            for (bounds, sql) in queries {
-                let Some(bounds) = bounds else { continue };
-                let mut stmt = conn.prepare_cached(sql)?;
-                let mut rows = stmt.query(params![person_id, bounds])?;
-                while let Some(r) = rows.next()? {
-                    let e = per_day.entry(r.get::<_, i64>(0)? as usize).or_default();
-                    e.0 += r.get::<_, i64>(1)?;
-                    e.1 += r.get::<_, i64>(2)?;
-                }
-            }
-            Ok(())
-        })?;
+        let per_day: std::collections::BTreeMap<usize, (i64, i64)> = self
+            .merged_days(person_id, RecordType::StepCount, days)?
+            .into_iter()
+            .map(|(i, d)| (i, (d.total.round() as i64, d.records)))
+            .collect();
         let mut n = 0;
         for (i, (total, records)) in per_day {
             let w = days
@@ -431,9 +398,9 @@ impl Store {
 
     /// Adds to `summary` the sleep episodes of `person_id` ending in each of `days` and lying
     /// inside the measured-time window `window` (start at or after its start); returns how
-    /// many episodes were summed. Episodes that overlap a longer one of the same day (the
-    /// same night reported by a second device) are not added again: a night is counted once,
-    /// naps apart from it still count.
+    /// many episodes were summed. Episodes that overlap one the night's merge took first (the
+    /// same night reported by a second device, [`super::sources::merge_night`]) are not
+    /// added again: a night is counted once, naps apart from it still count.
     pub fn daily_sleep(
         &self,
         person_id: &str,
@@ -444,27 +411,20 @@ impl Store {
         let rows = self.sleep_rows(person_id, days, window)?;
         let mut by_day: std::collections::BTreeMap<usize, Vec<(i64, i64, SleepEpisode)>> =
             std::collections::BTreeMap::new();
-        for (i, body, start_ms, end_ms) in rows {
-            let record: Record = serde_json::from_str(&body)
+        for row in rows.into_iter().filter(|r| r.counted) {
+            let record: Record = serde_json::from_str(&row.body)
                 .map_err(|_| Error::Invalid("a stored record does not parse"))?;
             if let Body::SleepEpisode(episode) = record.body {
                 by_day
-                    .entry(i)
+                    .entry(row.day)
                     .or_default()
-                    .push((start_ms, end_ms, episode));
+                    .push((row.start_ms, row.end_ms, episode));
             }
         }
         let mut n = 0;
-        for (day, mut episodes) in by_day {
-            // Longest first; ties by start, so the choice is stable.
-            episodes.sort_by_key(|(s, e, _)| (std::cmp::Reverse(e - s), *s));
-            let mut taken: Vec<(i64, i64)> = Vec::new();
+        for (day, episodes) in by_day {
             let mut totals = Totals::default();
             for (start_ms, end_ms, episode) in &episodes {
-                if taken.iter().any(|(s, e)| start_ms < e && s < end_ms) {
-                    continue;
-                }
-                taken.push((*start_ms, *end_ms));
                 totals.add(
                     total_sleep_minutes(episode),
                     StageMinutes::of(episode),
@@ -478,16 +438,30 @@ impl Store {
     }
 }
 
+/// One sleep episode read for a day's summary or the dashboards.
+#[derive(Debug, Clone)]
+pub(super) struct SleepRow {
+    /// The index of its day in the days asked for.
+    pub day: usize,
+    pub body: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub device_id: String,
+    /// Whether it counts; `false`: a duplicate of an episode of another device that does.
+    pub counted: bool,
+}
+
 impl Store {
     /// The sleep episodes of `person_id` ending in each of `days` and starting at or after
-    /// the start of `window`, as `(day index, body, start_ms, end_ms)` in day, then measured
-    /// order. Shared by [`Store::daily_sleep`] and the dashboards' per-episode reads.
+    /// the start of `window`, in day, then measured order, each marked counted or a
+    /// duplicate by the night's merge ([`super::sources::merge_night`]). Shared by
+    /// [`Store::daily_sleep`] and the dashboards' per-episode reads.
     pub(super) fn sleep_rows(
         &self,
         person_id: &str,
         days: &[DayWindow],
         window: (i64, i64),
-    ) -> Result<Vec<(usize, String, i64, i64)>> {
+    ) -> Result<Vec<SleepRow>> {
         if days.is_empty() {
             return Ok(Vec::new());
         }
@@ -495,13 +469,13 @@ impl Store {
         // long before its end: the lower bound that keeps the scan on the index.
         let longest = Limits::default().max_interval.num_milliseconds();
         let bounds = day_bounds(days, |d| d.from_ms.saturating_sub(longest).max(window.0));
-        self.read(|conn| {
+        let mut rows = self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "WITH days(i, s, e, lo) AS (
                      SELECT CAST(key AS INTEGER), json_extract(value, '$[0]'),
                             json_extract(value, '$[1]'), json_extract(value, '$[2]')
                        FROM json_each(?2))
-                 SELECT days.i, r.body, r.start_ms, r.end_ms
+                 SELECT days.i, r.body, r.start_ms, r.end_ms, r.device_id
                    FROM days CROSS JOIN records r
                   WHERE r.person_id = ?1 AND r.record_type = 'sleep-episode'
                     AND r.start_ms >= days.lo AND r.start_ms < days.e
@@ -509,15 +483,44 @@ impl Store {
                   ORDER BY days.i, r.start_ms, r.device_id, r.end_ms",
             )?;
             let rows = stmt.query_map(params![person_id, bounds], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as usize,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                ))
+                Ok(SleepRow {
+                    day: r.get::<_, i64>(0)? as usize,
+                    body: r.get(1)?,
+                    start_ms: r.get(2)?,
+                    end_ms: r.get(3)?,
+                    device_id: r.get(4)?,
+                    counted: true,
+                })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
+        })?;
+        if rows.is_empty() {
+            return Ok(rows);
+        }
+        // One night at a time: the merge decides which episodes count.
+        let ranking = self.ranking(person_id, RecordType::SleepEpisode)?;
+        let mut at = 0;
+        while at < rows.len() {
+            let day = rows[at].day;
+            let end = rows[at..]
+                .iter()
+                .position(|r| r.day != day)
+                .map_or(rows.len(), |n| at + n);
+            let night: Vec<super::sources::NightEpisode> = rows[at..end]
+                .iter()
+                .map(|r| super::sources::NightEpisode {
+                    device_id: r.device_id.clone(),
+                    start_ms: r.start_ms,
+                    end_ms: r.end_ms,
+                })
+                .collect();
+            let (counts, _) = super::sources::merge_night(&night, &ranking);
+            for (r, counted) in rows[at..end].iter_mut().zip(counts) {
+                r.counted = counted;
+            }
+            at = end;
+        }
+        Ok(rows)
     }
 }
 
