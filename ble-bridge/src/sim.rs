@@ -74,6 +74,10 @@ const TAG_DAY: u64 = 2;
 const TAG_BLOCK: u64 = 3;
 const TAG_MINUTE: u64 = 4;
 const TAG_HEART: u64 = 5;
+const TAG_WORN: u64 = 6;
+const TAG_SCALE: u64 = 7;
+/// A second band's chance, per local hour, of not being worn (off to charge, in a drawer).
+const NOT_WORN_PROBABILITY: f64 = 0.12;
 
 /// One simulated band.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +86,9 @@ pub struct SimBand {
     pub seed: u64,
     /// The wearer's zone: days, nights and the daily total follow its local time.
     pub zone: DayZone,
+    /// The id of another band the same person wears ([`SimBand::worn_with`]): this one then
+    /// measures that person's walking and nights, with its own noise and hours not worn.
+    pub worn_with: Option<String>,
 }
 
 /// One GATT notification as the transport would hand it to the decoders.
@@ -126,7 +133,17 @@ impl SimBand {
             device_id: format!("sim-band-{index:04}"),
             seed,
             zone,
+            worn_with: None,
         }
+    }
+
+    /// The same person wears this band and `other` (a watch and a ring, a new band and the
+    /// old one): both see the same nights and walks. This one counts each walking minute
+    /// with its own noise (its own cadence jitter and a per-day scale of 0.88 to 1.06), its
+    /// own pottering minutes, and is not worn for about one hour in eight (none sent then).
+    pub fn worn_with(mut self, other: &str) -> Self {
+        self.worn_with = Some(other.to_owned());
+        self
     }
 
     /// Every notification the band sends at a time in `[from, to)`, in time order (ties:
@@ -289,6 +306,13 @@ impl SimBand {
         SplitMix::new(&[self.seed, fnv1a(&self.device_id), stream, index as u64])
     }
 
+    /// The randomness of the wearer's body (nights, the day's activity, walks): the other
+    /// band's when this one is worn with it.
+    fn body_rng(&self, stream: u64, index: i64) -> SplitMix {
+        let body = self.worn_with.as_deref().unwrap_or(&self.device_id);
+        SplitMix::new(&[self.seed, fnv1a(body), stream, index as u64])
+    }
+
     /// The local wall-clock minute (minutes since 1970-01-01T00:00 local) of UTC minute `m`.
     fn local_minute(&self, m: i64) -> i64 {
         let offset = minute_time(m).map_or(0, |t| self.zone.offset_at(t).local_minus_utc());
@@ -325,7 +349,7 @@ impl SimBand {
 
     /// The night ending on local day `day` (days since 1970-01-01 in local time).
     fn night(&self, day: i64) -> Night {
-        let mut rng = self.rng(TAG_NIGHT, day);
+        let mut rng = self.body_rng(TAG_NIGHT, day);
         let midnight = day * MINUTES_PER_DAY;
         let bed = self.utc_minute(midnight - 60 + rng.range(-45, 45));
         let wake = self.utc_minute(midnight + 6 * 60 + 30 + rng.range(-45, 45));
@@ -347,15 +371,25 @@ impl SimBand {
         if p == 0.0 {
             return 0;
         }
-        let day_level = 0.5 + 0.7 * self.rng(TAG_DAY, local.div_euclid(MINUTES_PER_DAY)).unit();
-        let mut block = self.rng(TAG_BLOCK, local.div_euclid(BLOCK));
+        let day = local.div_euclid(MINUTES_PER_DAY);
+        let day_level = 0.5 + 0.7 * self.body_rng(TAG_DAY, day).unit();
+        let mut block = self.body_rng(TAG_BLOCK, local.div_euclid(BLOCK));
         let walking = block.unit() < p * day_level;
         let start = block.range(0, BLOCK - 1);
         let length = block.range(2, 12);
         let cadence = block.range(60, 130);
         let within = local.rem_euclid(BLOCK);
         let mut minute = self.rng(TAG_MINUTE, m);
-        if walking && (start..start + length).contains(&within) {
+        if self.worn_with.is_some() {
+            if self.rng(TAG_WORN, local.div_euclid(60)).unit() < NOT_WORN_PROBABILITY {
+                return 0;
+            }
+            if walking && (start..start + length).contains(&within) {
+                let scale = 0.88 + 0.18 * self.rng(TAG_SCALE, day).unit();
+                let counted = (cadence + minute.range(-6, 6)) as f64 * scale;
+                return (counted.round() as i64).clamp(50, 130) as u16;
+            }
+        } else if walking && (start..start + length).contains(&within) {
             return (cadence + minute.range(-6, 6)).clamp(60, 130) as u16;
         }
         if minute.unit() < POTTER_PROBABILITY {
@@ -567,6 +601,59 @@ mod tests {
         assert_ne!(one, SimBand::new(1, 43, jst()).notifications(a, b));
         assert!(band(1).notifications(b, a).is_empty());
         assert!(band(1).notifications(a, a).is_empty());
+    }
+
+    #[test]
+    fn a_band_worn_with_another_sees_the_same_walks_and_nights_with_noise_and_gaps() {
+        let first = band(0);
+        let second = band(1).worn_with(&first.device_id);
+        let (a, b) = (t("2026-03-01T00:00:00Z"), t("2026-03-08T00:00:00Z"));
+        let (lo, hi) = (minute_of(a), minute_of(b));
+        let nights = first.nights(lo, hi);
+        let second_nights = second.nights(lo, hi);
+        assert_eq!(
+            nights.iter().map(|n| (n.bed, n.wake)).collect::<Vec<_>>(),
+            second_nights
+                .iter()
+                .map(|n| (n.bed, n.wake))
+                .collect::<Vec<_>>(),
+            "the same nights"
+        );
+        let (mut totals, mut walked_alone, mut gaps) = ([0i64; 2], 0, 0);
+        for m in lo..hi {
+            let (x, y) = (first.steps(m, &nights), second.steps(m, &second_nights));
+            totals[0] += i64::from(x);
+            totals[1] += i64::from(y);
+            // The second band walks only when the wearer does (its pottering stays under 50).
+            if y >= 50 {
+                assert!(
+                    x >= 60,
+                    "minute {m}: {y} walking on the second band, {x} on the first"
+                );
+            }
+            if y >= 50 && x != y {
+                walked_alone += 1;
+            }
+            if x >= 60 && y == 0 {
+                gaps += 1;
+            }
+        }
+        assert!(
+            walked_alone > 0,
+            "the second band's counts have their own noise"
+        );
+        assert!(gaps > 0, "the second band is not always worn");
+        let ratio = totals[1] as f64 / totals[0] as f64;
+        assert!((0.6..1.1).contains(&ratio), "{totals:?}");
+        // Unpaired, the same band is someone else entirely.
+        assert_ne!(
+            band(1)
+                .nights(lo, hi)
+                .iter()
+                .map(|n| n.bed)
+                .collect::<Vec<_>>(),
+            nights.iter().map(|n| n.bed).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct SimulateConfig {
     /// The shortest time between two nearby reports (the bands, after each round); `None`:
     /// none are sent.
     pub nearby_interval: Option<Duration>,
+    /// `(band, other)`: band number `band` is worn by the same person as band `other`
+    /// ([`SimBand::worn_with`]); the demo's person wears two bands.
+    pub worn_with: Vec<(usize, usize)>,
 }
 
 impl SimulateConfig {
@@ -77,14 +80,22 @@ impl SimulateConfig {
             max_inflight: 32,
             exit_when_drained: false,
             gateway_key: None,
+            worn_with: Vec::new(),
             nearby_interval: Some(crate::nearby::DEFAULT_INTERVAL),
         }
     }
 
     /// The bands this configuration simulates.
     pub fn bands(&self) -> Vec<SimBand> {
+        let id = |i: usize| SimBand::new(i, self.seed, self.time_zone).device_id;
         (0..self.devices)
-            .map(|i| SimBand::new(i, self.seed, self.time_zone))
+            .map(|i| {
+                let band = SimBand::new(i, self.seed, self.time_zone);
+                match self.worn_with.iter().find(|(b, _)| *b == i) {
+                    Some((_, other)) => band.worn_with(&id(*other)),
+                    None => band,
+                }
+            })
             .collect()
     }
 }

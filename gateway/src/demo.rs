@@ -18,7 +18,10 @@
 //! rate every 5 minutes (the simulator's rate; minute-level heart rate would be 43,200
 //! readings per band and month, five times the records, for no visible gain in daily charts)
 //! and one sleep episode with stages a night: about 27,000 records for 30 days of two bands
-//! plus 3 days of the third. On a 2-core machine (debug build) that takes about 2 s to seed,
+//! plus 3 days of the third. The demo person wears both bands at once: the second measures
+//! the first one's walks and nights with its own noise and hours off the wrist
+//! ([`phr_bridge::sim::SimBand::worn_with`]), so the dashboards show the merged view (each
+//! step and night counted once, [`crate::store::sources`]). On a 2-core machine (debug build) that takes about 2 s to seed,
 //! and the demo is ready about 3 s after it starts; a restarted demo (same `--data-dir`)
 //! resumes where it stopped.
 
@@ -286,6 +289,10 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
         gateway.mqtt.clone(),
     );
     sim.history = TimeDelta::hours(opts.history_hours);
+    // The demo person wears all their bands at once: the others measure the first one's
+    // walks and nights, with their own noise and hours off the wrist. Their totals are the
+    // merged view's (each step counted once), not the sum of the bands.
+    sim.worn_with = (1..opts.devices).map(|i| (i, 0)).collect();
     // The operator's enrolment, done by the demo: the bridge's key registered here, the
     // gateway's channel key configured there.
     sim.gateway_key = Some(gateway.channels.public_key());

@@ -8,33 +8,73 @@ use std::time::Duration;
 
 use phr_e2e::{binary, free_port, get_json, wait_for, Process};
 
+/// A running `phr-gateway demo` and what it printed up to "Press Ctrl-C".
+struct Demo {
+    http: String,
+    lines: Vec<String>,
+    _dir: tempfile::TempDir,
+    _process: Process,
+}
+
+impl Demo {
+    fn start(history_hours: u32) -> anyhow::Result<Self> {
+        let bin = binary("phr-gateway", "phr-gateway")?;
+        let dir = tempfile::tempdir()?;
+        let http = format!("127.0.0.1:{}", free_port());
+        let mut child = Command::new(&bin)
+            .args(["demo", "--history-hours", &history_hours.to_string()])
+            .args(["--http", &http, "--mqtt"])
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let process = Process(child);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut lines = Vec::new();
+        while !lines.iter().any(|l: &String| l.contains("Press Ctrl-C")) {
+            lines.push(rx.recv_timeout(Duration::from_secs(120))?);
+        }
+        Ok(Self {
+            http,
+            lines,
+            _dir: dir,
+            _process: process,
+        })
+    }
+
+    /// The value printed after `label` on its line.
+    fn printed(&self, label: &str) -> String {
+        self.lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .map(|r| r.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {label} line in {:#?}", self.lines))
+    }
+
+    fn owner_token(&self) -> String {
+        let at = self
+            .lines
+            .iter()
+            .position(|l| l.contains("owner token"))
+            .expect("a token line");
+        self.lines[at + 1].trim().to_owned()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_prints_a_dashboard_and_a_token_that_reads_the_simulated_data() -> anyhow::Result<()> {
-    let bin = binary("phr-gateway", "phr-gateway")?;
-    let dir = tempfile::tempdir()?;
-    let http = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(&bin)
-        // A little over a day: whatever the time of day, some steps and a night's sleep.
-        .args(["demo", "--history-hours", "30", "--http", &http, "--mqtt"])
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let _demo = Process(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut lines = Vec::new();
-    while !lines.iter().any(|l: &String| l.contains("Press Ctrl-C")) {
-        lines.push(rx.recv_timeout(Duration::from_secs(60))?);
-    }
+    // A little over a day: whatever the time of day, some steps and a night's sleep.
+    let demo = Demo::start(30)?;
+    let (http, lines) = (demo.http.clone(), demo.lines.clone());
     let dashboard = lines
         .iter()
         .find_map(|l| l.trim().strip_prefix("dashboard:"))
@@ -42,11 +82,7 @@ async fn demo_prints_a_dashboard_and_a_token_that_reads_the_simulated_data() -> 
         .trim()
         .to_owned();
     assert_eq!(dashboard, format!("http://{http}/dashboard"));
-    let token_at = lines
-        .iter()
-        .position(|l| l.contains("owner token"))
-        .expect("a token line");
-    let token = lines[token_at + 1].trim().to_owned();
+    let token = demo.owner_token();
     let curl = lines
         .iter()
         .find(|l| l.trim_start().starts_with("curl "))
@@ -224,5 +260,121 @@ fn demo_refuses_an_explicit_port_that_is_taken() -> anyhow::Result<()> {
             "{flag}: {stderr}"
         );
     }
+    Ok(())
+}
+
+/// The demo person wears two bands over the same walks. In a real browser, the clinician's
+/// daily-steps table counts each step once: no day exceeds what one band measured plus the
+/// other band's minutes the first did not measure (taking whichever band gives more), and a
+/// day both bands measured is below their sum. The bounds come from the raw records, which
+/// keep both bands' minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver (.ci/run installs them)"]
+async fn the_demos_daily_steps_count_each_step_once_in_a_browser() -> anyhow::Result<()> {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use chrono::{DateTime, NaiveDate, Utc};
+    use phr_e2e::browser::Browser;
+    use phr_schema::{Body, Record};
+
+    let demo = Demo::start(96)?;
+    let http = demo.http.clone();
+    let token = demo.owner_token();
+
+    // Every step record of the demo person, both bands, from the owner's API.
+    let mut minutes: BTreeMap<String, BTreeMap<DateTime<Utc>, i64>> = BTreeMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("http://{http}/api/v1/me/records?type=step-count&limit=5000");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={}", phr_e2e::form_encode(c)));
+        }
+        let (status, page) = get_json(&url, Some(&token))?;
+        assert_eq!(status, 200, "{page}");
+        for r in page["records"].as_array().into_iter().flatten() {
+            let record: Record = serde_json::from_value(r.clone())?;
+            if let Body::StepCount(s) = &record.body {
+                minutes.entry(record.device_id.clone()).or_default().insert(
+                    s.effective_time_frame.start().with_timezone(&Utc),
+                    s.step_count,
+                );
+            }
+        }
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(minutes.len(), 2, "two bands: {:?}", minutes.keys());
+    let bands: Vec<&BTreeMap<DateTime<Utc>, i64>> = minutes.values().collect();
+    // Per local day (the demo person's zone, Asia/Tokyo: +09:00 all year): each band's
+    // total, and each band's steps in minutes the other band has no record of.
+    let tz = chrono::FixedOffset::east_opt(9 * 3600).expect("JST");
+    let day = |t: &DateTime<Utc>| t.with_timezone(&tz).date_naive();
+    let mut totals: BTreeMap<NaiveDate, [i64; 2]> = BTreeMap::new();
+    let mut alone: BTreeMap<NaiveDate, [i64; 2]> = BTreeMap::new();
+    let mut both: BTreeSet<NaiveDate> = BTreeSet::new();
+    for (i, band) in bands.iter().enumerate() {
+        let other = bands[1 - i];
+        for (t, n) in band.iter() {
+            totals.entry(day(t)).or_default()[i] += n;
+            if other.contains_key(t) {
+                both.insert(day(t));
+            } else {
+                alone.entry(day(t)).or_default()[i] += n;
+            }
+        }
+    }
+
+    // The clinician signs in through the printed one-time link and opens the patient page.
+    let browser = Browser::start()?;
+    browser.goto(&demo.printed("clinician sign-in:"))?;
+    browser.click(&browser.expect("form button[type=submit]")?)?;
+    wait_for("the clinician's panel", Duration::from_secs(15), || {
+        browser
+            .current_url()
+            .ok()
+            .filter(|u| u.contains("/dashboard/clinician"))
+    })
+    .await?;
+    browser.goto(&format!(
+        "http://{http}/dashboard/clinician/patients/demo-person?days=30"
+    ))?;
+    let mut shown: BTreeMap<NaiveDate, i64> = BTreeMap::new();
+    for row in browser.find_all("table#daily-steps tr[data-date]")? {
+        let date: NaiveDate = browser
+            .attribute(&row, "data-date")?
+            .unwrap_or_default()
+            .parse()?;
+        let cell = browser.find_in(&row, "td.steps")?;
+        let text = browser.content(&cell)?.replace([',', ' '], "");
+        if !text.is_empty() {
+            shown.insert(date, text.parse()?);
+        }
+    }
+    assert!(
+        !shown.is_empty(),
+        "the table shows days: {}",
+        browser.source()?
+    );
+    let mut compared = 0;
+    for (date, total) in &shown {
+        let [a, b] = totals.get(date).copied().unwrap_or_default();
+        let [a_alone, b_alone] = alone.get(date).copied().unwrap_or_default();
+        let bound = (a + b_alone).max(b + a_alone);
+        assert!(
+            *total <= bound,
+            "{date}: {total} shown, more than one band plus the other's own minutes \
+             ({a} + {b_alone} or {b} + {a_alone})"
+        );
+        if both.contains(date) {
+            assert!(
+                *total < a + b,
+                "{date}: {total} is both bands' sum {a} + {b}"
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared > 0, "some day both bands measured: {shown:?}");
     Ok(())
 }
