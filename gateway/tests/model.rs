@@ -336,7 +336,26 @@ impl Sut {
                         self.check("op", matches!(got, Ok(true)), || {
                             format!("release at the instant of pairing: {got:?}")
                         })?;
+                        // What the person stored through it (a confirmation in the same
+                        // instant) stays theirs, as the store leaves it.
+                        let theirs: Vec<world::Key> = m
+                            .locs
+                            .iter()
+                            .filter(|(k, l)| {
+                                **l == world::Loc::Stored(p.to_owned())
+                                    && m.attribute(**k) == world::Attr::Person(p.to_owned())
+                            })
+                            .map(|(k, _)| *k)
+                            .collect();
                         m.bindings[*device].retain(|b| !(b.open_at(m.now) && b.from == m.now));
+                        for key in theirs {
+                            if m.attribute(key) != world::Attr::Person(p.to_owned()) {
+                                m.rules.push(world::Rule::Pin {
+                                    key,
+                                    person: p.to_owned(),
+                                });
+                            }
+                        }
                     }
                     Some(b) if b.person == p => {
                         self.check("op", matches!(got, Ok(true)), || {

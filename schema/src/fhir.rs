@@ -257,24 +257,44 @@ pub fn daily_step_totals(
         .filter_map(|(day, steps)| {
             let start = local_midnight(tz_offset, day)?;
             let end = local_midnight(tz_offset, day.succ_opt()?)?;
-            let id = Uuid::new_v5(
-                &DAILY_STEPS_NAMESPACE,
-                format!("{patient_ref}\n{day}").as_bytes(),
-            );
-            Some(json!({
-                "resourceType": "Observation",
-                "id": id,
-                "identifier": [{"system": URI_IDENTIFIER_SYSTEM, "value": format!("urn:uuid:{id}")}],
-                "status": "final",
-                "category": category("activity", "Activity"),
-                "code": concept(STEPS_24H),
-                "subject": {"reference": patient_ref},
-                "effectivePeriod": {"start": start, "end": end},
-                "issued": issued,
-                "valueQuantity": {"value": steps, "unit": "steps/day", "system": UCUM_SYSTEM, "code": "/d"},
-            }))
+            Some(daily_step_total(
+                day,
+                (start, end),
+                steps,
+                patient_ref,
+                issued,
+            ))
         })
         .collect()
+}
+
+/// The `41950-7` Observation of local day `day` whose bounds are `period` (local midnights,
+/// each with the offset in force then: 23 or 25 hours on a DST change), with `steps`
+/// counted that day (by whatever rule the caller applies: the gateway's merged view counts
+/// each step once across a person's devices). Its id is [`daily_step_totals`]'.
+pub fn daily_step_total(
+    day: NaiveDate,
+    period: (DateTime<FixedOffset>, DateTime<FixedOffset>),
+    steps: i64,
+    patient_ref: &str,
+    issued: DateTime<FixedOffset>,
+) -> Value {
+    let id = Uuid::new_v5(
+        &DAILY_STEPS_NAMESPACE,
+        format!("{patient_ref}\n{day}").as_bytes(),
+    );
+    json!({
+        "resourceType": "Observation",
+        "id": id,
+        "identifier": [{"system": URI_IDENTIFIER_SYSTEM, "value": format!("urn:uuid:{id}")}],
+        "status": "final",
+        "category": category("activity", "Activity"),
+        "code": concept(STEPS_24H),
+        "subject": {"reference": patient_ref},
+        "effectivePeriod": {"start": period.0, "end": period.1},
+        "issued": issued,
+        "valueQuantity": {"value": steps, "unit": "steps/day", "system": UCUM_SYSTEM, "code": "/d"},
+    })
 }
 
 /// A `Bundle` of `bundle_type` (`collection`, `searchset`, ...). Each entry's `fullUrl` is

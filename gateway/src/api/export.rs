@@ -16,11 +16,12 @@
 //! export is a disclosure to the person themself, so it is not a disclosure to anyone else,
 //! but the log keeps one `export` entry per export (how many records, when) for the owner.
 //!
-//! Time zone limit: daily totals split days at local midnight, and the gateway has no time
-//! zone database. The person's registered zone `Asia/Tokyo` (no DST since 1951) is exported
-//! as UTC+09:00; **every other zone is treated as UTC**, so for people elsewhere the daily
-//! totals are UTC days. The per-record Observations are unaffected (each carries the offset
-//! its device reported).
+//! Daily step totals (`41950-7`) are the merged view's ([`crate::store::sources`]): each step
+//! counted once across the person's devices, per local day of their registered zone (DST
+//! included: a 23- or 25-hour day's period says so). The per-record Observations keep every
+//! device's records, each with the offset its device reported, so a recipient can merge
+//! differently. (`issued` is written with the offset of `Asia/Tokyo` for people there, UTC
+//! otherwise.)
 //!
 //! Size: the body is streamed. A producer reads the person's records in pages of
 //! [`PAGE_RECORDS`] (keyset pagination on `(start_ms, device_id, end_ms)` per type, each page
@@ -43,7 +44,7 @@
 //! entry is written after the last record and before the format's closing bytes (the
 //! Bundle's or array's end): an export that was not logged is never complete either.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -58,11 +59,12 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use phr_schema::{Body, Record};
+use phr_schema::{Body, Record, RecordType};
 
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::Principal;
+use crate::store::subjects::{DayWindow, Zone};
 use crate::store::{PageKey, Store};
 use crate::Error;
 
@@ -416,9 +418,11 @@ impl Producer {
         format: Format,
         now: DateTime<Utc>,
     ) -> crate::Result<Self> {
-        let offset = utc_offset(store.person_time_zone(person_id)?.as_deref());
+        let time_zone = store.person_time_zone(person_id)?;
+        let offset = utc_offset(time_zone.as_deref());
+        let zone = Zone::resolve(time_zone.as_deref());
         Ok(Self {
-            writer: Writer::new(format, person_id, offset, now),
+            writer: Writer::new(format, person_id, offset, zone, now),
             store,
             person_id: person_id.to_owned(),
             now,
@@ -463,7 +467,7 @@ impl Producer {
                 }
             }
             None => {
-                self.writer.finish_records()?;
+                self.writer.finish_records(&self.store)?;
                 self.store
                     .log_export(&self.person_id, self.count, self.now)?;
                 self.writer.close();
@@ -511,8 +515,10 @@ pub fn write_export(
     format: Format,
     now: DateTime<Utc>,
 ) -> crate::Result<Vec<u8>> {
-    let offset = utc_offset(store.person_time_zone(person_id)?.as_deref());
-    let mut w = Writer::new(format, person_id, offset, now);
+    let time_zone = store.person_time_zone(person_id)?;
+    let offset = utc_offset(time_zone.as_deref());
+    let zone = Zone::resolve(time_zone.as_deref());
+    let mut w = Writer::new(format, person_id, offset, zone, now);
     store.export_records(person_id, now, |stored| {
         let record: Record = serde_json::from_str(&stored.json)
             .map_err(|_| Error::Invalid("a stored record does not parse"))?;
@@ -521,7 +527,7 @@ pub fn write_export(
             .fixed_offset();
         w.record(record, stored_at)
     })?;
-    w.finish()
+    w.finish(store)
 }
 
 /// Appends one format's output record by record.
@@ -529,17 +535,16 @@ struct Writer {
     format: Format,
     person_id: String,
     patient_ref: String,
-    offset: FixedOffset,
     issued: DateTime<FixedOffset>,
     out: Vec<u8>,
     /// Whether a JSON array element has been written (for the separators).
     wrote_element: bool,
     /// Bundle text after the entries.
     bundle_tail: String,
-    /// The step records of the local day being read, and the totals of the days done.
-    day: Option<NaiveDate>,
-    day_steps: Vec<Record>,
-    totals: Vec<Value>,
+    /// The person's zone: the local days of the daily totals.
+    zone: Zone,
+    /// The local days with step records, totalled at the end from the merged view.
+    step_days: BTreeSet<NaiveDate>,
     /// CSV rows are written in chunks.
     csv_pending: Vec<Record>,
 }
@@ -547,20 +552,24 @@ struct Writer {
 const CSV_CHUNK: usize = 1024;
 
 impl Writer {
-    fn new(format: Format, person_id: &str, offset: FixedOffset, now: DateTime<Utc>) -> Self {
+    fn new(
+        format: Format,
+        person_id: &str,
+        offset: FixedOffset,
+        zone: Zone,
+        now: DateTime<Utc>,
+    ) -> Self {
         let issued = now.with_timezone(&offset);
         let mut w = Self {
             format,
             person_id: person_id.to_owned(),
             patient_ref: format!("Patient/{person_id}"),
-            offset,
             issued,
             out: Vec::new(),
             wrote_element: false,
             bundle_tail: String::new(),
-            day: None,
-            day_steps: Vec::new(),
-            totals: Vec::new(),
+            zone,
+            step_days: BTreeSet::new(),
             csv_pending: Vec::new(),
         };
         match format {
@@ -630,18 +639,9 @@ impl Writer {
                     self.resource(obs)?;
                 }
                 if let Body::StepCount(s) = &record.body {
-                    // Records of a type arrive in measured order, so a local day's step
-                    // records are contiguous: total each day once it is complete.
-                    let day = s
-                        .effective_time_frame
-                        .start()
-                        .with_timezone(&self.offset)
-                        .date_naive();
-                    if self.day != Some(day) {
-                        self.flush_day();
-                        self.day = Some(day);
-                    }
-                    self.day_steps.push(record);
+                    let start = s.effective_time_frame.start().with_timezone(&Utc);
+                    self.step_days
+                        .insert(start.with_timezone(&self.zone.tz).date_naive());
                 }
                 Ok(())
             }
@@ -662,16 +662,33 @@ impl Writer {
         }
     }
 
-    fn flush_day(&mut self) {
-        if !self.day_steps.is_empty() {
-            self.totals.extend(phr_schema::fhir::daily_step_totals(
-                &self.day_steps,
-                self.offset,
-                &self.patient_ref,
-                self.issued,
-            ));
-            self.day_steps.clear();
-        }
+    /// The daily totals of the days with step records: the merged view's (each step once
+    /// across the person's devices, [`crate::store::sources`]), in the person's zone.
+    fn daily_totals(&self, store: &Store) -> crate::Result<Vec<Value>> {
+        let (Some(first), Some(last)) = (self.step_days.first(), self.step_days.last()) else {
+            return Ok(Vec::new());
+        };
+        let days: Vec<DayWindow> = self
+            .zone
+            .days(*first, *last)
+            .iter()
+            .filter(|d| self.step_days.contains(&d.date))
+            .filter_map(|d| d.clip((i64::MIN, i64::MAX)))
+            .collect();
+        let merged = store.merged_days(&self.person_id, RecordType::StepCount, &days)?;
+        Ok(merged
+            .into_iter()
+            .filter_map(|(i, m)| {
+                let d = &days.get(i)?.day;
+                Some(phr_schema::fhir::daily_step_total(
+                    d.date,
+                    (d.start, d.end),
+                    m.total.round() as i64,
+                    &self.patient_ref,
+                    self.issued,
+                ))
+            })
+            .collect())
     }
 
     fn flush_csv(&mut self) {
@@ -687,18 +704,17 @@ impl Writer {
         self.csv_pending.clear();
     }
 
-    fn finish(mut self) -> crate::Result<Vec<u8>> {
-        self.finish_records()?;
+    fn finish(mut self, store: &Store) -> crate::Result<Vec<u8>> {
+        self.finish_records(store)?;
         self.close();
         Ok(self.out)
     }
 
     /// Writes what waits for the end of the records (daily totals, pending CSV rows).
-    fn finish_records(&mut self) -> crate::Result<()> {
+    fn finish_records(&mut self, store: &Store) -> crate::Result<()> {
         match self.format {
             Format::Fhir | Format::FhirBundle => {
-                self.flush_day();
-                for total in std::mem::take(&mut self.totals) {
+                for total in self.daily_totals(store)? {
                     self.resource(total)?;
                 }
             }
@@ -777,11 +793,20 @@ mod tests {
         offset: FixedOffset,
         now: DateTime<Utc>,
     ) -> Vec<u8> {
-        let mut w = Writer::new(format, "ana", offset, now);
+        // The daily totals come from the store's merged view: the records are stored first.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        store.add_person("ana", "Ana", "Asia/Tokyo").unwrap();
+        store
+            .grant_storage_consent("ana", &phr_schema::RecordType::ALL)
+            .unwrap();
+        store.import_records("ana", records, Utc::now()).unwrap();
+        let zone = Zone::resolve(Some("Asia/Tokyo"));
+        let mut w = Writer::new(format, "ana", offset, zone, now);
         for r in records {
             w.record(r.clone(), now.fixed_offset()).unwrap();
         }
-        w.finish().unwrap()
+        w.finish(&store).unwrap()
     }
 
     /// Everything `producer` writes, chunk by chunk.
@@ -920,6 +945,59 @@ mod tests {
             slots.running.lock().unwrap().is_empty(),
             "no entries left behind"
         );
+    }
+
+    #[test]
+    fn the_daily_totals_count_each_step_once_across_devices() {
+        use phr_schema::record::{IntervalFrame, Provenance, StepCount};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        store.add_person("ana", "Ana", "Asia/Tokyo").unwrap();
+        store
+            .grant_storage_consent("ana", &phr_schema::RecordType::ALL)
+            .unwrap();
+        // Two bands over the same 10:00-10:30 (Tokyo), 100 and 90 a minute; the second also
+        // 10:30-10:40 alone. The first covers less (30 minutes against 40): the second's
+        // 40 minutes count, the first's not at all.
+        let minute = |device: &str, i: i64, n: i64| {
+            let start = DateTime::parse_from_rfc3339("2026-01-05T10:00:00+09:00").unwrap()
+                + chrono::TimeDelta::minutes(i);
+            let end = start + chrono::TimeDelta::minutes(1);
+            Record::new(
+                device,
+                "br-1",
+                end,
+                Provenance::sensed("test/1"),
+                Body::StepCount(StepCount {
+                    effective_time_frame: IntervalFrame::new(start, end),
+                    step_count: n,
+                }),
+            )
+        };
+        let mut records: Vec<Record> = (0..30).map(|i| minute("band-1", i, 100)).collect();
+        records.extend((0..40).map(|i| minute("band-2", i, 90)));
+        store.import_records("ana", &records, Utc::now()).unwrap();
+        let out = write_export(&store, "ana", Format::Fhir, Utc::now()).unwrap();
+        let all: Vec<Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect();
+        let coded = |code: &str| -> Vec<Value> {
+            all.iter()
+                .filter(|o| o["code"]["coding"][0]["code"] == code)
+                .cloned()
+                .collect()
+        };
+        let totals = coded("41950-7");
+        assert_eq!(totals.len(), 1, "{totals:?}");
+        assert_eq!(totals[0]["valueQuantity"]["value"], 40 * 90);
+        assert_eq!(
+            totals[0]["effectivePeriod"]["start"],
+            "2026-01-05T00:00:00+09:00"
+        );
+        // Every record of both bands is still there, one Observation each.
+        assert_eq!(coded("55423-8").len(), 70);
     }
 
     #[test]

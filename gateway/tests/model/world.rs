@@ -96,6 +96,9 @@ pub(crate) enum Rule {
         to: i64,
         person: String,
     },
+    /// A record stored for `person` stays theirs although what made it theirs is gone (a
+    /// binding released at the instant it began, after they confirmed records with it).
+    Pin { key: Key, person: String },
 }
 
 /// A person's consent to the company, as the model knows it.
@@ -314,6 +317,13 @@ impl Model {
                 {
                     Attr::Person(person.clone())
                 }
+                (
+                    Rule::Pin {
+                        key: pinned,
+                        person,
+                    },
+                    _,
+                ) if *pinned == key => Attr::Person(person.clone()),
                 (_, attr) => attr,
             };
         }
@@ -547,7 +557,10 @@ impl Model {
                 Loc::Held if self.attribute(*k) == Attr::Person(person.to_owned()) => {
                     gone.insert(*k);
                 }
-                Loc::Held | Loc::Quarantined => {
+                // Held for someone else's consent (a correction made it theirs): their data,
+                // which nobody else's erasure removes, even measured in this person's periods.
+                Loc::Held => {}
+                Loc::Quarantined => {
                     if self.in_claim_periods(k.device, person, s, e) {
                         gone.insert(*k);
                     }
