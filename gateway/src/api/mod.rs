@@ -7,6 +7,8 @@
 //!   erasure.
 //! - [`corrections`]: quarantine confirmation, unlinking, operator re-attribution.
 //! - [`devices`]: the owner's devices and pairing (`/api/v1/me/devices/...`).
+//! - [`sources`]: which of the owner's devices counts when two measured the same time
+//!   (`/api/v1/me/sources`).
 //! - [`subjects`]: other parties' reads of a person's data (`/api/v1/subjects/...`).
 //! - [`records`]: query parsing and output formats shared by both.
 //! - [`export`]: the owner's export (FHIR R4, Open mHealth, CSV).
@@ -28,6 +30,7 @@ pub mod me;
 pub mod oauth;
 pub mod openapi;
 pub mod records;
+pub mod sources;
 pub mod subjects;
 pub mod summary;
 pub mod sync;
@@ -76,6 +79,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(DASHBOARD, web::get().to(dashboard));
     me::configure(cfg);
     devices::configure(cfg);
+    sources::configure(cfg);
     corrections::configure(cfg);
     export::configure(cfg);
     subjects::configure(cfg);

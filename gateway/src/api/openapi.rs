@@ -50,6 +50,7 @@ pub struct ErrorDetail {
         super::devices::list, super::devices::start, super::devices::show,
         super::devices::confirm, super::devices::release, super::devices::operator_release,
         super::devices::enrol, super::devices::revoke, super::devices::nearby,
+        super::sources::list, super::sources::set,
         super::corrections::quarantine, super::corrections::confirm,
         super::corrections::unlink, super::corrections::mine, super::corrections::admin,
         super::export::export, super::subjects::subject_records,
@@ -205,8 +206,8 @@ mod tests {
     #[test]
     fn every_route_is_documented() {
         use super::super::{
-            corrections, devices, export, fhir, me, oauth, subjects, summary, sync, DASHBOARD,
-            HEALTHZ, METRICS,
+            corrections, devices, export, fhir, me, oauth, sources, subjects, summary, sync,
+            DASHBOARD, HEALTHZ, METRICS,
         };
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
         let routes: &[(&str, &[&str])] = &[
@@ -224,6 +225,8 @@ mod tests {
             (devices::ADMIN_BINDING, &["delete"]),
             (devices::ADMIN_BRIDGES, &["post"]),
             (devices::ADMIN_BRIDGE, &["delete"]),
+            (sources::SOURCES, &["get"]),
+            (sources::SOURCE, &["put"]),
             (corrections::QUARANTINE, &["get"]),
             (corrections::CONFIRM_QUARANTINE, &["post"]),
             (corrections::UNLINK, &["post"]),

@@ -12,6 +12,8 @@
 //!   export and erasure.
 //! - [`pairing`]: pairing a band (start, the bridge's code, confirm) and releasing one, from
 //!   `/dashboard/me`.
+//! - [`sources`]: "Which device counts" on `/dashboard/me`: per type the owner's devices in
+//!   the order that decides whose data counts, and forms to change it.
 //! - [`patient`]: one person's charts (steps, sleep stages, hypnogram, sleep timing, resting
 //!   heart rate, weekly averages), shared by the clinician's patient page and the owner's
 //!   `/dashboard/me/charts`.
@@ -27,6 +29,7 @@ pub mod owner;
 pub mod pairing;
 pub mod patient;
 pub mod session;
+pub mod sources;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
@@ -99,6 +102,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     clinician::configure(cfg);
     owner::configure(cfg);
     pairing::configure(cfg);
+    sources::configure(cfg);
     patient::configure(cfg);
 }
 

@@ -1,8 +1,8 @@
 //! The owner's dashboard, `/dashboard/me`: what the owner API offers, as pages and forms.
 //!
 //! - `GET /dashboard/me`: a link to my charts, my devices (bindings with their validity
-//!   intervals, a Release link for each open one), "Pair a band" (see [`super::pairing`]),
-//!   my consents (each in force with a Withdraw button), my disclosure log (the
+//!   intervals, a Release link for each open one), "Which device counts" (see
+//!   [`super::sources`]), "Pair a band" (see [`super::pairing`]), my consents (each in force with a Withdraw button), my disclosure log (the
 //!   latest [`DISCLOSURES_SHOWN`] entries, newest first), export links, and the erasure form.
 //! - `GET /dashboard/me/consents/{id}/withdraw`: the confirmation page;
 //!   `POST` (CSRF) withdraws through [`Store::withdraw_consent`], as `DELETE
@@ -23,15 +23,16 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::pairing;
 use super::session::{self, check_csrf, internal_error, CsrfForm};
 use super::{not_found, page, respond, Role, Viewer};
+use super::{pairing, sources};
 use crate::api::export::{self, Format};
 use crate::api::me::ERASE_CONFIRMATION;
 use crate::api::AppState;
 use crate::store::audit::{Action, Logged, Outcome};
 use crate::store::pairing::BindingInterval;
 use crate::store::pairing_view::PairingSummary;
+use crate::store::source_view::{SourcesView, TYPES};
 use crate::store::subjects::Zone;
 use crate::store::{Consent, ConsentStatus, GranteeKind, Store};
 
@@ -170,6 +171,8 @@ struct Home {
     /// Enrolled bridges the owner has used, and their latest pairings (newest first).
     bridges: Vec<String>,
     pairings: Vec<PairingSummary>,
+    /// Which device counts, per type.
+    sources: SourcesView,
 }
 
 pub(super) fn time_zone(store: &Store, person: &str) -> crate::Result<Tz> {
@@ -214,6 +217,7 @@ async fn home_page(state: web::Data<AppState>, v: Viewer) -> Result<HttpResponse
             disclosures: latest_disclosures(&store, &person, DISCLOSURES_SHOWN)?,
             bridges: store.bridges_used_by(&person)?,
             pairings: store.recent_pairings(&person, pairing::PAIRINGS_SHOWN)?,
+            sources: store.sources_view(&person, &TYPES, now)?,
         })
     })
     .await?;
@@ -258,6 +262,8 @@ async fn home_page(state: web::Data<AppState>, v: Viewer) -> Result<HttpResponse
                 }
             }
         }
+
+        (sources::section(&v, &data.sources))
 
         (pairing::section(&v, tz, &data.bridges, &data.pairings, Utc::now()))
 

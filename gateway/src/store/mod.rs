@@ -35,6 +35,7 @@ pub mod nearby;
 pub mod pairing;
 pub mod pairing_view;
 pub mod sessions;
+pub mod source_view;
 pub mod sources;
 pub mod subjects;
 

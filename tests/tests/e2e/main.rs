@@ -37,6 +37,7 @@ mod openapi;
 mod operators;
 mod pairing;
 mod pipeline;
+mod sources;
 mod sync;
 mod tls;
 
