@@ -767,6 +767,54 @@ mod merged {
         assert_eq!(total(&store, NY, "2026-03-09"), None);
     }
 
+    fn beat(device: &str, t: &str, bpm: f64) -> Record {
+        use phr_schema::record::{HeartRate, PointFrame, UnitValue, BEATS_PER_MINUTE};
+        Record::new(
+            device,
+            "br",
+            at(t),
+            Provenance::sensed("test/1"),
+            Body::HeartRate(HeartRate {
+                effective_time_frame: PointFrame { date_time: at(t) },
+                heart_rate: UnitValue::new(bpm, BEATS_PER_MINUTE),
+            }),
+        )
+    }
+
+    #[test]
+    fn the_resting_heart_rate_is_one_devices_per_interval() {
+        let (_dir, store) = open(TOKYO);
+        pair(&store, "a", "2026-11-01T00:00:00+09:00");
+        pair(&store, "b", "2026-11-02T00:00:00+09:00");
+        // The same two 5-minute intervals, a reads 60 and 64, b 50 and 70.
+        import(
+            &store,
+            vec![
+                beat("a", "2026-11-20T03:00:00+09:00", 60.0),
+                beat("b", "2026-11-20T03:01:00+09:00", 50.0),
+                beat("a", "2026-11-20T03:05:00+09:00", 64.0),
+                beat("b", "2026-11-20T03:06:00+09:00", 70.0),
+            ],
+        );
+        let zone = Zone::resolve(Some(TOKYO));
+        let days: Vec<_> = zone
+            .days(date("2026-11-20"), date("2026-11-20"))
+            .iter()
+            .filter_map(|d| d.clip((i64::MIN, i64::MAX)))
+            .collect();
+        let resting = |store: &Store| {
+            let (rows, _) = store.daily_resting_heart_rate(PIA, &days).unwrap();
+            rows.first().map(|r| r.bpm)
+        };
+        // b (paired later) in both intervals: the lower of its two, not a mix of devices
+        // (mixed, the first interval's mean would be 55).
+        assert_eq!(resting(&store), Some(50.0));
+        store
+            .set_source_order(PIA, RecordType::HeartRate, &["a".into()], Utc::now())
+            .unwrap();
+        assert_eq!(resting(&store), Some(60.0));
+    }
+
     fn night(device: &str, start: &str, minutes: i64, main: bool) -> Record {
         let s = at(start);
         let e = s + TimeDelta::minutes(minutes);
