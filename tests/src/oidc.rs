@@ -496,7 +496,8 @@ impl OidcProvider {
         format!("{}{path}", self.issuer)
     }
 
-    fn get_json(&self, url: &str) -> Result<Value> {
+    /// `GET url` over HTTPS trusting the provider's test CA, as JSON.
+    pub fn get_json(&self, url: &str) -> Result<Value> {
         self.agent
             .get(url)
             .call()

@@ -80,11 +80,7 @@ fn discovery_is_served_and_names_the_jwks() {
     let key = &jwks.keys[0];
     assert!(key.common.key_id.is_some());
     // Only the public half is served.
-    let raw: Value = ureq::get(&op.url("/jwks"))
-        .call()
-        .unwrap()
-        .into_json()
-        .unwrap();
+    let raw: Value = op.get_json(&op.url("/jwks")).unwrap();
     assert!(
         raw["keys"][0].get("d").is_none(),
         "private key served: {raw}"
