@@ -283,8 +283,8 @@ fn ingest_rate(days: i64, rollup: bool, now: DateTime<Utc>) -> anyhow::Result<(f
     let store = Store::open(&path)?;
     if !rollup {
         Connection::open(&path)?.execute_batch(
-            "DROP TRIGGER series_5min_stored; DROP TRIGGER series_5min_erased;
-             DROP TRIGGER series_5min_moved;",
+            "DROP TRIGGER series_slots_stored; DROP TRIGGER series_slots_erased;
+             DROP TRIGGER series_slots_moved;",
         )?;
     }
     let seeded = seed(&store, days, now)?;
@@ -453,8 +453,8 @@ fn main() -> anyhow::Result<()> {
                           SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
                                  json_extract(value, '$[2]')
                             FROM json_each(?2))
-                      SELECT d.i, SUM(s.total), SUM(s.records)
-                        FROM d CROSS JOIN series_5min s
+                      SELECT d.i, CAST(round(SUM(s.total)) AS INTEGER), SUM(s.records)
+                        FROM d CROSS JOIN series_slots s
                        WHERE s.person_id = ?1 AND s.record_type = 'step-count'
                          AND s.slot >= d.a AND s.slot < d.b
                        GROUP BY d.i";
