@@ -15,14 +15,13 @@
 //! - [`daemon`]: `phr-bridge run`, real devices through the same pipeline.
 //! - [`simulate`]: `phr-bridge simulate`, simulated bands through the whole pipeline.
 //! - [`transport`]: Bluetooth LE through btleplug (the only module that imports it).
-//! - [`mqtt`]: broker URLs and client options shared with the gateway.
+//! - [`mqtt`]: broker URLs and client options shared with the gateway (`phr_schema::mqtt`).
 
 pub mod cumulative;
 pub mod daemon;
 pub mod decode;
 pub mod device_state;
 pub mod identity;
-pub mod mqtt;
 pub mod nearby;
 pub mod normalise;
 pub mod outbox;
@@ -30,6 +29,8 @@ pub mod publish;
 pub mod sim;
 pub mod simulate;
 pub mod transport;
+
+pub use phr_schema::mqtt;
 
 /// Errors of the bridge library.
 #[derive(Debug, thiserror::Error)]

@@ -18,6 +18,11 @@ use crate::{Error, Result};
 
 /// The JOSE `typ` of access tokens (RFC 9068).
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+/// Everything an owner may do with their own data (SMART v2: create, read, update, delete,
+/// search, on every resource): what the demo's and the operator's owner tokens carry.
+pub const OWNER_SCOPE: &str = "patient/*.cruds";
+
 const KEY_FILE: &str = "jwt-ed25519.pk8";
 
 /// Claims of an access token.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use tokio_util::sync::CancellationToken;
 
-use phr_bridge::mqtt::{MqttUrl, MAX_PACKET_BYTES};
+use phr_schema::mqtt::{MqttUrl, MAX_PACKET_BYTES};
 use phr_schema::Topics;
 
 use crate::{Error, Result};

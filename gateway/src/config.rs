@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use phr_bridge::mqtt::MqttUrl;
+use phr_schema::mqtt::MqttUrl;
 use phr_schema::Limits;
 
 use crate::{Error, Result};
@@ -145,7 +145,7 @@ pub struct MqttConfig {
     pub topic_prefix: String,
     /// With an external broker: the password of the gateway's user (`phr-gateway`) there
     /// (see `docs/mosquitto/`). Better from the environment (`PHR_MQTT_PASSWORD`).
-    pub password: Option<phr_bridge::mqtt::MqttPassword>,
+    pub password: Option<phr_schema::mqtt::MqttPassword>,
     /// With an external `mqtts://` broker: the CA certificates (PEM) its certificate must
     /// chain to.
     pub ca_file: Option<PathBuf>,
@@ -356,7 +356,7 @@ impl Config {
                 let url = u
                     .parse::<MqttUrl>()
                     .map(|u| u.with_password(self.mqtt.password.clone()))
-                    .map_err(|e: phr_bridge::mqtt::MqttUrlError| Error::Config(e.to_string()))?;
+                    .map_err(|e: phr_schema::mqtt::MqttUrlError| Error::Config(e.to_string()))?;
                 match &self.mqtt.ca_file {
                     Some(path) => url.with_ca_file(path).map_err(|e| Error::io(path, e)),
                     None => Ok(url),

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use phr_bridge::mqtt::MqttUrl;
+use phr_schema::mqtt::MqttUrl;
 use phr_schema::{Limits, NearbyReport, PairingReport, Topics};
 
 use crate::channel::Channels;

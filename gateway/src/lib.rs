@@ -16,7 +16,6 @@
 //! - [`metrics`]: Prometheus counters.
 //! - [`oauth`]: client credentials for PHR companies (token endpoint logic, discovery).
 //! - [`pairing`]: starting a pairing (code to the bridge over MQTT).
-//! - [`demo`]: `phr-gateway demo`, the whole pipeline on embedded defaults.
 
 pub mod access;
 pub mod api;
@@ -26,7 +25,6 @@ pub mod channel;
 pub mod config;
 pub mod consumer;
 pub mod dashboard;
-pub mod demo;
 pub mod idp;
 pub mod ingest;
 pub mod limits;
@@ -44,7 +42,7 @@ use actix_web::{web, App, HttpServer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use phr_bridge::mqtt::MqttUrl;
+use phr_schema::mqtt::MqttUrl;
 use phr_schema::Topics;
 
 pub use config::Config;
@@ -74,8 +72,6 @@ pub enum Error {
     Conflict(&'static str),
     #[error("invalid: {0}")]
     Invalid(&'static str),
-    #[error("bridge: {0}")]
-    Bridge(#[from] phr_bridge::Error),
     #[error("a gateway task stopped unexpectedly")]
     Poisoned,
 }

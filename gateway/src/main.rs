@@ -7,7 +7,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use phr_gateway::demo::{self, AddrFlag, DemoOptions};
 use phr_gateway::Config;
 
 #[derive(Debug, Parser)]
@@ -21,8 +20,6 @@ struct Cli {
 enum Command {
     /// Run the gateway: MQTT ingest (embedded broker unless --mqtt-url), store, API.
     Serve(ServeArgs),
-    /// Run the whole pipeline on embedded defaults with simulated wearables.
-    Demo(DemoArgs),
     /// Token commands.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -207,29 +204,10 @@ struct ServeArgs {
     mqtt_url: Option<String>,
     /// The gateway's password (user `phr-gateway`) at the external broker.
     #[arg(long, env = "PHR_MQTT_PASSWORD", hide_env_values = true)]
-    mqtt_password: Option<phr_bridge::mqtt::MqttPassword>,
+    mqtt_password: Option<phr_schema::mqtt::MqttPassword>,
     /// Topic prefix shared with bridges.
     #[arg(long, env = "PHR_TOPIC_PREFIX")]
     topic_prefix: Option<String>,
-}
-
-#[derive(Debug, clap::Args)]
-struct DemoArgs {
-    /// Data directory.
-    #[arg(long, default_value = "./phr-data")]
-    data_dir: PathBuf,
-    /// HTTP API address [default: 127.0.0.1:8080, or a free port if that is taken].
-    #[arg(long)]
-    http: Option<SocketAddr>,
-    /// Embedded broker address [default: 127.0.0.1:1883, or a free port if that is taken].
-    #[arg(long)]
-    mqtt: Option<SocketAddr>,
-    /// Simulated bands.
-    #[arg(long, default_value_t = 2)]
-    devices: usize,
-    /// Hours of history the bands hold at start (30 days by default).
-    #[arg(long, default_value_t = demo::DEFAULT_HISTORY_HOURS)]
-    history_hours: i64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -307,27 +285,6 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             phr_gateway::run(config, shutdown_on_ctrl_c())
                 .await
                 .context("gateway failed")?;
-        }
-        Command::Demo(a) => {
-            let defaults = Config::default();
-            let opts = DemoOptions {
-                data_dir: a.data_dir,
-                http: AddrFlag {
-                    flag: "--http",
-                    addr: a.http.unwrap_or(defaults.http.listen),
-                    explicit: a.http.is_some(),
-                },
-                mqtt: AddrFlag {
-                    flag: "--mqtt",
-                    addr: a.mqtt.unwrap_or(defaults.mqtt.listen),
-                    explicit: a.mqtt.is_some(),
-                },
-                devices: a.devices,
-                history_hours: a.history_hours,
-            };
-            demo::run(opts, shutdown_on_ctrl_c())
-                .await
-                .context("demo failed")?;
         }
         Command::Token(TokenCommand::Issue {
             data_dir,

@@ -10,6 +10,7 @@
 //! - [`envelope`]: the MQTT contract: topics, the batch envelope, the gateway's ack.
 //! - [`nearby`]: a bridge's report of the devices it sees, bounded and cleaned.
 //! - [`channel`]: the bridge–gateway channel key: sealed MQTT payloads, pairing codes.
+//! - [`mqtt`]: broker URLs, the static password and the packet limit both sides use.
 //! - [`omh`]: Open mHealth (IEEE 1752.1 family) data points, header 1.2.
 //! - [`fhir`]: HL7 FHIR R4 `Observation`s (LOINC), daily step totals, `Bundle`, NDJSON, and back.
 //! - [`csv`]: RFC 4180 CSV, one row per record.
@@ -19,6 +20,7 @@ pub mod csv;
 pub mod envelope;
 pub mod fhir;
 pub mod id;
+pub mod mqtt;
 pub mod nearby;
 pub mod omh;
 pub mod record;

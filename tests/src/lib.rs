@@ -28,7 +28,7 @@ use phr_gateway::{Config, Gateway};
 use phr_schema::channel::ChannelKey;
 use phr_schema::{Ack, RecordType, Topics};
 
-pub use phr_gateway::demo::OWNER_SCOPE;
+pub use phr_gateway::auth::OWNER_SCOPE;
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {

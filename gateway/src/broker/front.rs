@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use phr_bridge::mqtt::MAX_PACKET_BYTES;
+use phr_schema::mqtt::MAX_PACKET_BYTES;
 use phr_schema::Topics;
 
 use super::{Access, Identity};

@@ -18,11 +18,11 @@ struct Demo {
 
 impl Demo {
     fn start(history_hours: u32) -> anyhow::Result<Self> {
-        let bin = binary("phr-gateway", "phr-gateway")?;
+        let bin = binary("phr-demo", "phr-demo")?;
         let dir = tempfile::tempdir()?;
         let http = format!("127.0.0.1:{}", free_port());
         let mut child = Command::new(&bin)
-            .args(["demo", "--history-hours", &history_hours.to_string()])
+            .args(["--history-hours", &history_hours.to_string()])
             .args(["--http", &http, "--mqtt"])
             .arg(format!("127.0.0.1:{}", free_port()))
             .arg("--data-dir")
@@ -60,13 +60,13 @@ impl Demo {
             .unwrap_or_else(|| panic!("no {label} line in {:#?}", self.lines))
     }
 
+    /// The value of shell variable `name` as printed (`  NAME=value`).
+    fn variable(&self, name: &str) -> String {
+        self.printed(&format!("{name}="))
+    }
+
     fn owner_token(&self) -> String {
-        let at = self
-            .lines
-            .iter()
-            .position(|l| l.contains("owner token"))
-            .expect("a token line");
-        self.lines[at + 1].trim().to_owned()
+        self.variable("OWNER_TOKEN")
     }
 }
 
@@ -88,9 +88,16 @@ async fn demo_prints_a_dashboard_and_a_token_that_reads_the_simulated_data() -> 
         .find(|l| l.trim_start().starts_with("curl "))
         .expect("a curl line");
     assert!(
-        curl.contains(&token) && curl.contains(&format!("http://{http}/api/v1/me/records")),
+        curl.contains("$OWNER_TOKEN") && curl.contains(&format!("http://{http}/api/v1/me/records")),
         "{curl}"
     );
+    // Each secret is printed once, into the shell variable the curl lines use.
+    for name in ["OWNER_TOKEN", "COMPANY_TOKEN", "CLIENT_SECRET"] {
+        let value = demo.variable(name);
+        assert!(value.len() >= 20, "{name}={value}");
+        let times = lines.iter().filter(|l| l.contains(&value)).count();
+        assert_eq!(times, 1, "{name} printed {times} times: {lines:#?}");
+    }
 
     let page = ureq::get(&dashboard).call()?;
     assert_eq!(page.status(), 200);
@@ -118,10 +125,10 @@ async fn demo_prints_a_dashboard_and_a_token_that_reads_the_simulated_data() -> 
             .map(str::to_owned)
             .expect(name)
     };
-    let (client_id, secret) = (field("client id:"), field("client secret:"));
+    let (client_id, secret) = (field("client id:"), demo.variable("CLIENT_SECRET"));
     assert!(lines
         .iter()
-        .any(|l| l.contains("/oauth/token") && l.contains(&secret)));
+        .any(|l| l.contains("/oauth/token") && l.contains("$CLIENT_SECRET")));
     let resp: serde_json::Value = ureq::post(&format!("http://{http}/oauth/token"))
         .send_form(&[
             ("grant_type", "client_credentials"),
@@ -129,7 +136,20 @@ async fn demo_prints_a_dashboard_and_a_token_that_reads_the_simulated_data() -> 
             ("client_secret", &secret),
         ])?
         .into_json()?;
-    let company = resp["access_token"].as_str().expect("a token").to_owned();
+    assert!(resp["access_token"].is_string(), "{resp}");
+    // The printed lines themselves, run in a shell as a user pastes them, get a token too.
+    let token_line = lines
+        .iter()
+        .find(|l| l.trim_start().starts_with("TOKEN=$(curl"))
+        .expect("a TOKEN=$(curl ...) line");
+    let script = format!(
+        "CLIENT_SECRET={secret}\n{}\nprintf %s \"$TOKEN\"",
+        token_line.trim()
+    );
+    let out = Command::new("bash").args(["-c", &script]).output()?;
+    assert!(out.status.success(), "{out:?}");
+    let company = String::from_utf8(out.stdout)?;
+    assert_eq!(company.matches('.').count(), 2, "not a JWT: {company:?}");
     let (s, page) = get_json(
         &format!("http://{http}/api/v1/sync?limit=5"),
         Some(&company),
@@ -238,13 +258,13 @@ async fn demo_prints_a_dashboard_and_a_token_that_reads_the_simulated_data() -> 
 
 #[test]
 fn demo_refuses_an_explicit_port_that_is_taken() -> anyhow::Result<()> {
-    let bin = binary("phr-gateway", "phr-gateway")?;
+    let bin = binary("phr-demo", "phr-demo")?;
     let dir = tempfile::tempdir()?;
     let holder = TcpListener::bind("127.0.0.1:0")?;
     let taken = holder.local_addr()?;
     for flag in ["--http", "--mqtt"] {
         let out = Command::new(&bin)
-            .args(["demo", flag, &taken.to_string(), "--data-dir"])
+            .args([flag, &taken.to_string(), "--data-dir"])
             .arg(dir.path())
             .env("RUST_LOG", "off")
             .stdin(Stdio::null())

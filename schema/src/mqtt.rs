@@ -1,10 +1,8 @@
-//! MQTT connection settings shared by the bridge and the gateway.
+//! MQTT connection settings shared by the bridge and the gateway: broker URLs, the static
+//! password, the largest packet; client options with feature `client` (rumqttc).
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
-
-use rumqttc::MqttOptions;
 
 /// Largest MQTT packet either side sends or accepts: a batch is at most 1 MiB of JSON
 /// (`phr_schema::Limits::max_batch_bytes`) plus topic and headers.
@@ -80,9 +78,10 @@ impl MqttUrl {
 
     /// Client options with the project's defaults: large packets, short keep-alive so a dead
     /// broker is noticed within seconds, a clean session (acks are re-requested by resending).
-    pub fn options(&self, client_id: &str) -> MqttOptions {
-        let mut o = MqttOptions::new(client_id, self.host.clone(), self.port);
-        o.set_keep_alive(Duration::from_secs(5))
+    #[cfg(feature = "client")]
+    pub fn options(&self, client_id: &str) -> rumqttc::MqttOptions {
+        let mut o = rumqttc::MqttOptions::new(client_id, self.host.clone(), self.port);
+        o.set_keep_alive(std::time::Duration::from_secs(5))
             .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
             .set_clean_session(true);
         if self.tls {

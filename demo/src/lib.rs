@@ -1,4 +1,7 @@
-//! `phr-gateway demo`: the whole pipeline on embedded defaults, in one process.
+//! `phr-demo`: the whole pipeline on embedded defaults, in one process.
+//!
+//! A crate of its own so that the server does not build the bridge: the demo needs both, the
+//! gateway (`phr-gateway`) needs neither the bridge nor Bluetooth.
 //!
 //! Starts the gateway with its embedded broker and SQLite store; registers a demo person who
 //! consents to storage, to a demo PHR company reading steps and sleep, and to a demo
@@ -21,7 +24,7 @@
 //! plus 3 days of the third. The demo person wears both bands at once: the second measures
 //! the first one's walks and nights with its own noise and hours off the wrist
 //! ([`phr_bridge::sim::SimBand::worn_with`]), so the dashboards show the merged view (each
-//! step and night counted once, [`crate::store::sources`]). On a 2-core machine (debug build) that takes about 2 s to seed,
+//! step and night counted once, [`phr_gateway::store::sources`]). On a 2-core machine (debug build) that takes about 2 s to seed,
 //! and the demo is ready about 3 s after it starts; a restarted demo (same `--data-dir`)
 //! resumes where it stopped.
 
@@ -39,12 +42,52 @@ use phr_bridge::outbox::Outbox;
 use phr_bridge::simulate::{self, SimulateConfig};
 use phr_schema::RecordType;
 
-use crate::dashboard::session::{signin_url, SIGNIN_CODE_TTL};
-use crate::dashboard::Role;
-use crate::store::clients::NewClient;
-use crate::store::corrections::Range;
-use crate::store::{GranteeKind, Terms, STORAGE_GRANTEE};
-use crate::{Config, Error, Result};
+pub use phr_gateway::auth::OWNER_SCOPE;
+use phr_gateway::dashboard::session::{signin_url, SIGNIN_CODE_TTL};
+use phr_gateway::dashboard::Role;
+use phr_gateway::store::clients::NewClient;
+use phr_gateway::store::corrections::Range;
+use phr_gateway::store::{GranteeKind, Terms, STORAGE_GRANTEE};
+use phr_gateway::Config;
+
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Gateway(#[from] phr_gateway::Error),
+    #[error("bridge: {0}")]
+    Bridge(#[from] phr_bridge::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr} for the {what}: {source}")]
+    AddressInUse {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("MQTT broker: {0}")]
+    Broker(String),
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    #[error("a demo task stopped unexpectedly")]
+    Poisoned,
+}
+
+impl Error {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub const DEMO_PERSON: &str = "demo-person";
 /// A second person, with their own band, who has not consented to the clinician (nor to the
@@ -61,9 +104,6 @@ pub const SECOND_PERSON_HISTORY_HOURS: i64 = 3 * 24;
 const SEED_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// The simulated bridge's outbox, in its data directory (see `phr_bridge::simulate::run`).
 const BRIDGE_OUTBOX: &str = "outbox.sqlite";
-/// Everything an owner may do with their own data (SMART v2: create, read, update, delete,
-/// search, on every resource).
-pub const OWNER_SCOPE: &str = "patient/*.cruds";
 /// The demo PHR company (an OAuth client id).
 pub const DEMO_COMPANY: &str = "demo-phr-co";
 
@@ -89,7 +129,7 @@ async fn wait(
 /// Pairs `band` to `person` the way an owner would: start, read the code the bridge shows,
 /// confirm with it and the serial number the bridge read. Skipped if already paired.
 async fn pair(
-    gateway: &crate::Gateway,
+    gateway: &phr_gateway::Gateway,
     status: &mut watch::Receiver<phr_bridge::publish::Status>,
     person: &'static str,
     band: &str,
@@ -106,13 +146,13 @@ async fn pair(
     if paired {
         return Ok(());
     }
-    let cx = crate::pairing::Context {
+    let cx = phr_gateway::pairing::Context {
         store: &gateway.store,
         channels: &gateway.channels,
         mqtt: &gateway.client,
         topics: &gateway.topics,
     };
-    let pairing = crate::pairing::start(cx, person, DEMO_BRIDGE, band, Utc::now())?
+    let pairing = phr_gateway::pairing::start(cx, person, DEMO_BRIDGE, band, Utc::now())?
         .map_err(|_| Error::Conflict("the demo could not start a pairing"))?;
     let id = pairing.pairing_id;
     wait(status, "the bridge to show the pairing code", |s| {
@@ -129,13 +169,13 @@ async fn pair(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let store = gateway.store.clone();
-        let reported = blocking(move || store.pairing(person, id))
+        let reported = blocking(move || Ok(store.pairing(person, id)?))
             .await?
             .and_then(|p| p.reported_serial);
         if let Some(serial) = reported {
             let store = gateway.store.clone();
             let result = blocking(move || {
-                store.confirm_pairing(person, id, &code, Some(&serial), Utc::now())
+                Ok(store.confirm_pairing(person, id, &code, Some(&serial), Utc::now())?)
             })
             .await?;
             return result
@@ -271,7 +311,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     config.http.listen = http
         .local_addr()
         .map_err(|e| Error::Config(e.to_string()))?;
-    let mut gateway = crate::start(&config, http, shutdown.clone()).await?;
+    let mut gateway = phr_gateway::start(&config, http, shutdown.clone()).await?;
 
     if !gateway.wait_subscribed(Duration::from_secs(10)).await {
         return Err(Error::Broker(
@@ -300,7 +340,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
         let (dir, store) = (sim.data_dir.clone(), gateway.store.clone());
         blocking(move || {
             let key = phr_bridge::identity::BridgeKey::load_or_create(&dir)?;
-            store.register_bridge_key(DEMO_BRIDGE, &key.public_hex())
+            Ok(store.register_bridge_key(DEMO_BRIDGE, &key.public_hex())?)
         })
         .await?;
     }
@@ -460,7 +500,6 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
         .keys
         .issue(DEMO_COMPANY, "system/Observation.rs", ttl, Utc::now())?;
     let base = format!("http://{}", gateway.http_addr);
-    let auth = |t: &str| format!("-H \"Authorization: Bearer {t}\"");
     println!();
     println!("PHR gateway demo is running.");
     println!("  data dir:      {}", opts.data_dir.display());
@@ -479,45 +518,34 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     println!(
         "  clinician:     {DEMO_CLINICIAN}: {DEMO_PERSON} consented to steps, sleep and heart rate for treatment; {DEMO_PERSON_2} did not"
     );
+    println!();
+    // Each token and secret once, into shell variables the lines below use.
     println!(
-        "  owner token (valid {}h, scope {OWNER_SCOPE}):",
+        "Paste into a shell: the owner's token (valid {}h, scope {OWNER_SCOPE}), the company's ({DEMO_COMPANY}, consented to steps and sleep) and its client secret (shown once; a new one at every demo start):",
         ttl.num_hours()
     );
-    println!("    {token}");
-    println!("  company token ({DEMO_COMPANY}, consented to steps and sleep):");
-    println!("    {company}");
+    println!("  OWNER_TOKEN={token}");
+    println!("  COMPANY_TOKEN={company}");
+    println!("  CLIENT_SECRET={}", secret.expose());
     println!();
+    let owner = "-H \"Authorization: Bearer $OWNER_TOKEN\"";
     println!("Try, as the owner:");
-    println!(
-        "  curl -s {} \"{base}/api/v1/me/records?type=step-count&limit=5\"",
-        auth(&token)
-    );
-    println!("  curl -s {} \"{base}/api/v1/me/devices\"", auth(&token));
-    println!("  curl -s {} \"{base}/api/v1/me/consents\"", auth(&token));
-    println!(
-        "  curl -s {} \"{base}/api/v1/me/disclosures\"",
-        auth(&token)
-    );
-    println!(
-        "  curl -s {} \"{base}/api/v1/me/export?format=fhir\"",
-        auth(&token)
-    );
+    println!("  curl -s {owner} \"{base}/api/v1/me/records?type=step-count&limit=5\"");
+    println!("  curl -s {owner} \"{base}/api/v1/me/devices\"");
+    println!("  curl -s {owner} \"{base}/api/v1/me/consents\"");
+    println!("  curl -s {owner} \"{base}/api/v1/me/disclosures\"");
+    println!("  curl -s {owner} \"{base}/api/v1/me/export?format=fhir\"");
+    let company = "-H \"Authorization: Bearer $COMPANY_TOKEN\"";
     println!("As the company (every read lands in the owner's disclosure log):");
     println!(
-        "  curl -s {} \"{base}/api/v1/subjects/{DEMO_PERSON}/records?type=sleep-episode&limit=1\"",
-        auth(&company)
+        "  curl -s {company} \"{base}/api/v1/subjects/{DEMO_PERSON}/records?type=sleep-episode&limit=1\""
     );
-    println!("  curl -s {} \"{base}/api/v1/subjects/{DEMO_PERSON}/records?type=heart-rate\"   # not consented: 404", auth(&company));
+    println!("  curl -s {company} \"{base}/api/v1/subjects/{DEMO_PERSON}/records?type=heart-rate\"   # not consented: 404");
     println!();
     println!("As the company, through OAuth 2.0 client credentials and incremental sync:");
     println!("  client id:     {DEMO_COMPANY}");
     println!(
-        "  client secret: {}   (shown once; a new one at every demo start)",
-        secret.expose()
-    );
-    println!(
-        "  TOKEN=$(curl -s -u {DEMO_COMPANY}:{} -d grant_type=client_credentials -d scope=system/Observation.rs {base}/oauth/token | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')",
-        secret.expose()
+        "  TOKEN=$(curl -s -u {DEMO_COMPANY}:$CLIENT_SECRET -d grant_type=client_credentials -d scope=system/Observation.rs {base}/oauth/token | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')"
     );
     println!("  curl -s -H \"Authorization: Bearer $TOKEN\" \"{base}/api/v1/subjects\"");
     println!("  curl -s -H \"Authorization: Bearer $TOKEN\" \"{base}/api/v1/sync?limit=5\"");
@@ -533,7 +561,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     );
     println!("  owner sign-in: {}", signin_url(&base, &owner_code));
     println!(
-        "  new links: phr-gateway dashboard link --data-dir {} --subject {DEMO_PERSON_2} --role owner",
+        "  new links: cargo run -p phr-gateway -- dashboard link --data-dir {} --subject {DEMO_PERSON_2} --role owner",
         opts.data_dir.display()
     );
     println!();
