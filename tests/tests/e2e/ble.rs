@@ -19,7 +19,8 @@ use phr_bridge::decode::pams_sleep::{encode_sleep_activity_summary, SleepActivit
 use phr_bridge::decode::{heart_rate, local_time, sim_band};
 use phr_e2e::bluez::{uuids, EmulatedBand, PrivateBluez};
 use phr_e2e::{
-    binary, call, free_port, loopback, spawn_gateway, test_prefix, wait_for, Process, TestGateway,
+    binary, call, free_port, loopback, spawn_gateway, test_prefix, wait_for, FakeClock, Process,
+    TestGateway,
 };
 
 const BAND: &str = "C0:FF:EE:00:00:01";
@@ -1095,63 +1096,6 @@ async fn pams_summaries_are_timed_by_their_session_and_daily_totals_become_delta
     Ok(())
 }
 
-/// The bridge's wall clock, set by the test: libfaketime (Debian's `libfaketime`), preloaded
-/// into the bridge process, reads a frozen instant from a file at every clock read, so the
-/// times the bridge stamps on what it receives are the test's to choose. The monotonic clock
-/// (tokio's timers, timeouts) is left alone. `PHR_LIBFAKETIME` overrides the library's path.
-struct BridgeClock {
-    file: std::path::PathBuf,
-    lib: std::path::PathBuf,
-}
-
-impl BridgeClock {
-    fn new(dir: &std::path::Path, at: DateTime<Utc>) -> anyhow::Result<Self> {
-        let lib = match std::env::var_os("PHR_LIBFAKETIME") {
-            Some(p) => std::path::PathBuf::from(p),
-            // Debian puts it under the multiarch directory; the MT build is for threaded
-            // programs.
-            None => std::fs::read_dir("/usr/lib")?
-                .filter_map(Result::ok)
-                .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
-                .find(|p| p.is_file())
-                .ok_or_else(|| {
-                    anyhow::anyhow!("libfaketime is not installed (apt-get install -y libfaketime)")
-                })?,
-        };
-        std::fs::create_dir_all(dir)?;
-        let clock = Self {
-            file: dir.join("clock"),
-            lib,
-        };
-        clock.set(at)?;
-        Ok(clock)
-    }
-
-    /// From now on the bridge's clock reads `at` (whole seconds), standing still.
-    fn set(&self, at: DateTime<Utc>) -> anyhow::Result<()> {
-        // Renamed into place: the bridge never reads half a timestamp.
-        let tmp = self.file.with_extension("tmp");
-        std::fs::write(&tmp, format!("{}\n", at.format("%Y-%m-%d %H:%M:%S")))?;
-        std::fs::rename(&tmp, &self.file)?;
-        Ok(())
-    }
-
-    fn env(&self) -> Vec<(String, String)> {
-        [
-            ("LD_PRELOAD", self.lib.display().to_string()),
-            ("FAKETIME_TIMESTAMP_FILE", self.file.display().to_string()),
-            // Re-read the file at every clock read, so a `set` takes effect at once.
-            ("FAKETIME_NO_CACHE", "1".into()),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
-            // The file's timestamp is read in the process's local zone.
-            ("TZ", "UTC".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
-    }
-}
-
 /// Records of `token`'s devices waiting in quarantine.
 fn quarantined(gw: &TestGateway, token: &str) -> Option<u64> {
     let (_, b) = call("GET", &gw.url("/api/v1/me/quarantine"), Some(token), None).ok()?;
@@ -1215,7 +1159,8 @@ async fn a_band_that_reports_its_zone_has_its_steps_counted_once_across_its_own_
     let walked = (9_400 - 9_000) + 5_200;
 
     let dir = gw.dir.path().join("ble-bridge");
-    let clock = BridgeClock::new(&dir, at[0])?;
+    // The bridge's wall clock is the test's (libfaketime).
+    let clock = FakeClock::new(&dir, at[0])?;
     let (_bridge, stdout) = spawn_bridge_env(
         &dir,
         &gw.gateway.mqtt.to_string(),
