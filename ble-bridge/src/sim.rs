@@ -912,6 +912,7 @@ mod tests {
         let s = band(5);
         let (from, to) = (t("2026-01-01T00:00:00Z"), t("2026-01-08T00:00:00Z"));
         let all = s.notifications(from, to);
+        assert!(all.len() > 1, "a week of notifications");
         assert!(all.windows(2).all(|w| w[0].at <= w[1].at), "time ordered");
         for n in &all {
             assert!(from <= n.at && n.at < to);

@@ -857,6 +857,7 @@ mod tests {
         let before = log(&store).len();
         let s = read_daily_summary(&store, &acme, &q(None), Utc::now()).unwrap();
         assert_eq!(s.types, [RecordType::StepCount]);
+        assert!(!s.days.is_empty());
         assert!(s.days.iter().all(|d| d.sleep.is_none()));
         assert_eq!(log(&store).len(), before + 1);
         let err = read_daily_summary(
