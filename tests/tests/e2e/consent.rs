@@ -423,7 +423,6 @@ async fn erasure_removes_the_data_keeps_the_fact_and_closes_everything() -> anyh
     let ack = send(&mut bridge, "band-ana", vec![late]).await?;
     assert_eq!((ack.stored, ack.quarantined, ack.rejected.len()), (0, 0, 1));
     assert_eq!(ack.rejected[0].reason, phr_schema::Reason::ErasedByPerson);
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let after = minute_steps("band-ana", "br-ana", Utc::now() + TimeDelta::minutes(1), 9);
     let ack = send(&mut bridge, "band-ana", vec![after]).await?;
     assert_eq!((ack.stored, ack.quarantined), (0, 1));
