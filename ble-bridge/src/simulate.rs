@@ -244,6 +244,7 @@ mod tests {
         );
         let default: DayZone = crate::daemon::DEFAULT_TIME_ZONE.parse().unwrap();
         assert_eq!(cfg.time_zone, default);
+        assert_eq!(cfg.bands().len(), 2);
         assert!(cfg.bands().iter().all(|b| b.zone == default));
     }
 }

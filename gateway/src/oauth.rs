@@ -1725,6 +1725,7 @@ mod tests {
             let c = smart_configuration("https://gw.test/");
             assert_eq!(c.token_endpoint, "https://gw.test/oauth/token");
             assert_eq!(c.jwks_uri, "https://gw.test/.well-known/jwks.json");
+            assert!(!c.scopes_supported.is_empty());
             assert!(c.scopes_supported.iter().all(|s| is_valid_system_scope(s)));
             let jwks = gateway_jwks(&s.keys);
             assert_eq!(jwks["keys"][0]["kid"], s.keys.kid());

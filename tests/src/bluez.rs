@@ -588,6 +588,7 @@ mod tests {
         bluez.set_rssi(a, -40)?;
         bluez.fail_connects(a, 1)?;
         let st = bluez.status()?;
+        assert_eq!(st.bands.len(), 3);
         assert!(st.bands.iter().all(|b| b.present && b.rssi != 0));
         assert!(bluez.sent()?.is_empty());
         assert!(bluez

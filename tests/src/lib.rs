@@ -544,6 +544,20 @@ pub fn spawn_gateway(
     external: Option<&MqttUrl>,
     prefix: &str,
 ) -> Result<Process> {
+    spawn_gateway_env(bin, data_dir, http, mqtt_listen, external, prefix, &[])
+}
+
+/// As [`spawn_gateway`], with extra environment variables for the gateway process (e.g. a
+/// [`FakeClock`]'s).
+pub fn spawn_gateway_env(
+    bin: &Path,
+    data_dir: &Path,
+    http: SocketAddr,
+    mqtt_listen: SocketAddr,
+    external: Option<&MqttUrl>,
+    prefix: &str,
+    env: &[(String, String)],
+) -> Result<Process> {
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .arg("--data-dir")
@@ -555,11 +569,70 @@ pub fn spawn_gateway(
         .arg("--topic-prefix")
         .arg(prefix)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null());
     if let Some(url) = external {
         cmd.arg("--mqtt-url").arg(url.to_string());
     }
     Ok(Process(cmd.spawn().context("starting phr-gateway")?))
+}
+
+/// A child process's wall clock, set by the test: libfaketime (Debian's `libfaketime`),
+/// preloaded into the process, reads a frozen instant from a file at every clock read, so the
+/// times the process stamps on what it receives (or checks expiries against) are the test's to
+/// choose. The monotonic clock (tokio's timers, timeouts) is left alone. `PHR_LIBFAKETIME`
+/// overrides the library's path.
+#[derive(Debug)]
+pub struct FakeClock {
+    file: PathBuf,
+    lib: PathBuf,
+}
+
+impl FakeClock {
+    pub fn new(dir: &Path, at: DateTime<Utc>) -> Result<Self> {
+        let lib = match std::env::var_os("PHR_LIBFAKETIME") {
+            Some(p) => PathBuf::from(p),
+            // Debian puts it under the multiarch directory; the MT build is for threaded
+            // programs.
+            None => std::fs::read_dir("/usr/lib")?
+                .filter_map(Result::ok)
+                .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+                .find(|p| p.is_file())
+                .context("libfaketime is not installed (apt-get install -y libfaketime)")?,
+        };
+        std::fs::create_dir_all(dir)?;
+        let clock = Self {
+            file: dir.join("clock"),
+            lib,
+        };
+        clock.set(at)?;
+        Ok(clock)
+    }
+
+    /// From now on the process's clock reads `at` (whole seconds), standing still.
+    pub fn set(&self, at: DateTime<Utc>) -> Result<()> {
+        // Renamed into place: the process never reads half a timestamp.
+        let tmp = self.file.with_extension("tmp");
+        std::fs::write(&tmp, format!("{}\n", at.format("%Y-%m-%d %H:%M:%S")))?;
+        std::fs::rename(&tmp, &self.file)?;
+        Ok(())
+    }
+
+    /// The environment that gives a process this clock.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("LD_PRELOAD", self.lib.display().to_string()),
+            ("FAKETIME_TIMESTAMP_FILE", self.file.display().to_string()),
+            // Re-read the file at every clock read, so a `set` takes effect at once.
+            ("FAKETIME_NO_CACHE", "1".into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+            // The file's timestamp is read in the process's local zone.
+            ("TZ", "UTC".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
 }
 
 /// Starts a private Mosquitto on `port` (in-memory, anonymous, loopback only).

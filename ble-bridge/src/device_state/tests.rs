@@ -1,4 +1,5 @@
 use chrono::TimeZone;
+use proptest::strategy::Strategy;
 
 use super::*;
 
@@ -267,10 +268,55 @@ fn state_survives_a_round_trip_through_json() {
 }
 
 proptest::proptest! {
-    /// Whatever order summaries of one sub-session arrive in, repeated or not, the steps
-    /// produced never exceed the largest total and intervals never overlap.
+    /// A sub-session's summaries (running totals at increasing times), delivered in any order
+    /// with repeats: the steps produced never overlap and add up to exactly the total of the
+    /// latest summary delivered, so never exceed the largest total, nor count a step twice.
     #[test]
     fn pams_deltas_never_overlap_or_exceed_the_total(
+        (history, delivered) in proptest::collection::btree_map(1u32..5000, 0u32..500, 1..40)
+            .prop_flat_map(|m| {
+                let n = m.len();
+                (proptest::strategy::Just(m), proptest::collection::vec(0..n, 1..60))
+            })
+    ) {
+        // (relative seconds, sequence, running total): times and sequence numbers increase,
+        // the total never falls (no restart).
+        let mut total = 0u32;
+        let summaries: Vec<(u32, u32, u32)> = history
+            .iter()
+            .enumerate()
+            .map(|(seq, (&rel, &more))| {
+                total += more;
+                (rel, seq as u32, total)
+            })
+            .collect();
+        let mut s = DeviceState::new(jst());
+        let mut readings = vec![session(1, "2026-11-27T00:00:00Z")];
+        readings.extend(delivered.iter().map(|&i| {
+            let (rel, seq, n) = summaries[i];
+            steps(1, 0, rel, seq, n)
+        }));
+        let (out, _) = feed(&mut s, readings);
+        let mut last_end = None;
+        let mut sum = 0u64;
+        for r in &out {
+            let Reading::Steps { start, end, steps } = r else { panic!("only steps") };
+            proptest::prop_assert!(start < end);
+            proptest::prop_assert!(*steps > 0);
+            if let Some(e) = last_end { proptest::prop_assert!(*start >= e); }
+            last_end = Some(*end);
+            sum += u64::from(*steps);
+        }
+        let latest = delivered.iter().map(|&i| summaries[i]).max().map_or(0, |(_, _, n)| n);
+        let largest = summaries.iter().map(|&(_, _, n)| n).max().unwrap_or(0);
+        proptest::prop_assert_eq!(sum, u64::from(latest), "{:?} delivered as {:?}", summaries, delivered);
+        proptest::prop_assert!(sum <= u64::from(largest));
+    }
+
+    /// Whatever the summaries say (totals that fall, repeats, sequence numbers reused),
+    /// intervals never overlap.
+    #[test]
+    fn pams_deltas_of_arbitrary_summaries_never_overlap(
         summaries in proptest::collection::vec((0u32..5000, 0u32..50, 0u32..10_000), 1..60)
     ) {
         let mut s = DeviceState::new(jst());

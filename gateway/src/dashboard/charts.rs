@@ -724,8 +724,87 @@ pub fn sparkline(label: &str, values: &[Option<i64>]) -> Result<String, ChartErr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A filled `<rect>` of an SVG: position and size in SVG units, fill and opacity.
+    #[derive(Debug, Clone, PartialEq)]
+    pub(crate) struct Rect {
+        pub(crate) x: f64,
+        pub(crate) y: f64,
+        pub(crate) width: f64,
+        pub(crate) height: f64,
+        pub(crate) fill: String,
+        pub(crate) opacity: String,
+    }
+
+    impl Rect {
+        pub(crate) fn bottom(&self) -> f64 {
+            self.y + self.height
+        }
+
+        pub(crate) fn centre(&self) -> f64 {
+            self.x + self.width / 2.0
+        }
+    }
+
+    /// Every `<rect>` of `svg` left of the legend strip (the plotted data, and the plot's
+    /// white background), in document order.
+    pub(crate) fn plotted_rects(svg: &str) -> Vec<Rect> {
+        let attr = |tag: &str, name: &str| -> Option<String> {
+            let key = format!(" {name}=\"");
+            let start = tag.find(&key)? + key.len();
+            Some(tag[start..].split('"').next()?.to_owned())
+        };
+        svg.split("<rect")
+            .skip(1)
+            .filter_map(|rest| {
+                let tag = &rest[..rest.find("/>")?];
+                let num = |name| attr(tag, name)?.parse::<f64>().ok();
+                Some(Rect {
+                    x: num("x")?,
+                    y: num("y")?,
+                    width: num("width")?,
+                    height: num("height")?,
+                    fill: attr(tag, "fill")?,
+                    opacity: attr(tag, "opacity").unwrap_or_else(|| "1".into()),
+                })
+            })
+            .filter(|r| r.x < f64::from(WIDTH - LEGEND_WIDTH))
+            .collect()
+    }
+
+    /// Checks that `bars` have heights proportional to `values` (to a pixel of rounding),
+    /// pairing them in order.
+    pub(crate) fn assert_heights_proportional(bars: &[Rect], values: &[f64]) {
+        assert_eq!(bars.len(), values.len(), "{bars:?}");
+        assert!(!bars.is_empty());
+        let (tallest, largest) = bars
+            .iter()
+            .zip(values)
+            .map(|(b, v)| (b.height, *v))
+            .fold((0.0, 0.0), |a: (f64, f64), b| if b.1 > a.1 { b } else { a });
+        assert!(largest > 0.0 && tallest > 10.0, "{bars:?}");
+        let per_unit = tallest / largest;
+        for (b, v) in bars.iter().zip(values) {
+            assert!(
+                (b.height - v * per_unit).abs() <= 1.5,
+                "a bar of {v} is {} high; {} expected from the tallest ({largest} is {tallest})",
+                b.height,
+                v * per_unit
+            );
+        }
+    }
+
+    /// Checks that `bars` stand on one baseline.
+    pub(crate) fn assert_one_baseline(bars: &[Rect]) {
+        for b in bars {
+            assert!(
+                (b.bottom() - bars[0].bottom()).abs() <= 1.0,
+                "one baseline: {bars:?}"
+            );
+        }
+    }
 
     fn dates(n: usize) -> Vec<NaiveDate> {
         let first = NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
@@ -765,6 +844,25 @@ mod tests {
         );
         // 9 bars (plus the legend's swatch) in sky blue.
         assert_eq!(svg.matches("fill=\"#56B4E9\"").count(), 9 + 1);
+        // Each as high as its day's steps, at its day's place: days 0-3 and 5-9, one column
+        // per day, none for day 4.
+        let bars: Vec<Rect> = plotted_rects(&svg)
+            .into_iter()
+            .filter(|r| r.fill == "#56B4E9")
+            .collect();
+        let values: Vec<f64> = steps.iter().flatten().map(|v| *v as f64).collect();
+        assert_heights_proportional(&bars, &values);
+        assert_one_baseline(&bars);
+        let days: Vec<f64> = (0..10).filter(|i| *i != 4).map(f64::from).collect();
+        let column = (bars[8].centre() - bars[0].centre()) / 9.0;
+        assert!(column > 20.0, "{bars:?}");
+        for (b, day) in bars.iter().zip(&days) {
+            assert!(
+                (b.centre() - bars[0].centre() - day * column).abs() <= 1.0,
+                "day {day} drawn at {}: {bars:?}",
+                b.centre()
+            );
+        }
         // Two runs of the mean line (days 0-3 and 5-9) plus the legend's sample.
         assert_eq!(svg.matches("stroke=\"#D55E00\"").count(), 2 + 1);
         assert!(svg.contains("stroke=\"#000000\""));
@@ -785,6 +883,52 @@ mod tests {
         );
         for c in ["#0072B2", "#56B4E9", "#CC79A7", "#E69F00"] {
             assert!(svg.contains(c), "{c}");
+        }
+        // Each night's main episode: deep, light, REM, awake stacked from the bottom in
+        // that order, each as high as its minutes; the other episode's light paler on top.
+        let segments = plotted_rects(&svg);
+        for night in [0, 2] {
+            let column: Vec<&Rect> = {
+                let xs: Vec<f64> = segments
+                    .iter()
+                    .filter(|r| r.fill == "#0072B2")
+                    .map(|r| r.x)
+                    .collect();
+                assert_eq!(xs.len(), 2, "one deep segment per night with data");
+                let x = xs[night / 2];
+                segments
+                    .iter()
+                    .filter(|r| r.x == x && r.fill != "#FFFFFF")
+                    .collect()
+            };
+            let main: Vec<Rect> = ["#0072B2", "#56B4E9", "#CC79A7", "#E69F00"]
+                .iter()
+                .map(|c| {
+                    let found: Vec<&&Rect> = column
+                        .iter()
+                        .filter(|r| r.fill == *c && r.opacity == "1")
+                        .collect();
+                    assert_eq!(found.len(), 1, "{c} in night {night}: {column:?}");
+                    (*found[0]).clone()
+                })
+                .collect();
+            let mut all = main.clone();
+            let paler: Vec<Rect> = column
+                .iter()
+                .filter(|r| r.opacity != "1")
+                .map(|r| (*r).clone())
+                .collect();
+            assert_eq!(paler.len(), 1, "{column:?}");
+            all.push(paler[0].clone());
+            // Minutes: main [deep 60, light 240, REM 90, awake 30], then the other's light 30.
+            assert_heights_proportional(&all, &[60.0, 240.0, 90.0, 30.0, 30.0]);
+            for pair in all.windows(2) {
+                let (below, above) = (&pair[0], &pair[1]);
+                assert!(
+                    (above.bottom() - below.y).abs() <= 1.0,
+                    "stacked without gap or overlap: {below:?} then {above:?}"
+                );
+            }
         }
         let t = Timing {
             bed_hours: -1.5,
@@ -835,6 +979,13 @@ mod tests {
         check(&svg, &[]);
         assert!(!svg.contains("<text"));
         assert_eq!(svg.matches("fill=\"#0072B2\"").count(), 2);
+        let bars: Vec<Rect> = plotted_rects(&svg)
+            .into_iter()
+            .filter(|r| r.fill == "#0072B2")
+            .collect();
+        assert_heights_proportional(&bars, &[1.0, 3.0]);
+        assert_one_baseline(&bars);
+        assert!(bars[0].centre() < bars[1].centre());
         // Labels are attribute-escaped.
         let svg = sparkline("a \"quoted\" <name>", &[]).unwrap();
         assert!(svg.contains("aria-label=\"a &quot;quoted&quot; &lt;name&gt;\""));
@@ -850,15 +1001,12 @@ mod tests {
             nice_ticks(0.0, 10_400.0, 6),
             [0.0, 2000.0, 4000.0, 6000.0, 8000.0, 10000.0]
         );
+        // About ten labels over 30 days: every third day, ending on the last.
         assert_eq!(
             date_ticks(30, 10),
-            (0..30)
-                .rev()
-                .step_by(3)
-                .rev()
-                .map(|i| i as f64)
-                .collect::<Vec<_>>()
+            [2.0, 5.0, 8.0, 11.0, 14.0, 17.0, 20.0, 23.0, 26.0, 29.0]
         );
+        assert_eq!(date_ticks(7, 10), [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         assert_eq!(date_ticks(0, 10), Vec::<f64>::new());
         assert_eq!(clock_hours(-1.0), "23:00");
         assert_eq!(clock_hours(26.0), "02:00");

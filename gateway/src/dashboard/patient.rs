@@ -981,8 +981,31 @@ pub(crate) mod tests {
         }
         let v = view(&store, &owner(NIA), 30);
         let html = page(&v, false, true);
-        // The rolling mean on the 6th: over 02-28 .. 03-06 with data.
+        // The steps chart draws the table's numbers: one bar per row, as high as its steps,
+        // in the column of its date.
         let steps = rows(table(&html, "daily-steps"));
+        let section = &html[html.find("<section id=\"steps\"").unwrap()..];
+        let chart = &section[..section.find("</svg>").unwrap()];
+        let bars: Vec<charts::tests::Rect> = charts::tests::plotted_rects(chart)
+            .into_iter()
+            .filter(|r| r.fill == "#56B4E9")
+            .collect();
+        let values: Vec<f64> = steps.iter().map(|(_, c)| c[0].parse().unwrap()).collect();
+        charts::tests::assert_heights_proportional(&bars, &values);
+        charts::tests::assert_one_baseline(&bars);
+        let first = day(&steps[0].0);
+        let last = day(&steps[steps.len() - 1].0);
+        let column =
+            (bars[bars.len() - 1].centre() - bars[0].centre()) / (last - first).num_days() as f64;
+        for ((d, _), b) in steps.iter().zip(&bars) {
+            let offset = (day(d) - first).num_days() as f64 * column;
+            assert!(
+                (b.centre() - bars[0].centre() - offset).abs() <= 1.0,
+                "{d} drawn at {}",
+                b.centre()
+            );
+        }
+        // The rolling mean on the 6th: over 02-28 .. 03-06 with data.
         let sixth = steps.iter().find(|(d, _)| d == "2026-03-06").unwrap();
         assert_eq!(sixth.1[1], "7500");
         // Nights: stage minutes of every episode ending that day.

@@ -607,8 +607,13 @@ impl Model {
 
     /// Whether the pairing start limits refuse a start now.
     pub(crate) fn too_many_starts(&self, person: &str, device: usize, bridge: &str) -> bool {
-        use phr_gateway::store::pairing::{PER_BRIDGE, PER_DEVICE, PER_PERSON, WINDOW};
-        let since = self.now - WINDOW.num_milliseconds();
+        // As specified (README, "pair a device"), not the store's constants: at most 5
+        // pairings per account and per device and 20 per bridge in 15 minutes.
+        const PER_PERSON: i64 = 5;
+        const PER_DEVICE: i64 = 5;
+        const PER_BRIDGE: i64 = 20;
+        const WINDOW_MS: i64 = 15 * 60_000;
+        let since = self.now - WINDOW_MS;
         let recent = self.starts.iter().filter(|s| s.at > since);
         let (mut p, mut d, mut b) = (0, 0, 0);
         for s in recent {

@@ -17,11 +17,18 @@ use phr_bridge::outbox::Outbox;
 use phr_bridge::publish::Status;
 use phr_bridge::simulate::{self, SimulateConfig};
 use phr_e2e::{call, free_port, loopback, wait_for, TestGateway};
-use phr_gateway::store::pairing::{
-    Refusal, StartRefusal, MAX_ATTEMPTS, PER_BRIDGE, PER_DEVICE, PER_PERSON, WINDOW,
-};
+use phr_gateway::store::pairing::{Refusal, StartRefusal};
 use phr_schema::channel::ChannelKey;
 use phr_schema::{Ack, PairingReport, PairingRequest, Topics};
+
+// The pairing limits as specified (README, "pair a device"), not read from the code under
+// test: 5 wrong codes per pairing; at most 5 pairings per account and per device and 20 per
+// bridge in 15 minutes.
+const MAX_ATTEMPTS: i64 = 5;
+const PER_PERSON: i64 = 5;
+const PER_DEVICE: i64 = 5;
+const PER_BRIDGE: i64 = 20;
+const WINDOW: TimeDelta = TimeDelta::minutes(15);
 
 /// A bare broker (no gateway behind it, no access control), so nothing but the test answers
 /// a bridge. Retries on the rare port race.

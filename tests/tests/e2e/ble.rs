@@ -19,13 +19,16 @@ use phr_bridge::decode::pams_sleep::{encode_sleep_activity_summary, SleepActivit
 use phr_bridge::decode::{heart_rate, local_time, sim_band};
 use phr_e2e::bluez::{uuids, EmulatedBand, PrivateBluez};
 use phr_e2e::{
-    binary, call, free_port, loopback, spawn_gateway, test_prefix, wait_for, Process, TestGateway,
+    binary, call, free_port, loopback, spawn_gateway, test_prefix, wait_for, FakeClock, Process,
+    TestGateway,
 };
 
 const BAND: &str = "C0:FF:EE:00:00:01";
 const BRIDGE: &str = "br-ble";
 
-/// The bridge binary with its stdout collected, as a person at the hub would read it.
+/// The bridge binary with its stdout collected, as a person at the hub would read it, and
+/// its log (stderr, plain text) after it in the same list, for tests that wait on what the
+/// bridge says it did.
 fn start_bridge(
     gw: &TestGateway,
     bluez: &PrivateBluez,
@@ -93,16 +96,24 @@ fn spawn_bridge_env(
         .arg(&config)
         .env("DBUS_SYSTEM_BUS_ADDRESS", bluez.system_bus_address())
         .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()?;
     let lines = Arc::new(Mutex::new(Vec::new()));
     let out = child.stdout.take().expect("piped");
     let sink = lines.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
+            sink.lock().expect("lines").push(line);
+        }
+    });
+    let log = child.stderr.take().expect("piped");
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(log).lines().map_while(Result::ok) {
             sink.lock().expect("lines").push(line);
         }
     });
@@ -299,6 +310,24 @@ async fn pair(
     )?;
     anyhow::ensure!(s == 200, "{b}");
     Ok(())
+}
+
+/// Records waiting in the outbox, as `phr-bridge status --json` reports them.
+fn outbox_records(dir: &std::path::Path) -> anyhow::Result<u64> {
+    let out = Command::new(binary("phr-bridge", "phr-bridge")?)
+        .args(["status", "--json", "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "off")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    status["outbox_records"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no outbox_records in {status}"))
 }
 
 /// `phr-bridge status`'s first line: batches and records waiting.
@@ -715,7 +744,14 @@ async fn the_bridge_rides_out_refused_connects_and_a_broker_restart() -> anyhow:
     // The broker goes down mid-stream; the band keeps measuring; the broker comes back.
     mosquitto.kill();
     assert!(hr(71)? && hr(72)?);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Both wait in the bridge's outbox (durable, unacked) before the broker comes back.
+    let bridge_dir = gw.dir.path().join("ble-bridge");
+    wait_for(
+        "the two values measured while the broker is down in the outbox",
+        Duration::from_secs(20),
+        || outbox_records(&bridge_dir).ok().filter(|n| *n >= 2),
+    )
+    .await?;
     let _mosquitto = phr_e2e::spawn_mosquitto(dir.path(), port)?;
     let all = wait_for(
         "the values measured while the broker was down",
@@ -758,8 +794,8 @@ async fn a_full_outbox_holds_new_records_until_the_gateway_returns() -> anyhow::
     pair(&base, &token, BAND, &band.serial, &stdout).await?;
 
     gateway.kill();
-    // Eight values, flushed one by one (200 ms apart, the bridge flushes after 100 ms): two
-    // fill the outbox, six wait in memory.
+    // Eight values, flushed one by one (sent 200 ms apart, the bridge flushes after 100 ms):
+    // two fill the outbox, six wait in memory.
     for bpm in 60..68u16 {
         assert!(bluez.notify(
             BAND,
@@ -768,9 +804,24 @@ async fn a_full_outbox_holds_new_records_until_the_gateway_returns() -> anyhow::
         )?);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Once the bridge says it holds the six the full outbox refused, the outbox still holds
+    // two batches: the bound holds.
+    wait_for(
+        "the bridge to hold the six values the full outbox refused",
+        Duration::from_secs(20),
+        || {
+            let lines = stdout.lock().ok()?;
+            lines
+                .iter()
+                .any(|l| l.contains("could not queue records") && l.contains("held=6"))
+                .then_some(())
+        },
+    )
+    .await?;
+    let line = outbox_line(&bridge_dir)?;
     assert!(
-        outbox_line(&bridge_dir)?.starts_with("outbox: 2 batches"),
-        "the bound holds"
+        line.starts_with("outbox: 2 batches"),
+        "the bound holds: {line}"
     );
     gateway.restart()?;
     let hr = wait_for("all eight values", Duration::from_secs(60), || {
@@ -1095,63 +1146,6 @@ async fn pams_summaries_are_timed_by_their_session_and_daily_totals_become_delta
     Ok(())
 }
 
-/// The bridge's wall clock, set by the test: libfaketime (Debian's `libfaketime`), preloaded
-/// into the bridge process, reads a frozen instant from a file at every clock read, so the
-/// times the bridge stamps on what it receives are the test's to choose. The monotonic clock
-/// (tokio's timers, timeouts) is left alone. `PHR_LIBFAKETIME` overrides the library's path.
-struct BridgeClock {
-    file: std::path::PathBuf,
-    lib: std::path::PathBuf,
-}
-
-impl BridgeClock {
-    fn new(dir: &std::path::Path, at: DateTime<Utc>) -> anyhow::Result<Self> {
-        let lib = match std::env::var_os("PHR_LIBFAKETIME") {
-            Some(p) => std::path::PathBuf::from(p),
-            // Debian puts it under the multiarch directory; the MT build is for threaded
-            // programs.
-            None => std::fs::read_dir("/usr/lib")?
-                .filter_map(Result::ok)
-                .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
-                .find(|p| p.is_file())
-                .ok_or_else(|| {
-                    anyhow::anyhow!("libfaketime is not installed (apt-get install -y libfaketime)")
-                })?,
-        };
-        std::fs::create_dir_all(dir)?;
-        let clock = Self {
-            file: dir.join("clock"),
-            lib,
-        };
-        clock.set(at)?;
-        Ok(clock)
-    }
-
-    /// From now on the bridge's clock reads `at` (whole seconds), standing still.
-    fn set(&self, at: DateTime<Utc>) -> anyhow::Result<()> {
-        // Renamed into place: the bridge never reads half a timestamp.
-        let tmp = self.file.with_extension("tmp");
-        std::fs::write(&tmp, format!("{}\n", at.format("%Y-%m-%d %H:%M:%S")))?;
-        std::fs::rename(&tmp, &self.file)?;
-        Ok(())
-    }
-
-    fn env(&self) -> Vec<(String, String)> {
-        [
-            ("LD_PRELOAD", self.lib.display().to_string()),
-            ("FAKETIME_TIMESTAMP_FILE", self.file.display().to_string()),
-            // Re-read the file at every clock read, so a `set` takes effect at once.
-            ("FAKETIME_NO_CACHE", "1".into()),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
-            // The file's timestamp is read in the process's local zone.
-            ("TZ", "UTC".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
-    }
-}
-
 /// Records of `token`'s devices waiting in quarantine.
 fn quarantined(gw: &TestGateway, token: &str) -> Option<u64> {
     let (_, b) = call("GET", &gw.url("/api/v1/me/quarantine"), Some(token), None).ok()?;
@@ -1215,7 +1209,8 @@ async fn a_band_that_reports_its_zone_has_its_steps_counted_once_across_its_own_
     let walked = (9_400 - 9_000) + 5_200;
 
     let dir = gw.dir.path().join("ble-bridge");
-    let clock = BridgeClock::new(&dir, at[0])?;
+    // The bridge's wall clock is the test's (libfaketime).
+    let clock = FakeClock::new(&dir, at[0])?;
     let (_bridge, stdout) = spawn_bridge_env(
         &dir,
         &gw.gateway.mqtt.to_string(),

@@ -380,12 +380,11 @@ async fn erasure_removes_the_data_keeps_the_fact_and_closes_everything() -> anyh
         assert_eq!(mine["records"], json!([]));
     }
     let (_, list) = call("GET", &w.gw.url("/api/v1/me/consents"), Some(&w.ana), None)?;
+    let consents = list["consents"].as_array().unwrap();
+    // Her storage consent and the one to acme: both listed, both withdrawn.
+    assert_eq!(consents.len(), 2, "{list}");
     assert!(
-        list["consents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["status"] == "withdrawn"),
+        consents.iter().all(|c| c["status"] == "withdrawn"),
         "{list}"
     );
     let acme = token(&w.gw, "acme", "system/Observation.rs");
@@ -424,7 +423,6 @@ async fn erasure_removes_the_data_keeps_the_fact_and_closes_everything() -> anyh
     let ack = send(&mut bridge, "band-ana", vec![late]).await?;
     assert_eq!((ack.stored, ack.quarantined, ack.rejected.len()), (0, 0, 1));
     assert_eq!(ack.rejected[0].reason, phr_schema::Reason::ErasedByPerson);
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let after = minute_steps("band-ana", "br-ana", Utc::now() + TimeDelta::minutes(1), 9);
     let ack = send(&mut bridge, "band-ana", vec![after]).await?;
     assert_eq!((ack.stored, ack.quarantined), (0, 1));

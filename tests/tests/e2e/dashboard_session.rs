@@ -188,6 +188,40 @@ fn csrf_of(html: &str) -> String {
         .to_owned()
 }
 
+/// The cells of each row of the owner page's disclosure log (`table.log`), as text: when,
+/// who, as, what, outcome, data types, window, purpose, records.
+fn log_rows(html: &str) -> Vec<Vec<String>> {
+    let Some(start) = html.find("<table class=\"log\"") else {
+        return Vec::new();
+    };
+    let table = &html[start..start + html[start..].find("</table>").unwrap_or(0)];
+    let body = table.split_once("<tbody>").map_or("", |(_, b)| b);
+    body.split("<tr>")
+        .skip(1)
+        .map(|row| {
+            row.split("<td")
+                .skip(1)
+                .map(|cell| {
+                    let inner = &cell[cell.find('>').map_or(0, |i| i + 1)..];
+                    let inner = &inner[..inner.find("</td>").unwrap_or(inner.len())];
+                    // Text only: drop tags inside the cell (e.g. a flag's span).
+                    let mut text = String::new();
+                    let mut in_tag = false;
+                    for c in inner.chars() {
+                        match c {
+                            '<' => in_tag = true,
+                            '>' => in_tag = false,
+                            c if !in_tag => text.push(c),
+                            _ => {}
+                        }
+                    }
+                    text
+                })
+                .collect()
+        })
+        .collect()
+}
+
 fn status_of(gw: &TestGateway, person: &str, consent: &str) -> ConsentStatus {
     gw.gateway
         .store
@@ -387,9 +421,30 @@ async fn owner_signs_in_withdraws_a_consent_downloads_and_signs_out() -> anyhow:
         get(&gw.url("/dashboard/me/export?format=pdf"), Some(&cookie))?.status,
         400
     );
-    // The export download is in the disclosure log the page shows.
+    // Each export, the dashboard's two downloads and the API's two, is a row of the
+    // disclosure log the page shows: by Ana as owner, everything she has, done.
     let page = get(&me, Some(&cookie))?;
-    assert!(page.body.contains("export"));
+    let exports: Vec<Vec<String>> = log_rows(&page.body)
+        .into_iter()
+        .filter(|row| row.get(3).map(String::as_str) == Some("export"))
+        .map(|row| row[1..].to_vec())
+        .collect();
+    let row = [
+        "ana",
+        "owner",
+        "export",
+        "done",
+        "step-count, sleep-episode, heart-rate",
+        "—",
+        "export requested by the person",
+        "3",
+    ];
+    assert_eq!(
+        exports,
+        vec![row.map(String::from).to_vec(); 4],
+        "{}",
+        page.body
+    );
 
     // Sign-out needs the token too; then the old cookie is worth nothing.
     let signout = gw.url(session::SIGN_OUT);

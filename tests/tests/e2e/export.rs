@@ -402,6 +402,7 @@ async fn a_fhir_export_imports_into_a_fresh_gateway_as_the_same_records() -> any
     assert_eq!(store.counts()?, (w.sent.len() as u64, 0));
     drop(store);
     let ids = phr_e2e::stored_ids(&fresh)?;
+    assert_eq!(ids.len(), w.sent.len());
     assert!(ids.iter().all(|(_, person)| person == "ana"));
 
     // A file with an unreadable line stores nothing, and says which line, not what is in it.
@@ -479,6 +480,7 @@ async fn only_the_owner_with_observation_read_exports_and_only_their_own() -> an
         .all(|o| o["subject"]["reference"] == "Patient/ben"));
     assert!(obs.iter().all(|o| o["device"]["display"] != "band-ana"));
     let ana_ids = ids(&w.sent);
+    assert!(!ana_ids.is_empty());
     assert!(obs
         .iter()
         .all(|o| !ana_ids.contains(o["id"].as_str().unwrap())));

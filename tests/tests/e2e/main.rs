@@ -13,6 +13,7 @@ mod attack_moves;
 mod attribution;
 mod batches;
 mod ble;
+mod bridge_kill;
 mod browser;
 mod consent;
 mod corrections;

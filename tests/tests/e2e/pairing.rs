@@ -11,12 +11,21 @@ use tokio_util::sync::CancellationToken;
 use phr_bridge::identity::BridgeKey;
 use phr_bridge::publish::Status;
 use phr_bridge::simulate::{self, SimulateConfig};
-use phr_e2e::{call, metric, minute_steps, send, step_counts, wait_for, TestGateway};
-use phr_gateway::store::pairing::{Refusal, MAX_ATTEMPTS, TTL};
+use phr_e2e::{
+    binary, call, enrol_sim, free_port, gateway_channel_key, loopback, metric, minute_steps, send,
+    spawn_gateway_env, step_counts, test_prefix, wait_for, FakeClock, TestGateway,
+};
+use phr_gateway::store::pairing::Refusal;
 use phr_schema::Reason;
 
 const BRIDGE: &str = "br-home";
 const BAND: &str = "sim-band-0000";
+
+// Pairing codes as specified (README, "pair a device"), not read from the code under test:
+// six digits, valid for 5 minutes, 5 wrong tries.
+const CODE_DIGITS: usize = 6;
+const TTL: TimeDelta = TimeDelta::minutes(5);
+const MAX_ATTEMPTS: i64 = 5;
 
 /// A gateway and a running simulated bridge with one band, not yet paired to anyone.
 struct Home {
@@ -78,6 +87,10 @@ impl Home {
             },
         )
         .await?;
+        assert!(
+            code.len() == CODE_DIGITS && code.bytes().all(|b| b.is_ascii_digit()),
+            "{code:?} is not a {CODE_DIGITS}-digit code"
+        );
         // The bridge also reported what the device is.
         let url = self.gw.url(&format!("/api/v1/me/devices/pairings/{id}"));
         let token = self.gw.owner_token(owner);
@@ -485,5 +498,129 @@ async fn a_device_released_and_paired_by_a_new_owner_splits_its_records() -> any
             .sum();
     assert_eq!(counted, 20);
     h.stop().await;
+    Ok(())
+}
+
+/// The code's lifetime at the API, on the real gateway binary whose wall clock the test sets
+/// (libfaketime; the gateway takes no injected clock): a pairing started at T answers
+/// `expires_at` T + 5 min; its code is accepted at T + 5 min − 1 s, and another pairing's,
+/// started at the same T, is refused at T + 5 min + 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs libfaketime; .ci/run installs it and runs ignored tests"]
+async fn a_code_is_accepted_a_second_before_it_expires_and_refused_after() -> anyhow::Result<()> {
+    phr_e2e::init_tracing();
+    let bin = binary("phr-gateway", "phr-gateway")?;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("gateway");
+    std::fs::create_dir_all(&data)?;
+    let (http, mqtt, prefix) = (loopback(free_port()), loopback(free_port()), test_prefix());
+    let base = format!("http://{http}");
+    let t0 = Utc::now().duration_trunc(TimeDelta::seconds(1))?;
+    let clock = FakeClock::new(&dir.path().join("clock"), t0)?;
+
+    // Two bands at one simulated bridge, enrolled as an operator would.
+    let broker = phr_bridge::mqtt::MqttUrl::new("127.0.0.1", mqtt.port());
+    let mut cfg = SimulateConfig::new(BRIDGE, 2, dir.path().join("bridge"), broker);
+    cfg.topic_prefix = prefix.clone();
+    cfg.history = TimeDelta::minutes(30);
+    cfg.tick = Duration::from_millis(500);
+    {
+        let store = phr_gateway::Store::open(&data.join("phr.sqlite"))?;
+        enrol_sim(&store, gateway_channel_key(&data)?, &mut cfg)?;
+    }
+    let bands: Vec<String> = cfg.bands().into_iter().map(|b| b.device_id).collect();
+    let _gateway = spawn_gateway_env(&bin, &data, http, mqtt, None, &prefix, &clock.env())?;
+    wait_for("the gateway's API", Duration::from_secs(20), || {
+        ureq::get(&format!("{base}/healthz")).call().ok()
+    })
+    .await?;
+    // A token of the gateway's own key, issued at the gateway's time.
+    let keys = phr_gateway::auth::Keys::load_or_create(&data.join("keys"), &base, "phr-api")?;
+    let ana = keys.issue("ana", phr_e2e::OWNER_SCOPE, TimeDelta::hours(1), t0)?;
+    let (tx, status) = watch::channel(Status::default());
+    let bridge = CancellationToken::new();
+    tokio::spawn(simulate::run(cfg, tx, bridge.clone()));
+    let mut s = status.clone();
+    tokio::time::timeout(Duration::from_secs(20), s.wait_for(|s| s.connected)).await??;
+
+    // Both pairings start at T: the gateway's clock stands still there.
+    let mut started = Vec::new();
+    for band in &bands {
+        let (s, body) = call(
+            "POST",
+            &format!("{base}/api/v1/me/devices/pairings"),
+            Some(&ana),
+            Some(json!({"bridge_id": BRIDGE, "device_id": band})),
+        )?;
+        assert_eq!(s, 201, "{body}");
+        let expires: chrono::DateTime<Utc> =
+            body["pairing"]["expires_at"].as_str().unwrap().parse()?;
+        assert_eq!(expires, t0 + TTL, "{body}");
+        let id = body["pairing"]["pairing_id"].as_str().unwrap().to_owned();
+        let shown = id.clone();
+        let code = wait_for(
+            "the bridge to show the code",
+            Duration::from_secs(20),
+            || {
+                status
+                    .borrow()
+                    .pairing_codes
+                    .iter()
+                    .find(|c| c.pairing_id.to_string() == shown)
+                    .map(|c| c.code.clone())
+            },
+        )
+        .await?;
+        let url = format!("{base}/api/v1/me/devices/pairings/{id}");
+        wait_for("the bridge's report", Duration::from_secs(20), || {
+            call("GET", &url, Some(&ana), None)
+                .ok()
+                .filter(|(_, b)| b["pairing"]["reported_serial"].is_string())
+        })
+        .await?;
+        started.push((url, code));
+    }
+    let confirm = |(url, code): &(String, String)| {
+        call(
+            "POST",
+            &format!("{url}/confirm"),
+            Some(&ana),
+            Some(json!({"code": code})),
+        )
+    };
+
+    // T + TTL − 1 s: the first code still works; the band is Ana's from that moment.
+    let last_second = t0 + TTL - TimeDelta::seconds(1);
+    clock.set(last_second)?;
+    let (s, body) = confirm(&started[0])?;
+    assert_eq!(s, 200, "a second before expiry: {body}");
+    let (s, body) = call(
+        "GET",
+        &format!("{base}/api/v1/me/devices"),
+        Some(&ana),
+        None,
+    )?;
+    assert_eq!(s, 200, "{body}");
+    let devices = body["devices"].as_array().cloned().unwrap_or_default();
+    assert_eq!(devices.len(), 1, "{body}");
+    assert_eq!(devices[0]["device_id"], bands[0].as_str());
+    let from: chrono::DateTime<Utc> = devices[0]["valid_from"].as_str().unwrap().parse()?;
+    assert_eq!(from, last_second);
+
+    // T + TTL + 1 s: the second code, right as it was shown, is refused for good.
+    clock.set(t0 + TTL + TimeDelta::seconds(1))?;
+    let (s, body) = confirm(&started[1])?;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (400, Some("pairing_expired")),
+        "{body}"
+    );
+    let (s, body) = confirm(&started[1])?;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (400, Some("pairing_used")),
+        "{body}"
+    );
+    bridge.cancel();
     Ok(())
 }
