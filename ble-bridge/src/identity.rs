@@ -1,5 +1,5 @@
 //! The bridge's own identity: an Ed25519 key generated on first start and kept in its data
-//! dir (`bridge-ed25519.pk8`, PKCS#8 DER, mode 0600). An operator enrols the bridge by
+//! dir (`bridge-ed25519.pem`, PKCS#8 PEM, mode 0600). An operator enrols the bridge by
 //! registering its public half at the gateway (`phr-bridge identity` prints it); the bridge
 //! then proves itself when it connects (the MQTT password is a signature) and seals every
 //! message with the channel key it shares with the gateway (`phr_schema::channel`).
@@ -14,29 +14,82 @@ use phr_schema::channel::{ChannelError, ChannelKey};
 
 use crate::{Error, Result};
 
-const KEY_FILE: &str = "bridge-ed25519.pk8";
+/// The key file in the bridge's data dir: PKCS#8 v1 PEM (`-----BEGIN PRIVATE KEY-----`, the
+/// private key without the public one), which OpenSSL 3 (`openssl pkey -in FILE`) and
+/// Python's `cryptography` read, so an operator can inspect, back up and replace it with
+/// standard tools.
+pub const KEY_FILE: &str = "bridge-ed25519.pem";
+/// Where versions before the PEM file kept the key: PKCS#8 v2 DER (with the public key),
+/// which those tools refuse. Read when [`KEY_FILE`] does not exist, and then written once
+/// more as [`KEY_FILE`], the key from then on. It is left in place (an older binary started
+/// on the same data dir still finds the same key) and not read while [`KEY_FILE`] exists.
+pub const LEGACY_KEY_FILE: &str = "bridge-ed25519.pk8";
 
 #[derive(Debug)]
 pub struct BridgeKey(SigningKey);
 
 impl BridgeKey {
-    /// Loads the key from `dir`, generating it on first use.
+    /// Loads the key from `dir`, generating it on first use (see [`KEY_FILE`] and
+    /// [`LEGACY_KEY_FILE`]).
     pub fn load_or_create(dir: &Path) -> Result<Self> {
         let path = dir.join(KEY_FILE);
-        match std::fs::read(&path) {
-            Ok(der) => SigningKey::from_pkcs8_der(&der)
-                .map(Self)
-                .map_err(|_| Error::Io(format!("{} is not an Ed25519 PKCS#8 key", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
-                let key = SigningKey::generate(&mut rand::rngs::OsRng);
-                let der = key.to_pkcs8_der().map_err(|e| Error::Io(e.to_string()))?;
-                write_private(&path, der.as_bytes())?;
-                tracing::info!(path = %path.display(), "generated this bridge's signing key");
+        let legacy = dir.join(LEGACY_KEY_FILE);
+        let io = |p: &Path, e: std::io::Error| Error::Io(format!("{}: {e}", p.display()));
+        match std::fs::read_to_string(&path) {
+            Ok(pem) => {
+                let key = SigningKey::from_pkcs8_pem(&pem).map_err(|_| {
+                    Error::Io(format!(
+                        "{} is not an Ed25519 private key in PKCS#8 PEM",
+                        path.display()
+                    ))
+                })?;
+                if let Ok(der) = std::fs::read(&legacy) {
+                    if SigningKey::from_pkcs8_der(&der)
+                        .map_or(true, |old| old.to_bytes() != key.to_bytes())
+                    {
+                        // A key put there by hand would otherwise be ignored without a word.
+                        tracing::warn!(
+                            path = %path.display(),
+                            ignored = %legacy.display(),
+                            "this bridge's key is read from the PEM file; the older file \
+                             beside it holds another key and is not read (delete it once the \
+                             PEM file is the key you want)"
+                        );
+                    }
+                }
                 Ok(Self(key))
             }
-            Err(e) => Err(Error::Io(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::read(&legacy) {
+                Ok(der) => {
+                    let key = SigningKey::from_pkcs8_der(&der).map_err(|_| {
+                        Error::Io(format!("{} is not an Ed25519 PKCS#8 key", legacy.display()))
+                    })?;
+                    // Migrates; a data dir that cannot be written keeps working on the old file.
+                    match write_key(&path, &key) {
+                        Ok(()) => tracing::info!(
+                            path = %path.display(),
+                            from = %legacy.display(),
+                            "wrote this bridge's key as PKCS#8 PEM, the file read from now on; \
+                             the older file is kept for older versions and can be deleted"
+                        ),
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            from = %legacy.display(),
+                            "could not write this bridge's key as PKCS#8 PEM; reading the older file"
+                        ),
+                    }
+                    Ok(Self(key))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+                    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+                    write_key(&path, &key)?;
+                    tracing::info!(path = %path.display(), "generated this bridge's signing key");
+                    Ok(Self(key))
+                }
+                Err(e) => Err(io(&legacy, e)),
+            },
+            Err(e) => Err(io(&path, e)),
         }
     }
 
@@ -85,6 +138,20 @@ impl BridgeKey {
     }
 }
 
+/// Writes `key` to a new file at `path` as PKCS#8 v1 PEM: the private key alone (RFC 8410
+/// section 7), as `openssl genpkey -algorithm ed25519` writes it.
+fn write_key(path: &Path, key: &SigningKey) -> Result<()> {
+    use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, KeypairBytes};
+    let v1 = KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    let pem = v1
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| Error::Io(e.to_string()))?;
+    write_private(path, pem.as_bytes())
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
@@ -104,6 +171,84 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `openssl pkey -in FILE -noout -text`: must name the key ED25519; its `pub:` as hex.
+    fn openssl_public_hex(file: &Path) -> String {
+        let out = std::process::Command::new("openssl")
+            .args(["pkey", "-noout", "-text", "-in"])
+            .arg(file)
+            .output()
+            .expect("openssl is installed (apt-get install -y openssl; .ci/run does this)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "openssl refused {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.starts_with("ED25519 Private-Key:"), "{text}");
+        text.split("pub:")
+            .nth(1)
+            .expect("a pub: section")
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .collect::<String>()
+            .to_ascii_lowercase()
+    }
+
+    #[test]
+    fn the_key_file_is_pkcs8_v1_pem_that_openssl_reads_as_our_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = BridgeKey::load_or_create(dir.path()).unwrap();
+        let path = dir.path().join(KEY_FILE);
+        assert!(KEY_FILE.ends_with(".pem"));
+        let pem = std::fs::read_to_string(&path).unwrap();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{pem}");
+        assert_eq!(openssl_public_hex(&path), key.public_hex());
+        assert!(!dir.path().join(LEGACY_KEY_FILE).exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn an_older_pk8_key_is_still_the_key_and_gets_a_pem_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // What versions before the PEM file wrote: PKCS#8 v2 DER, with the public key.
+        let old = SigningKey::from_bytes(&[5; 32]);
+        let der = old.to_pkcs8_der().unwrap();
+        std::fs::write(dir.path().join(LEGACY_KEY_FILE), der.as_bytes()).unwrap();
+        let expected = BridgeKey::from_seed(&[5; 32]).public_hex();
+        assert_eq!(
+            BridgeKey::load_or_create(dir.path()).unwrap().public_hex(),
+            expected
+        );
+        let pem = dir.path().join(KEY_FILE);
+        assert_eq!(openssl_public_hex(&pem), expected, "migrated");
+        assert_eq!(
+            std::fs::read(dir.path().join(LEGACY_KEY_FILE)).unwrap(),
+            der.as_bytes(),
+            "the old file stays for older versions"
+        );
+        assert_eq!(
+            BridgeKey::load_or_create(dir.path()).unwrap().public_hex(),
+            expected
+        );
+        // An operator's replaced PEM file wins over the old file.
+        std::fs::remove_file(&pem).unwrap();
+        write_key(&pem, &SigningKey::from_bytes(&[6; 32])).unwrap();
+        assert_eq!(
+            BridgeKey::load_or_create(dir.path()).unwrap().public_hex(),
+            BridgeKey::from_seed(&[6; 32]).public_hex()
+        );
+        // Garbage is an error naming the file, never a new key.
+        std::fs::write(&pem, "not a key").unwrap();
+        let e = BridgeKey::load_or_create(dir.path()).unwrap_err();
+        assert!(e.to_string().contains(KEY_FILE), "{e}");
+    }
 
     #[test]
     fn the_key_persists_and_signs_what_the_gateway_checks() {

@@ -1,5 +1,6 @@
 //! Tokens: the gateway signs and verifies JWTs (RFC 7519) with an Ed25519 key it generates on
-//! first start and keeps in the data dir (`keys/jwt-ed25519.pk8`, PKCS#8 DER, mode 0600).
+//! first start and keeps in the data dir (`keys/jwt-ed25519.pem`, PKCS#8 PEM, mode 0600; see
+//! [`load_or_create_key`] for the older `.pk8` files).
 //!
 //! Verification follows RFC 8725: the algorithm is pinned (EdDSA only, so `none` and
 //! HMAC-with-the-public-key confusion are refused), `typ` must be `at+jwt` (RFC 9068), `kid`
@@ -23,7 +24,10 @@ pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 /// search, on every resource): what the demo's and the operator's owner tokens carry.
 pub const OWNER_SCOPE: &str = "patient/*.cruds";
 
-const KEY_FILE: &str = "jwt-ed25519.pk8";
+/// The file, in the keys dir, of the token signing key.
+pub const KEY_FILE: &str = "jwt-ed25519.pem";
+/// Where versions before the PEM file kept it (PKCS#8 v2 DER), still read.
+pub const LEGACY_KEY_FILE: &str = "jwt-ed25519.pk8";
 
 /// Claims of an access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +76,7 @@ impl std::fmt::Debug for Keys {
 impl Keys {
     /// Loads the key from `dir`, generating it on first use.
     pub fn load_or_create(dir: &Path, issuer: &str, audience: &str) -> Result<Self> {
-        let signing = load_or_create_key(&dir.join(KEY_FILE), "token signing key")?;
+        let signing = load_or_create_key(dir, KEY_FILE, LEGACY_KEY_FILE, "token signing key")?;
         Self::from_signing_key(&signing, issuer, audience)
     }
 
@@ -193,27 +197,105 @@ pub(crate) fn same_secret(a: impl AsRef<[u8]>, b: impl AsRef<[u8]>) -> bool {
     a.as_ref().ct_eq(b.as_ref()).into()
 }
 
-/// An Ed25519 key kept as PKCS#8 DER (mode 0600) at `path`, generated on first use; `what`
-/// names it in the log.
-pub(crate) fn load_or_create_key(path: &Path, what: &str) -> Result<SigningKey> {
-    match std::fs::read(path) {
-        Ok(der) => {
-            use ed25519_dalek::pkcs8::DecodePrivateKey;
-            SigningKey::from_pkcs8_der(&der)
-                .map_err(|_| Error::Key(format!("{} is not an Ed25519 PKCS#8 key", path.display())))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = SigningKey::generate(&mut rand::rngs::OsRng);
-            let der = key.to_pkcs8_der().map_err(|e| Error::Key(e.to_string()))?;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+/// An Ed25519 key kept in `dir` as `file` (mode 0600), generated on first use; `what` names
+/// it in the log.
+///
+/// `file` is PKCS#8 v1 in PEM (`-----BEGIN PRIVATE KEY-----`, the private key without the
+/// public one): what OpenSSL 3 (`openssl pkey -in FILE`) and Python's `cryptography` read, so
+/// an operator can inspect, back up and replace it with standard tools. Versions before wrote
+/// `legacy` instead (PKCS#8 v2 DER with the public key, which those tools refuse). A
+/// deployment that has only `legacy` keeps its key: it is read and written once more as
+/// `file`, which is the key from then on. `legacy` is left in place (an older binary started
+/// on the same data dir still finds the same key) and is not read while `file` exists; a
+/// `legacy` holding another key than `file` is named in a warning, since a key put there by
+/// hand would otherwise be silently ignored.
+pub(crate) fn load_or_create_key(
+    dir: &Path,
+    file: &str,
+    legacy: &str,
+    what: &str,
+) -> Result<SigningKey> {
+    let path = dir.join(file);
+    let legacy = dir.join(legacy);
+    match std::fs::read_to_string(&path) {
+        Ok(pem) => {
+            let key = key_from_pem(&pem).ok_or_else(|| {
+                Error::Key(format!(
+                    "{} is not an Ed25519 private key in PKCS#8 PEM",
+                    path.display()
+                ))
+            })?;
+            if let Ok(der) = std::fs::read(&legacy) {
+                if key_from_der(&der).is_none_or(|old| old.to_bytes() != key.to_bytes()) {
+                    tracing::warn!(
+                        path = %path.display(),
+                        ignored = %legacy.display(),
+                        "the {what} is read from the PEM file; the older file beside it holds \
+                         another key and is not read (delete it once the PEM file is the key \
+                         you want)"
+                    );
+                }
             }
-            write_private(path, der.as_bytes())?;
-            tracing::info!(path = %path.display(), "generated a new {what}");
             Ok(key)
         }
-        Err(e) => Err(Error::io(path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::read(&legacy) {
+            Ok(der) => {
+                let key = key_from_der(&der).ok_or_else(|| {
+                    Error::Key(format!("{} is not an Ed25519 PKCS#8 key", legacy.display()))
+                })?;
+                // Migrates; a data dir that cannot be written to keeps working on the old file.
+                match write_key(&path, &key) {
+                    Ok(()) => tracing::info!(
+                        path = %path.display(),
+                        from = %legacy.display(),
+                        "wrote the {what} as PKCS#8 PEM, the file read from now on; the older \
+                         file is kept for older versions and can be deleted"
+                    ),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        from = %legacy.display(),
+                        "could not write the {what} as PKCS#8 PEM; reading the older file"
+                    ),
+                }
+                Ok(key)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = SigningKey::generate(&mut rand::rngs::OsRng);
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                write_key(&path, &key)?;
+                tracing::info!(path = %path.display(), "generated a new {what}");
+                Ok(key)
+            }
+            Err(e) => Err(Error::io(&legacy, e)),
+        },
+        Err(e) => Err(Error::io(&path, e)),
     }
+}
+
+/// Writes `key` to a new file at `path` as PKCS#8 v1 PEM: the private key alone (RFC 8410
+/// section 7), as `openssl genpkey -algorithm ed25519` writes it.
+fn write_key(path: &Path, key: &SigningKey) -> Result<()> {
+    use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, KeypairBytes};
+    let v1 = KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    let pem = v1
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| Error::Key(e.to_string()))?;
+    write_private(path, pem.as_bytes())
+}
+
+/// An Ed25519 key from PKCS#8 PEM (v1, or v2 with the public key, which must match).
+fn key_from_pem(pem: &str) -> Option<SigningKey> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    SigningKey::from_pkcs8_pem(pem).ok()
+}
+
+/// An Ed25519 key from PKCS#8 DER (what versions before the PEM file wrote).
+fn key_from_der(der: &[u8]) -> Option<SigningKey> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    SigningKey::from_pkcs8_der(der).ok()
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -445,6 +527,120 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let k = Keys::load_or_create(dir.path(), "https://gw.test", "phr-api").unwrap();
         (dir, k)
+    }
+
+    /// What OpenSSL makes of a key file: `openssl pkey -in FILE -noout -text`, which must
+    /// name the key ED25519; its `pub:` bytes.
+    fn openssl_public_key(file: &Path) -> [u8; 32] {
+        let out = std::process::Command::new("openssl")
+            .args(["pkey", "-noout", "-text", "-in"])
+            .arg(file)
+            .output()
+            .expect("openssl is installed (apt-get install -y openssl; .ci/run does this)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "openssl refused {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.starts_with("ED25519 Private-Key:"), "{text}");
+        let hex: String = text
+            .split("pub:")
+            .nth(1)
+            .expect("a pub: section")
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .collect();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        bytes.try_into().expect("32 bytes of public key")
+    }
+
+    #[test]
+    fn key_files_are_pkcs8_v1_pem_that_openssl_reads_as_our_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::load_or_create(dir.path(), "iss", "aud").unwrap();
+        let channel = crate::channel::load_or_create(dir.path()).unwrap();
+        for (file, public) in [
+            (KEY_FILE, keys.public_key()),
+            (crate::channel::KEY_FILE, channel.verifying_key().to_bytes()),
+        ] {
+            let path = dir.path().join(file);
+            assert!(file.ends_with(".pem"), "{file}");
+            let pem = std::fs::read_to_string(&path).unwrap();
+            assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{pem}");
+            // PKCS#8 v1 (RFC 8410 section 7): version 0, the 32-byte seed and no public key,
+            // 48 bytes of DER in all.
+            let der = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                pem.lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .collect::<String>(),
+            )
+            .unwrap();
+            assert_eq!(
+                (der.len(), &der[..5]),
+                (48, &[0x30, 0x2e, 0x02, 0x01, 0x00][..])
+            );
+            assert_eq!(openssl_public_key(&path), public, "{file}");
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{file}");
+            }
+        }
+        assert!(!dir.path().join(LEGACY_KEY_FILE).exists());
+    }
+
+    #[test]
+    fn an_older_pk8_key_is_still_the_key_and_gets_a_pem_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // What versions before the PEM file wrote: PKCS#8 v2 DER, with the public key.
+        let old = SigningKey::from_bytes(&[7; 32]);
+        let der = old.to_pkcs8_der().unwrap();
+        std::fs::write(dir.path().join(LEGACY_KEY_FILE), der.as_bytes()).unwrap();
+        let keys = Keys::load_or_create(dir.path(), "iss", "aud").unwrap();
+        assert_eq!(keys.public_key(), old.verifying_key().to_bytes());
+        let pem = dir.path().join(KEY_FILE);
+        assert_eq!(
+            openssl_public_key(&pem),
+            old.verifying_key().to_bytes(),
+            "migrated"
+        );
+        // The old file stays as it was (an older binary on this data dir finds the same key).
+        assert_eq!(
+            std::fs::read(dir.path().join(LEGACY_KEY_FILE)).unwrap(),
+            der.as_bytes()
+        );
+        // From now on the PEM file is the key: a token signed before verifies after.
+        let token = keys
+            .issue("a", "", chrono::Duration::hours(1), Utc::now())
+            .unwrap();
+        let again = Keys::load_or_create(dir.path(), "iss", "aud").unwrap();
+        assert!(again.verify(&token).is_ok());
+        // An operator's replaced PEM file wins over the old file.
+        std::fs::remove_file(&pem).unwrap();
+        let new = SigningKey::from_bytes(&[9; 32]);
+        write_key(&pem, &new).unwrap();
+        let replaced = Keys::load_or_create(dir.path(), "iss", "aud").unwrap();
+        assert_eq!(replaced.public_key(), new.verifying_key().to_bytes());
+        // Garbage in either file is an error naming the file, never a new key.
+        std::fs::write(
+            &pem,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = Keys::load_or_create(dir.path(), "iss", "aud").unwrap_err();
+        assert!(e.to_string().contains(KEY_FILE), "{e}");
+        std::fs::remove_file(&pem).unwrap();
+        std::fs::write(dir.path().join(LEGACY_KEY_FILE), b"not a key").unwrap();
+        let e = Keys::load_or_create(dir.path(), "iss", "aud").unwrap_err();
+        assert!(e.to_string().contains(LEGACY_KEY_FILE), "{e}");
+        assert!(!pem.exists());
     }
 
     #[test]

@@ -339,6 +339,13 @@ fn watch_connections(
 
 /// Whether an MQTT 3.1.1 broker answers a CONNECT on `addr` with a CONNACK. A bare TCP probe
 /// would do, but rumqttd logs every connection that closes before CONNECT as an error.
+///
+/// After the CONNACK the probe just closes the socket, without a DISCONNECT: rumqttd 0.20
+/// removes a connection on its DISCONNECT and then again when the socket closes, and the
+/// second removal is logged as `ERROR no-connection id 0 is already gone` (or, when the
+/// router drops the link first, `ERROR router-drop`). A close alone is its clean path (an
+/// INFO `disconnected`, below the default filter). The probe sets no will, so closing
+/// without DISCONNECT publishes nothing.
 fn answers_mqtt(addr: SocketAddr, login: Option<(&str, &str)>) -> bool {
     use std::io::{Read, Write};
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4]; // protocol name, level 4 (3.1.1)
@@ -358,14 +365,11 @@ fn answers_mqtt(addr: SocketAddr, login: Option<(&str, &str)>) -> bool {
     }
     let mut connect = vec![0x10, body.len() as u8];
     connect.extend_from_slice(&body);
-    const DISCONNECT: &[u8] = &[0xE0, 0];
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
     let mut connack = [0u8; 4];
-    let ok =
-        s.write_all(&connect).is_ok() && s.read_exact(&mut connack).is_ok() && connack[0] == 0x20;
-    let _ = s.write_all(DISCONNECT);
-    ok
+    // Dropping `s` closes it (see above for why there is no DISCONNECT).
+    s.write_all(&connect).is_ok() && s.read_exact(&mut connack).is_ok() && connack[0] == 0x20
 }

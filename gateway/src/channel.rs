@@ -1,5 +1,5 @@
 //! The gateway's end of the bridge channel (see [`phr_schema::channel`]): its own Ed25519 key
-//! (`keys/channel-ed25519.pk8`, made on first start; bridges are configured with its public
+//! (`keys/channel-ed25519.pem`, made on first start; bridges are configured with its public
 //! half) and the pairwise keys of enrolled bridges, derived once and cached.
 //!
 //! A bridge without an enrolled key has no channel: nothing it sends opens, and nothing is
@@ -20,8 +20,11 @@ use crate::{Error, Result};
 /// How long a derived channel is used before the enrolment is read again.
 pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The file, in the keys dir, of the gateway's channel key.
-pub const KEY_FILE: &str = "channel-ed25519.pk8";
+/// The file, in the keys dir, of the gateway's channel key (PKCS#8 PEM).
+pub const KEY_FILE: &str = "channel-ed25519.pem";
+/// Where versions before the PEM file kept it (PKCS#8 v2 DER), still read (see
+/// `auth::load_or_create_key`).
+pub const LEGACY_KEY_FILE: &str = "channel-ed25519.pk8";
 
 /// The gateway's channel key and the channels of enrolled bridges.
 pub struct Channels {
@@ -115,7 +118,7 @@ impl Channels {
 
 /// The gateway's channel key from `keys_dir`, generated on first use.
 pub fn load_or_create(keys_dir: &Path) -> Result<SigningKey> {
-    crate::auth::load_or_create_key(&keys_dir.join(KEY_FILE), "bridge channel key")
+    crate::auth::load_or_create_key(keys_dir, KEY_FILE, LEGACY_KEY_FILE, "bridge channel key")
 }
 
 /// 24 bytes from the OS's generator.

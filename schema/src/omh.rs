@@ -5,7 +5,8 @@
 //!   per stage. The Open mHealth sleep-episode schema has no stage field, so stages are points
 //!   of this project's own namespaced schema: `effective_time_frame` (a `time_interval`),
 //!   `sleep_stage` (`awake` | `light` | `deep` | `rem`) and `sleep_episode_id` (the episode's
-//!   header id).
+//!   header id). Its JSON Schema is [`SLEEP_STAGE_SCHEMA`] (`schema/json/phr/`), which the
+//!   gateway serves at `/schemas/phr/sleep-stage-1.0.json`.
 //!
 //! Header facts (openmhealth/schemas `header-1.2.json`): `id`, `creation_date_time` and
 //! `schema_id` are required; `source_name`, `source_creation_date_time` and `modality` sit in
@@ -19,6 +20,10 @@ use crate::record::{Body, Modality, Record};
 
 /// Namespace of this project's own schemas.
 pub const PHR_NAMESPACE: &str = "phr";
+
+/// The JSON Schema of a `phr:sleep-stage:1.0` body, in draft-04 like the Open mHealth schemas
+/// it refers to by their URLs (`time-frame` for the interval).
+pub const SLEEP_STAGE_SCHEMA: &str = include_str!("../json/phr/sleep-stage-1.0.json");
 
 /// The data points of one record. `creation_date_time` is when the gateway stored it;
 /// `user_id` is set only for output to a party entitled to know whose data it is.
@@ -149,6 +154,31 @@ mod tests {
             ti,
             &json!({"start_date_time":"2026-06-01T10:00:00+09:00","end_date_time":"2026-06-01T10:01:00+09:00"})
         );
+    }
+
+    #[test]
+    fn the_sleep_stage_schema_is_draft_04_and_names_every_stage() {
+        let schema: Value = serde_json::from_str(SLEEP_STAGE_SCHEMA).unwrap();
+        assert_eq!(
+            schema["$schema"],
+            json!("http://json-schema.org/draft-04/schema#")
+        );
+        let listed: std::collections::BTreeSet<&str> = schema["properties"]["sleep_stage"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let ours: std::collections::BTreeSet<&str> = [
+            SleepStageKind::Awake,
+            SleepStageKind::Light,
+            SleepStageKind::Deep,
+            SleepStageKind::Rem,
+        ]
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+        assert_eq!(listed, ours);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! | --- | --- | --- |
 //! | `fhir` (default) | `application/fhir+ndjson` | one FHIR R4 Observation per record, then one `41950-7` daily step total per local day |
 //! | `fhir-bundle` | `application/fhir+json` | the same resources in one `collection` Bundle |
-//! | `omh` | `application/json` | a JSON array of Open mHealth data points (a sleep episode gives its episode point plus one `phr:sleep-stage:1.0` point per stage), `user_id` set |
+//! | `omh` | `application/json` | a JSON array of Open mHealth data points (a sleep episode gives its episode point plus one `phr:sleep-stage:1.0` point per stage, whose JSON Schema is served unauthenticated at [`SLEEP_STAGE_SCHEMA`]), `user_id` set |
 //! | `csv` | `text/csv; charset=utf-8` | [`phr_schema::csv::HEADER`] and one row per record |
 //!
 //! Records come type by type (step-count, sleep-episode, heart-rate), each in measured order.
@@ -69,9 +69,28 @@ use crate::store::{PageKey, Store};
 use crate::Error;
 
 pub const EXPORT: &str = "/api/v1/me/export";
+/// The JSON Schema of `phr:sleep-stage:1.0` points' bodies (the project's own schema next to
+/// the Open mHealth ones an `omh` export uses), for anyone who receives such points.
+pub const SLEEP_STAGE_SCHEMA: &str = "/schemas/phr/sleep-stage-1.0.json";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(EXPORT, web::get().to(export));
+    cfg.route(EXPORT, web::get().to(export))
+        .route(SLEEP_STAGE_SCHEMA, web::get().to(sleep_stage_schema));
+}
+
+/// The JSON Schema (draft-04, like the Open mHealth schemas it refers to) of the body of a
+/// `phr:sleep-stage:1.0` data point: one stage of a sleep episode, as `omh` exports and
+/// `format=omh` reads carry them. No token needed; the same bytes for everyone.
+#[utoipa::path(get, path = "/schemas/phr/sleep-stage-1.0.json", tag = "export",
+    responses(
+        (status = 200, description = "The JSON Schema document", content_type = "application/schema+json", body = Object),
+        (status = 429, description = "Too many requests (`rate_limited`)", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn sleep_stage_schema() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/schema+json")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=86400"))
+        .body(phr_schema::omh::SLEEP_STAGE_SCHEMA)
 }
 
 /// The export formats, by their `format` value.

@@ -500,3 +500,152 @@ async fn only_the_owner_with_observation_read_exports_and_only_their_own() -> an
     w.gw.stop().await;
     Ok(())
 }
+
+/// The Open mHealth schemas the stage schema refers to, offline (`tests/omh/README.md`).
+struct OmhOffline;
+
+impl jsonschema::Retrieve for OmhOffline {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let name = uri
+            .as_str()
+            .strip_prefix("https://w3id.org/openmhealth/schemas/omh/")
+            .filter(|n| !n.contains('/'))
+            .ok_or_else(|| format!("not an Open mHealth schema this test has: {uri}"))?;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("omh").join(name);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+/// A validator of `phr:sleep-stage:1.0` bodies from `schema` (draft-04, formats checked).
+fn sleep_stage_validator(schema: &Value) -> anyhow::Result<jsonschema::Validator> {
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft4)
+        .should_validate_formats(true)
+        .with_retriever(OmhOffline)
+        .build(schema)
+        .map_err(|e| anyhow::anyhow!("the sleep-stage schema does not build: {e}"))
+}
+
+#[tokio::test]
+async fn every_exported_sleep_stage_point_meets_its_published_schema() -> anyhow::Result<()> {
+    let w = world().await?;
+
+    // Published without a token, as the file in the repository.
+    let resp = ureq::get(&w.gw.url("/schemas/phr/sleep-stage-1.0.json")).call()?;
+    assert_eq!(
+        (resp.status(), resp.header("content-type")),
+        (200, Some("application/schema+json"))
+    );
+    let served = resp.into_string()?;
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../schema/json/phr/sleep-stage-1.0.json"
+    ))?;
+    assert_eq!(served, shipped);
+    let schema: Value = serde_json::from_str(&served)?;
+    assert_eq!(
+        schema["$schema"], "http://json-schema.org/draft-04/schema#",
+        "the draft the Open mHealth schemas use"
+    );
+    let validator = sleep_stage_validator(&schema)?;
+
+    let d = download(&export_url(&w.gw, "omh"), &w.ana)?;
+    assert_eq!(d.status, 200);
+    let points: Vec<Value> = serde_json::from_str(&d.body)?;
+    let stage_id = serde_json::json!({"namespace": "phr", "name": "sleep-stage", "version": "1.0"});
+    let stages: Vec<&Value> = points
+        .iter()
+        .filter(|p| p["header"]["schema_id"] == stage_id)
+        .collect();
+    // The night `world` sends has 7 hourly stages.
+    assert_eq!(stages.len(), 7);
+    let episodes: BTreeSet<&str> = points
+        .iter()
+        .filter(|p| p["header"]["schema_id"]["name"] == "sleep-episode")
+        .filter_map(|p| p["header"]["id"].as_str())
+        .collect();
+    assert_eq!(episodes.len(), 1);
+    for p in &stages {
+        let errors: Vec<String> = validator
+            .iter_errors(&p["body"])
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?} in {:#}", p["body"]);
+        // What the schema says in words: the episode is the export's sleep-episode point.
+        let episode = p["body"]["sleep_episode_id"].as_str().unwrap();
+        assert!(episodes.contains(episode), "{episode}");
+    }
+
+    // The validator holds the shape, the Open mHealth parts included: each drift fails.
+    let body = stages[0]["body"].clone();
+    let drifted = |f: &dyn Fn(&mut Value)| {
+        let mut b = body.clone();
+        f(&mut b);
+        b
+    };
+    let drifts = [
+        (
+            "stage renamed",
+            drifted(&|b| {
+                let s = b["sleep_stage"].take();
+                b.as_object_mut().unwrap().remove("sleep_stage");
+                b["stage"] = s;
+            }),
+        ),
+        (
+            "unknown stage",
+            drifted(&|b| b["sleep_stage"] = "REM".into()),
+        ),
+        (
+            "episode id missing",
+            drifted(&|b| {
+                b.as_object_mut().unwrap().remove("sleep_episode_id");
+            }),
+        ),
+        (
+            "episode id not a uuid",
+            drifted(&|b| b["sleep_episode_id"] = "ep-1".into()),
+        ),
+        (
+            "a field the schema does not have",
+            drifted(&|b| b["device_id"] = "band-ana".into()),
+        ),
+        (
+            "interval not in a time frame",
+            drifted(&|b| {
+                let ti = b["effective_time_frame"]["time_interval"].take();
+                b["effective_time_frame"] = ti;
+            }),
+        ),
+        (
+            "start, end and duration together",
+            drifted(&|b| {
+                b["effective_time_frame"]["time_interval"]["duration"] =
+                    serde_json::json!({"value": 3600, "unit": "sec"});
+            }),
+        ),
+        (
+            "a date-time without offset",
+            drifted(&|b| {
+                b["effective_time_frame"]["time_interval"]["end_date_time"] =
+                    "2026-06-01 07:00".into();
+            }),
+        ),
+        (
+            "a point in time instead of an interval",
+            drifted(&|b| {
+                let start = b["effective_time_frame"]["time_interval"]["start_date_time"].take();
+                b["effective_time_frame"] = serde_json::json!({"date_time": start});
+            }),
+        ),
+    ];
+    for (what, b) in &drifts {
+        assert!(!validator.is_valid(b), "{what} passed: {b:#}");
+    }
+    Ok(())
+}

@@ -657,3 +657,55 @@ async fn open_mqtt_connections_are_counted_at_the_embedded_broker() -> anyhow::R
     gw.stop().await;
     Ok(())
 }
+
+/// A plain start of the real binary, logging as an operator sees it (the default filter, no
+/// `RUST_LOG`), writes no ERROR line. rumqttd 0.20 logged `no-connection id 0 is already gone`
+/// on every start, for the DISCONNECT of the gateway's own readiness probe of the embedded
+/// broker (`broker::answers_mqtt`).
+#[tokio::test]
+async fn a_gateway_start_logs_no_error() -> anyhow::Result<()> {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use phr_e2e::{binary, call, free_port, loopback, wait_for, Process};
+
+    let bin = binary("phr-gateway", "phr-gateway")?;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("stderr.log");
+    let http = loopback(free_port());
+    let child = Command::new(&bin)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--http")
+        .arg(http.to_string())
+        .arg("--mqtt-listen")
+        .arg(loopback(free_port()).to_string())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let mut gateway = Process(child);
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Started: the probe, then the gateway's own client subscribed at the broker (its line
+    // comes after the router has handled the probe's connection), and HTTP answers.
+    wait_for(
+        "the gateway's subscription",
+        Duration::from_secs(60),
+        || {
+            read()
+                .contains("subscribed to bridge records")
+                .then_some(())
+        },
+    )
+    .await?;
+    let (status, _) = call("GET", &format!("http://{http}/healthz"), None, None)?;
+    assert_eq!(status, 200);
+    gateway.kill();
+    let text = read();
+    assert!(text.contains("gateway started"), "{text}");
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "{errors:#?}\n{text}");
+    Ok(())
+}
