@@ -1,4 +1,4 @@
-//! `phr-gateway demo`, the README's first command, as a user runs it.
+//! `phr-demo`, the README's first command, as a user runs it.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use phr_e2e::{binary, free_port, get_json, wait_for, Process};
 
-/// A running `phr-gateway demo` and what it printed up to "Press Ctrl-C".
+/// A running `phr-demo` and what it printed up to "Press Ctrl-C".
 struct Demo {
     http: String,
     lines: Vec<String>,
