@@ -327,7 +327,17 @@ async fn clinician_and_owner_dashboards_in_a_real_browser() -> anyhow::Result<()
     let confirm = br.expect("form[action$=\"/withdraw\"] button[type=submit]")?;
     br.screenshot(&shots.join("owner-withdraw-confirm.png"))?;
     br.click(&confirm)?;
-    assert!(br.current_url()?.ends_with("/dashboard/me"));
+    // The click returns once the form is sent, not once the next page has loaded (seen
+    // failing on a loaded machine): wait for the redirect back to my data.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !br.current_url()?.ends_with("/dashboard/me") {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "not back on /dashboard/me after withdrawing: {}",
+            br.current_url()?
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let consents = br.text(&br.expect("#consents-h")?)?;
     assert!(!consents.is_empty());
 
