@@ -38,7 +38,7 @@ use phr_schema::RecordType;
 
 use crate::auth::{Keys, Scope, ScopeContext};
 use crate::store::clients::{self, NewClient};
-use crate::store::Store;
+use crate::store::prelude::*;
 
 /// The token endpoint, relative to the issuer URL.
 pub const TOKEN_PATH: &str = "/oauth/token";
@@ -150,6 +150,12 @@ pub enum Failure {
     Refused(#[from] OAuthError),
     #[error(transparent)]
     Internal(#[from] crate::Error),
+}
+
+impl From<crate::store::Error> for Failure {
+    fn from(e: crate::store::Error) -> Self {
+        Self::Internal(e.into())
+    }
 }
 
 // ----- the token request -----
@@ -311,7 +317,7 @@ pub fn token_endpoint(issuer: &str) -> String {
 /// Serves a token request: checks the grant, authenticates the client, remembers the
 /// assertion's `jti`, grants the scopes and issues the token. Blocking (store access).
 pub fn issue_token(
-    store: &Store,
+    store: &dyn Backend,
     keys: &Keys,
     form: &TokenForm,
     basic: Option<&BasicCredentials>,
@@ -1374,7 +1380,7 @@ mod tests {
 
         struct Setup {
             _dir: tempfile::TempDir,
-            store: Store,
+            store: crate::store::Store,
             keys: Keys,
             ed: TestKey,
             secret: String,
@@ -1382,7 +1388,7 @@ mod tests {
 
         fn setup() -> Setup {
             let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(&dir.path().join("phr.sqlite")).unwrap();
+            let store = crate::store::Store::open(&dir.path().join("phr.sqlite")).unwrap();
             let keys = Keys::load_or_create(&dir.path().join("keys"), ISSUER, "phr-api").unwrap();
             let (ed, _) = ed_key("ed");
             store
