@@ -545,6 +545,42 @@ pub fn binary(package: &str, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Runs the `phr-bridge` binary at `bin` with `args` (its log at level `log`); returns its
+/// stdout, failing on a non-zero exit with what it wrote to stderr.
+pub fn bridge_cli<S: AsRef<std::ffi::OsStr>>(
+    bin: &Path,
+    args: impl IntoIterator<Item = S>,
+    log: &str,
+) -> Result<String> {
+    let args: Vec<S> = args.into_iter().collect();
+    let out = Command::new(bin)
+        .args(&args)
+        .env("RUST_LOG", log)
+        .output()?;
+    let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+    anyhow::ensure!(
+        out.status.success(),
+        "phr-bridge {shown:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `phr-bridge status --json` for the bridge whose data dir is `dir` (`bin`: the binary).
+pub fn bridge_status(bin: &Path, dir: &Path) -> Result<serde_json::Value> {
+    let out = bridge_cli(
+        bin,
+        [
+            std::ffi::OsStr::new("status"),
+            "--json".as_ref(),
+            "--data-dir".as_ref(),
+            dir.as_os_str(),
+        ],
+        "off",
+    )?;
+    Ok(serde_json::from_str(&out)?)
+}
+
 /// A child process killed on drop.
 #[derive(Debug)]
 pub struct Process(pub Child);
@@ -691,8 +727,11 @@ pub async fn spawn_gateway_env(
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(addrs) = started_line(&line) {
                 let _ = tx.send(Ok(addrs));
-            } else if !line.contains(" INFO ") {
-                eprintln!("{line}");
+            } else {
+                if !line.contains(" INFO ") {
+                    eprintln!("{line}");
+                }
+                // Kept for the error if it never starts.
                 let _ = tx.send(Err(line));
             }
         }
@@ -1154,4 +1193,26 @@ pub fn form_encode(s: &str) -> String {
             b => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_line_gives_the_addresses_bound() {
+        let plain = "2026-12-03T15:04:13.334265Z  INFO phr_gateway: gateway started \
+                     http_addr=127.0.0.1:34331 broker=mqtt://127.0.0.1:41193 data_dir=/tmp/x/gateway";
+        let (http, broker) = started_line(plain).expect("parsed");
+        assert_eq!(http, "127.0.0.1:34331".parse::<SocketAddr>().unwrap());
+        assert_eq!(broker.to_string(), "mqtt://127.0.0.1:41193");
+        assert_eq!(mqtt_addr(&broker).unwrap().port(), 41193);
+        // The same line as a terminal shows it (fields in italics, `=` dimmed).
+        let colour = "\u{1b}[2m2026-12-03T15:04:13.334265Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \
+                      \u{1b}[2mphr_gateway\u{1b}[0m\u{1b}[2m:\u{1b}[0m gateway started \
+                      \u{1b}[3mhttp_addr\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:34331 \
+                      \u{1b}[3mbroker\u{1b}[0m\u{1b}[2m=\u{1b}[0mmqtt://127.0.0.1:41193";
+        assert_eq!(started_line(colour).map(|(h, _)| h), Some(http));
+        assert_eq!(started_line("INFO phr_gateway: metrics served"), None);
+    }
 }

@@ -314,17 +314,7 @@ async fn pair(
 
 /// Records waiting in the outbox, as `phr-bridge status --json` reports them.
 fn outbox_records(dir: &std::path::Path) -> anyhow::Result<u64> {
-    let out = Command::new(binary("phr-bridge", "phr-bridge")?)
-        .args(["status", "--json", "--data-dir"])
-        .arg(dir)
-        .env("RUST_LOG", "off")
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let status = phr_e2e::bridge_status(&binary("phr-bridge", "phr-bridge")?, dir)?;
     status["outbox_records"]
         .as_u64()
         .ok_or_else(|| anyhow::anyhow!("no outbox_records in {status}"))
@@ -332,21 +322,16 @@ fn outbox_records(dir: &std::path::Path) -> anyhow::Result<u64> {
 
 /// `phr-bridge status`'s first line: batches and records waiting.
 fn outbox_line(dir: &std::path::Path) -> anyhow::Result<String> {
-    let out = Command::new(binary("phr-bridge", "phr-bridge")?)
-        .args(["status", "--data-dir"])
-        .arg(dir)
-        .env("RUST_LOG", "off")
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned())
+    let out = phr_e2e::bridge_cli(
+        &binary("phr-bridge", "phr-bridge")?,
+        [
+            std::ffi::OsStr::new("status"),
+            "--data-dir".as_ref(),
+            dir.as_os_str(),
+        ],
+        "off",
+    )?;
+    Ok(out.lines().next().unwrap_or_default().to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

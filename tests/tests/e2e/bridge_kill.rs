@@ -12,29 +12,14 @@ use chrono::TimeDelta;
 use phr_bridge::mqtt::MqttUrl;
 use phr_bridge::simulate::SimulateConfig;
 use phr_e2e::{
-    any_port, binary, enrol, enrol_sim, external_broker, gateway_channel_key, spawn_gateway,
-    stored_ids, test_prefix, wait_for, Process,
+    any_port, binary, bridge_status as status, enrol, enrol_sim, external_broker,
+    gateway_channel_key, spawn_gateway, stored_ids, test_prefix, wait_for, Process,
 };
 
 use super::{expected, sim_config, sim_until};
 
 const BRIDGE: &str = "bridge-kill";
 const ZONE: &str = "Asia/Tokyo";
-
-/// `phr-bridge status --json` for the data dir `dir`.
-fn status(bin: &Path, dir: &Path) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new(bin)
-        .args(["status", "--json", "--data-dir"])
-        .arg(dir)
-        .env("RUST_LOG", "off")
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "phr-bridge status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
 
 /// Starts `phr-bridge simulate` as `cfg` describes it (the same bands, window and broker),
 /// exiting once the gateway has acked everything; its log goes to `log`.

@@ -103,16 +103,7 @@ fn stored(gw: &TestGateway) -> anyhow::Result<Vec<Uuid>> {
 
 /// Runs the real `phr-bridge` binary; returns its stdout, failing on a non-zero exit.
 fn cli(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(binary("phr-bridge", "phr-bridge")?)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "phr-bridge {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
+    phr_e2e::bridge_cli(&binary("phr-bridge", "phr-bridge")?, args, "warn")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
