@@ -7,7 +7,6 @@
 
 use std::path::Path;
 
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{Signer, SigningKey};
 
 use phr_schema::channel::{ChannelError, ChannelKey};
@@ -32,65 +31,39 @@ impl BridgeKey {
     /// Loads the key from `dir`, generating it on first use (see [`KEY_FILE`] and
     /// [`LEGACY_KEY_FILE`]).
     pub fn load_or_create(dir: &Path) -> Result<Self> {
-        let path = dir.join(KEY_FILE);
-        let legacy = dir.join(LEGACY_KEY_FILE);
-        let io = |p: &Path, e: std::io::Error| Error::Io(format!("{}: {e}", p.display()));
-        match std::fs::read_to_string(&path) {
-            Ok(pem) => {
-                let key = SigningKey::from_pkcs8_pem(&pem).map_err(|_| {
-                    Error::Io(format!(
-                        "{} is not an Ed25519 private key in PKCS#8 PEM",
-                        path.display()
-                    ))
-                })?;
-                if let Ok(der) = std::fs::read(&legacy) {
-                    if SigningKey::from_pkcs8_der(&der)
-                        .map_or(true, |old| old.to_bytes() != key.to_bytes())
-                    {
-                        // A key put there by hand would otherwise be ignored without a word.
-                        tracing::warn!(
-                            path = %path.display(),
-                            ignored = %legacy.display(),
-                            "this bridge's key is read from the PEM file; the older file \
-                             beside it holds another key and is not read (delete it once the \
-                             PEM file is the key you want)"
-                        );
-                    }
-                }
-                Ok(Self(key))
+        use phr_schema::keyfile::{self, Outcome};
+        let (key, outcome) = keyfile::load_or_create(dir, KEY_FILE, LEGACY_KEY_FILE)
+            .map_err(|e| Error::Io(e.to_string()))?;
+        let (path, legacy) = (dir.join(KEY_FILE), dir.join(LEGACY_KEY_FILE));
+        match outcome {
+            // A key put there by hand would otherwise be ignored without a word.
+            Outcome::Loaded { other_legacy: true } => tracing::warn!(
+                path = %path.display(),
+                ignored = %legacy.display(),
+                "this bridge's key is read from the PEM file; the older file \
+                 beside it holds another key and is not read (delete it once the \
+                 PEM file is the key you want)"
+            ),
+            Outcome::Loaded {
+                other_legacy: false,
+            } => {}
+            Outcome::Migrated => tracing::info!(
+                path = %path.display(),
+                from = %legacy.display(),
+                "wrote this bridge's key as PKCS#8 PEM, the file read from now on; \
+                 the older file is kept for older versions and can be deleted"
+            ),
+            // A data dir that cannot be written keeps working on the old file.
+            Outcome::NotMigrated(e) => tracing::warn!(
+                error = %e,
+                from = %legacy.display(),
+                "could not write this bridge's key as PKCS#8 PEM; reading the older file"
+            ),
+            Outcome::Created => {
+                tracing::info!(path = %path.display(), "generated this bridge's signing key")
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::read(&legacy) {
-                Ok(der) => {
-                    let key = SigningKey::from_pkcs8_der(&der).map_err(|_| {
-                        Error::Io(format!("{} is not an Ed25519 PKCS#8 key", legacy.display()))
-                    })?;
-                    // Migrates; a data dir that cannot be written keeps working on the old file.
-                    match write_key(&path, &key) {
-                        Ok(()) => tracing::info!(
-                            path = %path.display(),
-                            from = %legacy.display(),
-                            "wrote this bridge's key as PKCS#8 PEM, the file read from now on; \
-                             the older file is kept for older versions and can be deleted"
-                        ),
-                        Err(e) => tracing::warn!(
-                            error = %e,
-                            from = %legacy.display(),
-                            "could not write this bridge's key as PKCS#8 PEM; reading the older file"
-                        ),
-                    }
-                    Ok(Self(key))
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-                    let key = SigningKey::generate(&mut rand::rngs::OsRng);
-                    write_key(&path, &key)?;
-                    tracing::info!(path = %path.display(), "generated this bridge's signing key");
-                    Ok(Self(key))
-                }
-                Err(e) => Err(io(&legacy, e)),
-            },
-            Err(e) => Err(io(&path, e)),
         }
+        Ok(Self(key))
     }
 
     /// A fresh key that lives only in memory (tests, tools).
@@ -138,39 +111,21 @@ impl BridgeKey {
     }
 }
 
-/// Writes `key` to a new file at `path` as PKCS#8 v1 PEM: the private key alone (RFC 8410
-/// section 7), as `openssl genpkey -algorithm ed25519` writes it.
+/// Writes `key` to a new file at `path` as PKCS#8 v1 PEM (tests replace a key as an operator
+/// would).
+#[cfg(test)]
 fn write_key(path: &Path, key: &SigningKey) -> Result<()> {
-    use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, KeypairBytes};
-    let v1 = KeypairBytes {
-        secret_key: key.to_bytes(),
-        public_key: None,
-    };
-    let pem = v1
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| Error::Io(e.to_string()))?;
-    write_private(path, pem.as_bytes())
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+    match phr_schema::keyfile::write_new(path, key) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::Io(format!("{}: exists", path.display()))),
+        Err(e) => Err(Error::Io(e.to_string())),
     }
-    let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
-    let mut file = options.open(path).map_err(io)?;
-    file.write_all(bytes)
-        .and_then(|_| file.sync_all())
-        .map_err(io)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
 
     /// `openssl pkey -in FILE -noout -text`: must name the key ED25519; its `pub:` as hex.
     fn openssl_public_hex(file: &Path) -> String {

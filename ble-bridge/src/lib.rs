@@ -12,12 +12,15 @@
 //! - [`publish`]: the MQTT publisher (rumqttc): resend until acked; nearby reports paced.
 //! - [`nearby`]: what the bridge sees nearby, and when a scan is worth a report.
 //! - [`cumulative`]: running daily step totals to interval deltas in the device's IANA zone.
-//! - [`daemon`]: `phr-bridge run`, real devices through the same pipeline.
+//! - [`daemon`]: `phr-bridge run`, real devices through the same pipeline (feature `ble`).
 //! - [`simulate`]: `phr-bridge simulate`, simulated bands through the whole pipeline.
-//! - [`transport`]: Bluetooth LE through btleplug (the only module that imports it).
+//! - [`transport`]: what the Bluetooth LE transport reports and how it is configured; with
+//!   feature `ble` (on by default) the transport itself, through btleplug (the only module
+//!   that imports it).
 //! - [`mqtt`]: broker URLs and client options shared with the gateway (`phr_schema::mqtt`).
 
 pub mod cumulative;
+#[cfg(feature = "ble")]
 pub mod daemon;
 pub mod decode;
 pub mod device_state;

@@ -303,22 +303,20 @@ pub struct DemoOptions {
 /// Runs the demo until `shutdown`.
 pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     let http = opts.http.bind("HTTP API")?;
-    let mqtt_addr = {
-        // rumqttd binds by itself: find a usable port, release it, hand it over.
-        let probe = opts.mqtt.bind("embedded MQTT broker")?;
-        probe
-            .local_addr()
-            .map_err(|e| Error::Config(e.to_string()))?
-    };
+    // Kept bound and handed over: the broker's front serves this very socket.
+    let mqtt = opts.mqtt.bind("embedded MQTT broker")?;
     let mut config = Config {
         data_dir: opts.data_dir.clone(),
         ..Config::default()
     };
-    config.mqtt.listen = mqtt_addr;
+    config.mqtt.listen = mqtt
+        .local_addr()
+        .map_err(|e| Error::Config(e.to_string()))?;
     config.http.listen = http
         .local_addr()
         .map_err(|e| Error::Config(e.to_string()))?;
-    let mut gateway = phr_gateway::start(&config, http, shutdown.clone()).await?;
+    let mut gateway =
+        phr_gateway::start_with_mqtt(&config, http, Some(mqtt), shutdown.clone()).await?;
 
     if !gateway.wait_subscribed(Duration::from_secs(10)).await {
         return Err(Error::Broker(

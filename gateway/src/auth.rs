@@ -200,117 +200,71 @@ pub(crate) fn same_secret(a: impl AsRef<[u8]>, b: impl AsRef<[u8]>) -> bool {
 /// An Ed25519 key kept in `dir` as `file` (mode 0600), generated on first use; `what` names
 /// it in the log.
 ///
-/// `file` is PKCS#8 v1 in PEM (`-----BEGIN PRIVATE KEY-----`, the private key without the
-/// public one): what OpenSSL 3 (`openssl pkey -in FILE`) and Python's `cryptography` read, so
-/// an operator can inspect, back up and replace it with standard tools. Versions before wrote
-/// `legacy` instead (PKCS#8 v2 DER with the public key, which those tools refuse). A
-/// deployment that has only `legacy` keeps its key: it is read and written once more as
-/// `file`, which is the key from then on. `legacy` is left in place (an older binary started
-/// on the same data dir still finds the same key) and is not read while `file` exists; a
-/// `legacy` holding another key than `file` is named in a warning, since a key put there by
-/// hand would otherwise be silently ignored.
+/// `file` is PKCS#8 v1 in PEM, which OpenSSL 3 and Python's `cryptography` read; a
+/// deployment that has only `legacy` (PKCS#8 v2 DER, what versions before wrote) keeps its
+/// key, written once more as `file` (`phr_schema::keyfile` has the rules, shared with the
+/// bridge). A `legacy` holding another key than `file` is named in a warning, since a key put
+/// there by hand would otherwise be silently ignored.
 pub(crate) fn load_or_create_key(
     dir: &Path,
     file: &str,
     legacy: &str,
     what: &str,
 ) -> Result<SigningKey> {
-    let path = dir.join(file);
-    let legacy = dir.join(legacy);
-    match std::fs::read_to_string(&path) {
-        Ok(pem) => {
-            let key = key_from_pem(&pem).ok_or_else(|| {
-                Error::Key(format!(
-                    "{} is not an Ed25519 private key in PKCS#8 PEM",
-                    path.display()
-                ))
-            })?;
-            if let Ok(der) = std::fs::read(&legacy) {
-                if key_from_der(&der).is_none_or(|old| old.to_bytes() != key.to_bytes()) {
-                    tracing::warn!(
-                        path = %path.display(),
-                        ignored = %legacy.display(),
-                        "the {what} is read from the PEM file; the older file beside it holds \
-                         another key and is not read (delete it once the PEM file is the key \
-                         you want)"
-                    );
-                }
-            }
-            Ok(key)
+    use phr_schema::keyfile::{self, Outcome};
+    let (key, outcome) = keyfile::load_or_create(dir, file, legacy).map_err(key_file_error)?;
+    let (path, legacy) = (dir.join(file), dir.join(legacy));
+    match outcome {
+        Outcome::Loaded { other_legacy: true } => tracing::warn!(
+            path = %path.display(),
+            ignored = %legacy.display(),
+            "the {what} is read from the PEM file; the older file beside it holds \
+             another key and is not read (delete it once the PEM file is the key \
+             you want)"
+        ),
+        Outcome::Loaded {
+            other_legacy: false,
+        } => {}
+        Outcome::Migrated => tracing::info!(
+            path = %path.display(),
+            from = %legacy.display(),
+            "wrote the {what} as PKCS#8 PEM, the file read from now on; the older \
+             file is kept for older versions and can be deleted"
+        ),
+        // A data dir that cannot be written to keeps working on the old file.
+        Outcome::NotMigrated(e) => tracing::warn!(
+            error = %key_file_error(e),
+            from = %legacy.display(),
+            "could not write the {what} as PKCS#8 PEM; reading the older file"
+        ),
+        Outcome::Created => {
+            tracing::info!(path = %path.display(), "generated a new {what}")
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::read(&legacy) {
-            Ok(der) => {
-                let key = key_from_der(&der).ok_or_else(|| {
-                    Error::Key(format!("{} is not an Ed25519 PKCS#8 key", legacy.display()))
-                })?;
-                // Migrates; a data dir that cannot be written to keeps working on the old file.
-                match write_key(&path, &key) {
-                    Ok(()) => tracing::info!(
-                        path = %path.display(),
-                        from = %legacy.display(),
-                        "wrote the {what} as PKCS#8 PEM, the file read from now on; the older \
-                         file is kept for older versions and can be deleted"
-                    ),
-                    Err(e) => tracing::warn!(
-                        error = %e,
-                        from = %legacy.display(),
-                        "could not write the {what} as PKCS#8 PEM; reading the older file"
-                    ),
-                }
-                Ok(key)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = SigningKey::generate(&mut rand::rngs::OsRng);
-                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-                write_key(&path, &key)?;
-                tracing::info!(path = %path.display(), "generated a new {what}");
-                Ok(key)
-            }
-            Err(e) => Err(Error::io(&legacy, e)),
-        },
-        Err(e) => Err(Error::io(&path, e)),
+    }
+    Ok(key)
+}
+
+/// The gateway's error for a key file, worded as before the helper was shared.
+fn key_file_error(e: phr_schema::keyfile::Error) -> Error {
+    use phr_schema::keyfile::Error as K;
+    match e {
+        K::Io { path, source } => Error::io(&path, source),
+        e @ (K::NotPem(_) | K::NotDer(_) | K::Encode(_)) => Error::Key(e.to_string()),
     }
 }
 
-/// Writes `key` to a new file at `path` as PKCS#8 v1 PEM: the private key alone (RFC 8410
-/// section 7), as `openssl genpkey -algorithm ed25519` writes it.
+/// Writes `key` to a new file at `path` as PKCS#8 v1 PEM (tests replace a key as an operator
+/// would).
+#[cfg(test)]
 fn write_key(path: &Path, key: &SigningKey) -> Result<()> {
-    use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, KeypairBytes};
-    let v1 = KeypairBytes {
-        secret_key: key.to_bytes(),
-        public_key: None,
-    };
-    let pem = v1
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| Error::Key(e.to_string()))?;
-    write_private(path, pem.as_bytes())
-}
-
-/// An Ed25519 key from PKCS#8 PEM (v1, or v2 with the public key, which must match).
-fn key_from_pem(pem: &str) -> Option<SigningKey> {
-    use ed25519_dalek::pkcs8::DecodePrivateKey;
-    SigningKey::from_pkcs8_pem(pem).ok()
-}
-
-/// An Ed25519 key from PKCS#8 DER (what versions before the PEM file wrote).
-fn key_from_der(der: &[u8]) -> Option<SigningKey> {
-    use ed25519_dalek::pkcs8::DecodePrivateKey;
-    SigningKey::from_pkcs8_der(der).ok()
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+    match phr_schema::keyfile::write_new(path, key) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::io(
+            path,
+            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        )),
+        Err(e) => Err(key_file_error(e)),
     }
-    let mut file = options.open(path).map_err(|e| Error::io(path, e))?;
-    file.write_all(bytes)
-        .and_then(|_| file.sync_all())
-        .map_err(|e| Error::io(path, e))
 }
 
 /// An authenticated caller, as handlers receive it.

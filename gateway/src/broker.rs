@@ -10,9 +10,12 @@
 //! and forwards the allowed frames to rumqttd with the secret in place of the client's
 //! password. The gateway's own client connects to the private port directly.
 //!
-//! rumqttd cannot report the port it bound, and a server thread that fails to bind only logs.
-//! So [`start`] first checks that the address is free (naming it in the error), then starts
-//! the broker on its own threads and waits until it accepts connections.
+//! The front binds the public address itself, so port 0 works there and [`start_guarded`]
+//! reports the port it got. rumqttd cannot report the port it bound, and a server thread that
+//! fails to bind only logs. So [`start`] first checks that the address is free (naming it in
+//! the error), then starts the broker on its own threads and waits until it answers, failing
+//! if its server thread ends first; [`start_on_free_port`] picks a free loopback port for it
+//! and, when another process takes that port before rumqttd binds it, tries a fresh one.
 
 mod front;
 
@@ -140,35 +143,86 @@ fn signed_by(key: &ed25519_dalek::VerifyingKey, digest: &[u8; 32], signature: &s
         .is_ok()
 }
 
-/// Starts the embedded broker as the gateway runs it: the front on `listen` (the address
-/// bridges use) and rumqttd on a private loopback port that admits only
-/// `access.gateway_secret`. Returns the private address, for the gateway's own client.
-/// Both run until `shutdown` (the front) or the end of the process (rumqttd).
+/// The embedded broker's two addresses.
+#[derive(Debug, Clone)]
+pub struct Guarded {
+    /// Where the front listens (the address bridges use): the port actually bound, also when
+    /// port 0 was asked for.
+    pub public: SocketAddr,
+    /// rumqttd's private port, for the gateway's own client.
+    pub private: MqttUrl,
+}
+
+/// Binds the public MQTT address (port 0 for any free port), naming it if it is taken.
+pub fn bind_public(listen: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(listen).map_err(|e| Error::AddressInUse {
+        addr: listen,
+        what: "MQTT broker",
+        source: e,
+    })
+}
+
+/// Starts the embedded broker as the gateway runs it: the front on `public` (the address
+/// bridges use, bound by the caller: [`bind_public`]) and rumqttd on a private loopback port
+/// that admits only `access.gateway_secret`. Both run until `shutdown` (the front) or the end
+/// of the process (rumqttd).
 pub async fn start_guarded(
-    listen: SocketAddr,
+    public: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     access: Access,
     topics: Topics,
     metrics: Arc<crate::metrics::Metrics>,
     shutdown: CancellationToken,
-) -> Result<MqttUrl> {
-    let public = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| Error::AddressInUse {
-            addr: listen,
-            what: "MQTT broker",
-            source: e,
-        })?;
-    let private = private_loopback_addr()?;
+) -> Result<Guarded> {
+    let unusable = |addr, e| Error::AddressInUse {
+        addr,
+        what: "MQTT broker",
+        source: e,
+    };
+    let bound = public
+        .local_addr()
+        .map_err(|e| unusable(SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
+    let unusable = |e| unusable(bound, e);
+    public.set_nonblocking(true).map_err(unusable)?;
+    let public = tokio::net::TcpListener::from_std(public).map_err(unusable)?;
     let secret = access.gateway_secret.clone();
     let meters = metrics.clone();
-    tokio::task::spawn_blocking(move || start(private, Some(secret), Some(meters)))
-        .await
-        .map_err(|_| Error::Poisoned)??;
+    let private =
+        tokio::task::spawn_blocking(move || start_on_free_port(Some(secret), Some(meters)))
+            .await
+            .map_err(|_| Error::Poisoned)??;
     let front = front::Front::new(access, topics, private, metrics, tls);
     tokio::spawn(front::run(public, Arc::new(front), shutdown));
-    tracing::info!(%listen, "MQTT front listening (embedded broker)");
-    Ok(MqttUrl::new(private.ip().to_string(), private.port()))
+    tracing::info!(listen = %bound, "MQTT front listening (embedded broker)");
+    Ok(Guarded {
+        public: bound,
+        private: MqttUrl::new(private.ip().to_string(), private.port()),
+    })
+}
+
+/// How many free ports [`start_on_free_port`] tries before giving up.
+pub const FREE_PORT_TRIES: usize = 5;
+
+/// [`start`] on a loopback port that was free a moment ago; returns the address. rumqttd binds
+/// the port itself, so another process can take it in between: then rumqttd's server ends
+/// ([`start`] fails with [`Error::AddressInUse`]) and a fresh port is tried, up to
+/// [`FREE_PORT_TRIES`] times.
+pub fn start_on_free_port(
+    secret: Option<String>,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+) -> Result<SocketAddr> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let addr = free_loopback_addr()?;
+        match start(addr, secret.clone(), metrics.clone()) {
+            Ok(()) => return Ok(addr),
+            Err(Error::AddressInUse { source, .. }) if tries < FREE_PORT_TRIES => {
+                tracing::debug!(%addr, error = %source, "port taken before the broker bound it; trying another");
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The TLS side of the front: the certificate chain and private key in PEM files.
@@ -191,7 +245,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor
 }
 
 /// A loopback address with a port that was free a moment ago (rumqttd binds it itself).
-fn private_loopback_addr() -> Result<SocketAddr> {
+fn free_loopback_addr() -> Result<SocketAddr> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     TcpListener::bind(any)
         .and_then(|l| l.local_addr())
@@ -268,6 +322,10 @@ pub fn start(
         prometheus: None,
         metrics: metrics.is_some().then(meter_settings),
     };
+    // `Broker::start` returns only when its server thread has ended, which before the broker
+    // answers means it could not bind `listen` (taken since the check above).
+    let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ended_here = ended.clone();
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
@@ -278,14 +336,36 @@ pub fn start(
                     Err(e) => tracing::warn!(error = %e, "no MQTT connection meter"),
                 }
             }
-            if let Err(e) = broker.start() {
+            let result = broker.start();
+            ended_here.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Err(e) = result {
                 tracing::error!(error = %e, "embedded MQTT broker stopped");
             }
         })
         .map_err(|e| Error::Broker(e.to_string()))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let probe = secret.as_deref().map(|s| (GATEWAY_USER, s));
-    while !answers_mqtt(listen, probe) {
+    let taken = || Error::AddressInUse {
+        addr: listen,
+        what: "MQTT broker",
+        source: std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "the broker's server ended before it answered (port taken)",
+        ),
+    };
+    loop {
+        let answered = answers_mqtt(listen, probe);
+        if answered {
+            // Whatever answered may be another process on the port, and our server's failed
+            // bind would end its thread moments later: give it those moments.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if ended.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(taken());
+        }
+        if answered {
+            break;
+        }
         if Instant::now() > deadline {
             return Err(Error::Broker(format!(
                 "embedded broker did not start listening on {listen}"
@@ -372,5 +452,9 @@ fn answers_mqtt(addr: SocketAddr, login: Option<(&str, &str)>) -> bool {
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
     let mut connack = [0u8; 4];
     // Dropping `s` closes it (see above for why there is no DISCONNECT).
-    s.write_all(&connect).is_ok() && s.read_exact(&mut connack).is_ok() && connack[0] == 0x20
+    // Accepted (return code 0): with a fresh secret, only our own rumqttd accepts it.
+    s.write_all(&connect).is_ok()
+        && s.read_exact(&mut connack).is_ok()
+        && connack[0] == 0x20
+        && connack[3] == 0
 }

@@ -146,6 +146,17 @@ pub async fn start(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<Gateway> {
+    start_with_mqtt(config, http, None, shutdown).await
+}
+
+/// As [`start`], with the embedded broker's front on `mqtt` when given (bound by the caller,
+/// like `http`) instead of on `mqtt.listen`.
+pub async fn start_with_mqtt(
+    config: &Config,
+    http: TcpListener,
+    mqtt: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<Gateway> {
     // Configuration read from files first, so that a bad one starts nothing.
     let tls = config.http_tls()?;
     let metrics_token = config.metrics.bearer_token()?;
@@ -201,8 +212,12 @@ pub async fn start(
                 None => None,
             };
             let tls_on = tls.is_some();
-            let private = broker::start_guarded(
-                listen,
+            let public = match mqtt {
+                Some(l) => l,
+                None => broker::bind_public(listen)?,
+            };
+            let guarded = broker::start_guarded(
+                public,
                 tls,
                 access,
                 topics.clone(),
@@ -210,9 +225,11 @@ pub async fn start(
                 shutdown.clone(),
             )
             .await?;
-            let mut public = MqttUrl::new(listen.ip().to_string(), listen.port());
+            // The port bound, not the one asked for: `mqtt.listen` may say port 0.
+            let bound = guarded.public;
+            let mut public = MqttUrl::new(bound.ip().to_string(), bound.port());
             public.tls = tls_on;
-            (public, private)
+            (public, guarded.private)
         }
     };
 

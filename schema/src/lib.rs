@@ -1,6 +1,6 @@
 //! The PHR lifelog schema: what a record is, how it is identified, when it is valid, how it
-//! travels over MQTT and how it looks as Open mHealth. Pure data and functions: no I/O, no
-//! clock (callers pass `now`), no tokio.
+//! travels over MQTT and how it looks as Open mHealth. Pure data and functions: no I/O (but
+//! [`keyfile`], behind its feature), no clock (callers pass `now`), no tokio.
 //!
 //! # Layout
 //! - [`record`]: the normalised record (`step-count`, `sleep-episode`, `heart-rate`) as it
@@ -11,6 +11,8 @@
 //! - [`nearby`]: a bridge's report of the devices it sees, bounded and cleaned.
 //! - [`channel`]: the bridge–gateway channel key: sealed MQTT payloads, pairing codes.
 //! - [`mqtt`]: broker URLs, the static password and the packet limit both sides use.
+//! - [`keyfile`] (feature `keyfile`): Ed25519 key files (PKCS#8 v1 PEM, mode 0600): load,
+//!   create or migrate the older `.pk8`, written whole or not at all.
 //! - [`omh`]: Open mHealth (IEEE 1752.1 family) data points, header 1.2.
 //! - [`fhir`]: HL7 FHIR R4 `Observation`s (LOINC), daily step totals, `Bundle`, NDJSON, and back.
 //! - [`csv`]: RFC 4180 CSV, one row per record.
@@ -20,6 +22,8 @@ pub mod csv;
 pub mod envelope;
 pub mod fhir;
 pub mod id;
+#[cfg(feature = "keyfile")]
+pub mod keyfile;
 pub mod mqtt;
 pub mod nearby;
 pub mod omh;

@@ -259,12 +259,6 @@ impl Summary {
 
 // ----- MQTT helpers -----
 
-/// A loopback address that was free a moment ago (rumqttd cannot bind port 0 and report it).
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
-}
-
 /// Counts events in a polling task; records the instant the count reaches `target`.
 #[derive(Debug)]
 struct Progress {
@@ -565,17 +559,10 @@ async fn start_gateway(
         data_dir: dir.join("gateway"),
         ..Config::default()
     };
-    let mut attempt = 0;
-    loop {
-        // The free port can be taken between our check and rumqttd's bind: try another.
-        config.mqtt.listen = free_addr()?;
-        let http = TcpListener::bind("127.0.0.1:0")?;
-        match phr_gateway::start(&config, http, shutdown.clone()).await {
-            Ok(g) => return Ok(g),
-            Err(phr_gateway::Error::AddressInUse { .. }) if attempt < 3 => attempt += 1,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    // Port 0: the broker's front reports the port it bound (`Gateway::mqtt`).
+    config.mqtt.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let http = TcpListener::bind("127.0.0.1:0")?;
+    Ok(phr_gateway::start(&config, http, shutdown.clone()).await?)
 }
 
 /// A real gateway on a free port; every batch published (at most `window` unacked, if
@@ -797,8 +784,8 @@ fn main() -> anyhow::Result<()> {
     let per_batch = BATCH_RECORDS as f64;
 
     // 1. Broker.
-    let embedded = free_addr()?;
-    phr_gateway::broker::start(embedded, None, None)?;
+    // rumqttd binds by itself: a taken port is retried.
+    let embedded = phr_gateway::broker::start_on_free_port(None, None)?;
     let embedded = MqttUrl::new("127.0.0.1", embedded.port());
     let mosquitto = MqttUrl::new("127.0.0.1", 1883);
     let mosquitto_up = std::net::TcpStream::connect_timeout(

@@ -1,7 +1,7 @@
 //! A headless Chromium for the dashboard tests, driven over the W3C WebDriver protocol
 //! (JSON over HTTP to Debian's `chromedriver`, with `ureq`; no browser automation crate is
 //! needed for the handful of commands the tests use). [`Browser::start`] starts chromedriver
-//! on a free port and one headless session with a fresh profile; dropping it ends both.
+//! on a port it picks itself (`--port=0`, the port read from what it prints) and one headless session with a fresh profile; dropping it ends both.
 //!
 //! `PHR_TEST_CHROMEDRIVER` / `PHR_TEST_CHROMIUM` override `/usr/bin/chromedriver` and
 //! `/usr/bin/chromium` (`.ci/run` installs Debian's `chromium` and `chromium-driver`).
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::{free_port, Process};
+use crate::Process;
 
 /// The W3C element reference key.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -37,6 +37,16 @@ fn program(var: &str, default: &str) -> PathBuf {
     std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from)
 }
 
+/// The port in chromedriver's `ChromeDriver was started successfully on port 39281.`
+fn started_on_port(line: &str) -> Option<u16> {
+    line.strip_prefix("ChromeDriver was started successfully on port ")?
+        .trim_end_matches('.')
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+}
+
 impl Browser {
     pub fn start() -> Result<Self> {
         Self::start_with_args(&[])
@@ -56,15 +66,29 @@ impl Browser {
                 );
             }
         }
-        let port = free_port();
-        let child = Command::new(&driver)
-            .arg(format!("--port={port}"))
+        // Port 0: chromedriver binds a free port itself and prints which (no port race).
+        let mut child = Command::new(&driver)
+            .arg("--port=0")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", driver.display()))?;
+        let stdout = child.stdout.take().context("piped stdout")?;
         let driver_process = Process(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::{BufRead, BufReader};
+            // Read to the end, so chromedriver never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(port) = started_on_port(&line) {
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(20))
+            .context("chromedriver did not say which port it listens on")?;
         let base = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -30,12 +30,36 @@ use phr_schema::{Ack, RecordType, Topics};
 
 pub use phr_gateway::auth::OWNER_SCOPE;
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// How many fresh ports [`on_free_port`] tries.
+pub const PORT_TRIES: usize = 5;
+
+/// Starts a server that must be told its port (Mosquitto; a binary given an explicit port,
+/// as a user gives one): `start` is given a loopback port that was free a moment ago and returns
+/// `Ok(Some(_))` once the server answers there, or `Ok(None)` when the port was taken in
+/// between (the server could not bind it), and then a fresh port is tried, up to
+/// [`PORT_TRIES`] times. Whatever we bind ourselves is bound to port 0 and read back instead.
+pub fn on_free_port<T>(
+    what: &str,
+    mut start: impl FnMut(u16) -> Result<Option<T>>,
+) -> Result<(T, u16)> {
+    let mut taken = Vec::new();
+    for _ in 0..PORT_TRIES {
+        // Free a moment ago: another process may take it before the server binds it.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .context("a free port")?;
+        if let Some(started) = start(port)? {
+            return Ok((started, port));
+        }
+        taken.push(port);
+    }
+    bail!("{what}: every port tried was taken before it could bind it: {taken:?}")
+}
+
+/// A loopback address with port 0, for listeners that report the port they got.
+pub fn any_port() -> SocketAddr {
+    loopback(0)
 }
 
 pub fn loopback(port: u16) -> SocketAddr {
@@ -132,13 +156,17 @@ impl TestGateway {
         config.mqtt.topic_prefix = test_prefix();
         match external {
             Some(url) => config.mqtt.url = Some(url.to_string()),
-            None => config.mqtt.listen = loopback(free_port()),
+            None => config.mqtt.listen = any_port(),
         }
         configure(&mut config);
         let shutdown = CancellationToken::new();
         let mut gateway = phr_gateway::start(&config, http, shutdown.clone()).await?;
         if !gateway.wait_subscribed(Duration::from_secs(10)).await {
             bail!("gateway did not subscribe to {}", gateway.mqtt);
+        }
+        if config.mqtt.url.is_none() {
+            // The port the broker got, so a restart with this config binds the same one.
+            config.mqtt.listen = mqtt_addr(&gateway.mqtt)?;
         }
         Ok(Self {
             gateway,
@@ -517,6 +545,42 @@ pub fn binary(package: &str, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Runs the `phr-bridge` binary at `bin` with `args` (its log at level `log`); returns its
+/// stdout, failing on a non-zero exit with what it wrote to stderr.
+pub fn bridge_cli<S: AsRef<std::ffi::OsStr>>(
+    bin: &Path,
+    args: impl IntoIterator<Item = S>,
+    log: &str,
+) -> Result<String> {
+    let args: Vec<S> = args.into_iter().collect();
+    let out = Command::new(bin)
+        .args(&args)
+        .env("RUST_LOG", log)
+        .output()?;
+    let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+    anyhow::ensure!(
+        out.status.success(),
+        "phr-bridge {shown:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `phr-bridge status --json` for the bridge whose data dir is `dir` (`bin`: the binary).
+pub fn bridge_status(bin: &Path, dir: &Path) -> Result<serde_json::Value> {
+    let out = bridge_cli(
+        bin,
+        [
+            std::ffi::OsStr::new("status"),
+            "--json".as_ref(),
+            "--data-dir".as_ref(),
+            dir.as_os_str(),
+        ],
+        "off",
+    )?;
+    Ok(serde_json::from_str(&out)?)
+}
+
 /// A child process killed on drop.
 #[derive(Debug)]
 pub struct Process(pub Child);
@@ -535,21 +599,97 @@ impl Drop for Process {
     }
 }
 
-/// Starts the real `phr-gateway serve` binary.
-pub fn spawn_gateway(
+/// The socket address of a broker URL (an IP address, or a name resolved here).
+pub fn mqtt_addr(url: &MqttUrl) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let url = url.to_string();
+    let host_port = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    host_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .with_context(|| format!("no socket address for {url}"))
+}
+
+/// The addresses a gateway reports in its `gateway started` log line: the HTTP listener and
+/// the broker it consumes from (its MQTT front, with the embedded broker), as bound.
+pub fn started_line(line: &str) -> Option<(SocketAddr, MqttUrl)> {
+    let line = strip_ansi(line);
+    if !line.contains("gateway started") {
+        return None;
+    }
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    Some((
+        field("http_addr")?.parse().ok()?,
+        field("broker")?.parse().ok()?,
+    ))
+}
+
+/// `line` without terminal colour codes (CSI sequences), should a process log in colour.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters, then one final byte in @..~.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A `phr-gateway serve` process and the addresses it bound, read from its log.
+#[derive(Debug)]
+pub struct SpawnedGateway {
+    pub process: Process,
+    /// The HTTP API.
+    pub http: SocketAddr,
+    /// The MQTT address bridges use: the embedded broker's front, or the external broker.
+    pub mqtt: SocketAddr,
+    /// The same, as a broker URL.
+    pub broker: MqttUrl,
+}
+
+impl SpawnedGateway {
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// `http://host:port`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.http)
+    }
+}
+
+/// Starts the real `phr-gateway serve` binary and waits until it has started (its API and
+/// broker listening). `http` and `mqtt_listen` may have port 0 (see [`any_port`]); the
+/// addresses bound are read from the gateway's log. A restart passes the addresses the first
+/// start got, as clients hold them.
+pub async fn spawn_gateway(
     bin: &Path,
     data_dir: &Path,
     http: SocketAddr,
     mqtt_listen: SocketAddr,
     external: Option<&MqttUrl>,
     prefix: &str,
-) -> Result<Process> {
-    spawn_gateway_env(bin, data_dir, http, mqtt_listen, external, prefix, &[])
+) -> Result<SpawnedGateway> {
+    spawn_gateway_env(bin, data_dir, http, mqtt_listen, external, prefix, &[]).await
 }
 
 /// As [`spawn_gateway`], with extra environment variables for the gateway process (e.g. a
 /// [`FakeClock`]'s).
-pub fn spawn_gateway_env(
+pub async fn spawn_gateway_env(
     bin: &Path,
     data_dir: &Path,
     http: SocketAddr,
@@ -557,7 +697,8 @@ pub fn spawn_gateway_env(
     external: Option<&MqttUrl>,
     prefix: &str,
     env: &[(String, String)],
-) -> Result<Process> {
+) -> Result<SpawnedGateway> {
+    use std::io::{BufRead, BufReader};
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .arg("--data-dir")
@@ -568,13 +709,71 @@ pub fn spawn_gateway_env(
         .arg(mqtt_listen.to_string())
         .arg("--topic-prefix")
         .arg(prefix)
-        .env("RUST_LOG", "warn")
+        // Warnings as before, and the one line that names the addresses bound.
+        .env("RUST_LOG", "warn,phr_gateway=info")
+        .env("NO_COLOR", "1")
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
     if let Some(url) = external {
         cmd.arg("--mqtt-url").arg(url.to_string());
     }
-    Ok(Process(cmd.spawn().context("starting phr-gateway")?))
+    let mut child = cmd.spawn().context("starting phr-gateway")?;
+    let stderr = child.stderr.take().context("piped stderr")?;
+    let mut process = Process(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Passes the log on as before (warnings and errors), keeping the start line for us.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addrs) = started_line(&line) {
+                let _ = tx.send(Ok(addrs));
+            } else {
+                if !line.contains(" INFO ") {
+                    eprintln!("{line}");
+                }
+                // Kept for the error if it never starts.
+                let _ = tx.send(Err(line));
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut said = Vec::new();
+    let (http, broker) = loop {
+        match rx.try_recv() {
+            Ok(Ok(addrs)) => break addrs,
+            Ok(Err(line)) => said.push(line),
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                if let Some(exit) = process.0.try_wait()? {
+                    // Its last lines may still be on their way.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    said.extend(rx.try_iter().filter_map(Result::err));
+                    bail!(
+                        "phr-gateway exited ({exit}) before it started:\n{}",
+                        said.join("\n")
+                    );
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "phr-gateway did not start within 60 s:\n{}",
+                        said.join("\n")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                bail!(
+                    "phr-gateway closed its log before it started:\n{}",
+                    said.join("\n")
+                )
+            }
+        }
+    };
+    Ok(SpawnedGateway {
+        process,
+        http,
+        mqtt: mqtt_addr(&broker)?,
+        broker,
+    })
 }
 
 /// A child process's wall clock, set by the test: libfaketime (Debian's `libfaketime`),
@@ -635,19 +834,61 @@ impl FakeClock {
     }
 }
 
-/// Starts a private Mosquitto on `port` (in-memory, anonymous, loopback only).
-pub fn spawn_mosquitto(dir: &Path, port: u16) -> Result<Process> {
-    spawn_mosquitto_with(dir, port, "allow_anonymous true\n")
+/// A private Mosquitto (in-memory, loopback only) on a port of its own.
+#[derive(Debug)]
+pub struct Mosquitto {
+    pub process: Process,
+    pub port: u16,
+    dir: PathBuf,
+    conf: String,
 }
 
-/// Starts a private Mosquitto on `port` (in-memory, loopback only) with `conf` appended to
-/// its configuration (e.g. the shipped `docs/mosquitto/` fragment: passwords and ACL).
-pub fn spawn_mosquitto_with(dir: &Path, port: u16, conf: &str) -> Result<Process> {
+impl Mosquitto {
+    pub fn url(&self) -> MqttUrl {
+        MqttUrl::new("127.0.0.1", self.port)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts it again on the same port (its clients hold that address), after a kill.
+    pub fn restart(&mut self) -> Result<()> {
+        self.process = start_mosquitto(&self.dir, self.port, &self.conf)?
+            .with_context(|| format!("port {} was taken while mosquitto was down", self.port))?;
+        Ok(())
+    }
+}
+
+/// Starts a private Mosquitto (in-memory, anonymous, loopback only), waiting until it listens.
+pub fn spawn_mosquitto(dir: &Path) -> Result<Mosquitto> {
+    spawn_mosquitto_with(dir, "allow_anonymous true\n")
+}
+
+/// Starts a private Mosquitto (in-memory, loopback only) with `conf` appended to its
+/// configuration (e.g. the shipped `docs/mosquitto/` fragment: passwords and ACL), waiting
+/// until it listens. Mosquitto must be told its port: a taken one is retried
+/// ([`on_free_port`]).
+pub fn spawn_mosquitto_with(dir: &Path, conf: &str) -> Result<Mosquitto> {
+    let (process, port) = on_free_port("mosquitto", |port| start_mosquitto(dir, port, conf))?;
+    Ok(Mosquitto {
+        process,
+        port,
+        dir: dir.to_owned(),
+        conf: conf.to_owned(),
+    })
+}
+
+/// Mosquitto on `port`, once it says it is running; `None` if the port is taken.
+fn start_mosquitto(dir: &Path, port: u16, conf: &str) -> Result<Option<Process>> {
     let path = dir.join(format!("mosquitto-{port}.conf"));
+    // Its log on stderr, into a file we open (it drops root's rights before writing its own).
     std::fs::write(
         &path,
-        format!("listener {port} 127.0.0.1\npersistence false\n{conf}"),
+        format!("listener {port} 127.0.0.1\npersistence false\nlog_dest stderr\n{conf}"),
     )?;
+    let log = dir.join(format!("mosquitto-{port}.log"));
     let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -657,10 +898,29 @@ pub fn spawn_mosquitto_with(dir: &Path, port: u16, conf: &str) -> Result<Process
         .arg(&path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
         .spawn()
         .context("starting mosquitto")?;
-    Ok(Process(child))
+    let mut process = Process(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    loop {
+        // "running" comes after every listener is open.
+        if read().contains(" running") {
+            return Ok(Some(process));
+        }
+        if let Some(exit) = process.0.try_wait()? {
+            let said = read();
+            if said.contains("Address already in use") {
+                return Ok(None);
+            }
+            bail!("mosquitto exited ({exit}):\n{said}");
+        }
+        if Instant::now() > deadline {
+            bail!("mosquitto did not start within 10 s:\n{}", read());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Opens a gateway's SQLite file read-only and returns `(record_id, person_id)` of every
@@ -933,4 +1193,26 @@ pub fn form_encode(s: &str) -> String {
             b => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_line_gives_the_addresses_bound() {
+        let plain = "2026-12-03T15:04:13.334265Z  INFO phr_gateway: gateway started \
+                     http_addr=127.0.0.1:34331 broker=mqtt://127.0.0.1:41193 data_dir=/tmp/x/gateway";
+        let (http, broker) = started_line(plain).expect("parsed");
+        assert_eq!(http, "127.0.0.1:34331".parse::<SocketAddr>().unwrap());
+        assert_eq!(broker.to_string(), "mqtt://127.0.0.1:41193");
+        assert_eq!(mqtt_addr(&broker).unwrap().port(), 41193);
+        // The same line as a terminal shows it (fields in italics, `=` dimmed).
+        let colour = "\u{1b}[2m2026-12-03T15:04:13.334265Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \
+                      \u{1b}[2mphr_gateway\u{1b}[0m\u{1b}[2m:\u{1b}[0m gateway started \
+                      \u{1b}[3mhttp_addr\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:34331 \
+                      \u{1b}[3mbroker\u{1b}[0m\u{1b}[2m=\u{1b}[0mmqtt://127.0.0.1:41193";
+        assert_eq!(started_line(colour).map(|(h, _)| h), Some(http));
+        assert_eq!(started_line("INFO phr_gateway: metrics served"), None);
+    }
 }

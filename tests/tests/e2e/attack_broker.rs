@@ -18,7 +18,7 @@ use uuid::Uuid;
 use phr_bridge::identity::BridgeKey;
 use phr_bridge::mqtt::{MqttPassword, MqttUrl};
 use phr_e2e::{
-    binary, free_port, loopback, minute_steps, send, spawn_gateway, spawn_mosquitto_with,
+    any_port, binary, loopback, minute_steps, send, spawn_gateway, spawn_mosquitto_with,
     test_prefix, wait_for, RawBridge, TestGateway,
 };
 use phr_schema::channel::ChannelKey;
@@ -538,8 +538,6 @@ async fn the_gateway_binary_enforces_the_same_rules() -> anyhow::Result<()> {
     phr_e2e::init_tracing();
     let bin = binary("phr-gateway", "phr-gateway")?;
     let dir = tempfile::tempdir()?;
-    let http = loopback(free_port());
-    let listen = loopback(free_port());
     let prefix = test_prefix();
     // Both bridges enrolled in the binary's store before it starts, as an operator would.
     let data = dir.path().join("gw");
@@ -551,12 +549,13 @@ async fn the_gateway_binary_enforces_the_same_rules() -> anyhow::Result<()> {
         store.register_bridge_key(EVIL, &evil_key.public_hex())?;
     }
     let channel = victim_key.channel(&phr_e2e::gateway_channel_key(&data)?)?;
-    let _gateway = spawn_gateway(&bin, &data, http, listen, None, &prefix)?;
+    let gateway = spawn_gateway(&bin, &data, any_port(), any_port(), None, &prefix).await?;
+    let http = gateway.http;
     wait_for("the gateway's API", Duration::from_secs(30), || {
         ureq::get(&format!("http://{http}/healthz")).call().ok()
     })
     .await?;
-    let mqtt = MqttUrl::new("127.0.0.1", listen.port());
+    let mqtt = MqttUrl::new("127.0.0.1", gateway.mqtt.port());
     let t = Topics::new(&prefix);
 
     assert!(
@@ -684,13 +683,8 @@ async fn mosquitto_with_the_shipped_acl_holds_the_same_boundaries() -> anyhow::R
         (EVIL, "evil-pw"),
     ];
     let conf = shipped_mosquitto_config(dir.path(), &prefix, &users)?;
-    let port = free_port();
-    let _mosquitto = spawn_mosquitto_with(dir.path(), port, &conf)?;
-    let url = MqttUrl::new("127.0.0.1", port);
-    wait_for("mosquitto", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(loopback(port)).ok()
-    })
-    .await?;
+    let mosquitto = spawn_mosquitto_with(dir.path(), &conf)?;
+    let url = mosquitto.url();
 
     // Strangers are refused.
     for (what, login) in [
@@ -842,13 +836,8 @@ async fn a_real_bridge_with_its_mqtt_password_delivers_through_mosquitto() -> an
     let prefix = test_prefix();
     let users = [("phr-gateway", "gw-secret"), ("br-sim", "sim-pw")];
     let conf = shipped_mosquitto_config(dir.path(), &prefix, &users)?;
-    let port = free_port();
-    let _mosquitto = spawn_mosquitto_with(dir.path(), port, &conf)?;
-    let url = MqttUrl::new("127.0.0.1", port);
-    wait_for("mosquitto", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(loopback(port)).ok()
-    })
-    .await?;
+    let mosquitto = spawn_mosquitto_with(dir.path(), &conf)?;
+    let url = mosquitto.url();
     let gw = TestGateway::start_configured(Some(url.clone()), |c| {
         c.mqtt.topic_prefix = prefix.clone();
         c.mqtt.password = Some(MqttPassword::new("gw-secret"));

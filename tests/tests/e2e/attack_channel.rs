@@ -16,7 +16,7 @@ use phr_bridge::identity::BridgeKey;
 use phr_bridge::outbox::Outbox;
 use phr_bridge::publish::Status;
 use phr_bridge::simulate::{self, SimulateConfig};
-use phr_e2e::{call, free_port, loopback, wait_for, TestGateway};
+use phr_e2e::{call, wait_for, TestGateway};
 use phr_gateway::store::pairing::{Refusal, StartRefusal};
 use phr_schema::channel::ChannelKey;
 use phr_schema::{Ack, PairingReport, PairingRequest, Topics};
@@ -31,15 +31,10 @@ const PER_BRIDGE: i64 = 20;
 const WINDOW: TimeDelta = TimeDelta::minutes(15);
 
 /// A bare broker (no gateway behind it, no access control), so nothing but the test answers
-/// a bridge. Retries on the rare port race.
+/// a bridge. A port taken before rumqttd binds it is retried.
 fn bare_broker() -> anyhow::Result<phr_bridge::mqtt::MqttUrl> {
-    for _ in 0..5 {
-        let port = free_port();
-        if phr_gateway::broker::start(loopback(port), None, None).is_ok() {
-            return Ok(phr_bridge::mqtt::MqttUrl::new("127.0.0.1", port));
-        }
-    }
-    anyhow::bail!("no free port for a broker")
+    let addr = phr_gateway::broker::start_on_free_port(None, None)?;
+    Ok(phr_bridge::mqtt::MqttUrl::new("127.0.0.1", addr.port()))
 }
 
 /// A plain MQTT client publishing as anyone (what an outsider on the broker can do).

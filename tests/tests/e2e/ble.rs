@@ -19,8 +19,8 @@ use phr_bridge::decode::pams_sleep::{encode_sleep_activity_summary, SleepActivit
 use phr_bridge::decode::{heart_rate, local_time, sim_band};
 use phr_e2e::bluez::{uuids, EmulatedBand, PrivateBluez};
 use phr_e2e::{
-    binary, call, free_port, loopback, spawn_gateway, test_prefix, wait_for, FakeClock, Process,
-    TestGateway,
+    any_port, binary, call, spawn_gateway, test_prefix, wait_for, FakeClock, Process,
+    SpawnedGateway, TestGateway,
 };
 
 const BAND: &str = "C0:FF:EE:00:00:01";
@@ -314,17 +314,7 @@ async fn pair(
 
 /// Records waiting in the outbox, as `phr-bridge status --json` reports them.
 fn outbox_records(dir: &std::path::Path) -> anyhow::Result<u64> {
-    let out = Command::new(binary("phr-bridge", "phr-bridge")?)
-        .args(["status", "--json", "--data-dir"])
-        .arg(dir)
-        .env("RUST_LOG", "off")
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let status = phr_e2e::bridge_status(&binary("phr-bridge", "phr-bridge")?, dir)?;
     status["outbox_records"]
         .as_u64()
         .ok_or_else(|| anyhow::anyhow!("no outbox_records in {status}"))
@@ -332,21 +322,16 @@ fn outbox_records(dir: &std::path::Path) -> anyhow::Result<u64> {
 
 /// `phr-bridge status`'s first line: batches and records waiting.
 fn outbox_line(dir: &std::path::Path) -> anyhow::Result<String> {
-    let out = Command::new(binary("phr-bridge", "phr-bridge")?)
-        .args(["status", "--data-dir"])
-        .arg(dir)
-        .env("RUST_LOG", "off")
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned())
+    let out = phr_e2e::bridge_cli(
+        &binary("phr-bridge", "phr-bridge")?,
+        [
+            std::ffi::OsStr::new("status"),
+            "--data-dir".as_ref(),
+            dir.as_os_str(),
+        ],
+        "off",
+    )?;
+    Ok(out.lines().next().unwrap_or_default().to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,7 +443,7 @@ async fn two_bands_keep_measuring_while_the_gateway_is_down_and_the_outbox_drain
     assert!(waiting.contains("records waiting"), "{waiting}");
 
     // It comes back: the bridge reconnects (its key is the paired one) and drains in order.
-    gateway.restart()?;
+    gateway.restart().await?;
     let all = wait_for("all twelve values", Duration::from_secs(60), || {
         heart_rates(&token).ok().filter(|v| v.len() == 12)
     })
@@ -704,14 +689,8 @@ async fn live_heart_rate_does_not_move_the_steps_mark_and_stored_minutes_are_fet
 #[ignore = "needs mosquitto, dbus-daemon and python3-dbus/python3-gi; .ci/run installs them"]
 async fn the_bridge_rides_out_refused_connects_and_a_broker_restart() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let port = free_port();
-    let mut mosquitto = phr_e2e::spawn_mosquitto(dir.path(), port)?;
-    wait_for("mosquitto", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(loopback(port)).ok()
-    })
-    .await?;
-    let gw =
-        TestGateway::start_with(Some(phr_bridge::mqtt::MqttUrl::new("127.0.0.1", port))).await?;
+    let mut mosquitto = phr_e2e::spawn_mosquitto(dir.path())?;
+    let gw = TestGateway::start_with(Some(mosquitto.url())).await?;
     let band = EmulatedBand::new(BAND, "PHR Band 01");
     let bluez = PrivateBluez::start(std::slice::from_ref(&band))?;
     // The band's first two connections fail: the bridge's device task fails, and is retried
@@ -752,7 +731,7 @@ async fn the_bridge_rides_out_refused_connects_and_a_broker_restart() -> anyhow:
         || outbox_records(&bridge_dir).ok().filter(|n| *n >= 2),
     )
     .await?;
-    let _mosquitto = phr_e2e::spawn_mosquitto(dir.path(), port)?;
+    mosquitto.restart()?;
     let all = wait_for(
         "the values measured while the broker was down",
         Duration::from_secs(60),
@@ -823,7 +802,7 @@ async fn a_full_outbox_holds_new_records_until_the_gateway_returns() -> anyhow::
         line.starts_with("outbox: 2 batches"),
         "the bound holds: {line}"
     );
-    gateway.restart()?;
+    gateway.restart().await?;
     let hr = wait_for("all eight values", Duration::from_secs(60), || {
         let (s, b) = call(
             "GET",
@@ -862,7 +841,7 @@ fn consent_to_storage(base: &str, token: &str, types: &[&str]) -> anyhow::Result
 }
 
 /// The real `phr-gateway` binary with its embedded broker, on ports that stay the same across
-/// a kill and a restart.
+/// a kill and a restart (picked by the gateway at its first start).
 struct GatewayProcess {
     bin: std::path::PathBuf,
     data: std::path::PathBuf,
@@ -870,15 +849,16 @@ struct GatewayProcess {
     mqtt: std::net::SocketAddr,
     prefix: String,
     base: String,
-    process: Process,
+    process: SpawnedGateway,
 }
 
 impl GatewayProcess {
     async fn start(dir: &std::path::Path) -> anyhow::Result<Self> {
         let (bin, data) = (binary("phr-gateway", "phr-gateway")?, dir.join("gateway"));
-        let (http, mqtt, prefix) = (loopback(free_port()), loopback(free_port()), test_prefix());
-        let process = spawn_gateway(&bin, &data, http, mqtt, None, &prefix)?;
-        let base = format!("http://{http}");
+        let prefix = test_prefix();
+        let process = spawn_gateway(&bin, &data, any_port(), any_port(), None, &prefix).await?;
+        let (http, mqtt) = (process.http, process.mqtt);
+        let base = process.base();
         wait_for("the gateway", Duration::from_secs(20), || {
             ureq::get(&format!("{base}/healthz")).call().ok()
         })
@@ -913,7 +893,7 @@ impl GatewayProcess {
         self.process.kill();
     }
 
-    fn restart(&mut self) -> anyhow::Result<()> {
+    async fn restart(&mut self) -> anyhow::Result<()> {
         self.process = spawn_gateway(
             &self.bin,
             &self.data,
@@ -921,7 +901,8 @@ impl GatewayProcess {
             self.mqtt,
             None,
             &self.prefix,
-        )?;
+        )
+        .await?;
         Ok(())
     }
 }

@@ -12,29 +12,14 @@ use chrono::TimeDelta;
 use phr_bridge::mqtt::MqttUrl;
 use phr_bridge::simulate::SimulateConfig;
 use phr_e2e::{
-    binary, enrol, enrol_sim, external_broker, free_port, gateway_channel_key, loopback,
-    spawn_gateway, stored_ids, test_prefix, wait_for, Process,
+    any_port, binary, bridge_status as status, enrol, enrol_sim, external_broker,
+    gateway_channel_key, spawn_gateway, stored_ids, test_prefix, wait_for, Process,
 };
 
 use super::{expected, sim_config, sim_until};
 
 const BRIDGE: &str = "bridge-kill";
 const ZONE: &str = "Asia/Tokyo";
-
-/// `phr-bridge status --json` for the data dir `dir`.
-fn status(bin: &Path, dir: &Path) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new(bin)
-        .args(["status", "--json", "--data-dir"])
-        .arg(dir)
-        .env("RUST_LOG", "off")
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "phr-bridge status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
 
 /// Starts `phr-bridge simulate` as `cfg` describes it (the same bands, window and broker),
 /// exiting once the gateway has acked everything; its log goes to `log`.
@@ -78,12 +63,26 @@ async fn bridge_killed_with_batches_in_its_outbox_loses_nothing_and_stores_nothi
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("gateway");
     std::fs::create_dir_all(&data)?;
-    let (http, mqtt) = (loopback(free_port()), loopback(free_port()));
     let external = external_broker();
+    let prefix = test_prefix();
+    // The gateway's addresses, as bound at a first start; it is then down until the end of
+    // the bridge's first run, and comes back on the same addresses (the bridge holds them).
+    let (http, mqtt) = {
+        let mut first = spawn_gateway(
+            &gateway_bin,
+            &data,
+            any_port(),
+            any_port(),
+            external.as_ref(),
+            &prefix,
+        )
+        .await?;
+        first.kill();
+        (first.http, first.mqtt)
+    };
     let broker = external
         .clone()
         .unwrap_or_else(|| MqttUrl::new("127.0.0.1", mqtt.port()));
-    let prefix = test_prefix();
     let until = sim_until();
     let mut cfg = sim_config(
         BRIDGE,
@@ -139,7 +138,8 @@ async fn bridge_killed_with_batches_in_its_outbox_loses_nothing_and_stores_nothi
 
     // Both come back: the gateway, then the same bridge (same data dir, same arguments),
     // which exits once the gateway has acked everything.
-    let _gateway = spawn_gateway(&gateway_bin, &data, http, mqtt, external.as_ref(), &prefix)?;
+    let _gateway =
+        spawn_gateway(&gateway_bin, &data, http, mqtt, external.as_ref(), &prefix).await?;
     wait_for("the gateway's API", Duration::from_secs(20), || {
         ureq::get(&format!("http://{http}/healthz")).call().ok()
     })

@@ -11,8 +11,8 @@ use phr_bridge::mqtt::MqttUrl;
 use phr_bridge::publish::Status;
 use phr_bridge::simulate;
 use phr_e2e::{
-    binary, enrol, enrol_sim, external_broker, free_port, gateway_channel_key, loopback,
-    spawn_gateway, spawn_mosquitto, stored_ids, test_prefix, wait_for, TestGateway,
+    any_port, binary, enrol, enrol_sim, external_broker, gateway_channel_key, spawn_gateway,
+    spawn_mosquitto, stored_ids, test_prefix, wait_for, TestGateway,
 };
 
 use super::{expected, sim_config, sim_until};
@@ -55,11 +55,11 @@ async fn gateway_killed_mid_stream_loses_nothing_and_stores_nothing_twice() -> a
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("gateway");
     std::fs::create_dir_all(&data)?;
-    let (http, mqtt) = (loopback(free_port()), loopback(free_port()));
     let external = external_broker();
+    // The embedded broker's port is known once the gateway has started (below).
     let broker = external
         .clone()
-        .unwrap_or_else(|| MqttUrl::new("127.0.0.1", mqtt.port()));
+        .unwrap_or_else(|| MqttUrl::new("127.0.0.1", 0));
     let prefix = test_prefix();
     let until = sim_until();
     let mut cfg = sim_config(
@@ -87,7 +87,19 @@ async fn gateway_killed_mid_stream_loses_nothing_and_stores_nothing_twice() -> a
     }
     let want = expected(&cfg);
 
-    let mut gateway = spawn_gateway(&bin, &data, http, mqtt, external.as_ref(), &prefix)?;
+    let mut gateway = spawn_gateway(
+        &bin,
+        &data,
+        any_port(),
+        any_port(),
+        external.as_ref(),
+        &prefix,
+    )
+    .await?;
+    let (http, mqtt) = (gateway.http, gateway.mqtt);
+    if external.is_none() {
+        cfg.mqtt = gateway.broker.clone();
+    }
     wait_for("the gateway's API", Duration::from_secs(20), || {
         ureq::get(&format!("http://{http}/healthz")).call().ok()
     })
@@ -112,7 +124,8 @@ async fn gateway_killed_mid_stream_loses_nothing_and_stores_nothing_twice() -> a
         .await?;
     }
 
-    let _gateway = spawn_gateway(&bin, &data, http, mqtt, external.as_ref(), &prefix)?;
+    // On the same addresses: the bridge holds the broker's.
+    let _gateway = spawn_gateway(&bin, &data, http, mqtt, external.as_ref(), &prefix).await?;
     tokio::time::timeout(Duration::from_secs(180), bridge).await???;
     assert_exactly(&data, &want, "kim")
 }
@@ -122,13 +135,8 @@ async fn gateway_killed_mid_stream_loses_nothing_and_stores_nothing_twice() -> a
 async fn broker_restart_mid_stream_both_sides_reconnect_and_nothing_is_lost() -> anyhow::Result<()>
 {
     let dir = tempfile::tempdir()?;
-    let port = free_port();
-    let mut mosquitto = spawn_mosquitto(dir.path(), port)?;
-    let url = MqttUrl::new("127.0.0.1", port);
-    wait_for("mosquitto", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(loopback(port)).ok()
-    })
-    .await?;
+    let mut mosquitto = spawn_mosquitto(dir.path())?;
+    let url = mosquitto.url();
 
     let gw = TestGateway::start_with(Some(url.clone())).await?;
     let until = sim_until();
@@ -162,7 +170,7 @@ async fn broker_restart_mid_stream_both_sides_reconnect_and_nothing_is_lost() ->
         || (!rx.borrow().connected).then_some(()),
     )
     .await?;
-    let _mosquitto = spawn_mosquitto(dir.path(), port)?;
+    mosquitto.restart()?;
 
     tokio::time::timeout(Duration::from_secs(180), bridge).await???;
     assert_exactly(&gw.config.data_dir, &want, "rin")?;

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use phr_bridge::outbox::Outbox;
-use phr_e2e::{binary, free_port, loopback, stored_ids, TestGateway};
+use phr_e2e::{any_port, binary, stored_ids, TestGateway};
 use phr_schema::record::{HeartRate, PointFrame, Provenance, BEATS_PER_MINUTE};
 use phr_schema::{Batch, Body, Record, UnitValue};
 
@@ -44,7 +44,7 @@ async fn restart(
     shutdown.cancel();
     gateway.stopped().await;
     if config.mqtt.url.is_none() {
-        config.mqtt.listen = loopback(free_port());
+        config.mqtt.listen = any_port();
     }
     configure(&mut config);
     let shutdown = CancellationToken::new();
@@ -103,16 +103,7 @@ fn stored(gw: &TestGateway) -> anyhow::Result<Vec<Uuid>> {
 
 /// Runs the real `phr-bridge` binary; returns its stdout, failing on a non-zero exit.
 fn cli(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(binary("phr-bridge", "phr-bridge")?)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "phr-bridge {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
+    phr_e2e::bridge_cli(&binary("phr-bridge", "phr-bridge")?, args, "warn")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use phr_e2e::{binary, free_port, get_json, wait_for, Process};
+use phr_e2e::{binary, get_json, on_free_port, wait_for, Process};
 
 /// A running `phr-demo` and what it printed up to "Press Ctrl-C".
 struct Demo {
@@ -17,34 +17,51 @@ struct Demo {
 }
 
 impl Demo {
+    /// The MQTT port is the demo's to pick (port 0); the HTTP port is given, as a user
+    /// gives it, so the printed URLs can be checked against it (a taken one is retried).
     fn start(history_hours: u32) -> anyhow::Result<Self> {
         let bin = binary("phr-demo", "phr-demo")?;
         let dir = tempfile::tempdir()?;
-        let http = format!("127.0.0.1:{}", free_port());
-        let mut child = Command::new(&bin)
-            .args(["--history-hours", &history_hours.to_string()])
-            .args(["--http", &http, "--mqtt"])
-            .arg(format!("127.0.0.1:{}", free_port()))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let process = Process(child);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
+        let ((lines, process), port) = on_free_port("phr-demo's HTTP API", |port| {
+            let stderr = dir.path().join(format!("stderr-{port}.log"));
+            let mut child = Command::new(&bin)
+                .args(["--history-hours", &history_hours.to_string()])
+                .args(["--http", &format!("127.0.0.1:{port}")])
+                .args(["--mqtt", "127.0.0.1:0"])
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&stderr)?)
+                .stdin(Stdio::null())
+                .spawn()?;
+            let stdout = child.stdout.take().expect("piped stdout");
+            let mut process = Process(child);
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+            let mut lines = Vec::new();
+            while !lines.iter().any(|l: &String| l.contains("Press Ctrl-C")) {
+                match rx.recv_timeout(Duration::from_secs(120)) {
+                    Ok(line) => lines.push(line),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        let exit = process.0.wait()?;
+                        let said = std::fs::read_to_string(&stderr).unwrap_or_default();
+                        if said.contains("given with --http is not available") {
+                            return Ok(None);
+                        }
+                        anyhow::bail!("phr-demo exited ({exit}):\n{said}");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
-        });
-        let mut lines = Vec::new();
-        while !lines.iter().any(|l: &String| l.contains("Press Ctrl-C")) {
-            lines.push(rx.recv_timeout(Duration::from_secs(120))?);
-        }
+            Ok(Some((lines, process)))
+        })?;
         Ok(Self {
-            http,
+            http: format!("127.0.0.1:{port}"),
             lines,
             _dir: dir,
             _process: process,

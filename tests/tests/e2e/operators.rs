@@ -667,20 +667,19 @@ async fn a_gateway_start_logs_no_error() -> anyhow::Result<()> {
     use std::process::{Command, Stdio};
     use std::time::Duration;
 
-    use phr_e2e::{binary, call, free_port, loopback, wait_for, Process};
+    use phr_e2e::{any_port, binary, call, started_line, wait_for, Process};
 
     let bin = binary("phr-gateway", "phr-gateway")?;
     let dir = tempfile::tempdir()?;
     let log = dir.path().join("stderr.log");
-    let http = loopback(free_port());
     let child = Command::new(&bin)
         .arg("serve")
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--http")
-        .arg(http.to_string())
+        .arg(any_port().to_string())
         .arg("--mqtt-listen")
-        .arg(loopback(free_port()).to_string())
+        .arg(any_port().to_string())
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -700,6 +699,10 @@ async fn a_gateway_start_logs_no_error() -> anyhow::Result<()> {
         },
     )
     .await?;
+    let (http, _) = read()
+        .lines()
+        .find_map(started_line)
+        .expect("the addresses bound, in the start line");
     let (status, _) = call("GET", &format!("http://{http}/healthz"), None, None)?;
     assert_eq!(status, 200);
     gateway.kill();

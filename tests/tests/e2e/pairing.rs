@@ -12,7 +12,7 @@ use phr_bridge::identity::BridgeKey;
 use phr_bridge::publish::Status;
 use phr_bridge::simulate::{self, SimulateConfig};
 use phr_e2e::{
-    binary, call, enrol_sim, free_port, gateway_channel_key, loopback, metric, minute_steps, send,
+    any_port, binary, call, enrol_sim, gateway_channel_key, metric, minute_steps, send,
     spawn_gateway_env, step_counts, test_prefix, wait_for, FakeClock, TestGateway,
 };
 use phr_gateway::store::pairing::Refusal;
@@ -513,14 +513,14 @@ async fn a_code_is_accepted_a_second_before_it_expires_and_refused_after() -> an
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("gateway");
     std::fs::create_dir_all(&data)?;
-    let (http, mqtt, prefix) = (loopback(free_port()), loopback(free_port()), test_prefix());
-    let base = format!("http://{http}");
+    let prefix = test_prefix();
     let t0 = Utc::now().duration_trunc(TimeDelta::seconds(1))?;
     let clock = FakeClock::new(&dir.path().join("clock"), t0)?;
 
-    // Two bands at one simulated bridge, enrolled as an operator would.
-    let broker = phr_bridge::mqtt::MqttUrl::new("127.0.0.1", mqtt.port());
-    let mut cfg = SimulateConfig::new(BRIDGE, 2, dir.path().join("bridge"), broker);
+    // Two bands at one simulated bridge, enrolled as an operator would. (Its broker, the
+    // gateway's embedded one, is known once the gateway has started.)
+    let placeholder = phr_bridge::mqtt::MqttUrl::new("127.0.0.1", 0);
+    let mut cfg = SimulateConfig::new(BRIDGE, 2, dir.path().join("bridge"), placeholder);
     cfg.topic_prefix = prefix.clone();
     cfg.history = TimeDelta::minutes(30);
     cfg.tick = Duration::from_millis(500);
@@ -529,7 +529,18 @@ async fn a_code_is_accepted_a_second_before_it_expires_and_refused_after() -> an
         enrol_sim(&store, gateway_channel_key(&data)?, &mut cfg)?;
     }
     let bands: Vec<String> = cfg.bands().into_iter().map(|b| b.device_id).collect();
-    let _gateway = spawn_gateway_env(&bin, &data, http, mqtt, None, &prefix, &clock.env())?;
+    let gateway = spawn_gateway_env(
+        &bin,
+        &data,
+        any_port(),
+        any_port(),
+        None,
+        &prefix,
+        &clock.env(),
+    )
+    .await?;
+    cfg.mqtt = gateway.broker.clone();
+    let base = gateway.base();
     wait_for("the gateway's API", Duration::from_secs(20), || {
         ureq::get(&format!("{base}/healthz")).call().ok()
     })
