@@ -85,7 +85,7 @@ impl Keys {
             .to_pkcs8_der()
             .map_err(|e| Error::Key(e.to_string()))?;
         let public = signing.verifying_key().to_bytes();
-        let kid = public[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let kid = hex::encode(&public[..8]);
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
@@ -195,6 +195,15 @@ impl Keys {
 pub(crate) fn same_secret(a: impl AsRef<[u8]>, b: impl AsRef<[u8]>) -> bool {
     use subtle::ConstantTimeEq;
     a.as_ref().ct_eq(b.as_ref()).into()
+}
+
+/// `N` bytes from the OS's generator as `2 N` lowercase hex characters: the one generator of
+/// hex secrets outside the store.
+pub(crate) fn random_hex<const N: usize>() -> String
+where
+    rand::distributions::Standard: rand::distributions::Distribution<[u8; N]>,
+{
+    hex::encode(rand::Rng::gen::<[u8; N]>(&mut rand::rngs::OsRng))
 }
 
 /// An Ed25519 key kept in `dir` as `file` (mode 0600), generated on first use; `what` names
@@ -552,10 +561,7 @@ mod tests {
             .chars()
             .filter(char::is_ascii_hexdigit)
             .collect();
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
+        let bytes = hex::decode(hex).unwrap();
         bytes.try_into().expect("32 bytes of public key")
     }
 
@@ -714,22 +720,7 @@ mod tests {
     #[test]
     fn alg_none_and_hmac_confusion_are_refused() {
         let (_d, k) = keys();
-        let b64 = |s: &str| {
-            const T: &[u8; 64] =
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-            let bytes = s.as_bytes();
-            let mut out = String::new();
-            for chunk in bytes.chunks(3) {
-                let n = chunk
-                    .iter()
-                    .enumerate()
-                    .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-                for i in 0..=chunk.len() {
-                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                }
-            }
-            out
-        };
+        let b64 = |s: &str| crate::oauth::b64url_encode(s.as_bytes());
         let exp = Utc::now().timestamp() + 3600;
         let claims = format!(
             r#"{{"iss":"https://gw.test","sub":"a","aud":"phr-api","exp":{exp},"nbf":0,"iat":0,"jti":"x","scope":"patient/*.rs"}}"#

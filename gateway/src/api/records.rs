@@ -179,21 +179,15 @@ struct RecordsPage {
 
 /// Cursors are opaque to clients: hex of `start_ms:end_ms:device_id`.
 pub(super) fn encode_cursor(k: &PageKey) -> String {
-    format!("{}:{}:{}", k.start_ms, k.end_ms, k.device_id)
-        .bytes()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(format!("{}:{}:{}", k.start_ms, k.end_ms, k.device_id))
 }
 
 pub(super) fn decode_cursor(s: &str) -> Result<PageKey, ApiError> {
     let bad = || ApiError::bad_request("invalid_cursor", "`cursor` is not one this API returned");
-    if !s.len().is_multiple_of(2) || s.len() > 512 {
+    if s.len() > 512 {
         return Err(bad());
     }
-    let bytes = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
-        .collect::<Result<Vec<u8>, _>>()?;
+    let bytes = hex::decode(s).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
     let mut parts = text.splitn(3, ':');
     let start_ms = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
