@@ -39,6 +39,7 @@ use uuid::Uuid;
 use phr_schema::fhir::{self, LoincCode};
 use phr_schema::{Record, RecordType};
 
+use super::blocking;
 use super::error::ApiError;
 use super::records::{decode_cursor, encode_cursor};
 use super::AppState;
@@ -574,9 +575,7 @@ pub(crate) async fn search(
     };
     let store = state.store.clone();
     let now = Utc::now();
-    let page = web::block(move || access::search_records(&store, &principal, &search, now))
-        .await
-        .map_err(|_| ApiError::Internal)??;
+    let page = blocking(move || access::search_records(&store, &principal, &search, now)).await?;
     let patient_ref = format!("Patient/{}", p.patient);
     let mut resources = Vec::with_capacity(page.records.len());
     for (_, stored) in &page.records {

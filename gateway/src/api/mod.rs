@@ -45,6 +45,23 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use error::ApiError;
 
+/// Runs `f` on actix's blocking pool, where every store call runs (never on the async
+/// workers): a task that panicked or was cancelled is [`ApiError::Internal`], and `f`'s own
+/// error converts through `From`.
+pub(crate) async fn blocking<T, E>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    ApiError: From<E>,
+{
+    web::block(f)
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(ApiError::from)
+}
+
 pub const HEALTHZ: &str = "/healthz";
 pub const METRICS: &str = "/metrics";
 pub const DASHBOARD: &str = "/dashboard";

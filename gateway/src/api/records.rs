@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 
 use phr_schema::{Record, RecordType};
 
+use super::blocking;
 use super::error::ApiError;
 use super::AppState;
 use crate::access;
@@ -134,9 +135,8 @@ pub(super) async fn respond(
         after,
         limit,
     };
-    let page = web::block(move || access::read_records(&store, &principal, &query, Utc::now()))
-        .await
-        .map_err(|_| ApiError::Internal)??;
+    let page =
+        blocking(move || access::read_records(&store, &principal, &query, Utc::now())).await?;
     let next_cursor = page.next.as_ref().map(encode_cursor);
     match q.format {
         Format::Record => {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
+use super::blocking;
 use super::error::ApiError;
 use super::AppState;
 use crate::access::party_kind;
@@ -138,7 +139,7 @@ pub(crate) async fn sync(
     };
     let store = state.store.clone();
     let types = principal.allowed_types();
-    let page = web::block(move || -> crate::Result<FeedPage> {
+    let page = blocking(move || -> crate::Result<FeedPage> {
         let now = Utc::now();
         let page = store.feed(
             &principal.subject,
@@ -151,8 +152,7 @@ pub(crate) async fn sync(
         log(&store, &principal, kind, &page, now)?;
         Ok(page)
     })
-    .await
-    .map_err(|_| ApiError::Internal)??;
+    .await?;
     let changes = page
         .changes
         .into_iter()
