@@ -40,8 +40,8 @@ use phr_schema::fhir::{self, LoincCode};
 use phr_schema::{Record, RecordType};
 
 use super::blocking;
+use super::cursor::Cursor;
 use super::error::ApiError;
-use super::records::{decode_cursor, encode_cursor};
 use super::AppState;
 use crate::access::{self, Resume, Search};
 use crate::auth::Principal;
@@ -381,7 +381,7 @@ fn encode_resume(r: &Resume) -> String {
         .position(|&t| t == r.record_type)
         .unwrap_or(0);
     match &r.after {
-        Some(k) => format!("{i}.{}", encode_cursor(k)),
+        Some(k) => format!("{i}.{}", k.encode()),
         None => i.to_string(),
     }
 }
@@ -397,7 +397,9 @@ fn decode_resume(s: &str) -> Result<Resume, FhirApiError> {
         .ok()
         .and_then(|i| RecordType::ALL.get(i).copied())
         .ok_or_else(invalid)?;
-    let after = key.map(decode_cursor).transpose().map_err(|_| invalid())?;
+    let after = key
+        .map(|k| crate::store::PageKey::decode(k).ok_or_else(invalid))
+        .transpose()?;
     Ok(Resume { record_type, after })
 }
 
