@@ -361,20 +361,10 @@ impl Principal {
                 continue;
             }
             let query = s.query?;
-            for pair in query.split('&') {
-                let Some(codes) = pair.strip_prefix("code=") else {
-                    continue;
-                };
-                for code in codes.split(',') {
-                    let code = code.strip_prefix("http://loinc.org|").unwrap_or(code);
-                    if let Some(t) = phr_schema::RecordType::ALL
-                        .into_iter()
-                        .find(|t| phr_schema::fhir::loinc(*t).code == code)
-                    {
-                        if !types.contains(&t) {
-                            types.push(t);
-                        }
-                    }
+            // A query the one parser refuses narrows its scope to nothing, never to everything.
+            for t in loinc_query_types(query).unwrap_or_default() {
+                if !types.contains(&t) {
+                    types.push(t);
                 }
             }
         }
@@ -458,6 +448,43 @@ impl Permissions {
     pub fn contains(self, perm: char) -> bool {
         Self::bit(perm).is_some_and(|b| self.0 & b != 0)
     }
+}
+
+/// How a LOINC token in a `code` list names its code system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoincSystem {
+    /// `http://loinc.org|{code}` only, as in SMART scopes.
+    Required,
+    /// Also `{code}` and `|{code}`, as the FHIR search parameter `code` allows.
+    Optional,
+}
+
+/// The record types a comma-separated list of LOINC tokens names, in order, repeats dropped;
+/// `None` if any token names another system or a code no record type has
+/// ([`phr_schema::RecordType::from_loinc`]). The one parser of `code` lists: SMART scopes
+/// narrowed by `?code=` (token checks, client registration) and FHIR search.
+pub fn loinc_types(list: &str, system: LoincSystem) -> Option<Vec<phr_schema::RecordType>> {
+    use phr_schema::fhir::LOINC_SYSTEM;
+    let mut types = Vec::new();
+    for token in list.split(',') {
+        let code = match (token.split_once('|'), system) {
+            (Some((LOINC_SYSTEM, code)), _) => code,
+            (Some(("", code)), LoincSystem::Optional) => code,
+            (None, LoincSystem::Optional) => token,
+            _ => return None,
+        };
+        let t = phr_schema::RecordType::from_loinc(code)?;
+        if !types.contains(&t) {
+            types.push(t);
+        }
+    }
+    Some(types)
+}
+
+/// The record types a SMART granular query `code=http://loinc.org|{code}[,...]` names, if
+/// it is exactly that and every code is one the gateway maps to a record type.
+pub fn loinc_query_types(query: &str) -> Option<Vec<phr_schema::RecordType>> {
+    loinc_types(query.strip_prefix("code=")?, LoincSystem::Required)
 }
 
 /// One SMART scope, parsed exactly: `{context}/{resource}.{permissions}[?{query}]` with the

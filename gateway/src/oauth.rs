@@ -36,6 +36,7 @@ use utoipa::ToSchema;
 
 use phr_schema::RecordType;
 
+pub use crate::auth::loinc_query_types;
 use crate::auth::{Keys, Scope, ScopeContext};
 use crate::store::clients::{self, NewClient};
 use crate::store::Store;
@@ -735,30 +736,6 @@ pub fn is_valid_system_scope(s: &str) -> bool {
     scope.context == ScopeContext::System && !scope.v1 && query_ok
 }
 
-/// The record types a granular query `code=http://loinc.org|{code}[,...]` names, if it is
-/// exactly that and every code is one the gateway maps to a record type.
-pub fn loinc_query_types(query: &str) -> Option<Vec<RecordType>> {
-    use phr_schema::fhir::{HEART_RATE, LOINC_SYSTEM, SLEEP_DURATION, STEPS};
-    let mut types = Vec::new();
-    for token in query.strip_prefix("code=")?.split(',') {
-        let (system, code) = token.split_once('|')?;
-        if system != LOINC_SYSTEM {
-            return None;
-        }
-        let t = [
-            (STEPS.code, RecordType::StepCount),
-            (SLEEP_DURATION.code, RecordType::SleepEpisode),
-            (HEART_RATE.code, RecordType::HeartRate),
-        ]
-        .into_iter()
-        .find_map(|(c, t)| (c == code).then_some(t))?;
-        if !types.contains(&t) {
-            types.push(t);
-        }
-    }
-    Some(types)
-}
-
 /// Checks a client's JWK Set and parses it: 1 to [`MAX_JWKS_KEYS`] public signing keys of a
 /// supported type (see [`key_algorithm`]), well-formed, RSA of 2048 bits or more, `kid`s
 /// unique. Private key members are refused outright.
@@ -856,7 +833,7 @@ pub fn smart_configuration(issuer: &str) -> SmartConfiguration {
         format!(
             "system/Observation.rs?code={}|{}",
             phr_schema::fhir::LOINC_SYSTEM,
-            loinc_code(*t)
+            t.loinc().code
         )
     }));
     SmartConfiguration {
@@ -874,15 +851,6 @@ pub fn smart_configuration(issuer: &str) -> SmartConfiguration {
             "client-confidential-symmetric",
         ]),
         response_types_supported: Vec::new(),
-    }
-}
-
-fn loinc_code(t: RecordType) -> &'static str {
-    use phr_schema::fhir::{HEART_RATE, SLEEP_DURATION, STEPS};
-    match t {
-        RecordType::StepCount => STEPS.code,
-        RecordType::SleepEpisode => SLEEP_DURATION.code,
-        RecordType::HeartRate => HEART_RATE.code,
     }
 }
 

@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use phr_schema::fhir::{self, LoincCode};
+use phr_schema::fhir;
 use phr_schema::{Record, RecordType};
 
 use super::blocking;
@@ -60,13 +60,6 @@ pub const MAX_COUNT: usize = 1000;
 
 /// When this CapabilityStatement last changed (R4 `CapabilityStatement.date`).
 const CAPABILITY_DATE: &str = "2026-11-27";
-
-/// The record types by their Observation code.
-const CODES: [(LoincCode, RecordType); 3] = [
-    (fhir::STEPS, RecordType::StepCount),
-    (fhir::SLEEP_DURATION, RecordType::SleepEpisode),
-    (fhir::HEART_RATE, RecordType::HeartRate),
-];
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(METADATA, web::get().to(metadata))
@@ -283,31 +276,16 @@ fn parse_code(v: &str) -> Result<Vec<RecordType>, FhirApiError> {
             "unsupported_code",
             format!(
                 "`code` must name {}, optionally as `{}|code`",
-                CODES
+                RecordType::ALL
                     .iter()
-                    .map(|(c, t)| format!("{} ({t})", c.code))
+                    .map(|t| format!("{} ({t})", t.loinc().code))
                     .collect::<Vec<_>>()
                     .join(", "),
                 fhir::LOINC_SYSTEM
             ),
         )
     };
-    let mut types = Vec::new();
-    for token in v.split(',') {
-        let code = match token.split_once('|') {
-            Some((system, code)) if system.is_empty() || system == fhir::LOINC_SYSTEM => code,
-            Some(_) => return Err(unsupported()),
-            None => token,
-        };
-        let (_, t) = CODES
-            .iter()
-            .find(|(c, _)| c.code == code)
-            .ok_or_else(unsupported)?;
-        if !types.contains(t) {
-            types.push(*t);
-        }
-    }
-    Ok(types)
+    crate::auth::loinc_types(v, crate::auth::LoincSystem::Optional).ok_or_else(unsupported)
 }
 
 /// The range `[lo, hi)` in ms a `date` value stands for, at its precision.
