@@ -87,6 +87,13 @@ impl Error {
     }
 }
 
+/// The store's errors are the gateway's (conflict, invalid, configuration, backend).
+impl From<phr_gateway::store::Error> for Error {
+    fn from(e: phr_gateway::store::Error) -> Self {
+        Self::Gateway(e.into())
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub const DEMO_PERSON: &str = "demo-person";

@@ -13,17 +13,20 @@
 //! kind of read at all or the request lies wholly outside the consented window, 404 when
 //! there is no consent in force (indistinguishable from a person who does not exist).
 
-pub mod feed;
+/// Who sees which change of the sync feed: the consent rules every store backend applies
+/// while it pages (they live with the store so its conformance suite can hold each backend
+/// to them; this layer decides everything else).
+pub use crate::store::visibility as feed;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
 use phr_schema::RecordType;
 
 use crate::auth::Principal;
+use crate::dashboard::view::PatientView;
 use crate::store::audit::{Action, Entry, Outcome};
-use crate::store::dashboard::PatientView;
 use crate::store::subjects::{self, DailySummary, DayWindow};
-use crate::store::{Consent, GranteeKind, Page, PageKey, Store, StoredRecord};
+use crate::store::{Backend, Consent, GranteeKind, Page, PageKey, StoredRecord};
 use crate::Error;
 
 /// A read of one person's records of one type, measured start in `[from_ms, to_ms)`.
@@ -47,6 +50,12 @@ pub enum AccessError {
     NotFound,
     #[error(transparent)]
     Store(#[from] Error),
+}
+
+impl From<crate::store::Error> for AccessError {
+    fn from(e: crate::store::Error) -> Self {
+        Self::Store(e.into())
+    }
 }
 
 /// What kind of reader a token makes its subject, for observations of someone else.
@@ -137,7 +146,7 @@ fn entry(
 /// (one `denied` entry) before it is returned; an allowed read is logged by the caller with
 /// [`disclose`] once it knows how many records leave.
 fn authorize(
-    store: &Store,
+    store: &dyn Backend,
     principal: &Principal,
     ask: &Ask<'_>,
     now: DateTime<Utc>,
@@ -236,7 +245,7 @@ fn authorize(
 /// purpose is named) and the record count. The owner's own reads are not logged.
 /// Logged before anything is returned: no log entry, no data.
 fn disclose(
-    store: &Store,
+    store: &dyn Backend,
     principal: &Principal,
     person_id: &str,
     granted: &Granted,
@@ -271,7 +280,7 @@ fn disclose(
 
 /// Reads records as `principal`, enforcing scope, consent and window, and logging.
 pub fn read_records(
-    store: &Store,
+    store: &dyn Backend,
     principal: &Principal,
     q: &Query,
     now: DateTime<Utc>,
@@ -342,7 +351,7 @@ fn type_index(t: RecordType) -> usize {
 /// Searches as `principal`: the same checks as [`read_records`] for every type searched,
 /// and one disclosure-log entry for the whole page.
 pub fn search_records(
-    store: &Store,
+    store: &dyn Backend,
     principal: &Principal,
     q: &Search,
     now: DateTime<Utc>,
@@ -437,7 +446,7 @@ pub const SUMMARY_TYPES: [RecordType; 2] = [RecordType::StepCount, RecordType::S
 /// start lies in it, sleep episodes that start and end in it. A day cut by the window is
 /// marked `partial`.
 pub fn read_daily_summary(
-    store: &Store,
+    store: &dyn Backend,
     principal: &Principal,
     q: &DailyQuery,
     now: DateTime<Utc>,
@@ -519,7 +528,7 @@ pub const MAX_VIEW_DAYS: u32 = 366;
 /// read, the consent's purpose and the number of records the aggregates were made from. The
 /// person reading their own data is not logged.
 pub fn read_patient_view(
-    store: &Store,
+    store: &dyn Backend,
     principal: &Principal,
     q: &ViewQuery,
     now: DateTime<Utc>,
@@ -673,9 +682,9 @@ mod tests {
 
     /// Ana (Asia/Tokyo): 3 step records, 2 nights, 2 heart rates; Acme (a company) may read
     /// her steps and heart rate.
-    fn store() -> (tempfile::TempDir, Store) {
+    fn store() -> (tempfile::TempDir, crate::store::Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("phr.sqlite")).unwrap();
+        let store = crate::store::Store::open(&dir.path().join("phr.sqlite")).unwrap();
         store.add_person("ana", "Ana", "Asia/Tokyo").unwrap();
         store
             .grant_storage_consent("ana", &RecordType::ALL)
@@ -710,7 +719,7 @@ mod tests {
         (dir, store)
     }
 
-    fn log(store: &Store) -> Vec<Logged> {
+    fn log(store: &dyn Backend) -> Vec<Logged> {
         store.disclosures("ana", 0, 1000).unwrap()
     }
 
@@ -726,7 +735,7 @@ mod tests {
     }
 
     /// Every page of `q`, following `next`.
-    fn pages(store: &Store, who: &Principal, mut q: Search) -> Vec<SearchPage> {
+    fn pages(store: &dyn Backend, who: &Principal, mut q: Search) -> Vec<SearchPage> {
         let mut out = Vec::new();
         loop {
             let page = search_records(store, who, &q, Utc::now()).unwrap();

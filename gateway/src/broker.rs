@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use phr_schema::mqtt::{MqttUrl, MAX_PACKET_BYTES};
 use phr_schema::Topics;
 
+use crate::store::prelude::*;
 use crate::{Error, Result};
 
 /// Who may connect to the embedded broker, and as whom ([`Identity`]). Checked by the front

@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use phr_schema::channel::{ChannelError, ChannelKey};
 
-use crate::store::Store;
+use crate::store::prelude::*;
 use crate::{Error, Result};
 
 /// How long a derived channel is used before the enrolment is read again.
@@ -29,7 +29,7 @@ pub const LEGACY_KEY_FILE: &str = "channel-ed25519.pk8";
 /// The gateway's channel key and the channels of enrolled bridges.
 pub struct Channels {
     key: SigningKey,
-    store: Arc<Store>,
+    store: Arc<dyn Backend>,
     /// bridge id → the channel key and when it was derived; read again from the store after
     /// [`CACHE_TTL`], dropped at once by [`Channels::forget`].
     cache: RwLock<HashMap<String, (ChannelKey, std::time::Instant)>>,
@@ -45,11 +45,11 @@ impl std::fmt::Debug for Channels {
 
 impl Channels {
     /// Loads the gateway's channel key from `keys_dir`, generating it on first use.
-    pub fn load_or_create(keys_dir: &Path, store: Arc<Store>) -> Result<Self> {
+    pub fn load_or_create(keys_dir: &Path, store: Arc<dyn Backend>) -> Result<Self> {
         Ok(Self::new(load_or_create(keys_dir)?, store))
     }
 
-    pub fn new(key: SigningKey, store: Arc<Store>) -> Self {
+    pub fn new(key: SigningKey, store: Arc<dyn Backend>) -> Self {
         Self {
             key,
             store,

@@ -25,7 +25,8 @@ use crate::channel::Channels;
 use crate::ingest;
 use crate::metrics::Metrics;
 use crate::store::nearby::Recorded;
-use crate::store::{RefusedBatch, Store};
+use crate::store::prelude::*;
+use crate::store::RefusedBatch;
 
 /// Largest number of messages committed in one transaction.
 const MAX_GROUP: usize = 64;
@@ -61,7 +62,7 @@ pub async fn run(
     cfg: ConsumerConfig,
     client: AsyncClient,
     mut eventloop: rumqttc::EventLoop,
-    store: Arc<Store>,
+    store: Arc<dyn Backend>,
     metrics: Arc<Metrics>,
     connected: watch::Sender<bool>,
     shutdown: CancellationToken,
@@ -176,7 +177,7 @@ type Group = (Vec<ingest::Checked>, Vec<(Publish, Item)>);
 async fn work(
     cfg: ConsumerConfig,
     client: AsyncClient,
-    store: Arc<Store>,
+    store: Arc<dyn Backend>,
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<Publish>,
 ) {
@@ -251,7 +252,7 @@ async fn work(
 async fn commit(
     cfg: ConsumerConfig,
     client: AsyncClient,
-    store: Arc<Store>,
+    store: Arc<dyn Backend>,
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<Group>,
 ) {

@@ -8,8 +8,9 @@
 //! - [`broker`]: the embedded rumqttd broker.
 //! - [`consumer`]: the MQTT subscriber: open sealed batches, group commit, then a sealed ack.
 //! - [`channel`]: the gateway's channel key and the enrolled bridges' channels.
-//! - [`ingest`]: pure planning: validate, attribute, consent-check each record.
-//! - [`store`]: the SQLite store: registry, consents, disclosure log and series in one file.
+//! - [`ingest`]: pure planning: validate, attribute, consent-check each record (the store
+//!   crate's, `phr_store::ingest`: every backend applies it inside its ingest transaction).
+//! - [`store`]: the store crate (`phr_store`): its traits and the SQLite backend.
 //! - [`auth`]: signing key, token issue and verification, the caller's principal.
 //! - [`access`]: the data access layer: scope AND consent AND object, plus the disclosure log.
 //! - [`api`]: HTTP routes.
@@ -26,13 +27,12 @@ pub mod config;
 pub mod consumer;
 pub mod dashboard;
 pub mod idp;
-pub mod ingest;
 pub mod limits;
 pub mod metrics;
 pub mod oauth;
 pub mod pairing;
-pub mod store;
 
+use crate::store::prelude::*;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
@@ -46,11 +46,13 @@ use phr_schema::mqtt::MqttUrl;
 use phr_schema::Topics;
 
 pub use config::Config;
+pub use phr_store as store;
+pub use phr_store::ingest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("store: {0}")]
-    Store(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Store(phr_store::Error),
     #[error("{}: {source}", path.display())]
     Io {
         path: std::path::PathBuf,
@@ -81,6 +83,20 @@ impl Error {
         Self::Io {
             path: path.to_owned(),
             source,
+        }
+    }
+}
+
+/// The store's conflicts, invalid input and configuration errors are the gateway's own (the
+/// API maps them to 409, 400 and start-up errors); its backend failures stay the store's.
+impl From<phr_store::Error> for Error {
+    fn from(e: phr_store::Error) -> Self {
+        match e {
+            phr_store::Error::Conflict(m) => Self::Conflict(m),
+            phr_store::Error::Invalid(m) => Self::Invalid(m),
+            phr_store::Error::Config(m) => Self::Config(m),
+            phr_store::Error::Poisoned => Self::Poisoned,
+            e @ phr_store::Error::Sqlite(_) => Self::Store(e),
         }
     }
 }
@@ -350,7 +366,7 @@ pub async fn start(
 pub const HOLD_SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
 /// Deletes expired held records ([`Store::expire_held`]), logging how many.
-fn expire_held(store: &Store) {
+fn expire_held(store: &dyn Backend) {
     match store.expire_held(chrono::Utc::now()) {
         Ok(0) => {}
         Ok(n) => tracing::info!(expired = n, "records held without storage consent expired"),
@@ -361,7 +377,7 @@ fn expire_held(store: &Store) {
 }
 
 /// Runs [`expire_held`] every [`HOLD_SWEEP_EVERY`] until `shutdown`.
-async fn sweep_held(store: Arc<Store>, shutdown: CancellationToken) {
+async fn sweep_held(store: Arc<dyn Backend>, shutdown: CancellationToken) {
     let start = tokio::time::Instant::now() + HOLD_SWEEP_EVERY;
     let mut every = tokio::time::interval_at(start, HOLD_SWEEP_EVERY);
     loop {

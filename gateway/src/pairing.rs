@@ -11,13 +11,13 @@ use phr_schema::{PairingRequest, Topics};
 
 use crate::channel::Channels;
 use crate::store::pairing::{Pairing, StartRefusal};
-use crate::store::Store;
+use crate::store::Backend;
 use crate::{Error, Result};
 
 /// What a pairing needs from the running gateway.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
-    pub store: &'a Store,
+    pub store: &'a dyn Backend,
     pub channels: &'a Channels,
     pub mqtt: &'a AsyncClient,
     pub topics: &'a Topics,

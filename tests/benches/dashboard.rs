@@ -38,9 +38,10 @@ use uuid::Uuid;
 
 use phr_gateway::access::{self, ViewQuery};
 use phr_gateway::auth::Principal;
+use phr_gateway::dashboard::view::PatientView;
 use phr_gateway::dashboard::{clinician, patient};
 use phr_gateway::ingest;
-use phr_gateway::store::dashboard::{slots, PatientView};
+use phr_gateway::store::rollup::slots;
 use phr_gateway::store::subjects::{DailySummary, DayWindow, Zone};
 use phr_gateway::store::{GranteeKind, Terms};
 use phr_gateway::Store;

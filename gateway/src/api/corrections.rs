@@ -21,6 +21,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::auth::Principal;
 use crate::store::corrections::{Kind, Range, Refusal};
+use crate::store::prelude::*;
 
 pub const QUARANTINE: &str = "/api/v1/me/quarantine";
 pub const CONFIRM_QUARANTINE: &str = "/api/v1/me/quarantine/confirm";

@@ -28,6 +28,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::auth::Principal;
 use crate::store::pairing::{Refusal, StartRefusal};
+use crate::store::prelude::*;
 use actix_web::http::StatusCode;
 
 pub const DEVICES: &str = "/api/v1/me/devices";

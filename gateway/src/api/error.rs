@@ -104,6 +104,13 @@ impl From<crate::Error> for ApiError {
     }
 }
 
+/// A store error maps as the gateway's own would (conflict, invalid input, internal).
+impl From<crate::store::Error> for ApiError {
+    fn from(e: crate::store::Error) -> Self {
+        crate::Error::from(e).into()
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {

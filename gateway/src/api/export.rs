@@ -65,8 +65,9 @@ use super::blocking;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::Principal;
+use crate::store::prelude::*;
 use crate::store::subjects::{DayWindow, Zone};
-use crate::store::{PageKey, Store};
+use crate::store::{Backend, PageKey};
 use crate::Error;
 
 pub const EXPORT: &str = "/api/v1/me/export";
@@ -409,7 +410,7 @@ impl Drop for ExportPermit {
 /// An export in progress: which type and key it has reached, and the format's writer.
 /// Each [`Producer::next_chunk`] reads one page.
 pub struct Producer {
-    store: Arc<Store>,
+    store: Arc<dyn Backend>,
     person_id: String,
     now: DateTime<Utc>,
     writer: Writer,
@@ -432,7 +433,7 @@ impl std::fmt::Debug for Producer {
 
 impl Producer {
     pub fn new(
-        store: Arc<Store>,
+        store: Arc<dyn Backend>,
         person_id: &str,
         format: Format,
         now: DateTime<Utc>,
@@ -529,7 +530,7 @@ pub fn utc_offset(time_zone: Option<&str>) -> FixedOffset {
 /// the store): the export as it was before it streamed, kept as the oracle the streamed
 /// export is tested against. The API never calls it.
 pub fn write_export(
-    store: &Store,
+    store: &dyn Backend,
     person_id: &str,
     format: Format,
     now: DateTime<Utc>,
@@ -538,14 +539,19 @@ pub fn write_export(
     let offset = utc_offset(time_zone.as_deref());
     let zone = Zone::resolve(time_zone.as_deref());
     let mut w = Writer::new(format, person_id, offset, zone, now);
-    store.export_records(person_id, now, |stored| {
+    let mut all = Vec::new();
+    store.export_records(person_id, now, &mut |stored| {
+        all.push(stored);
+        Ok(())
+    })?;
+    for stored in all {
         let record: Record = serde_json::from_str(&stored.json)
             .map_err(|_| Error::Invalid("a stored record does not parse"))?;
         let stored_at = DateTime::from_timestamp_millis(stored.stored_at_ms)
             .ok_or(Error::Invalid("a stored record's time is out of range"))?
             .fixed_offset();
-        w.record(record, stored_at)
-    })?;
+        w.record(record, stored_at)?;
+    }
     w.finish(store)
 }
 
@@ -683,7 +689,7 @@ impl Writer {
 
     /// The daily totals of the days with step records: the merged view's (each step once
     /// across the person's devices, [`crate::store::sources`]), in the person's zone.
-    fn daily_totals(&self, store: &Store) -> crate::Result<Vec<Value>> {
+    fn daily_totals(&self, store: &dyn Backend) -> crate::Result<Vec<Value>> {
         let (Some(first), Some(last)) = (self.step_days.first(), self.step_days.last()) else {
             return Ok(Vec::new());
         };
@@ -723,14 +729,14 @@ impl Writer {
         self.csv_pending.clear();
     }
 
-    fn finish(mut self, store: &Store) -> crate::Result<Vec<u8>> {
+    fn finish(mut self, store: &dyn Backend) -> crate::Result<Vec<u8>> {
         self.finish_records(store)?;
         self.close();
         Ok(self.out)
     }
 
     /// Writes what waits for the end of the records (daily totals, pending CSV rows).
-    fn finish_records(&mut self, store: &Store) -> crate::Result<()> {
+    fn finish_records(&mut self, store: &dyn Backend) -> crate::Result<()> {
         match self.format {
             Format::Fhir | Format::FhirBundle => {
                 for total in self.daily_totals(store)? {
@@ -814,7 +820,7 @@ mod tests {
     ) -> Vec<u8> {
         // The daily totals come from the store's merged view: the records are stored first.
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.sqlite")).unwrap();
         store.add_person("ana", "Ana", "Asia/Tokyo").unwrap();
         store
             .grant_storage_consent("ana", &phr_schema::RecordType::ALL)
@@ -848,7 +854,7 @@ mod tests {
     #[test]
     fn the_streamed_export_is_the_in_memory_one_page_by_page() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("s.sqlite")).unwrap());
+        let store = Arc::new(crate::store::Store::open(&dir.path().join("s.sqlite")).unwrap());
         store.add_person("ana", "Ana", "Asia/Tokyo").unwrap();
         store
             .grant_storage_consent("ana", &phr_schema::RecordType::ALL)
@@ -902,7 +908,7 @@ mod tests {
     #[actix_web::test]
     async fn the_producer_stops_reading_when_the_channel_is_full() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("s.sqlite")).unwrap());
+        let store = Arc::new(crate::store::Store::open(&dir.path().join("s.sqlite")).unwrap());
         store.add_person("ana", "Ana", "Asia/Tokyo").unwrap();
         store
             .grant_storage_consent("ana", &phr_schema::RecordType::ALL)
@@ -970,7 +976,7 @@ mod tests {
     fn the_daily_totals_count_each_step_once_across_devices() {
         use phr_schema::record::{IntervalFrame, Provenance, StepCount};
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.sqlite")).unwrap();
         store.add_person("ana", "Ana", "Asia/Tokyo").unwrap();
         store
             .grant_storage_consent("ana", &phr_schema::RecordType::ALL)

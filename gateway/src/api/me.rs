@@ -17,6 +17,7 @@ use super::records::{self, RecordsQuery};
 use super::AppState;
 use crate::auth::Principal;
 use crate::store::audit::Logged;
+use crate::store::prelude::*;
 use crate::store::{Consent, GranteeKind, Terms, STORAGE_GRANTEE, STORAGE_PURPOSE};
 
 pub const RECORDS: &str = "/api/v1/me/records";

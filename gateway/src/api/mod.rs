@@ -44,7 +44,7 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 
 use crate::auth::{Keys, Principal};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::prelude::*;
 use error::ApiError;
 
 /// Runs `f` on actix's blocking pool, where every store call runs (never on the async
@@ -71,7 +71,7 @@ pub const DASHBOARD: &str = "/dashboard";
 /// What handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub store: Arc<Store>,
+    pub store: Arc<dyn Backend>,
     pub keys: Arc<Keys>,
     /// Channels to enrolled bridges: pairing requests are sealed with them.
     pub channels: Arc<crate::channel::Channels>,

@@ -27,6 +27,7 @@ use crate::oauth::{
     TokenResponse,
 };
 use crate::store::clients::{Client, NewClient};
+use crate::store::prelude::*;
 
 pub const TOKEN: &str = oauth::TOKEN_PATH;
 pub const JWKS: &str = oauth::JWKS_PATH;

@@ -23,6 +23,7 @@ use super::blocking;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::Principal;
+use crate::store::prelude::*;
 use crate::store::source_view::TYPES;
 
 pub const SOURCES: &str = "/api/v1/me/sources";
@@ -115,7 +116,7 @@ pub(crate) async fn set(
         let now = Utc::now();
         match store.set_source_order(&principal.subject, t, &body.order, now) {
             Ok(()) => {}
-            Err(crate::Error::Invalid(why)) => {
+            Err(crate::store::Error::Invalid(why)) => {
                 return Ok(Err(ApiError::bad_request("invalid_order", why)))
             }
             Err(e) => return Err(e),

@@ -19,6 +19,7 @@ use super::openapi::ErrorBody;
 use super::AppState;
 use crate::access::{self, DailyQuery, SUMMARY_TYPES};
 use crate::auth::Principal;
+use crate::store::prelude::*;
 use crate::store::subjects::{DailySummary, Subject};
 
 pub const SUBJECTS: &str = "/api/v1/subjects";

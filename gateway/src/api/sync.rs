@@ -26,6 +26,7 @@ use crate::access::party_kind;
 use crate::auth::Principal;
 use crate::store::audit::{Action, Entry, Outcome};
 use crate::store::changes::{FeedPage, Op};
+use crate::store::prelude::*;
 use crate::store::GranteeKind;
 
 pub const SYNC: &str = "/api/v1/sync";
@@ -169,7 +170,7 @@ pub(crate) async fn sync(
 /// One disclosure entry per person whose records the page carries (an erasure notice
 /// carries no health data and is not a disclosure).
 fn log(
-    store: &crate::store::Store,
+    store: &dyn crate::store::Backend,
     principal: &Principal,
     kind: GranteeKind,
     page: &FeedPage,

@@ -4,7 +4,7 @@
 //!   with a consent to this clinician in force now (grantee kind practitioner, grantee = the
 //!   session's subject), and only them: last sync, days with data in the last 14, a sparkline
 //!   of the last 7 complete days' steps, mean sleep over the last 7 nights, and the triage
-//!   flags ([`crate::store::dashboard::Flags`]). `flags` (the default) puts the most flagged
+//!   flags ([`crate::dashboard::view::Flags`]). `flags` (the default) puts the most flagged
 //!   first; `name` sorts by name; `last_sync` puts the longest silent first.
 //! - `GET /dashboard/clinician/patients/{person_id}?days=30|90&night=YYYY-MM-DD&print=1`: one
 //!   patient's charts ([`super::patient`]); without a consent in force, the same 404 page as
@@ -27,8 +27,9 @@ use super::{not_found, page, respond, Role, Viewer};
 use crate::access::{self, AccessError, ViewQuery};
 use crate::api::AppState;
 use crate::auth::Principal;
-use crate::store::dashboard::{Flags, PatientView, COVERAGE_DAYS, RECENT_DAYS, SLEEP_NIGHTS};
-use crate::store::{GranteeKind, Store};
+use crate::dashboard::view::{Flags, PatientView, COVERAGE_DAYS, RECENT_DAYS, SLEEP_NIGHTS};
+use crate::store::prelude::*;
+use crate::store::GranteeKind;
 
 pub const PANEL: &str = "/dashboard/clinician";
 pub const PATIENT: &str = "/dashboard/clinician/patients/{person_id}";
@@ -106,7 +107,7 @@ impl PanelRow {
 
 /// The panel of `principal` (a clinician) at `now`: one read per consenting person.
 pub fn panel_rows(
-    store: &Store,
+    store: &dyn Backend,
     principal: &Principal,
     now: DateTime<Utc>,
 ) -> Result<Vec<PanelRow>, AccessError> {
@@ -189,7 +190,7 @@ async fn panel(
             html! { h1 { "Bad request" } p { "sort must be flags, name or last_sync" } },
         );
     };
-    let principal = viewer.principal();
+    let principal = super::principal(&viewer);
     let store = state.store.clone();
     let rows = web::block(move || {
         let mut rows = panel_rows(&store, &principal, Utc::now())?;
@@ -342,7 +343,7 @@ pub fn render_panel(rows: &[PanelRow], sort: Sort) -> Markup {
 mod tests {
     use super::*;
     use crate::dashboard::patient::tests::table;
-    use crate::store::dashboard::fixture::{self, doctor, ANN, NIA, ZED};
+    use crate::dashboard::view::fixture::{self, doctor, ANN, NIA, ZED};
 
     #[test]
     fn the_panel_lists_consenting_patients_only_with_flags_first() {

@@ -18,6 +18,8 @@
 //!   heart rate, weekly averages), shared by the clinician's patient page and the owner's
 //!   `/dashboard/me/charts`.
 //! - [`charts`]: SVG charts with a data table alternative each.
+//! - [`view`]: the view model: one read of a person's aggregates and what the pages derive
+//!   from it (rolling mean, nights, weeks, triage flags).
 //!
 //! Every page carries a strict Content-Security-Policy (`default-src 'none'`; styles and
 //! images from this origin only; forms post to this origin only).
@@ -30,6 +32,7 @@ pub mod pairing;
 pub mod patient;
 pub mod session;
 pub mod sources;
+pub mod view;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
@@ -44,32 +47,7 @@ pub const STYLE: &str = "/dashboard/assets/style.css";
 pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; \
                        form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// Who is looking, from their session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Sees the patients who consented to them (grantee kind practitioner).
-    Clinician,
-    /// Sees their own data.
-    Owner,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Clinician => "clinician",
-            Role::Owner => "owner",
-        }
-    }
-
-    /// The scopes a session of this role acts with (the same the API would need).
-    pub fn scopes(self) -> &'static str {
-        match self {
-            Role::Clinician => "user/Observation.rs",
-            Role::Owner => "patient/*.cruds",
-        }
-    }
-}
+pub use crate::store::sessions::Role;
 
 /// A signed-in person, as handlers receive it (see [`session`] for how).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,18 +58,32 @@ pub struct Viewer {
     pub csrf: String,
 }
 
-impl Viewer {
-    /// The principal the data access layer checks, with the role's scopes.
-    pub fn principal(&self) -> Principal {
-        Principal {
-            subject: self.subject.clone(),
-            scopes: self
-                .role
-                .scopes()
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect(),
+impl From<crate::store::sessions::Session> for Viewer {
+    fn from(s: crate::store::sessions::Session) -> Self {
+        Self {
+            subject: s.subject,
+            role: s.role,
+            csrf: s.csrf,
         }
+    }
+}
+
+/// The scopes a session of `role` acts with (the same the API would need).
+pub fn role_scopes(role: Role) -> &'static str {
+    match role {
+        Role::Clinician => "user/Observation.rs",
+        Role::Owner => "patient/*.cruds",
+    }
+}
+
+/// The principal the data access layer checks for `viewer`, with its role's scopes.
+pub fn principal(viewer: &Viewer) -> Principal {
+    Principal {
+        subject: viewer.subject.clone(),
+        scopes: role_scopes(viewer.role)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
     }
 }
 

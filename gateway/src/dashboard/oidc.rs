@@ -40,6 +40,7 @@ use super::session::{self, home_of, internal_error, SESSION_TTL};
 use super::{respond, Role};
 use crate::api::AppState;
 use crate::idp::{IdpError, Kind, Provider, CALLBACK_PATH};
+use crate::store::prelude::*;
 
 /// Where a sign-in through a provider starts (`{provider}` is its name).
 pub const START: &str = "/dashboard/signin/oidc/{provider}";
@@ -216,7 +217,7 @@ enum Failure {
     Issuer,
     NoCode,
     Idp(IdpError),
-    Store(crate::Error),
+    Store(crate::store::Error),
 }
 
 /// `GET /dashboard/signin/oidc/callback`.

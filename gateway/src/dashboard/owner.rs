@@ -32,9 +32,10 @@ use crate::api::AppState;
 use crate::store::audit::{Action, Logged, Outcome};
 use crate::store::pairing::BindingInterval;
 use crate::store::pairing_view::PairingSummary;
+use crate::store::prelude::*;
 use crate::store::source_view::{SourcesView, TYPES};
 use crate::store::subjects::Zone;
-use crate::store::{Consent, ConsentStatus, GranteeKind, Store};
+use crate::store::{Consent, ConsentStatus, GranteeKind};
 
 pub const HOME: &str = "/dashboard/me";
 /// The owner's charts (built in [`super::charts`]'s pages); linked from home.
@@ -175,12 +176,12 @@ struct Home {
     sources: SourcesView,
 }
 
-pub(super) fn time_zone(store: &Store, person: &str) -> crate::Result<Tz> {
+pub(super) fn time_zone(store: &dyn Backend, person: &str) -> crate::Result<Tz> {
     Ok(Zone::resolve(store.person_time_zone(person)?.as_deref()).tz)
 }
 
 /// The latest `n` disclosure-log entries of `person`, newest first.
-fn latest_disclosures(store: &Store, person: &str, n: usize) -> crate::Result<Vec<Logged>> {
+fn latest_disclosures(store: &dyn Backend, person: &str, n: usize) -> crate::Result<Vec<Logged>> {
     const PAGE: usize = 5000;
     let mut kept: std::collections::VecDeque<Logged> = std::collections::VecDeque::new();
     let mut after = 0;
@@ -493,7 +494,7 @@ async fn withdraw_now(
     };
     let (store, person) = (state.store.clone(), v.subject.clone());
     let withdrawn = blocking(&v, move || {
-        store.withdraw_consent(&person, id, &person, Utc::now())
+        Ok(store.withdraw_consent(&person, id, &person, Utc::now())?)
     })
     .await?;
     if withdrawn.is_none() {

@@ -45,7 +45,7 @@ use crate::api::AppState;
 use crate::store::nearby::NearbyView;
 use crate::store::pairing::{BindingInterval, Refusal, StartRefusal, MAX_ATTEMPTS};
 use crate::store::pairing_view::PairingSummary;
-use crate::store::Store;
+use crate::store::prelude::*;
 
 pub const PAIRINGS: &str = "/dashboard/me/pairings";
 pub const NEARBY: &str = "/dashboard/me/pairings/nearby";
@@ -408,7 +408,7 @@ async fn nearby(
 
 /// What `person` may see near `bridge`, and their zone.
 fn nearby_of(
-    store: &Store,
+    store: &dyn Backend,
     person: &str,
     bridge: &str,
     now: DateTime<Utc>,
@@ -767,7 +767,7 @@ async fn release_now(
     }
     let (store, person) = (state.store.clone(), v.subject.clone());
     let released = blocking(&v, move || {
-        store.release_binding(&person, &device, Utc::now())
+        Ok(store.release_binding(&person, &device, Utc::now())?)
     })
     .await?;
     if !released {

@@ -26,11 +26,11 @@ use super::session::internal_error;
 use super::{not_found, page, respond, Role, Viewer};
 use crate::access::{self, AccessError, ViewQuery};
 use crate::api::AppState;
-use crate::store::dashboard::{
-    Episode, Flags, Night, PatientView, StageSpan, MIN_PRIOR_DAYS, NO_DATA_DAYS, PRIOR_DAYS,
-    RECENT_DAYS, RESTING_INTERVAL_MINUTES, SHORT_SLEEP_HOURS, SLEEP_NIGHTS, STEPS_DOWN_PERCENT,
-    STEP_GOAL,
+use crate::dashboard::view::{
+    Flags, Night, PatientView, MIN_PRIOR_DAYS, NO_DATA_DAYS, PRIOR_DAYS, RECENT_DAYS,
+    SHORT_SLEEP_HOURS, SLEEP_NIGHTS, STEPS_DOWN_PERCENT, STEP_GOAL,
 };
+use crate::store::rollup::{Episode, StageSpan, RESTING_INTERVAL_MINUTES};
 
 /// The spans a page offers, in days.
 pub const SPANS: [u32; 2] = [30, 90];
@@ -174,7 +174,7 @@ pub(crate) async fn serve(
         to: None,
         night: params.night,
     };
-    let principal = viewer.principal();
+    let principal = super::principal(&viewer);
     let store = state.store.clone();
     let read = web::block(move || {
         let view = access::read_patient_view(&store, &principal, &q, Utc::now())?;
@@ -894,8 +894,7 @@ pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::store::dashboard::fixture::{self, day, doctor, owner, NIA};
-    use crate::store::Store;
+    use crate::dashboard::view::fixture::{self, day, doctor, owner, NIA};
 
     /// The HTML of the table `id` (maud writes no newlines, so plain slicing will do).
     pub(crate) fn table<'a>(html: &'a str, id: &str) -> &'a str {
@@ -926,7 +925,7 @@ pub(crate) mod tests {
             .collect()
     }
 
-    fn view(store: &Store, who: &crate::auth::Principal, days: u32) -> PatientView {
+    fn view(store: &crate::store::Store, who: &crate::auth::Principal, days: u32) -> PatientView {
         let q = ViewQuery {
             person_id: NIA.into(),
             days,

@@ -39,6 +39,7 @@ use serde::Deserialize;
 
 use super::{clinician, owner, respond, Role, Viewer};
 use crate::api::AppState;
+use crate::store::prelude::*;
 use crate::store::sessions::SignInOutcome;
 
 pub const SIGN_IN: &str = "/dashboard/signin";
@@ -220,6 +221,7 @@ impl FromRequest for Viewer {
                     tracing::error!(error = %e, "session lookup failed");
                     SessionError::Unavailable
                 })?
+                .map(Viewer::from)
                 .ok_or_else(not_signed_in)
         })
     }

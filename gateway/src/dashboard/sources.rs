@@ -27,6 +27,7 @@ use super::owner::{blocking, either, owner_only};
 use super::session::check_csrf;
 use super::{not_found, respond, Viewer};
 use crate::api::AppState;
+use crate::store::prelude::*;
 use crate::store::source_view::{moved, Move, SourcesView, TypeSources, COUNTED_DAYS};
 #[cfg(doc)]
 use crate::store::Store;
@@ -209,8 +210,8 @@ async fn set_order_now(
     let result = blocking(&v, move || {
         match store.set_source_order(&person, t, &order, Utc::now()) {
             Ok(()) => Ok(Ok(())),
-            Err(crate::Error::Invalid(why)) => Ok(Err(why)),
-            Err(e) => Err(e),
+            Err(crate::store::Error::Invalid(why)) => Ok(Err(why)),
+            Err(e) => Err(e.into()),
         }
     })
     .await?;

@@ -55,7 +55,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Keys;
 use crate::store::clients;
-use crate::store::Store;
+use crate::store::prelude::*;
 
 /// The token endpoint, relative to the issuer URL.
 pub const TOKEN_PATH: &str = "/oauth/token";
@@ -169,6 +169,12 @@ pub enum Failure {
     Internal(#[from] crate::Error),
 }
 
+impl From<crate::store::Error> for Failure {
+    fn from(e: crate::store::Error) -> Self {
+        Self::Internal(e.into())
+    }
+}
+
 // ----- the token request -----
 
 /// The token request's form parameters (`application/x-www-form-urlencoded`). Unknown
@@ -231,7 +237,7 @@ pub fn token_endpoint(issuer: &str) -> String {
 /// Serves a token request: checks the grant, authenticates the client, remembers the
 /// assertion's `jti`, grants the scopes and issues the token. Blocking (store access).
 pub fn issue_token(
-    store: &Store,
+    store: &dyn Backend,
     keys: &Keys,
     form: &TokenForm,
     basic: Option<&BasicCredentials>,

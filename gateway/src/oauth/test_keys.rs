@@ -91,7 +91,7 @@ pub(super) fn refused(r: Result<VerifiedAssertion, OAuthError>) -> &'static str 
 
 pub(super) struct Setup {
     pub(super) _dir: tempfile::TempDir,
-    pub(super) store: Store,
+    pub(super) store: crate::store::Store,
     pub(super) keys: Keys,
     pub(super) ed: TestKey,
     pub(super) secret: String,
@@ -99,7 +99,7 @@ pub(super) struct Setup {
 
 pub(super) fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("phr.sqlite")).unwrap();
+    let store = crate::store::Store::open(&dir.path().join("phr.sqlite")).unwrap();
     let keys = Keys::load_or_create(&dir.path().join("keys"), ISSUER, "phr-api").unwrap();
     let (ed, _) = ed_key("ed");
     store

@@ -568,3 +568,37 @@ async fn operators_register_clients_and_never_see_secrets_again() -> anyhow::Res
     gw.stop().await;
     Ok(())
 }
+
+/// What the store would keep as given is checked before it gets there: a malformed id, an
+/// empty name, no credential, a patient scope, an empty key set. (The check was inside the
+/// store until the store became its own crate; both registration paths, the API and
+/// `phr-gateway clients add`, call it.)
+#[test]
+fn invalid_clients_are_refused_before_the_store() {
+    let new = |id: &str, secret: bool, jwks: Option<Value>| NewClient {
+        client_id: id.into(),
+        name: "Example PHR Co".into(),
+        allowed_scopes: vec![
+            "system/Observation.rs".into(),
+            "system/Observation.rs?code=http://loinc.org|55423-8".into(),
+        ],
+        jwks,
+        secret,
+    };
+    assert!(phr_gateway::oauth::check_new_client(&new("co-1", true, None)).is_ok());
+    for bad in [
+        new("bad id", true, None),
+        new("", true, None),
+        new("no-credential", false, None),
+        NewClient {
+            allowed_scopes: vec!["patient/Observation.rs".into()],
+            ..new("co-3", true, None)
+        },
+        new("co-4", false, Some(json!({"keys": []}))),
+    ] {
+        assert!(
+            phr_gateway::oauth::check_new_client(&bad).is_err(),
+            "{bad:?}"
+        );
+    }
+}

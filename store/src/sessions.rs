@@ -19,14 +19,40 @@
 //! expiry).
 
 use chrono::{DateTime, TimeDelta, Utc};
-use rand::RngCore;
 use rusqlite::{params, OptionalExtension, Transaction};
 use sha2::{Digest, Sha256};
 
 use super::Store;
-use crate::auth::same_secret;
-use crate::dashboard::{Role, Viewer};
+use crate::secret::same_secret;
 use crate::{Error, Result};
+
+/// Who is looking, from their session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Sees the patients who consented to them (grantee kind practitioner).
+    Clinician,
+    /// Sees their own data.
+    Owner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Clinician => "clinician",
+            Role::Owner => "owner",
+        }
+    }
+}
+
+/// An open session: who holds it, in which role (the dashboards' `Viewer`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub subject: String,
+    pub role: Role,
+    /// The session's CSRF token; every state-changing form carries it.
+    pub csrf: String,
+}
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS signin_codes (
@@ -132,8 +158,8 @@ impl std::fmt::Debug for NewSession {
 
 impl NewSession {
     /// The session as handlers see it.
-    pub fn viewer(&self) -> Viewer {
-        Viewer {
+    pub fn session(&self) -> Session {
+        Session {
             subject: self.subject.clone(),
             role: self.role,
             csrf: self.csrf.clone(),
@@ -182,9 +208,7 @@ pub enum SignInOutcome {
 
 /// 32 random bytes from the OS, base64url without padding (43 characters).
 fn random_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    crate::oauth::b64url_encode(&bytes)
+    crate::secret::random_token()
 }
 
 /// SHA-256 of `secret`, hex.
@@ -463,7 +487,7 @@ impl Store {
     }
 
     /// The signed-in person of session `id`, if it has neither expired nor ended at `now`.
-    pub fn session(&self, id: &str, now: DateTime<Utc>) -> Result<Option<Viewer>> {
+    pub fn session(&self, id: &str, now: DateTime<Utc>) -> Result<Option<Session>> {
         if id.is_empty() || id.len() > MAX_SECRET_LEN {
             return Ok(None);
         }
@@ -475,7 +499,7 @@ impl Store {
                       WHERE id_hash = ?1 AND ended_at_ms IS NULL AND expires_at_ms > ?2",
                 )?
                 .query_row(params![id_hash, now.timestamp_millis()], |r| {
-                    Ok(Viewer {
+                    Ok(Session {
                         subject: r.get(0)?,
                         role: role_from_db(&r.get::<_, String>(1)?)?,
                         csrf: r.get(2)?,
@@ -679,7 +703,7 @@ mod tests {
             .session(&new.id, now + TimeDelta::hours(1))
             .unwrap()
             .unwrap();
-        assert_eq!(v, new.viewer());
+        assert_eq!(v, new.session());
         // Unknown codes and sessions are nothing.
         assert_eq!(s.redeem_signin_code("nope", SESSION, now).unwrap(), None);
         assert_eq!(s.redeem_signin_code("", SESSION, now).unwrap(), None);

@@ -40,7 +40,7 @@ use uuid::Uuid;
 use phr_schema::validate::{parse_batch, parse_record, validate_record};
 use phr_schema::{Ack, Limits, Reason, RecordKey, Rejection};
 
-use crate::store::Terms;
+use crate::Terms;
 
 /// One binding of a device to a person, `[from_ms, to_ms)`; `to_ms = None` is open.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -509,7 +509,7 @@ impl Store {
             if now_ms >= expires_at_ms {
                 return refuse(tx, Refusal::Expired, true);
             }
-            if !crate::auth::same_secret(hash(pairing_id, code.trim()), &code_hash) {
+            if !crate::secret::same_secret(hash(pairing_id, code.trim()), &code_hash) {
                 tx.execute("UPDATE pairings SET attempts = attempts + 1 WHERE pairing_id = ?1", [pairing_id.to_string()])?;
                 return refuse(tx, Refusal::WrongCode, attempts + 1 >= MAX_ATTEMPTS);
             }

@@ -41,7 +41,7 @@ use phr_schema::RecordType;
 
 use super::{audit, consent, Store, STORAGE_GRANTEE, STORAGE_PURPOSE};
 use crate::ingest::{Binding, Rule, Standing, HELD_WITHOUT_CONSENT};
-use crate::store::GranteeKind;
+use crate::GranteeKind;
 use crate::{Error, Result};
 
 pub(super) const SCHEMA: &str = "

@@ -7,7 +7,7 @@
 //! is the last `seq` a reader examined never skips and never repeats.
 //!
 //! Who sees a change is decided at read time by the access layer
-//! ([`crate::access::feed`]), from the reader's consent history: for each consent, where in
+//! ([`crate::visibility`]), from the reader's consent history: for each consent, where in
 //! the feed it was granted and withdrawn (`consent_feed`) and which positions the reader read
 //! through while it was in force (`consent_reads`, written after each page). Records stored
 //! before a grant that the reader did not receive are copied in at the grant as catch-up
@@ -29,7 +29,7 @@ use phr_schema::RecordType;
 
 use super::consent::{self, Consent, GranteeKind};
 use super::Store;
-use crate::access::feed::{self as rules, Grant};
+use crate::visibility::{self as rules, Grant};
 use crate::Result;
 
 pub(super) const SCHEMA: &str = "
@@ -350,7 +350,7 @@ const BUDGET_CHECK_EVERY: usize = 1024;
 
 impl Store {
     /// The changes after `after` that `grantee` (of `kind`) may see now, at most `limit`,
-    /// by the access layer's rules ([`crate::access::feed`]). `types` narrows further (a
+    /// by the access layer's rules ([`crate::visibility`]). `types` narrows further (a
     /// token scoped to some types), `None` is every type. Then remembers how far the reader
     /// read under each of its consents in force (those the read was not narrowed for), which
     /// later grants need to know what it already has.
@@ -545,8 +545,8 @@ mod tests {
     use phr_schema::{Body, Record};
 
     use super::*;
-    use crate::store::corrections::Range;
-    use crate::store::Terms;
+    use crate::corrections::Range;
+    use crate::Terms;
 
     const ACME: &str = "acme";
 

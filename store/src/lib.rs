@@ -1,6 +1,9 @@
-//! The embedded store: one SQLite file (WAL, `synchronous=FULL`) holding the registry
-//! (people, bridges, devices, bindings), consents ([`consent`]), the disclosure log
-//! ([`audit`]) and the series (records, quarantine).
+//! The store: everything the gateway keeps, behind the traits its backends implement, and
+//! the SQLite backend (one file, WAL, `synchronous=FULL`) that is the embedded default.
+//!
+//! The SQLite backend holds the registry (people, bridges, devices, bindings), consents
+//! ([`consent`]), the disclosure log ([`audit`]), the change feed ([`changes`]) and the
+//! series (records, quarantine) in one file.
 //!
 //! The series is keyed by the natural, time-ordered key `(device_id, record_type, start_ms,
 //! end_ms)` in a `WITHOUT ROWID` table: inserts land near each other and deduplication is the
@@ -10,6 +13,26 @@
 //! Ingest runs in one `BEGIN IMMEDIATE` transaction per group of messages: the registry view
 //! used to attribute records is read in the same transaction that writes them, and the acks
 //! are released only after COMMIT returns.
+//!
+//! This crate knows nothing of HTTP, tokens or MQTT: who may read what is decided above it
+//! (the gateway's access layer), and handed in where the store must apply it while it reads
+//! (the change feed's [`changes::Visibility`]).
+//!
+//! # Layout
+//! - [`traits`]: `Registry`, `SeriesStore`, `ChangeFeed`: what a backend provides.
+//! - [`error`]: the store's error type.
+//! - [`ingest`]: pure planning every backend applies: validate, attribute, consent-check.
+//! - `lib.rs` (here): the SQLite [`Store`]: opening, the registry, ingest, erasure, reads.
+//! - [`consent`], [`audit`], [`changes`]: consents, the disclosure log, the sync feed.
+//! - [`visibility`]: who sees which change of the feed (pure consent rules, no SQL).
+//! - [`corrections`]: re-attribution, unlinking, quarantine confirmation, held records.
+//! - [`pairing`], [`pairing_view`], [`nearby`]: pairing a device and what the owner sees of it.
+//! - [`sessions`], [`clients`]: dashboard sign-in and sessions; OAuth clients and `jti`s.
+//! - [`subjects`]: people, local days (IANA zones, DST) and daily summaries.
+//! - [`sources`], [`source_view`]: one device per interval (the merged view) and its ranking.
+//! - [`rollup`]: the 5-minute rollup the dashboards and daily summaries read.
+//! - [`export`]: exports and the re-import of a person's own export.
+//! - [`conformance`]: the tests every backend must pass (feature `conformance`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,25 +45,39 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 
 use phr_schema::{Ack, Reason, RecordType};
 
-use crate::ingest::{self, Binding, BridgePeriod, Checked, Decision, DeviceView, Rule};
+use crate::ingest::{Binding, BridgePeriod, Checked, Decision, DeviceView, Rule};
 
 pub mod audit;
 pub mod changes;
 pub mod clients;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod consent;
 pub mod corrections;
-pub mod dashboard;
+pub mod error;
 pub mod export;
+pub mod ingest;
 pub mod nearby;
 pub mod pairing;
 pub mod pairing_view;
+pub mod rollup;
+mod secret;
 pub mod sessions;
 pub mod source_view;
 pub mod sources;
 pub mod subjects;
+pub mod traits;
+pub mod visibility;
 
-use crate::{Error, Result};
+pub use traits::{Accounts, Backend, ChangeFeed, Registry, SeriesStore};
+
+/// The backend traits, to call a `dyn Backend`'s methods: `use phr_store::prelude::*;`.
+pub mod prelude {
+    pub use crate::traits::{Accounts, Backend, ChangeFeed, Registry, SeriesStore};
+}
+
 pub use consent::{Consent, ConsentStatus, GranteeKind, Terms, STORAGE_GRANTEE, STORAGE_PURPOSE};
+pub use error::{Error, Result};
 
 /// The series: one row per record, keyed by its natural, time-ordered key. Public so the
 /// ingest benchmark measures the very table the gateway writes.
@@ -315,8 +352,8 @@ impl Store {
         check_version(&conn, path)?;
         conn.execute_batch(SERIES_SCHEMA)?;
         conn.execute_batch(changes::SCHEMA)?;
-        conn.execute_batch(&dashboard::schema())?;
-        dashboard::backfill(&conn)?;
+        conn.execute_batch(&rollup::schema())?;
+        rollup::backfill(&conn)?;
         conn.execute_batch(REGISTRY_AND_QUARANTINE)?;
         conn.execute_batch(consent::SCHEMA)?;
         conn.execute_batch(audit::SCHEMA)?;
@@ -1124,4 +1161,14 @@ fn device_view(
         fences,
         without_consent,
     })
+}
+
+/// The SQLite backend against the conformance suite, each case on a new file.
+#[cfg(test)]
+mod sqlite_conformance {
+    crate::conformance_tests!(|| {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = crate::Store::open(&dir.path().join("phr.sqlite")).expect("open");
+        (dir, Box::new(store) as Box<dyn crate::Backend>)
+    });
 }

@@ -1,7 +1,7 @@
 //! "Which device counts", as the owner sees it (issue #15): per type, their devices, their
 //! order ([`super::sources`]'s explicit order, then the default rule) and how many of their
 //! last [`COUNTED_DAYS`] local days each device counted on. Read by the owner's dashboard
-//! ([`crate::dashboard::sources`]) and `GET /api/v1/me/sources` ([`crate::api::sources`]);
+//! ([`crate::rollup::sources`]) and `GET /api/v1/me/sources` ([`crate::api::sources`]);
 //! the order itself is changed only through [`Store::set_source_order`].
 //!
 //! Counted days: steps and heart rate, the days the merge ([`Store::merged_days`]) took at
@@ -165,7 +165,7 @@ fn days_of_merge(days: &BTreeMap<usize, super::sources::MergedDay>) -> BTreeMap<
 }
 
 /// The nights a device counted on: distinct nights with one of its episodes not a duplicate.
-fn nights_counted(episodes: &[super::dashboard::Episode]) -> BTreeMap<String, usize> {
+fn nights_counted(episodes: &[crate::rollup::Episode]) -> BTreeMap<String, usize> {
     let nights: BTreeSet<(&str, NaiveDate)> = episodes
         .iter()
         .filter(|e| !e.duplicate)
@@ -300,7 +300,7 @@ mod stored {
     use phr_schema::{Body, Record, RecordType};
 
     use super::TYPES;
-    use crate::store::Store;
+    use crate::Store;
 
     const PIA: &str = "pia";
 

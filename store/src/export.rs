@@ -83,12 +83,14 @@ impl Store {
     /// appends one `export` entry (actor: the person, outcome `done`, the record count) to the
     /// disclosure log. Returns the count. If `each` fails, the export stops, nothing is logged
     /// and its error is returned.
-    pub fn export_records(
+    pub fn export_records<E: From<crate::Error>>(
         &self,
         person_id: &str,
         now: DateTime<Utc>,
-        mut each: impl FnMut(StoredRecord) -> Result<()>,
-    ) -> Result<u64> {
+        mut each: impl FnMut(StoredRecord) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        // The first error of `each`: the export stops there and nothing is logged.
+        let mut failed: Option<E> = None;
         let count = self.read(|conn| {
             // One snapshot for all three types, so the count and the data agree.
             let tx = conn.unchecked_transaction()?;
@@ -98,13 +100,17 @@ impl Store {
                  ORDER BY start_ms, device_id, end_ms",
             )?;
             let mut count = 0u64;
-            for t in RecordType::ALL {
+            'types: for t in RecordType::ALL {
                 let mut rows = stmt.query(params![person_id, t.as_str()])?;
                 while let Some(row) = rows.next()? {
-                    each(StoredRecord {
+                    let stored = StoredRecord {
                         json: row.get(0)?,
                         stored_at_ms: row.get(1)?,
-                    })?;
+                    };
+                    if let Err(e) = each(stored) {
+                        failed = Some(e);
+                        break 'types;
+                    }
                     count += 1;
                 }
             }
@@ -112,6 +118,9 @@ impl Store {
             tx.finish()?;
             Ok(count)
         })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         self.log_export(person_id, count, now)?;
         Ok(count)
     }
@@ -439,7 +448,7 @@ mod tests {
         );
         let mut seen = Vec::new();
         let n = store
-            .export_records("ana", now, |s| {
+            .export_records::<crate::Error>("ana", now, |s| {
                 seen.push(serde_json::from_str::<Record>(&s.json).unwrap());
                 Ok(())
             })

@@ -203,7 +203,7 @@ pub fn merge_night(episodes: &[NightEpisode], ranking: &Ranking) -> (Vec<bool>, 
 /// its time in each (`records` 1 in its first interval only); anything else stays whole in
 /// the interval it starts in.
 pub fn spread(record_type: RecordType, start_ms: i64, end_ms: i64, value: f64) -> Vec<SlotRow> {
-    let interval = super::dashboard::INTERVAL_MS;
+    let interval = crate::rollup::INTERVAL_MS;
     let first = start_ms.div_euclid(interval);
     let piece = |slot, total, records, covered_ms| SlotRow {
         slot,
@@ -358,8 +358,8 @@ impl Store {
                         // whole quarter hours in every zone in use).
                         serde_json::json!([
                             i,
-                            d.from_ms.div_euclid(super::dashboard::INTERVAL_MS),
-                            d.to_ms.div_euclid(super::dashboard::INTERVAL_MS)
+                            d.from_ms.div_euclid(crate::rollup::INTERVAL_MS),
+                            d.to_ms.div_euclid(crate::rollup::INTERVAL_MS)
                         ])
                     }
                 })
@@ -556,8 +556,8 @@ mod merged {
     use phr_schema::record::{IntervalFrame, Provenance, SleepEpisode, StepCount};
     use phr_schema::{Body, Record, RecordType};
 
-    use crate::store::subjects::{DailySummary, Zone};
-    use crate::store::Store;
+    use crate::subjects::{DailySummary, Zone};
+    use crate::Store;
 
     const PIA: &str = "pia";
 
@@ -652,10 +652,9 @@ mod merged {
         // Her log says so.
         let log = store.disclosures(PIA, 0, 100).unwrap();
         assert!(
-            log.iter().any(
-                |e| e.entry.action == crate::store::audit::Action::SourcePriority
-                    && e.entry.purpose.contains("a")
-            ),
+            log.iter()
+                .any(|e| e.entry.action == crate::audit::Action::SourcePriority
+                    && e.entry.purpose.contains("a")),
             "{log:?}"
         );
         // Devices she never had cannot be ordered; nothing changes.

@@ -664,7 +664,7 @@ mod tests {
     /// apart from the night, still counts.
     #[test]
     fn a_night_from_two_devices_counts_once_and_a_nap_still_counts() {
-        use crate::store::dashboard::fixture::{sleep, NIGHT};
+        use crate::rollup::fixture::{sleep, NIGHT};
         use phr_schema::record::SleepStageKind::Light;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("phr.sqlite")).unwrap();

@@ -1,6 +1,10 @@
 //! Who sees which change of the sync feed: a pure function of the reader's consent history.
 //!
-//! The feed (`crate::store::changes`) is one sequence of changes in commit order; a position
+//! This is access policy, kept beside the store rather than in it: no SQL here, and every
+//! backend's feed read applies these functions, so the conformance suite holds each backend
+//! to the same rules. The gateway's access layer re-exports it as `access::feed`.
+//!
+//! The feed ([`crate::changes`]) is one sequence of changes in commit order; a position
 //! in it is a `seq`. A reader (a company or a clinician) holds, per person, a history of
 //! consents, each a [`Grant`]: its terms and status now, the position at which it was
 //! granted, and the positions the reader read through while it was in force (its *read
@@ -30,7 +34,7 @@ use uuid::Uuid;
 
 use phr_schema::RecordType;
 
-use crate::store::{Consent, ConsentStatus};
+use crate::{Consent, ConsentStatus};
 
 /// One consent of the reader, with where it stands in the feed.
 #[derive(Debug, Clone)]
@@ -141,7 +145,7 @@ mod tests {
     use chrono::{DateTime, TimeZone, Utc};
 
     use super::*;
-    use crate::store::{GranteeKind, Terms};
+    use crate::{GranteeKind, Terms};
 
     const STEPS: RecordType = RecordType::StepCount;
     const SLEEP: RecordType = RecordType::SleepEpisode;
