@@ -84,23 +84,13 @@ impl BridgeKey {
 
     /// The public key as 64 hex characters.
     pub fn public_hex(&self) -> String {
-        self.0
-            .verifying_key()
-            .to_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex::encode(self.0.verifying_key().to_bytes())
     }
 
     /// The MQTT password this bridge presents as `bridge_id` with `client_id`.
     pub fn connect_password(&self, bridge_id: &str, client_id: &str) -> String {
         let digest = phr_schema::envelope::connect_digest(bridge_id, client_id);
-        self.0
-            .sign(&digest)
-            .to_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex::encode(self.0.sign(&digest).to_bytes())
     }
 
     /// The channel this bridge shares with the gateway whose channel key is `gateway`.

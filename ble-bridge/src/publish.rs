@@ -503,10 +503,7 @@ async fn poll(
 
 /// 24 bytes from the OS's generator, for a seal.
 fn nonce() -> [u8; 24] {
-    use rand::RngCore;
-    let mut n = [0u8; 24];
-    rand::rngs::OsRng.fill_bytes(&mut n);
-    n
+    rand::Rng::gen(&mut rand::rngs::OsRng)
 }
 
 /// Runs an outbox call off the async workers.

@@ -85,7 +85,7 @@ impl Keys {
             .to_pkcs8_der()
             .map_err(|e| Error::Key(e.to_string()))?;
         let public = signing.verifying_key().to_bytes();
-        let kid = public[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let kid = hex::encode(&public[..8]);
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
@@ -197,6 +197,15 @@ pub(crate) fn same_secret(a: impl AsRef<[u8]>, b: impl AsRef<[u8]>) -> bool {
     a.as_ref().ct_eq(b.as_ref()).into()
 }
 
+/// `N` bytes from the OS's generator as `2 N` lowercase hex characters: the one generator of
+/// hex secrets outside the store.
+pub(crate) fn random_hex<const N: usize>() -> String
+where
+    rand::distributions::Standard: rand::distributions::Distribution<[u8; N]>,
+{
+    hex::encode(rand::Rng::gen::<[u8; N]>(&mut rand::rngs::OsRng))
+}
+
 /// An Ed25519 key kept in `dir` as `file` (mode 0600), generated on first use; `what` names
 /// it in the log.
 ///
@@ -306,20 +315,10 @@ impl Principal {
                 continue;
             }
             let query = s.query?;
-            for pair in query.split('&') {
-                let Some(codes) = pair.strip_prefix("code=") else {
-                    continue;
-                };
-                for code in codes.split(',') {
-                    let code = code.strip_prefix("http://loinc.org|").unwrap_or(code);
-                    if let Some(t) = phr_schema::RecordType::ALL
-                        .into_iter()
-                        .find(|t| phr_schema::fhir::loinc(*t).code == code)
-                    {
-                        if !types.contains(&t) {
-                            types.push(t);
-                        }
-                    }
+            // A query the one parser refuses narrows its scope to nothing, never to everything.
+            for t in loinc_query_types(query).unwrap_or_default() {
+                if !types.contains(&t) {
+                    types.push(t);
                 }
             }
         }
@@ -403,6 +402,43 @@ impl Permissions {
     pub fn contains(self, perm: char) -> bool {
         Self::bit(perm).is_some_and(|b| self.0 & b != 0)
     }
+}
+
+/// How a LOINC token in a `code` list names its code system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoincSystem {
+    /// `http://loinc.org|{code}` only, as in SMART scopes.
+    Required,
+    /// Also `{code}` and `|{code}`, as the FHIR search parameter `code` allows.
+    Optional,
+}
+
+/// The record types a comma-separated list of LOINC tokens names, in order, repeats dropped;
+/// `None` if any token names another system or a code no record type has
+/// ([`phr_schema::RecordType::from_loinc`]). The one parser of `code` lists: SMART scopes
+/// narrowed by `?code=` (token checks, client registration) and FHIR search.
+pub fn loinc_types(list: &str, system: LoincSystem) -> Option<Vec<phr_schema::RecordType>> {
+    use phr_schema::fhir::LOINC_SYSTEM;
+    let mut types = Vec::new();
+    for token in list.split(',') {
+        let code = match (token.split_once('|'), system) {
+            (Some((LOINC_SYSTEM, code)), _) => code,
+            (Some(("", code)), LoincSystem::Optional) => code,
+            (None, LoincSystem::Optional) => token,
+            _ => return None,
+        };
+        let t = phr_schema::RecordType::from_loinc(code)?;
+        if !types.contains(&t) {
+            types.push(t);
+        }
+    }
+    Some(types)
+}
+
+/// The record types a SMART granular query `code=http://loinc.org|{code}[,...]` names, if
+/// it is exactly that and every code is one the gateway maps to a record type.
+pub fn loinc_query_types(query: &str) -> Option<Vec<phr_schema::RecordType>> {
+    loinc_types(query.strip_prefix("code=")?, LoincSystem::Required)
 }
 
 /// One SMART scope, parsed exactly: `{context}/{resource}.{permissions}[?{query}]` with the
@@ -506,10 +542,7 @@ mod tests {
             .chars()
             .filter(char::is_ascii_hexdigit)
             .collect();
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
+        let bytes = hex::decode(hex).unwrap();
         bytes.try_into().expect("32 bytes of public key")
     }
 
@@ -668,22 +701,7 @@ mod tests {
     #[test]
     fn alg_none_and_hmac_confusion_are_refused() {
         let (_d, k) = keys();
-        let b64 = |s: &str| {
-            const T: &[u8; 64] =
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-            let bytes = s.as_bytes();
-            let mut out = String::new();
-            for chunk in bytes.chunks(3) {
-                let n = chunk
-                    .iter()
-                    .enumerate()
-                    .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-                for i in 0..=chunk.len() {
-                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                }
-            }
-            out
-        };
+        let b64 = |s: &str| crate::oauth::b64url_encode(s.as_bytes());
         let exp = Utc::now().timestamp() + 3600;
         let claims = format!(
             r#"{{"iss":"https://gw.test","sub":"a","aud":"phr-api","exp":{exp},"nbf":0,"iat":0,"jti":"x","scope":"patient/*.rs"}}"#

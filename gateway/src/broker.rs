@@ -129,15 +129,9 @@ impl Access {
 
 /// Whether `signature` (128 hex characters) is `key`'s Ed25519 signature of `digest`.
 fn signed_by(key: &ed25519_dalek::VerifyingKey, digest: &[u8; 32], signature: &str) -> bool {
-    if signature.len() != 128 || !signature.is_ascii() {
-        return false;
-    }
     let mut bytes = [0u8; 64];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        match u8::from_str_radix(&signature[2 * i..2 * i + 2], 16) {
-            Ok(v) => *b = v,
-            Err(_) => return false,
-        }
+    if hex::decode_to_slice(signature, &mut bytes).is_err() {
+        return false;
     }
     key.verify_strict(digest, &ed25519_dalek::Signature::from_bytes(&bytes))
         .is_ok()

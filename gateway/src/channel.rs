@@ -123,8 +123,5 @@ pub fn load_or_create(keys_dir: &Path) -> Result<SigningKey> {
 
 /// 24 bytes from the OS's generator.
 pub fn nonce() -> [u8; 24] {
-    use rand::RngCore;
-    let mut n = [0u8; 24];
-    rand::rngs::OsRng.fill_bytes(&mut n);
-    n
+    rand::Rng::gen(&mut rand::rngs::OsRng)
 }

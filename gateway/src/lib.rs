@@ -188,12 +188,7 @@ pub async fn start_with_mqtt(
     let metrics = Arc::new(metrics::Metrics::default());
 
     // The gateway's own credential towards its embedded broker, fresh at every start.
-    let gateway_secret: String = {
-        use rand::RngCore;
-        let mut bytes = [0u8; 24];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    };
+    let gateway_secret = auth::random_hex::<24>();
     let external = config.external_broker()?;
     let embedded = external.is_none();
     let topics = Topics::new(&config.mqtt.topic_prefix);

@@ -3,9 +3,10 @@
 //! latency and the HTTP API's latency by route, method and status (histograms), and the
 //! gateway's MQTT session (re)connections.
 //!
-//! Every family has a `# HELP` and a `# TYPE` line before its samples; a histogram has, per
-//! label set, cumulative `_bucket{le="..."}` samples ending with `le="+Inf"`, then `_sum` and
-//! `_count`. Label values are escaped (`\\`, `\"`, `\n`).
+//! The metrics are prometheus-client's (atomic counters, histograms) in one `Registry`, written
+//! by its 0.0.4 text encoder: every family has a `# HELP` and a `# TYPE` line before its
+//! samples; a histogram has, per label set, cumulative `_bucket{le="..."}` samples ending with
+//! `le="+Inf"`, then `_sum` and `_count`; label values are escaped (`\\`, `\"`, `\n`).
 //!
 //! The API's latency is recorded by [`observe_requests`], a middleware wrapped around every
 //! route. Its `route` label is the route's pattern (`/api/v1/subjects/{person_id}/records`),
@@ -13,9 +14,8 @@
 //! `route="unmatched"`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
@@ -23,6 +23,12 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::web;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
 
 use phr_schema::Ack;
 
@@ -34,329 +40,273 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// The `route` label of a request no route serves.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
-/// A Prometheus histogram: observations counted in buckets by upper bound, with their sum.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// Observations per bucket, not cumulative; the last entry is above every bound (`+Inf`).
-    counts: Vec<u64>,
-    sum: f64,
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.iter().copied())
 }
 
-impl Default for Histogram {
-    fn default() -> Self {
-        Self::new(LATENCY_BUCKETS)
-    }
-}
-
-impl Histogram {
-    /// An empty histogram with buckets at `bounds` (ascending) and `+Inf`.
-    pub fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: vec![0; bounds.len() + 1],
-            sum: 0.0,
-        }
-    }
-
-    pub fn observe(&mut self, value: f64) {
-        // The first bucket whose bound is at least the value (`le` is inclusive).
-        let i = self.bounds.partition_point(|b| *b < value);
-        self.counts[i] += 1;
-        self.sum += value;
-    }
-
-    pub fn count(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-
-    pub fn sum(&self) -> f64 {
-        self.sum
-    }
-
-    /// `(le, cumulative count)` for every bucket, `+Inf` last.
-    pub fn cumulative(&self) -> Vec<(f64, u64)> {
-        let mut total = 0;
-        self.bounds
-            .iter()
-            .copied()
-            .chain([f64::INFINITY])
-            .zip(&self.counts)
-            .map(|(le, n)| {
-                total += n;
-                (le, total)
-            })
-            .collect()
-    }
-
-    /// This histogram's samples for one label set (`labels` without `le`).
-    fn render(&self, out: &mut String, name: &str, labels: &[(&str, &str)]) {
-        for (le, n) in self.cumulative() {
-            let le = format_value(le);
-            let mut with_le = labels.to_vec();
-            with_le.push(("le", &le));
-            sample(out, &format!("{name}_bucket"), &with_le, &n.to_string());
-        }
-        sample(out, &format!("{name}_sum"), labels, &format_value(self.sum));
-        sample(
-            out,
-            &format!("{name}_count"),
-            labels,
-            &self.count().to_string(),
-        );
-    }
-}
-
-/// Label set of one API latency series.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct HttpKey {
+/// Label set of one API latency series, in the order the labels are written.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, EncodeLabelSet)]
+struct HttpLabels {
     route: String,
     method: &'static str,
     status: u16,
 }
 
-#[derive(Debug, Default)]
+/// A labelled family whose series are written in label order. prometheus-client's `Family`
+/// keeps a `HashMap`, so its series would come out in a different order at every scrape;
+/// this one also declares its family (`# HELP`, `# TYPE`) before any series exists.
+#[derive(Debug, Clone)]
+struct SortedFamily<L, M> {
+    series: Arc<Mutex<BTreeMap<L, M>>>,
+    new_metric: fn() -> M,
+}
+
+impl<L: Ord + Clone, M: Clone> SortedFamily<L, M> {
+    fn new(new_metric: fn() -> M) -> Self {
+        Self {
+            series: Arc::default(),
+            new_metric,
+        }
+    }
+
+    /// `f` on the metric of `labels` (created on first use).
+    fn with<R>(&self, labels: &L, f: impl FnOnce(&M) -> R) -> R {
+        let mut series = lock(&self.series);
+        match series.get(labels) {
+            Some(m) => f(m),
+            None => f(series.entry(labels.clone()).or_insert_with(self.new_metric)),
+        }
+    }
+}
+
+impl<L, M> EncodeMetric for SortedFamily<L, M>
+where
+    L: EncodeLabelSet,
+    M: EncodeMetric + TypedMetric,
+{
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, m) in lock(&self.series).iter() {
+            m.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+}
+
+/// The ingest and API counters, histograms and gauges, registered once in a
+/// prometheus-client [`Registry`] that [`Metrics::render`] encodes. Counters are atomics.
+#[derive(Debug)]
 pub struct Metrics {
-    batches_received: AtomicU64,
-    batches_acked: AtomicU64,
-    records_stored: AtomicU64,
-    records_duplicate: AtomicU64,
-    records_quarantined: AtomicU64,
-    rejected: Mutex<BTreeMap<&'static str, u64>>,
-    store_errors: AtomicU64,
-    batches_refused_unread: AtomicU64,
-    /// Ingest transactions: count, sum and latency distribution.
-    commits: Mutex<Histogram>,
-    mqtt_connects: AtomicU64,
+    registry: Registry,
+    batches_received: Counter,
+    batches_acked: Counter,
+    records_stored: Counter,
+    records_duplicate: Counter,
+    records_quarantined: Counter,
+    rejected: SortedFamily<[(&'static str, &'static str); 1], Counter>,
+    store_errors: Counter,
+    batches_refused_unread: Counter,
+    store_commits: Counter,
+    /// Ingest transactions: latency distribution.
+    commits: Histogram,
+    mqtt_connects: Counter,
     /// Open MQTT connections at the embedded broker, as its router last reported them.
-    mqtt_connections: AtomicU64,
-    http: Mutex<BTreeMap<HttpKey, Histogram>>,
+    mqtt_connections: Gauge<u64, AtomicU64>,
+    /// Row counts, set from the store at each scrape.
+    series_records: Gauge<u64, AtomicU64>,
+    quarantine_records: Gauge<u64, AtomicU64>,
+    http: SortedFamily<HttpLabels, Histogram>,
     /// What the embedded broker's front refused: connects, publishes, subscriptions.
-    mqtt_refused: [AtomicU64; 3],
+    mqtt_refused: [Counter; 3],
 }
 
 /// The `what` label values of `phr_mqtt_refused_total`, in the order of `mqtt_refused`.
 pub const MQTT_REFUSED: [&str; 3] = ["connect", "publish", "subscribe"];
 
+/// The name kept from before the commit histogram, for existing dashboards and alerts.
+const LEGACY_COMMIT_SECONDS: &str = "phr_store_commit_seconds_sum";
+const COMMIT_DURATION: &str = "phr_store_commit_duration_seconds";
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        // prometheus-client appends `_total` to a counter's name and a full stop to each help.
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let batches_received = counter("phr_batches_received", "MQTT record batches received");
+        let batches_acked = counter("phr_batches_acked", "Batches committed and acked");
+        let records_stored = counter("phr_records_stored", "Records stored for a person");
+        let records_duplicate =
+            counter("phr_records_duplicate", "Records already stored (resends)");
+        let records_quarantined = counter("phr_records_quarantined", "Records no binding covers");
+        let store_errors = counter(
+            "phr_store_errors",
+            "Ingest transactions that failed (batches not acked)",
+        );
+        let batches_refused_unread = counter(
+            "phr_batches_refused_unread",
+            "Batches (and nearby reports) refused unread: bridge not enrolled, or not sealed with its channel key; invalid nearby reports",
+        );
+        let store_commits = counter("phr_store_commits", "Ingest transactions committed");
+        let mqtt_connects = counter(
+            "phr_mqtt_connects",
+            "Times the gateway's MQTT session connected (more than once means reconnects)",
+        );
+        let mqtt_connections = Gauge::default();
+        registry.register(
+            "phr_mqtt_connections",
+            "Open MQTT connections at the embedded broker (bridges, the gateway itself), as its router last reported them (every 5 s while messages flow; 0 with an external broker)",
+            mqtt_connections.clone(),
+        );
+        let commits = latency_histogram();
+        registry.register(
+            COMMIT_DURATION,
+            "Time from the start of an ingest transaction to its durable commit",
+            commits.clone(),
+        );
+        let rejected = SortedFamily::new(Counter::default);
+        registry.register(
+            "phr_records_rejected",
+            "Records rejected, by reason",
+            rejected.clone(),
+        );
+        let series_records = Gauge::default();
+        registry.register(
+            "phr_series_records",
+            "Records in the series store",
+            series_records.clone(),
+        );
+        let quarantine_records = Gauge::default();
+        registry.register(
+            "phr_quarantine_records",
+            "Records held in quarantine",
+            quarantine_records.clone(),
+        );
+        let refused = SortedFamily::new(Counter::default);
+        let mqtt_refused = MQTT_REFUSED.map(|what| refused.with(&[("what", what)], Counter::clone));
+        registry.register(
+            "phr_mqtt_refused",
+            "What the embedded broker refused: connections without valid credentials, publishes and subscriptions outside the client's own topics",
+            refused,
+        );
+        let http = SortedFamily::new(latency_histogram);
+        registry.register(
+            "phr_http_request_duration_seconds",
+            "HTTP API requests by route pattern, method and status: time until the response was ready",
+            http.clone(),
+        );
+        Self {
+            registry,
+            batches_received,
+            batches_acked,
+            records_stored,
+            records_duplicate,
+            records_quarantined,
+            rejected,
+            store_errors,
+            batches_refused_unread,
+            store_commits,
+            commits,
+            mqtt_connects,
+            mqtt_connections,
+            series_records,
+            quarantine_records,
+            http,
+            mqtt_refused,
+        }
+    }
+}
+
 impl Metrics {
     pub fn received(&self, n: usize) {
-        self.batches_received.fetch_add(n as u64, Relaxed);
+        self.batches_received.inc_by(n as u64);
     }
 
     pub fn committed(&self, acks: &[Ack], took: Duration) {
-        lock(&self.commits).observe(took.as_secs_f64());
-        let mut rejected = lock(&self.rejected);
+        self.commits.observe(took.as_secs_f64());
+        self.store_commits.inc();
         for a in acks {
-            self.batches_acked.fetch_add(1, Relaxed);
-            self.records_stored.fetch_add(u64::from(a.stored), Relaxed);
-            self.records_duplicate
-                .fetch_add(u64::from(a.duplicate), Relaxed);
-            self.records_quarantined
-                .fetch_add(u64::from(a.quarantined), Relaxed);
+            self.batches_acked.inc();
+            self.records_stored.inc_by(u64::from(a.stored));
+            self.records_duplicate.inc_by(u64::from(a.duplicate));
+            self.records_quarantined.inc_by(u64::from(a.quarantined));
             if let Some(e) = a.batch_error {
-                *rejected.entry(e.code()).or_default() += u64::from(a.rejected.is_empty());
+                let empty = u64::from(a.rejected.is_empty());
+                self.rejected
+                    .with(&[("reason", e.code())], |c| c.inc_by(empty));
             }
             for r in &a.rejected {
-                *rejected.entry(r.reason.code()).or_default() += 1;
+                self.rejected
+                    .with(&[("reason", r.reason.code())], Counter::inc);
             }
         }
     }
 
     /// The consumer's MQTT session (re)connected.
     pub fn mqtt_connected(&self) {
-        self.mqtt_connects.fetch_add(1, Relaxed);
+        self.mqtt_connects.inc();
     }
 
-    /// The embedded broker's count of open MQTT connections.
     /// One refusal by the embedded broker's front; `what` is one of [`MQTT_REFUSED`].
     pub fn mqtt_refused(&self, what: &str) {
         if let Some(i) = MQTT_REFUSED.iter().position(|w| *w == what) {
-            self.mqtt_refused[i].fetch_add(1, Relaxed);
+            self.mqtt_refused[i].inc();
         }
     }
 
+    /// The embedded broker's count of open MQTT connections.
     pub fn set_mqtt_connections(&self, n: u64) {
-        self.mqtt_connections.store(n, Relaxed);
+        self.mqtt_connections.set(n);
     }
 
     pub fn store_error(&self) {
-        self.store_errors.fetch_add(1, Relaxed);
+        self.store_errors.inc();
     }
 
     /// A batch refused before it could be read: its bridge is not enrolled, or it did not open
     /// with the bridge's channel key. Nearby reports refused (so, or invalid) count here too.
     pub fn refused_batch(&self) {
-        self.batches_refused_unread.fetch_add(1, Relaxed);
+        self.batches_refused_unread.inc();
     }
 
     /// One API request answered: its route pattern (`None`: no route matched), method,
     /// status, and the time until the response was ready.
     pub fn observe_http(&self, route: Option<&str>, method: &Method, status: u16, took: Duration) {
-        let key = HttpKey {
+        let labels = HttpLabels {
             route: route.unwrap_or(UNMATCHED_ROUTE).to_owned(),
             method: method_label(method),
             status,
         };
-        lock(&self.http)
-            .entry(key)
-            .or_default()
-            .observe(took.as_secs_f64());
+        self.http.with(&labels, |h| h.observe(took.as_secs_f64()));
     }
 
-    /// The Prometheus exposition; `series` and `quarantine` are current row counts.
+    /// The Prometheus text exposition (format 0.0.4); `series` and `quarantine` are current
+    /// row counts.
     pub fn render(&self, series: u64, quarantine: u64) -> String {
+        self.series_records.set(series);
+        self.quarantine_records.set(quarantine);
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, v: u64| {
-            family(&mut out, name, help, "counter");
-            sample(&mut out, name, &[], &v.to_string());
-        };
-        counter(
-            "phr_batches_received_total",
-            "MQTT record batches received.",
-            self.batches_received.load(Relaxed),
-        );
-        counter(
-            "phr_batches_acked_total",
-            "Batches committed and acked.",
-            self.batches_acked.load(Relaxed),
-        );
-        counter(
-            "phr_records_stored_total",
-            "Records stored for a person.",
-            self.records_stored.load(Relaxed),
-        );
-        counter(
-            "phr_records_duplicate_total",
-            "Records already stored (resends).",
-            self.records_duplicate.load(Relaxed),
-        );
-        counter(
-            "phr_records_quarantined_total",
-            "Records no binding covers.",
-            self.records_quarantined.load(Relaxed),
-        );
-        counter(
-            "phr_store_errors_total",
-            "Ingest transactions that failed (batches not acked).",
-            self.store_errors.load(Relaxed),
-        );
-        counter(
-            "phr_batches_refused_unread_total",
-            "Batches (and nearby reports) refused unread: bridge not enrolled, or not sealed with its channel key; invalid nearby reports.",
-            self.batches_refused_unread.load(Relaxed),
-        );
-        let commits = lock(&self.commits).clone();
-        counter(
-            "phr_store_commits_total",
-            "Ingest transactions committed.",
-            commits.count(),
-        );
-        counter(
-            "phr_mqtt_connects_total",
-            "Times the gateway's MQTT session connected (more than once means reconnects).",
-            self.mqtt_connects.load(Relaxed),
-        );
-        family(
-            &mut out,
-            "phr_mqtt_connections",
-            "Open MQTT connections at the embedded broker (bridges, the gateway itself), as its router last reported them (every 5 s while messages flow; 0 with an external broker).",
-            "gauge",
-        );
-        sample(
-            &mut out,
-            "phr_mqtt_connections",
-            &[],
-            &self.mqtt_connections.load(Relaxed).to_string(),
-        );
-        // Kept for existing dashboards and alerts; the histogram below has the same sum.
-        family(
-            &mut out,
-            "phr_store_commit_seconds_sum",
-            "Time spent in ingest transactions.",
-            "counter",
-        );
-        sample(
-            &mut out,
-            "phr_store_commit_seconds_sum",
-            &[],
-            &format_value(commits.sum()),
-        );
-        family(
-            &mut out,
-            "phr_store_commit_duration_seconds",
-            "Time from the start of an ingest transaction to its durable commit.",
-            "histogram",
-        );
-        commits.render(&mut out, "phr_store_commit_duration_seconds", &[]);
-
-        family(
-            &mut out,
-            "phr_records_rejected_total",
-            "Records rejected, by reason.",
-            "counter",
-        );
-        for (reason, n) in lock(&self.rejected).iter() {
-            sample(
-                &mut out,
-                "phr_records_rejected_total",
-                &[("reason", reason)],
-                &n.to_string(),
-            );
-        }
-        family(
-            &mut out,
-            "phr_series_records",
-            "Records in the series store.",
-            "gauge",
-        );
-        sample(&mut out, "phr_series_records", &[], &series.to_string());
-        family(
-            &mut out,
-            "phr_quarantine_records",
-            "Records held in quarantine.",
-            "gauge",
-        );
-        sample(
-            &mut out,
-            "phr_quarantine_records",
-            &[],
-            &quarantine.to_string(),
-        );
-
-        family(
-            &mut out,
-            "phr_mqtt_refused_total",
-            "What the embedded broker refused: connections without valid credentials, publishes and subscriptions outside the client's own topics.",
-            "counter",
-        );
-        for (what, n) in MQTT_REFUSED.iter().zip(&self.mqtt_refused) {
-            sample(
-                &mut out,
-                "phr_mqtt_refused_total",
-                &[("what", what)],
-                &n.load(Relaxed).to_string(),
-            );
-        }
-
-        family(
-            &mut out,
-            "phr_http_request_duration_seconds",
-            "HTTP API requests by route pattern, method and status: time until the response was ready.",
-            "histogram",
-        );
-        let http = lock(&self.http).clone();
-        for (k, h) in &http {
-            let status = k.status.to_string();
-            h.render(
-                &mut out,
-                "phr_http_request_duration_seconds",
-                &[
-                    ("route", &k.route),
-                    ("method", k.method),
-                    ("status", &status),
-                ],
-            );
-        }
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        // prometheus-client names every counter `<name>_total`, so the old name is written
+        // here, with the histogram's sum exactly as encoded above.
+        let sum_line = format!("{COMMIT_DURATION}_sum ");
+        let sum = out
+            .lines()
+            .find_map(|l| l.strip_prefix(&sum_line))
+            .unwrap_or("0")
+            .to_owned();
+        out.push_str(&format!(
+            "# HELP {LEGACY_COMMIT_SECONDS} Time spent in ingest transactions.\n\
+             # TYPE {LEGACY_COMMIT_SECONDS} counter\n\
+             {LEGACY_COMMIT_SECONDS} {sum}\n"
+        ));
         out
     }
 }
@@ -405,55 +355,6 @@ fn method_label(m: &Method) -> &'static str {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The `# HELP` and `# TYPE` lines of a family.
-fn family(out: &mut String, name: &str, help: &str, kind: &str) {
-    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// One sample line: `name{label="value",...} value`.
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: &str) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "{k}=\"{}\"", escape_label_value(v));
-        }
-        out.push('}');
-    }
-    let _ = writeln!(out, " {value}");
-}
-
-/// A label value as the text format wants it: backslash, double quote and line feed escaped.
-pub fn escape_label_value(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
-}
-
-/// A sample value or `le` bound: `+Inf`, `-Inf`, `NaN`, else the shortest decimal.
-fn format_value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v == f64::INFINITY {
-        "+Inf".into()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        v.to_string()
-    }
 }
 
 /// Who may scrape `/metrics` on a listener (app data): whether this listener serves it at
@@ -524,18 +425,19 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative_inclusive_and_end_with_inf() {
-        let mut h = Histogram::new(&[0.1, 1.0]);
+        let family = SortedFamily::new(|| Histogram::new([0.1, 1.0]));
         for v in [0.05, 0.1, 0.5, 1.0, 7.0] {
-            h.observe(v);
+            family.with(&[("route", "/a")], |h| h.observe(v));
         }
-        assert_eq!(h.cumulative(), vec![(0.1, 2), (1.0, 4), (f64::INFINITY, 5)]);
-        assert_eq!(h.count(), 5);
-        assert!((h.sum() - 8.65).abs() < 1e-9);
+        let mut registry = Registry::default();
+        registry.register("x_seconds", "X", family);
         let mut out = String::new();
-        h.render(&mut out, "x_seconds", &[("route", "/a")]);
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
         assert_eq!(
             out,
-            "x_seconds_bucket{route=\"/a\",le=\"0.1\"} 2\n\
+            "# HELP x_seconds X.\n\
+             # TYPE x_seconds histogram\n\
+             x_seconds_bucket{route=\"/a\",le=\"0.1\"} 2\n\
              x_seconds_bucket{route=\"/a\",le=\"1\"} 4\n\
              x_seconds_bucket{route=\"/a\",le=\"+Inf\"} 5\n\
              x_seconds_sum{route=\"/a\"} 8.65\n\
@@ -545,9 +447,11 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(
-            escape_label_value("a\\b\"c\nd"),
-            "a\\\\b\\\"c\\nd",
+        let m = Metrics::default();
+        m.observe_http(Some("a\\b\"c\nd"), &Method::GET, 200, Duration::ZERO);
+        assert!(
+            m.render(0, 0)
+                .contains("{route=\"a\\\\b\\\"c\\nd\",method=\"GET\",status=\"200\"} 1\n"),
             "backslash, quote and line feed"
         );
         let m = Metrics::default();

@@ -222,12 +222,7 @@ impl Sut {
         let store = Store::open(&path).expect("store opens");
         for (i, b) in BRIDGES.iter().enumerate() {
             let key = ed25519_dalek::SigningKey::from_bytes(&[i as u8 + 1; 32]);
-            let hex: String = key
-                .verifying_key()
-                .as_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let hex = phr_schema::channel::key_to_hex(&key.verifying_key());
             store.register_bridge_key(b, &hex).expect("bridge enrolled");
         }
         let now = at(model.now);

@@ -154,18 +154,13 @@ fn aad(topic: &str) -> Vec<u8> {
 
 /// A public key as 64 lowercase hex characters.
 pub fn key_to_hex(key: &VerifyingKey) -> String {
-    key.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(key.as_bytes())
 }
 
 /// An Ed25519 public key from 64 hex characters (either case).
-pub fn key_from_hex(hex: &str) -> Option<VerifyingKey> {
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
+pub fn key_from_hex(s: &str) -> Option<VerifyingKey> {
     let mut bytes = [0u8; 32];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
+    hex::decode_to_slice(s, &mut bytes).ok()?;
     VerifyingKey::from_bytes(&bytes).ok()
 }
 

@@ -74,8 +74,8 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::record::{
-    Body, HeartRate, IntervalFrame, Modality, PointFrame, Provenance, Record, SleepEpisode,
-    SleepStageKind, StepCount, UnitValue, BEATS_PER_MINUTE, MINUTES,
+    Body, HeartRate, IntervalFrame, Modality, PointFrame, Provenance, Record, RecordType,
+    SleepEpisode, SleepStageKind, StepCount, UnitValue, BEATS_PER_MINUTE, MINUTES,
 };
 
 /// A LOINC code with its display name.
@@ -117,15 +117,6 @@ pub const AWAKE_DURATION: LoincCode = LoincCode {
     code: "93828-2",
     display: "Nighttime awakening duration",
 };
-
-/// The LOINC code an Observation of a record type carries.
-pub fn loinc(record_type: crate::RecordType) -> LoincCode {
-    match record_type {
-        crate::RecordType::StepCount => STEPS,
-        crate::RecordType::SleepEpisode => SLEEP_DURATION,
-        crate::RecordType::HeartRate => HEART_RATE,
-    }
-}
 
 pub const LOINC_SYSTEM: &str = "http://loinc.org";
 pub const UCUM_SYSTEM: &str = "http://unitsofmeasure.org";
@@ -171,7 +162,7 @@ pub fn observations(
     match &record.body {
         Body::StepCount(s) => {
             obs.insert("category".into(), category("activity", "Activity"));
-            obs.insert("code".into(), concept(STEPS));
+            obs.insert("code".into(), concept(RecordType::StepCount.loinc()));
             obs.insert("effectivePeriod".into(), period(&s.effective_time_frame));
             obs.insert(
                 "valueQuantity".into(),
@@ -181,7 +172,7 @@ pub fn observations(
         Body::HeartRate(h) => {
             obs.insert("meta".into(), json!({"profile": [HEART_RATE_PROFILE]}));
             obs.insert("category".into(), category("vital-signs", "Vital Signs"));
-            obs.insert("code".into(), concept(HEART_RATE));
+            obs.insert("code".into(), concept(RecordType::HeartRate.loinc()));
             obs.insert(
                 "effectiveDateTime".into(),
                 json!(h.effective_time_frame.date_time),
@@ -197,7 +188,7 @@ pub fn observations(
         }
         Body::SleepEpisode(s) => {
             obs.insert("category".into(), category("activity", "Activity"));
-            obs.insert("code".into(), concept(SLEEP_DURATION));
+            obs.insert("code".into(), concept(RecordType::SleepEpisode.loinc()));
             obs.insert("effectivePeriod".into(), period(&s.effective_time_frame));
             match total_sleep_minutes(s) {
                 Some(min) => {
@@ -365,8 +356,8 @@ pub fn record_from_observation(obs: &Value, bridge_id_fallback: &str) -> Result<
         .ok_or(FhirError::Invalid("id"))?;
     let device_id = device_id(obs)?;
     let (bridge_id, provenance, source_created_at) = provenance(obs, bridge_id_fallback)?;
-    let body = match code {
-        c if c == STEPS.code => {
+    let body = match RecordType::from_loinc(code) {
+        Some(RecordType::StepCount) => {
             let frame = effective_period(obs)?;
             let value = value_quantity(obs)?
                 .get("value")
@@ -379,7 +370,7 @@ pub fn record_from_observation(obs: &Value, bridge_id_fallback: &str) -> Result<
                 step_count,
             })
         }
-        c if c == HEART_RATE.code => {
+        Some(RecordType::HeartRate) => {
             let date_time = time(
                 obs.get("effectiveDateTime")
                     .ok_or(FhirError::Missing("effectiveDateTime"))?,
@@ -406,7 +397,7 @@ pub fn record_from_observation(obs: &Value, bridge_id_fallback: &str) -> Result<
             })
         }
         _ => {
-            // SLEEP_DURATION: loinc_code admits only the three codes.
+            // The sleep episode: loinc_code admits only the three types' codes.
             let frame = effective_period(obs)?;
             let carrier = extension(obs, SLEEP_EPISODE_EXTENSION)
                 .ok_or(FhirError::Missing("extension[urn:phr:sleep-episode]"))?
@@ -550,12 +541,7 @@ fn loinc_code(obs: &Map<String, Value>) -> Result<&'static str, FhirError> {
         .iter()
         .filter(|c| c.get("system").and_then(Value::as_str) == Some(LOINC_SYSTEM))
         .filter_map(|c| c.get("code").and_then(Value::as_str))
-        .find_map(|code| {
-            [STEPS, HEART_RATE, SLEEP_DURATION]
-                .into_iter()
-                .find(|known| known.code == code)
-                .map(|known| known.code)
-        })
+        .find_map(|code| RecordType::from_loinc(code).map(|t| t.loinc().code))
         .ok_or(FhirError::UnsupportedCode)
 }
 

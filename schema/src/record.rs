@@ -28,6 +28,21 @@ impl RecordType {
         }
     }
 
+    /// The LOINC code of this type's FHIR Observation: the one table from type to code, read
+    /// by FHIR export and import, FHIR search and SMART scopes narrowed by `code`.
+    pub fn loinc(self) -> crate::fhir::LoincCode {
+        match self {
+            Self::StepCount => crate::fhir::STEPS,
+            Self::SleepEpisode => crate::fhir::SLEEP_DURATION,
+            Self::HeartRate => crate::fhir::HEART_RATE,
+        }
+    }
+
+    /// The type whose Observation carries the LOINC `code` (see [`RecordType::loinc`]).
+    pub fn from_loinc(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.loinc().code == code)
+    }
+
     /// The Open mHealth schema this type maps to: (name, version).
     pub fn omh_schema(self) -> (&'static str, &'static str) {
         match self {

@@ -151,9 +151,7 @@ pub struct Write {
 
 impl Write {
     pub fn bytes(&self) -> Vec<u8> {
-        (0..self.value.len() / 2)
-            .filter_map(|i| u8::from_str_radix(self.value.get(2 * i..2 * i + 2)?, 16).ok())
-            .collect()
+        hex::decode(&self.value).unwrap_or_default()
     }
 }
 
@@ -534,14 +532,7 @@ fn full_uuid(u: &str) -> String {
 
 fn hex_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
     let s = String::deserialize(d)?;
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            s.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| serde::de::Error::custom(format!("bad hex {s:?}")))
-        })
-        .collect()
+    hex::decode(&s).map_err(|_| serde::de::Error::custom(format!("bad hex {s:?}")))
 }
 
 #[cfg(test)]

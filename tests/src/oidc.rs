@@ -32,13 +32,13 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
-use rand::RngCore;
+use rand::Rng;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use phr_gateway::config::{ClaimMapping, ProviderConfig, Secret};
 
-use crate::{b64url, Process};
+use crate::{b64url, std_b64, Process};
 
 /// The owner's subject at the provider; `phr_person` = [`OWNER_PERSON`].
 pub const OWNER_SUB: &str = "owner-ana";
@@ -386,9 +386,7 @@ fn provider_dir() -> PathBuf {
 /// 32 random bytes, base64url: state, nonce, code verifier (43 characters, RFC 7636 §4.1),
 /// client secrets.
 pub fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    b64url(&bytes)
+    b64url(&rand::rngs::OsRng.gen::<[u8; 32]>())
 }
 
 impl OidcProvider {
@@ -863,8 +861,9 @@ fn percent_decode(s: &str) -> Option<String> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                let mut byte = [0u8];
+                hex::decode_to_slice(bytes.get(i + 1..i + 3)?, &mut byte).ok()?;
+                out.push(byte[0]);
                 i += 2;
             }
             b => out.push(b),
@@ -872,15 +871,6 @@ fn percent_decode(s: &str) -> Option<String> {
         i += 1;
     }
     String::from_utf8(out).ok()
-}
-
-/// Standard, padded base64 (RFC 7617 Basic credentials).
-fn std_b64(bytes: &[u8]) -> String {
-    let mut s = b64url(bytes).replace('-', "+").replace('_', "/");
-    while !s.len().is_multiple_of(4) {
-        s.push('=');
-    }
-    s
 }
 
 #[cfg(test)]

@@ -317,9 +317,7 @@ fn u32_le(bytes: &[u8], at: usize) -> Option<u32> {
 /// Test fixtures written as spaced hex bytes (`"16 48 00"`), as specifications print them.
 #[cfg(test)]
 pub(crate) fn test_hex(s: &str) -> Vec<u8> {
-    s.split_whitespace()
-        .map(|b| u8::from_str_radix(b, 16).expect("a hex byte"))
-        .collect()
+    hex::decode(s.split_whitespace().collect::<String>()).expect("hex bytes")
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::blocking;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::Principal;
@@ -133,9 +134,7 @@ pub(crate) async fn quarantine(
 ) -> Result<HttpResponse, ApiError> {
     require(&principal, "Device", 'r')?;
     let store = state.store.clone();
-    let q = web::block(move || store.quarantine_of(&principal.subject))
-        .await
-        .map_err(|_| ApiError::Internal)??;
+    let q = blocking(move || store.quarantine_of(&principal.subject)).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "quarantine": q })))
 }
 
@@ -178,9 +177,8 @@ pub(crate) async fn confirm(
     };
     let store = state.store.clone();
     let c =
-        web::block(move || store.confirm_quarantine(&range, &principal.subject, &why, Utc::now()))
-            .await
-            .map_err(|_| ApiError::Internal)???;
+        blocking(move || store.confirm_quarantine(&range, &principal.subject, &why, Utc::now()))
+            .await??;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "correction": c })))
 }
 
@@ -216,9 +214,8 @@ pub(crate) async fn unlink(
         return Err(ApiError::bad_request("invalid_why", "say why in `why`"));
     }
     let store = state.store.clone();
-    let c = web::block(move || store.unlink_own(&range, &principal.subject, &why, Utc::now()))
-        .await
-        .map_err(|_| ApiError::Internal)???;
+    let c =
+        blocking(move || store.unlink_own(&range, &principal.subject, &why, Utc::now())).await??;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "correction": c })))
 }
 
@@ -240,9 +237,7 @@ pub(crate) async fn mine(
 ) -> Result<HttpResponse, ApiError> {
     require(&principal, "Observation", 'r')?;
     let store = state.store.clone();
-    let list = web::block(move || store.corrections_of(&principal.subject))
-        .await
-        .map_err(|_| ApiError::Internal)??;
+    let list = blocking(move || store.corrections_of(&principal.subject)).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "corrections": list })))
 }
 
@@ -311,17 +306,16 @@ pub(crate) async fn admin(
     let by = principal.subject.clone();
     let c = match (b.kind, b.to_person) {
         (Kind::Reattribute, Some(to)) => {
-            web::block(move || store.reattribute(&range, &b.from_person, &to, &why, &by, Utc::now())).await
+            blocking(move || store.reattribute(&range, &b.from_person, &to, &why, &by, Utc::now())).await
         }
-        (Kind::Unlink, None) => web::block(move || store.unlink(&range, &b.from_person, &why, &by, Utc::now())).await,
+        (Kind::Unlink, None) => blocking(move || store.unlink(&range, &b.from_person, &why, &by, Utc::now())).await,
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_correction",
                 "`reattribute` needs `to_person`; `unlink` takes none; quarantine is confirmed by the device's owner",
             ))
         }
-    }
-    .map_err(|_| ApiError::Internal)??;
+    }?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "correction": c })))
 }
 

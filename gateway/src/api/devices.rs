@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use phr_schema::envelope::is_valid_id;
 
+use super::blocking;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::Principal;
@@ -78,9 +79,7 @@ pub(crate) async fn list(
 ) -> Result<HttpResponse, ApiError> {
     require(&principal, 'r')?;
     let store = state.store.clone();
-    let bindings = web::block(move || store.bindings_of(&principal.subject))
-        .await
-        .map_err(|_| ApiError::Internal)??;
+    let bindings = blocking(move || store.bindings_of(&principal.subject)).await?;
     let devices = bindings;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "devices": devices })))
 }
@@ -138,21 +137,21 @@ pub(crate) async fn start(
     }
     let state = state.clone();
     let person = principal.subject.clone();
-    let started = web::block(move || {
+    let started = blocking(move || {
         let cx = crate::pairing::Context {
             store: &state.store,
             channels: &state.channels,
             mqtt: &state.mqtt,
             topics: &state.topics,
         };
-        crate::pairing::start(cx, &person, &body.bridge_id, &body.device_id, Utc::now())
+        crate::pairing::start(cx, &person, &body.bridge_id, &body.device_id, Utc::now()).map_err(
+            |e| match e {
+                crate::Error::Broker(_) => ApiError::Unavailable,
+                e => e.into(),
+            },
+        )
     })
-    .await
-    .map_err(|_| ApiError::Internal)?
-    .map_err(|e| match e {
-        crate::Error::Broker(_) => ApiError::Unavailable,
-        e => e.into(),
-    })?;
+    .await?;
     let pairing = started.map_err(|r| match r {
         StartRefusal::TooMany { retry_after_secs } => ApiError::Refused {
             status: StatusCode::TOO_MANY_REQUESTS,
@@ -191,9 +190,8 @@ pub(crate) async fn show(
     require(&principal, 'r')?;
     let id = Uuid::parse_str(&path.into_inner()).map_err(|_| ApiError::NotFound)?;
     let store = state.store.clone();
-    let pairing = web::block(move || store.pairing(&principal.subject, id))
-        .await
-        .map_err(|_| ApiError::Internal)??
+    let pairing = blocking(move || store.pairing(&principal.subject, id))
+        .await?
         .ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "pairing": pairing })))
 }
@@ -232,9 +230,8 @@ pub(crate) async fn nearby(
         ));
     }
     let store = state.store.clone();
-    let view = web::block(move || store.nearby_for_owner(&principal.subject, &bridge, Utc::now()))
-        .await
-        .map_err(|_| ApiError::Internal)??
+    let view = blocking(move || store.nearby_for_owner(&principal.subject, &bridge, Utc::now()))
+        .await?
         .ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok().json(view))
 }
@@ -282,7 +279,7 @@ pub(crate) async fn confirm(
         .map_err(|e| ApiError::from_body_error(&e))?
         .into_inner();
     let store = state.store.clone();
-    let result = web::block(move || {
+    let result = blocking(move || {
         store.confirm_pairing(
             &principal.subject,
             id,
@@ -291,8 +288,7 @@ pub(crate) async fn confirm(
             Utc::now(),
         )
     })
-    .await
-    .map_err(|_| ApiError::Internal)??;
+    .await?;
     match result {
         Ok(pairing) => Ok(HttpResponse::Ok().json(serde_json::json!({ "pairing": pairing }))),
         Err(Refusal::Unknown) => Err(ApiError::NotFound),
@@ -330,9 +326,7 @@ pub(crate) async fn release(
     let store = state.store.clone();
     let now = Utc::now();
     let id = device.clone();
-    let released = web::block(move || store.release_binding(&principal.subject, &id, now))
-        .await
-        .map_err(|_| ApiError::Internal)??;
+    let released = blocking(move || store.release_binding(&principal.subject, &id, now)).await?;
     if released {
         Ok(HttpResponse::Ok().json(serde_json::json!({
             "device_id": device,
@@ -388,9 +382,8 @@ pub(crate) async fn operator_release(
     let store = state.store.clone();
     let now = Utc::now();
     let id = device.clone();
-    let owner = web::block(move || store.operator_release(&id, &principal.subject, &reason, now))
-        .await
-        .map_err(|_| ApiError::Internal)??
+    let owner = blocking(move || store.operator_release(&id, &principal.subject, &reason, now))
+        .await?
         .ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "device_id": device,
@@ -446,9 +439,7 @@ pub(crate) async fn enrol(
     }
     let store = state.store.clone();
     let (id, key) = (body.bridge_id.clone(), body.public_key.trim().to_owned());
-    web::block(move || store.register_bridge_key(&id, &key))
-        .await
-        .map_err(|_| ApiError::Internal)??;
+    blocking(move || store.register_bridge_key(&id, &key)).await?;
     state.channels.forget(&body.bridge_id);
     Ok(HttpResponse::Created().json(serde_json::json!({
         "bridge_id": body.bridge_id,
@@ -485,9 +476,7 @@ pub(crate) async fn revoke(
     }
     let store = state.store.clone();
     let id = bridge.clone();
-    let revoked = web::block(move || store.revoke_bridge(&id))
-        .await
-        .map_err(|_| ApiError::Internal)??;
+    let revoked = blocking(move || store.revoke_bridge(&id)).await?;
     state.channels.forget(&bridge);
     if !revoked {
         return Err(ApiError::NotFound);

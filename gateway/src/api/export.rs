@@ -61,6 +61,7 @@ use uuid::Uuid;
 
 use phr_schema::{Body, Record, RecordType};
 
+use super::blocking;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::Principal;
@@ -245,13 +246,12 @@ pub async fn download(
         })?;
     let filename = format!("phr-export-{}.{}", file_safe(&person), format.extension());
     let store = state.store.clone();
-    let (producer, first) = web::block(move || -> crate::Result<_> {
+    let (producer, first) = blocking(move || -> crate::Result<_> {
         let mut producer = Producer::new(store, &person, format, Utc::now())?;
         let first = producer.next_chunk();
         Ok((producer, first))
     })
-    .await
-    .map_err(|_| ApiError::Internal)??;
+    .await?;
     let first = first?;
     let rx = spawn_producer(producer);
     Ok(HttpResponse::Ok()

@@ -36,11 +36,12 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use phr_schema::fhir::{self, LoincCode};
+use phr_schema::fhir;
 use phr_schema::{Record, RecordType};
 
+use super::blocking;
+use super::cursor::Cursor;
 use super::error::ApiError;
-use super::records::{decode_cursor, encode_cursor};
 use super::AppState;
 use crate::access::{self, Resume, Search};
 use crate::auth::Principal;
@@ -59,13 +60,6 @@ pub const MAX_COUNT: usize = 1000;
 
 /// When this CapabilityStatement last changed (R4 `CapabilityStatement.date`).
 const CAPABILITY_DATE: &str = "2026-11-27";
-
-/// The record types by their Observation code.
-const CODES: [(LoincCode, RecordType); 3] = [
-    (fhir::STEPS, RecordType::StepCount),
-    (fhir::SLEEP_DURATION, RecordType::SleepEpisode),
-    (fhir::HEART_RATE, RecordType::HeartRate),
-];
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(METADATA, web::get().to(metadata))
@@ -282,31 +276,16 @@ fn parse_code(v: &str) -> Result<Vec<RecordType>, FhirApiError> {
             "unsupported_code",
             format!(
                 "`code` must name {}, optionally as `{}|code`",
-                CODES
+                RecordType::ALL
                     .iter()
-                    .map(|(c, t)| format!("{} ({t})", c.code))
+                    .map(|t| format!("{} ({t})", t.loinc().code))
                     .collect::<Vec<_>>()
                     .join(", "),
                 fhir::LOINC_SYSTEM
             ),
         )
     };
-    let mut types = Vec::new();
-    for token in v.split(',') {
-        let code = match token.split_once('|') {
-            Some((system, code)) if system.is_empty() || system == fhir::LOINC_SYSTEM => code,
-            Some(_) => return Err(unsupported()),
-            None => token,
-        };
-        let (_, t) = CODES
-            .iter()
-            .find(|(c, _)| c.code == code)
-            .ok_or_else(unsupported)?;
-        if !types.contains(t) {
-            types.push(*t);
-        }
-    }
-    Ok(types)
+    crate::auth::loinc_types(v, crate::auth::LoincSystem::Optional).ok_or_else(unsupported)
 }
 
 /// The range `[lo, hi)` in ms a `date` value stands for, at its precision.
@@ -380,7 +359,7 @@ fn encode_resume(r: &Resume) -> String {
         .position(|&t| t == r.record_type)
         .unwrap_or(0);
     match &r.after {
-        Some(k) => format!("{i}.{}", encode_cursor(k)),
+        Some(k) => format!("{i}.{}", k.encode()),
         None => i.to_string(),
     }
 }
@@ -396,7 +375,9 @@ fn decode_resume(s: &str) -> Result<Resume, FhirApiError> {
         .ok()
         .and_then(|i| RecordType::ALL.get(i).copied())
         .ok_or_else(invalid)?;
-    let after = key.map(decode_cursor).transpose().map_err(|_| invalid())?;
+    let after = key
+        .map(|k| crate::store::PageKey::decode(k).ok_or_else(invalid))
+        .transpose()?;
     Ok(Resume { record_type, after })
 }
 
@@ -574,9 +555,7 @@ pub(crate) async fn search(
     };
     let store = state.store.clone();
     let now = Utc::now();
-    let page = web::block(move || access::search_records(&store, &principal, &search, now))
-        .await
-        .map_err(|_| ApiError::Internal)??;
+    let page = blocking(move || access::search_records(&store, &principal, &search, now)).await?;
     let patient_ref = format!("Patient/{}", p.patient);
     let mut resources = Vec::with_capacity(page.records.len());
     for (_, stored) in &page.records {

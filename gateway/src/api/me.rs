@@ -11,6 +11,7 @@ use uuid::Uuid;
 use phr_schema::envelope::is_valid_id;
 use phr_schema::RecordType;
 
+use super::blocking;
 use super::error::ApiError;
 use super::records::{self, RecordsQuery};
 use super::AppState;
@@ -95,9 +96,7 @@ pub(crate) async fn list_consents(
 ) -> Result<HttpResponse, ApiError> {
     require(&principal, "Consent", &['r', 's'])?;
     let store = state.store.clone();
-    let consents = web::block(move || store.consents(&principal.subject, Utc::now()))
-        .await
-        .map_err(|_| ApiError::Internal)??;
+    let consents = blocking(move || store.consents(&principal.subject, Utc::now())).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "consents": consents })))
 }
 
@@ -222,12 +221,11 @@ pub(crate) async fn grant_consent(
     let terms = body.into_terms(now)?;
     let store = state.store.clone();
     let person = principal.subject.clone();
-    let consent = web::block(move || {
+    let consent = blocking(move || {
         store.ensure_person(&person)?;
         store.grant_consent(&person, terms, &person, now)
     })
-    .await
-    .map_err(|_| ApiError::Internal)??;
+    .await?;
     let receipt = Receipt {
         iss: state.keys.issuer().to_owned(),
         sub: consent.person_id.clone(),
@@ -263,11 +261,10 @@ pub(crate) async fn withdraw_consent(
     require(&principal, "Consent", &['u', 'd'])?;
     let id = Uuid::parse_str(&path.into_inner()).map_err(|_| ApiError::NotFound)?;
     let store = state.store.clone();
-    let consent = web::block(move || {
+    let consent = blocking(move || {
         store.withdraw_consent(&principal.subject, id, &principal.subject, Utc::now())
     })
-    .await
-    .map_err(|_| ApiError::Internal)??
+    .await?
     .ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "consent": consent })))
 }
@@ -318,9 +315,8 @@ pub(crate) async fn disclosures(
     }
     let store = state.store.clone();
     let rows: Vec<Logged> =
-        web::block(move || store.disclosures(&principal.subject, q.after.unwrap_or(0), limit))
-            .await
-            .map_err(|_| ApiError::Internal)??;
+        blocking(move || store.disclosures(&principal.subject, q.after.unwrap_or(0), limit))
+            .await?;
     let next_after = (rows.len() == limit)
         .then(|| rows.last().map(|r| r.seq))
         .flatten();
@@ -374,9 +370,8 @@ pub(crate) async fn erase(
     }
     let store = state.store.clone();
     let erased =
-        web::block(move || store.erase_person(&principal.subject, &principal.subject, Utc::now()))
-            .await
-            .map_err(|_| ApiError::Internal)??;
+        blocking(move || store.erase_person(&principal.subject, &principal.subject, Utc::now()))
+            .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "erased": erased })))
 }
 

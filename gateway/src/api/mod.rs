@@ -11,6 +11,7 @@
 //!   (`/api/v1/me/sources`).
 //! - [`subjects`]: other parties' reads of a person's data (`/api/v1/subjects/...`).
 //! - [`records`]: query parsing and output formats shared by both.
+//! - [`cursor`]: the paging cursors' one codec (records, FHIR search, sync).
 //! - [`export`]: the owner's export (FHIR R4, Open mHealth, CSV).
 //! - [`summary`]: who consents to the caller (`/api/v1/subjects`), daily summaries.
 //! - [`fhir`]: FHIR R4 Observation search and the CapabilityStatement (`/fhir/...`); its
@@ -21,6 +22,7 @@
 //! - this file: app state, the bearer-token extractor, `/healthz`, `/metrics`, the dashboard.
 
 pub mod corrections;
+pub(crate) mod cursor;
 pub mod devices;
 pub mod error;
 pub mod export;
@@ -44,6 +46,23 @@ use crate::auth::{Keys, Principal};
 use crate::metrics::Metrics;
 use crate::store::prelude::*;
 use error::ApiError;
+
+/// Runs `f` on actix's blocking pool, where every store call runs (never on the async
+/// workers): a task that panicked or was cancelled is [`ApiError::Internal`], and `f`'s own
+/// error converts through `From`.
+pub(crate) async fn blocking<T, E>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    ApiError: From<E>,
+{
+    web::block(f)
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(ApiError::from)
+}
 
 pub const HEALTHZ: &str = "/healthz";
 pub const METRICS: &str = "/metrics";

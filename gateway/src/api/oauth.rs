@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::blocking;
 use super::corrections::require_admin;
 use super::error::ApiError;
 use super::openapi::ErrorBody;
@@ -134,10 +135,17 @@ pub(crate) async fn token(
         ));
     };
     let (store, keys) = (state.store.clone(), state.keys.clone());
-    let result =
-        web::block(move || oauth::issue_token(&store, &keys, &form, basic.as_ref(), Utc::now()))
-            .await
-            .map_err(|_| ApiError::Internal)?;
+    // The endpoint answers its refusals itself, so the outcome comes back whole.
+    let result = blocking(move || {
+        Ok::<_, ApiError>(oauth::issue_token(
+            &store,
+            &keys,
+            &form,
+            basic.as_ref(),
+            Utc::now(),
+        ))
+    })
+    .await?;
     match result {
         Ok(t) => Ok(no_store(&mut HttpResponse::Ok()).json(t)),
         Err(Failure::Refused(e)) => {
@@ -274,15 +282,14 @@ pub(crate) async fn create_client(
     };
     oauth::check_new_client(&new).map_err(|e| ApiError::bad_request(e.code, e.message))?;
     let store = state.store.clone();
-    let (secret, client) = web::block(move || {
+    let (secret, client) = blocking(move || {
         let secret = store.add_client(&new)?;
         let client = store
             .client(&new.client_id)?
             .ok_or(crate::Error::Conflict("the client vanished"))?;
         Ok::<_, crate::Error>((secret, client))
     })
-    .await
-    .map_err(|_| ApiError::Internal)??;
+    .await?;
     tracing::info!(client_id = %client.client_id, by = %principal.subject, "client registered");
     Ok(no_store(&mut HttpResponse::Created()).json(CreatedClient {
         client: client.into(),
@@ -306,9 +313,7 @@ pub(crate) async fn list_clients(
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&principal)?;
     let store = state.store.clone();
-    let clients = web::block(move || store.list_clients())
-        .await
-        .map_err(|_| ApiError::Internal)??;
+    let clients = blocking(move || store.list_clients()).await?;
     Ok(HttpResponse::Ok().json(ClientList {
         clients: clients.into_iter().map(Into::into).collect(),
     }))

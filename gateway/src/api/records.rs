@@ -11,6 +11,8 @@ use serde_json::value::RawValue;
 
 use phr_schema::{Record, RecordType};
 
+use super::blocking;
+use super::cursor::Cursor;
 use super::error::ApiError;
 use super::AppState;
 use crate::access;
@@ -124,7 +126,15 @@ pub(super) async fn respond(
             format!("`limit` must be between 1 and {MAX_LIMIT}"),
         ));
     }
-    let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            PageKey::decode(c).ok_or_else(|| {
+                ApiError::bad_request("invalid_cursor", "`cursor` is not one this API returned")
+            })
+        })
+        .transpose()?;
     let store = state.store.clone();
     let query = access::Query {
         person_id,
@@ -134,10 +144,9 @@ pub(super) async fn respond(
         after,
         limit,
     };
-    let page = web::block(move || access::read_records(&store, &principal, &query, Utc::now()))
-        .await
-        .map_err(|_| ApiError::Internal)??;
-    let next_cursor = page.next.as_ref().map(encode_cursor);
+    let page =
+        blocking(move || access::read_records(&store, &principal, &query, Utc::now())).await?;
+    let next_cursor = page.next.as_ref().map(PageKey::encode);
     match q.format {
         Format::Record => {
             let records = page
@@ -175,51 +184,4 @@ pub(super) async fn respond(
 struct RecordsPage {
     records: Vec<Box<RawValue>>,
     next_cursor: Option<String>,
-}
-
-/// Cursors are opaque to clients: hex of `start_ms:end_ms:device_id`.
-pub(super) fn encode_cursor(k: &PageKey) -> String {
-    format!("{}:{}:{}", k.start_ms, k.end_ms, k.device_id)
-        .bytes()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-pub(super) fn decode_cursor(s: &str) -> Result<PageKey, ApiError> {
-    let bad = || ApiError::bad_request("invalid_cursor", "`cursor` is not one this API returned");
-    if !s.len().is_multiple_of(2) || s.len() > 512 {
-        return Err(bad());
-    }
-    let bytes = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
-        .collect::<Result<Vec<u8>, _>>()?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let mut parts = text.splitn(3, ':');
-    let start_ms = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    let end_ms = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    let device_id = parts.next().ok_or_else(bad)?.to_owned();
-    Ok(PageKey {
-        start_ms,
-        device_id,
-        end_ms,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursor_round_trips_and_rejects_garbage() {
-        let k = PageKey {
-            start_ms: -5,
-            device_id: "AA:BB:cc".into(),
-            end_ms: 1_700_000_000_000,
-        };
-        assert_eq!(decode_cursor(&encode_cursor(&k)).unwrap(), k);
-        for bad in ["", "0", "zz", "3a3a", &"ab".repeat(300)] {
-            assert!(decode_cursor(bad).is_err(), "{bad}");
-        }
-    }
 }

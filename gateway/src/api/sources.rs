@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 
 use phr_schema::RecordType;
 
+use super::blocking;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::Principal;
@@ -66,9 +67,7 @@ pub(crate) async fn list(
 ) -> Result<HttpResponse, ApiError> {
     require(&principal, 'r')?;
     let store = state.store.clone();
-    let view = web::block(move || store.sources_view(&principal.subject, &TYPES, Utc::now()))
-        .await
-        .map_err(|_| ApiError::Internal)??;
+    let view = blocking(move || store.sources_view(&principal.subject, &TYPES, Utc::now())).await?;
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -113,7 +112,7 @@ pub(crate) async fn set(
         .map_err(|e| ApiError::from_body_error(&e))?
         .into_inner();
     let store = state.store.clone();
-    let view = web::block(move || {
+    let view = blocking(move || {
         let now = Utc::now();
         match store.set_source_order(&principal.subject, t, &body.order, now) {
             Ok(()) => {}
@@ -124,8 +123,7 @@ pub(crate) async fn set(
         }
         Ok(Ok(store.sources_view(&principal.subject, &[t], now)?))
     })
-    .await
-    .map_err(|_| ApiError::Internal)???;
+    .await??;
     let state = view.types.into_iter().next().ok_or(ApiError::Internal)?;
     Ok(HttpResponse::Ok().json(state))
 }

@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 
 use phr_schema::RecordType;
 
+use super::blocking;
 use super::error::ApiError;
 use super::openapi::ErrorBody;
 use super::AppState;
@@ -57,9 +58,7 @@ pub(crate) async fn subjects(
 ) -> Result<HttpResponse, ApiError> {
     let kind = access::party_kind(&principal).ok_or(ApiError::Forbidden)?;
     let store = state.store.clone();
-    let subjects = web::block(move || store.subjects(&principal.subject, kind, Utc::now()))
-        .await
-        .map_err(|_| ApiError::Internal)??;
+    let subjects = blocking(move || store.subjects(&principal.subject, kind, Utc::now())).await?;
     Ok(HttpResponse::Ok().json(SubjectList { subjects }))
 }
 
@@ -168,9 +167,8 @@ pub(crate) async fn daily(
     };
     let store = state.store.clone();
     let summary: DailySummary =
-        web::block(move || access::read_daily_summary(&store, &principal, &query, Utc::now()))
-            .await
-            .map_err(|_| ApiError::Internal)??;
+        blocking(move || access::read_daily_summary(&store, &principal, &query, Utc::now()))
+            .await?;
     Ok(HttpResponse::Ok().json(summary))
 }
 

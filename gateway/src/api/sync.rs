@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
+use super::blocking;
+use super::cursor::{Cursor, FeedSeq};
 use super::error::ApiError;
 use super::AppState;
 use crate::access::party_kind;
@@ -75,19 +77,6 @@ pub(crate) struct SyncPage {
     has_more: bool,
 }
 
-const CURSOR_PREFIX: &str = "s1.";
-
-fn encode_cursor(seq: i64) -> String {
-    format!("{CURSOR_PREFIX}{seq:x}")
-}
-
-fn decode_cursor(c: &str) -> Option<i64> {
-    c.strip_prefix(CURSOR_PREFIX)
-        .filter(|h| !h.is_empty() && h.len() <= 16)
-        .and_then(|h| i64::from_str_radix(h, 16).ok())
-        .filter(|s| *s >= 0)
-}
-
 /// The changes since the cursor that the caller may see.
 #[utoipa::path(get, path = "/api/v1/sync", tag = "companies", params(SyncQuery),
     security(("bearer" = [])),
@@ -123,9 +112,16 @@ pub(crate) async fn sync(
         .into_inner();
     let after = match q.cursor.as_deref() {
         None => 0,
-        Some(c) => decode_cursor(c).ok_or_else(|| {
-            ApiError::bad_request("invalid_cursor", "`cursor` is not one this gateway issued")
-        })?,
+        Some(c) => {
+            FeedSeq::decode(c)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_cursor",
+                        "`cursor` is not one this gateway issued",
+                    )
+                })?
+                .0
+        }
     };
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -139,7 +135,7 @@ pub(crate) async fn sync(
     };
     let store = state.store.clone();
     let types = principal.allowed_types();
-    let page = web::block(move || -> crate::Result<FeedPage> {
+    let page = blocking(move || -> crate::Result<FeedPage> {
         let now = Utc::now();
         let page = store.feed(
             &principal.subject,
@@ -152,8 +148,7 @@ pub(crate) async fn sync(
         log(&store, &principal, kind, &page, now)?;
         Ok(page)
     })
-    .await
-    .map_err(|_| ApiError::Internal)??;
+    .await?;
     let changes = page
         .changes
         .into_iter()
@@ -167,7 +162,7 @@ pub(crate) async fn sync(
         .collect();
     Ok(HttpResponse::Ok().json(SyncPage {
         changes,
-        next_cursor: encode_cursor(page.last_seq),
+        next_cursor: FeedSeq(page.last_seq).encode(),
         has_more: page.more,
     }))
 }
@@ -210,27 +205,4 @@ fn log(
         })?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_foreign_ones_are_refused() {
-        for seq in [0, 1, 255, i64::MAX] {
-            assert_eq!(decode_cursor(&encode_cursor(seq)), Some(seq));
-        }
-        for bad in [
-            "",
-            "s1.",
-            "s1.-1",
-            "s1.zz",
-            "x.10",
-            "s1.10000000000000000",
-            "10",
-        ] {
-            assert_eq!(decode_cursor(bad), None, "{bad}");
-        }
-    }
 }

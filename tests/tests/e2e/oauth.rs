@@ -7,7 +7,7 @@ use chrono::Utc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use phr_e2e::{b64url, call, form_encode, get_json, TestGateway};
+use phr_e2e::{b64url, call, form_encode, get_json, std_b64, TestGateway};
 use phr_gateway::store::clients::NewClient;
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -94,15 +94,6 @@ impl Answer {
         assert_eq!(self.status, 200, "{self:?}");
         self.body["access_token"].as_str().unwrap()
     }
-}
-
-/// Standard, padded base64 (RFC 7617 Basic credentials).
-fn std_b64(bytes: &[u8]) -> String {
-    let mut s = b64url(bytes).replace('-', "+").replace('_', "/");
-    while !s.len().is_multiple_of(4) {
-        s.push('=');
-    }
-    s
 }
 
 fn token_request(gw: &TestGateway, form: &[(&str, &str)], basic: Option<(&str, &str)>) -> Answer {
