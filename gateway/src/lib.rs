@@ -14,6 +14,10 @@
 //! - [`auth`]: signing key, token issue and verification, the caller's principal.
 //! - [`access`]: the data access layer: scope AND consent AND object, plus the disclosure log.
 //! - [`api`]: HTTP routes.
+//! - [`dashboard`]: the server-rendered dashboards (owner, clinician, pairing, sign-in) and
+//!   their view model.
+//! - [`idp`]: trusted OpenID providers: discovery, JWKS, token verification.
+//! - [`limits`]: per-caller rate limits.
 //! - [`metrics`]: Prometheus counters.
 //! - [`oauth`]: client credentials for PHR companies (token endpoint logic, discovery).
 //! - [`pairing`]: starting a pairing (code to the bridge over MQTT).

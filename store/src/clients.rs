@@ -1,6 +1,6 @@
 //! OAuth clients (PHR companies) and the replay guard for their client assertions.
 //!
-//! A client authenticates at `POST /oauth/token` (see [`crate::oauth`]) with a secret, a
+//! A client authenticates at `POST /oauth/token` (see `phr_gateway::oauth`) with a secret, a
 //! signed assertion (RFC 7523) verified against the public keys it registered, or either.
 //! Secrets are generated here, shown once and never stored: only a salted SHA-256 of each is
 //! kept (a generated 256-bit secret needs no slow hash), compared in constant time.

@@ -14,9 +14,10 @@
 //! used to attribute records is read in the same transaction that writes them, and the acks
 //! are released only after COMMIT returns.
 //!
-//! This crate knows nothing of HTTP, tokens or MQTT: who may read what is decided above it
-//! (the gateway's access layer), and handed in where the store must apply it while it reads
-//! (the change feed's [`changes::Visibility`]).
+//! This crate knows nothing of HTTP, tokens or MQTT: who may read what is decided above it,
+//! in the gateway's access layer. The two sets of rules a backend must apply inside its own
+//! transactions, attribution ([`ingest`]) and the feed's visibility ([`visibility`]), are
+//! pure functions kept here, beside the SQL, so every backend applies the same ones.
 //!
 //! # Layout
 //! - [`traits`]: `Registry`, `SeriesStore`, `ChangeFeed`: what a backend provides.
@@ -32,7 +33,7 @@
 //! - [`sources`], [`source_view`]: one device per interval (the merged view) and its ranking.
 //! - [`rollup`]: the 5-minute rollup the dashboards and daily summaries read.
 //! - [`export`]: exports and the re-import of a person's own export.
-//! - [`conformance`]: the tests every backend must pass (feature `conformance`).
+//! - `conformance` (feature `conformance`): the tests every backend must pass.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! What the owner's dashboard shows of pairing ([`crate::rollup::pairing`]): the owner's
+//! What the owner's dashboard shows of pairing (`phr_gateway::dashboard::pairing`): the owner's
 //! recent pairings, with tries used and why one was refused, and the enrolled bridges they
 //! have used. Reads only: the rules live in [`super::pairing`].
 

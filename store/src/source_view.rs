@@ -1,7 +1,7 @@
 //! "Which device counts", as the owner sees it (issue #15): per type, their devices, their
 //! order ([`super::sources`]'s explicit order, then the default rule) and how many of their
 //! last [`COUNTED_DAYS`] local days each device counted on. Read by the owner's dashboard
-//! ([`crate::rollup::sources`]) and `GET /api/v1/me/sources` ([`crate::api::sources`]);
+//! (`phr_gateway::dashboard::sources`) and `GET /api/v1/me/sources` (`phr_gateway::api::sources`);
 //! the order itself is changed only through [`Store::set_source_order`].
 //!
 //! Counted days: steps and heart rate, the days the merge ([`Store::merged_days`]) took at

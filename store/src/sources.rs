@@ -4,7 +4,7 @@
 //! view** decided here.
 //!
 //! # The rule
-//! - Time is cut into the rollup's 5-minute clock intervals ([`super::dashboard`]). In each
+//! - Time is cut into the rollup's 5-minute clock intervals ([`super::rollup`]). In each
 //!   interval of a day, the data of **one device** counts: the first in that day's order
 //!   that has data in the interval. The others' data in that interval does not add to any
 //!   total. A record longer than an interval (a band that stores 15-minute counts) is spread

@@ -1,7 +1,7 @@
 //! What other parties see of the people who consent to them: who they are
 //! ([`Store::subjects`], `GET /api/v1/subjects`) and daily totals per local day
 //! ([`Store::daily_steps`], [`Store::daily_sleep`], for `GET /api/v1/subjects/{id}/summary/daily`
-//! through [`crate::access::read_daily_summary`]).
+//! through `phr_gateway::access::read_daily_summary`).
 //!
 //! # Local days
 //! A day is the person's calendar day in their registered IANA time zone (`people.time_zone`),
@@ -14,12 +14,12 @@
 //! # Which day a record counts towards
 //! - Steps: the day they were measured in. A record spanning midnight counts towards both
 //!   days in proportion to its time in each (the rollup spreads records over its 5-minute
-//!   intervals, [`super::dashboard`]).
+//!   intervals, [`super::rollup`]).
 //! - Sleep: the day an episode *ends* in, the day one wakes up: Monday night's sleep, woken
 //!   from on Tuesday, is Tuesday's.
 //!
 //! Steps are read per device and 5-minute interval from the rollup (`series_slots`, kept by
-//! triggers on the series, see [`super::dashboard`]), the day boundaries going in as one JSON
+//! triggers on the series, see [`super::rollup`]), the day boundaries going in as one JSON
 //! array; a day a consent's window cuts is read from its records inside the window. Then
 //! one device's data counts per interval ([`super::sources`]): a person wearing two bands
 //! walks each step once. Sleep episodes are selected per day with an index range scan and
@@ -369,7 +369,7 @@ impl Store {
     /// Adds to `summary` the steps of `person_id` in each of `days`, merged across their
     /// devices (one device per 5-minute interval, [`super::sources`]); returns how many
     /// records were summed. Whole 5-minute intervals come from the rollup
-    /// ([`super::dashboard`]), the ends of a day a consent's window cuts mid-interval from the
+    /// ([`super::rollup`]), the ends of a day a consent's window cuts mid-interval from the
     /// records themselves.
     pub fn daily_steps(
         &self,

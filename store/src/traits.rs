@@ -1,6 +1,6 @@
 //! What a store backend provides: [`Registry`], [`Accounts`], [`SeriesStore`] and
 //! [`ChangeFeed`], together a [`Backend`]. The gateway holds its store as
-//! `Arc<dyn Backend>`; the SQLite [`Store`] is the embedded one, and [`crate::conformance`]
+//! `Arc<dyn Backend>`; the SQLite [`Store`] is the embedded one, and `conformance`
 //! is the suite every backend must pass.
 //!
 //! Each method's contract is written on the SQLite backend's method of the same name (for

@@ -5,12 +5,12 @@
 //!   [`super::sources`]), "Pair a band" (see [`super::pairing`]), my consents (each in force with a Withdraw button), my disclosure log (the
 //!   latest [`DISCLOSURES_SHOWN`] entries, newest first), export links, and the erasure form.
 //! - `GET /dashboard/me/consents/{id}/withdraw`: the confirmation page;
-//!   `POST` (CSRF) withdraws through [`Store::withdraw_consent`], as `DELETE
+//!   `POST` (CSRF) withdraws through [`Store::withdraw_consent`](crate::store::Store::withdraw_consent), as `DELETE
 //!   /api/v1/me/consents/{id}` does, and goes back to `/dashboard/me`.
 //! - `GET /dashboard/me/export?format=fhir|fhir-bundle|omh|csv`: the download of `GET
 //!   /api/v1/me/export` ([`crate::api::export::download`]), attached.
 //! - `POST /dashboard/me/erase` (CSRF, and `confirm` typed as `erase-all-my-data`): erases
-//!   through [`Store::erase_person`] as `DELETE /api/v1/me/data` does, then ends the owner's
+//!   through [`Store::erase_person`](crate::store::Store::erase_person) as `DELETE /api/v1/me/data` does, then ends the owner's
 //!   sessions and confirms.
 //!
 //! Only owner sessions see these pages; a clinician's session gets the 404 page.

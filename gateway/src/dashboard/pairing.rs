@@ -7,7 +7,7 @@
 //!   button that shows the bands near that bridge, and the owner's latest [`PAIRINGS_SHOWN`]
 //!   pairings with their expiry, tries used and why one was refused.
 //! - `POST /dashboard/me/pairings/nearby` (CSRF): the bands the chosen bridge last reported
-//!   nearby ([`Store::nearby_for_owner`]: never a band someone else holds; the owner's own
+//!   nearby ([`Store::nearby_for_owner`](crate::store::Store::nearby_for_owner): never a band someone else holds; the owner's own
 //!   marked "already yours"), each with its name, id, signal and the report's age, as radio
 //!   buttons of a start form for that bridge, which also takes a typed band id. A report
 //!   older than ten minutes lists nothing and says so.
@@ -18,10 +18,10 @@
 //! - `GET /dashboard/me/pairings/{id}`: the pending pairing (device, bridge, expiry in the
 //!   owner's zone, tries left) with the form for the code the bridge shows, or its outcome.
 //! - `POST /dashboard/me/pairings/{id}/confirm` (CSRF): confirms through
-//!   [`Store::confirm_pairing`]; the outcome is a page (paired; wrong code with tries left;
+//!   [`Store::confirm_pairing`](crate::store::Store::confirm_pairing); the outcome is a page (paired; wrong code with tries left;
 //!   expired; refused with the reason).
 //! - `GET /dashboard/me/devices/{device_id}/release`: the confirmation page; `POST` (CSRF)
-//!   ends the owner's binding now through [`Store::release_binding`], as `DELETE
+//!   ends the owner's binding now through [`Store::release_binding`](crate::store::Store::release_binding), as `DELETE
 //!   /api/v1/me/devices/{device_id}/binding` does, and goes back to `/dashboard/me`.
 //!
 //! A pairing, a device or a binding that is not the owner's is the 404 page, the same as
