@@ -5,8 +5,9 @@
 //! person, allowed or refused, writes one disclosure-log entry.
 //!
 //! The reads: [`read_records`] (one type, a page), [`search_records`] (several types, a page
-//! across them, for FHIR search), [`read_daily_summary`] (per local day totals) and
-//! [`read_patient_view`] (the dashboards' aggregates of one person). All of them decide
+//! across them, for FHIR search), [`read_daily_summary`] (per local day totals),
+//! [`read_patient_view`] (the dashboards' aggregates of one person) and [`read_changes`] (a
+//! page of the sync feed, logged per person it carries). All of them decide
 //! access with the same [`authorize`] and log with the same [`disclose`].
 //!
 //! Refusals do not say why beyond the status: 403 when the token's scopes do not allow the
@@ -25,9 +26,76 @@ use phr_schema::RecordType;
 use crate::auth::Principal;
 use crate::dashboard::view::PatientView;
 use crate::store::audit::{Action, Entry, Outcome};
+use crate::store::changes::{FeedPage, Op};
 use crate::store::subjects::{self, DailySummary, DayWindow};
 use crate::store::{Backend, Consent, GranteeKind, Page, PageKey, StoredRecord};
 use crate::Error;
+
+/// The sync feed's next page for `principal` (a company or a clinician): the changes after
+/// `after` its consents let it see now, narrowed to the types its token allows, at most
+/// `limit` ([`crate::store::visibility`] decides which), each person's records in it logged
+/// as one disclosure. Forbidden for a token that reads no one else's observations.
+pub fn read_changes(
+    store: &dyn Backend,
+    principal: &Principal,
+    after: i64,
+    limit: usize,
+    now: DateTime<Utc>,
+) -> Result<FeedPage, AccessError> {
+    let kind = party_kind(principal).ok_or(AccessError::Forbidden)?;
+    let types = principal.allowed_types();
+    let page = store.feed(
+        &principal.subject,
+        kind,
+        types.as_deref(),
+        after,
+        limit,
+        now,
+    )?;
+    disclose_changes(store, principal, kind, &page, now)?;
+    Ok(page)
+}
+
+/// One disclosure entry per person whose records the page carries (an erasure notice
+/// carries no health data and is not a disclosure).
+fn disclose_changes(
+    store: &dyn Backend,
+    principal: &Principal,
+    kind: GranteeKind,
+    page: &FeedPage,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    let mut per_person: std::collections::BTreeMap<&str, (u64, Vec<&'static str>, uuid::Uuid)> =
+        std::collections::BTreeMap::new();
+    for c in page.changes.iter().filter(|c| c.op == Op::Stored) {
+        let e = per_person
+            .entry(&c.person_id)
+            .or_insert((0, Vec::new(), c.consent_id));
+        e.0 += 1;
+        if let Some((t, _)) = &c.record {
+            if !e.1.contains(&t.as_str()) {
+                e.1.push(t.as_str());
+            }
+        }
+    }
+    for (person, (records, types, consent_id)) in per_person {
+        store.log_disclosure(&Entry {
+            at: now,
+            actor: principal.subject.clone(),
+            actor_kind: kind.as_str().to_owned(),
+            person_id: person.to_owned(),
+            action: Action::Read,
+            outcome: Outcome::Disclosed,
+            data_types: types.into_iter().map(str::to_owned).collect(),
+            window_from: None,
+            window_to: None,
+            purpose: "incremental sync".to_owned(),
+            consent_id: Some(consent_id),
+            records,
+        })?;
+    }
+    Ok(())
+}
 
 /// A read of one person's records of one type, measured start in `[from_ms, to_ms)`.
 #[derive(Debug, Clone)]

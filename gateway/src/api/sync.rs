@@ -10,10 +10,8 @@
 //! call again later with the last `next_cursor` to get what arrived since. Each person whose records a page carries gets
 //! one disclosure-log entry, written before the page is returned.
 
-use std::collections::BTreeMap;
-
 use actix_web::{web, HttpResponse};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
@@ -22,12 +20,9 @@ use super::blocking;
 use super::cursor::{Cursor, FeedSeq};
 use super::error::ApiError;
 use super::AppState;
-use crate::access::party_kind;
+use crate::access::{self, party_kind};
 use crate::auth::Principal;
-use crate::store::audit::{Action, Entry, Outcome};
-use crate::store::changes::{FeedPage, Op};
-use crate::store::prelude::*;
-use crate::store::GranteeKind;
+use crate::store::changes::FeedPage;
 
 pub const SYNC: &str = "/api/v1/sync";
 pub const DEFAULT_LIMIT: usize = 500;
@@ -130,23 +125,18 @@ pub(crate) async fn sync(
             format!("`limit` must be 1..={MAX_LIMIT}"),
         ));
     }
-    let Some(kind) = party_kind(&principal) else {
+    if party_kind(&principal).is_none() {
         return Err(ApiError::Forbidden);
-    };
+    }
     let store = state.store.clone();
-    let types = principal.allowed_types();
-    let page = blocking(move || -> crate::Result<FeedPage> {
-        let now = Utc::now();
-        let page = store.feed(
-            &principal.subject,
-            kind,
-            types.as_deref(),
+    let page = blocking(move || -> Result<FeedPage, ApiError> {
+        Ok(access::read_changes(
+            &store,
+            &principal,
             after,
             limit,
-            now,
-        )?;
-        log(&store, &principal, kind, &page, now)?;
-        Ok(page)
+            Utc::now(),
+        )?)
     })
     .await?;
     let changes = page
@@ -165,44 +155,4 @@ pub(crate) async fn sync(
         next_cursor: FeedSeq(page.last_seq).encode(),
         has_more: page.more,
     }))
-}
-
-/// One disclosure entry per person whose records the page carries (an erasure notice
-/// carries no health data and is not a disclosure).
-fn log(
-    store: &dyn crate::store::Backend,
-    principal: &Principal,
-    kind: GranteeKind,
-    page: &FeedPage,
-    now: DateTime<Utc>,
-) -> crate::Result<()> {
-    let mut per_person: BTreeMap<&str, (u64, Vec<&'static str>, uuid::Uuid)> = BTreeMap::new();
-    for c in page.changes.iter().filter(|c| c.op == Op::Stored) {
-        let e = per_person
-            .entry(&c.person_id)
-            .or_insert((0, Vec::new(), c.consent_id));
-        e.0 += 1;
-        if let Some((t, _)) = &c.record {
-            if !e.1.contains(&t.as_str()) {
-                e.1.push(t.as_str());
-            }
-        }
-    }
-    for (person, (records, types, consent_id)) in per_person {
-        store.log_disclosure(&Entry {
-            at: now,
-            actor: principal.subject.clone(),
-            actor_kind: kind.as_str().to_owned(),
-            person_id: person.to_owned(),
-            action: Action::Read,
-            outcome: Outcome::Disclosed,
-            data_types: types.into_iter().map(str::to_owned).collect(),
-            window_from: None,
-            window_to: None,
-            purpose: "incremental sync".to_owned(),
-            consent_id: Some(consent_id),
-            records,
-        })?;
-    }
-    Ok(())
 }
