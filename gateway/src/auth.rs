@@ -189,13 +189,9 @@ impl Keys {
     }
 }
 
-/// Whether two secrets (codes, tokens, hashes of them) are equal, in time that depends only
-/// on their lengths, so timing does not reveal how much of a guess was right. The one
-/// comparison every secret check uses.
-pub(crate) fn same_secret(a: impl AsRef<[u8]>, b: impl AsRef<[u8]>) -> bool {
-    use subtle::ConstantTimeEq;
-    a.as_ref().ct_eq(b.as_ref()).into()
-}
+/// Whether two secrets are equal in constant time: the store's comparison, the one every
+/// secret check of the gateway and the store uses.
+pub(crate) use crate::store::secret::same_secret;
 
 /// `N` bytes from the OS's generator as `2 N` lowercase hex characters: the one generator of
 /// hex secrets outside the store.

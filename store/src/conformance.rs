@@ -32,7 +32,7 @@ use crate::audit::{Action, Entry};
 use crate::changes::Op;
 use crate::corrections::Range;
 use crate::sessions::Role;
-use crate::{Backend, GranteeKind, Terms};
+use crate::{Backend, GranteeKind, StoredRecord, Terms};
 
 /// The names of the cases, in the order [`conformance_tests!`](crate::conformance_tests)
 /// runs them.
@@ -143,15 +143,15 @@ fn stored_ids(b: &dyn Backend, person: &str) -> Vec<String> {
             10_000,
         )
         .expect("records");
-    page.records
-        .iter()
-        .map(|r| {
-            serde_json::from_str::<Record>(&r.json)
-                .expect("a stored record parses")
-                .record_id
-                .to_string()
-        })
-        .collect()
+    page.records.iter().map(id_of).collect()
+}
+
+/// The `record_id` of a stored record, read from its JSON.
+fn id_of(r: &StoredRecord) -> String {
+    serde_json::from_str::<Record>(&r.json)
+        .expect("a stored record parses")
+        .record_id
+        .to_string()
 }
 
 fn ids(records: &[Record]) -> Vec<String> {
@@ -271,12 +271,7 @@ pub fn pages_of_records_cover_the_range_once_in_order(b: &dyn Backend) {
             .expect("records");
         pages += 1;
         assert!(page.records.len() <= 7);
-        seen.extend(page.records.iter().map(|r| {
-            serde_json::from_str::<Record>(&r.json)
-                .expect("a stored record parses")
-                .record_id
-                .to_string()
-        }));
+        seen.extend(page.records.iter().map(id_of));
         match page.next {
             Some(k) => after = Some(k),
             None => break,

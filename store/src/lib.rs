@@ -32,6 +32,7 @@
 //! - [`subjects`]: people, local days (IANA zones, DST) and daily summaries.
 //! - [`sources`], [`source_view`]: one device per interval (the merged view) and its ranking.
 //! - [`rollup`]: the 5-minute rollup the dashboards and daily summaries read.
+//! - [`secret`]: random tokens and the constant-time comparison of secrets (the gateway's too).
 //! - [`export`]: exports and the re-import of a person's own export.
 //! - `conformance` (feature `conformance`): the tests every backend must pass.
 
@@ -62,7 +63,7 @@ pub mod nearby;
 pub mod pairing;
 pub mod pairing_view;
 pub mod rollup;
-mod secret;
+pub mod secret;
 pub mod sessions;
 pub mod source_view;
 pub mod sources;

@@ -5,9 +5,10 @@ use base64::Engine;
 use rand::RngCore;
 use subtle::ConstantTimeEq;
 
-/// Whether two secrets (or their digests) are equal, in time that does not depend on where
-/// they differ.
-pub(crate) fn same_secret(a: impl AsRef<[u8]>, b: impl AsRef<[u8]>) -> bool {
+/// Whether two secrets (codes, tokens, hashes of them) are equal, in time that depends only
+/// on their lengths, so timing does not reveal how much of a guess was right. The one
+/// comparison every secret check uses, in the store and in the gateway.
+pub fn same_secret(a: impl AsRef<[u8]>, b: impl AsRef<[u8]>) -> bool {
     a.as_ref().ct_eq(b.as_ref()).into()
 }
 
