@@ -7,38 +7,31 @@
 //! - [`config`]: the configuration struct, its defaults and the TOML file.
 //! - [`broker`]: the embedded rumqttd broker.
 //! - [`consumer`]: the MQTT subscriber: open sealed batches, group commit, then a sealed ack.
-//! - [`channel`]: the gateway's channel key and the enrolled bridges' channels.
 //! - [`ingest`]: pure planning: validate, attribute, consent-check each record (the store
 //!   crate's, `phr_store::ingest`: every backend applies it inside its ingest transaction).
 //! - [`store`]: the store crate (`phr_store`): its traits and the SQLite backend.
-//! - [`auth`]: signing key, token issue and verification, the caller's principal.
-//! - [`access`]: the data access layer: scope AND consent AND object, plus the disclosure log.
+//! - [`access`], [`auth`], [`idp`], [`channel`], [`pairing`]: the access core crate
+//!   (`phr_access`): the data access layer (scope AND consent AND object, plus the disclosure
+//!   log), tokens, trusted OpenID providers, the bridges' channels, starting a pairing, and
+//!   exports.
 //! - [`api`]: HTTP routes.
-//! - [`dashboard`]: the server-rendered dashboards (owner, clinician, pairing, sign-in) and
-//!   their view model.
-//! - [`idp`]: trusted OpenID providers: discovery, JWKS, token verification.
+//! - [`dashboard`]: the dashboards crate (`phr_dashboards`, in `dashboards/`): the
+//!   server-rendered pages (owner, clinician, pairing, sign-in) and their view model, mounted
+//!   here.
 //! - [`limits`]: per-caller rate limits.
 //! - [`metrics`]: Prometheus counters.
 //! - [`oauth`]: client credentials for PHR companies (token endpoint logic, discovery).
-//! - [`pairing`]: starting a pairing (code to the bridge over MQTT).
 
-pub mod access;
 pub mod api;
-pub mod auth;
 pub mod broker;
-pub mod channel;
 pub mod config;
 pub mod consumer;
-pub mod dashboard;
-pub mod idp;
 pub mod limits;
 pub mod metrics;
 pub mod oauth;
-pub mod pairing;
 
 use crate::store::prelude::*;
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,62 +43,12 @@ use phr_schema::mqtt::MqttUrl;
 use phr_schema::Topics;
 
 pub use config::Config;
+pub use phr_access::{self as access, auth, channel, idp, pairing};
+pub use phr_dashboards as dashboard;
 pub use phr_store as store;
 pub use phr_store::ingest;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{0}")]
-    Store(phr_store::Error),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot listen on {addr} for the {what}: {source}")]
-    AddressInUse {
-        addr: SocketAddr,
-        what: &'static str,
-        source: std::io::Error,
-    },
-    #[error("configuration: {0}")]
-    Config(String),
-    #[error("signing key: {0}")]
-    Key(String),
-    #[error("MQTT broker: {0}")]
-    Broker(String),
-    #[error("conflict: {0}")]
-    Conflict(&'static str),
-    #[error("invalid: {0}")]
-    Invalid(&'static str),
-    #[error("a gateway task stopped unexpectedly")]
-    Poisoned,
-}
-
-impl Error {
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.to_owned(),
-            source,
-        }
-    }
-}
-
-/// The store's conflicts, invalid input and configuration errors are the gateway's own (the
-/// API maps them to 409, 400 and start-up errors); its backend failures stay the store's.
-impl From<phr_store::Error> for Error {
-    fn from(e: phr_store::Error) -> Self {
-        match e {
-            phr_store::Error::Conflict(m) => Self::Conflict(m),
-            phr_store::Error::Invalid(m) => Self::Invalid(m),
-            phr_store::Error::Config(m) => Self::Config(m),
-            phr_store::Error::Poisoned => Self::Poisoned,
-            e @ phr_store::Error::Sqlite(_) => Self::Store(e),
-        }
-    }
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub use phr_access::{Error, Result};
 
 /// How long each part of the gateway gets to stop.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -273,6 +216,15 @@ pub async fn start_with_mqtt(
         )),
         exports: api::export::ExportSlots::new(config.export.per_subject, config.export.total),
     };
+    let dashboards = dashboard::DashboardState {
+        store: state.store.clone(),
+        idp: state.idp.clone(),
+        channels: state.channels.clone(),
+        mqtt: state.mqtt.clone(),
+        topics: state.topics.clone(),
+        exports: state.exports.clone(),
+        public_base: state.public_base.clone(),
+    };
     let http_addr = http
         .local_addr()
         .map_err(|e| Error::Config(e.to_string()))?;
@@ -302,6 +254,8 @@ pub async fn start_with_mqtt(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
+            .app_data(web::Data::new(dashboards.clone()))
+            .app_data(web::Data::new(dashboards.clone()))
             .app_data(web::Data::new(public_scrape.clone()))
             .app_data(web::Data::new(forwarding.clone()))
             .app_data(web::Data::from(state.metrics.clone()))

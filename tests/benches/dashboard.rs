@@ -36,7 +36,7 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use rusqlite::{params, Connection};
 use uuid::Uuid;
 
-use phr_gateway::access::{self, ViewQuery};
+use phr_gateway::access::ViewQuery;
 use phr_gateway::auth::Principal;
 use phr_gateway::dashboard::view::PatientView;
 use phr_gateway::dashboard::{clinician, patient};
@@ -333,7 +333,7 @@ fn page(store: &Store, who: &Principal, days: u32, print: bool) -> anyhow::Resul
         to: None,
         night: None,
     };
-    let view = access::read_patient_view(store, who, &q, Utc::now())?;
+    let view = PatientView::read(store, who, &q, Utc::now())?;
     Ok(render(&view, print))
 }
 
@@ -521,10 +521,10 @@ fn main() -> anyhow::Result<()> {
     rows.push((
         &l6,
         time(plan, || {
-            Ok(access::read_patient_view(&store, &doctor, &q, Utc::now())?.records as usize)
+            Ok(PatientView::read(&store, &doctor, &q, Utc::now())?.records as usize)
         })?,
     ));
-    let view = access::read_patient_view(&store, &doctor, &q, Utc::now())?;
+    let view = PatientView::read(&store, &doctor, &q, Utc::now())?;
     let l7 = label("(7) `patient::render` only, {d} days (HTML + 5 SVG charts)");
     rows.push((&l7, time(plan, || Ok(render(&view, false).len()))?));
     let n = read_days.len();

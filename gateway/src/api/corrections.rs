@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 use super::blocking;
 use super::error::ApiError;
 use super::AppState;
+use crate::api::Caller;
 use crate::auth::Principal;
 use crate::store::corrections::{Kind, Range, Refusal};
 use crate::store::prelude::*;
@@ -129,7 +130,7 @@ fn body<T>(b: Result<web::Json<T>, actix_web::Error>) -> Result<T, ApiError> {
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn quarantine(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require(&principal, "Device", 'r')?;
@@ -164,7 +165,7 @@ pub(crate) async fn quarantine(
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn confirm(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     b: Result<web::Json<RangeBody>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
@@ -204,7 +205,7 @@ pub(crate) async fn confirm(
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn unlink(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     b: Result<web::Json<RangeBody>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
@@ -232,7 +233,7 @@ pub(crate) async fn unlink(
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn mine(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require(&principal, "Observation", 'r')?;
@@ -286,7 +287,7 @@ pub(crate) struct AdminCorrection {
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn admin(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     b: Result<web::Json<AdminCorrection>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {

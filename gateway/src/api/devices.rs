@@ -26,6 +26,7 @@ use phr_schema::envelope::is_valid_id;
 use super::blocking;
 use super::error::ApiError;
 use super::AppState;
+use crate::api::Caller;
 use crate::auth::Principal;
 use crate::store::pairing::{Refusal, StartRefusal};
 use crate::store::prelude::*;
@@ -74,7 +75,7 @@ fn require(p: &Principal, perm: char) -> Result<(), ApiError> {
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn list(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require(&principal, 'r')?;
@@ -121,7 +122,7 @@ pub(crate) struct StartPairing {
         (status = 503, description = "The request could not be queued for the bridge; try again", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn start(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     body: Result<web::Json<StartPairing>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
@@ -183,7 +184,7 @@ pub(crate) async fn start(
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn show(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -217,7 +218,7 @@ pub(crate) async fn show(
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn nearby(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -268,7 +269,7 @@ pub(crate) struct ConfirmPairing {
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn confirm(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: Result<web::Json<ConfirmPairing>, actix_web::Error>,
@@ -314,7 +315,7 @@ pub(crate) async fn confirm(
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn release(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -362,7 +363,7 @@ pub(crate) struct ReleaseReason {
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn operator_release(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
     query: web::Query<ReleaseReason>,
@@ -423,7 +424,7 @@ pub(crate) struct Enrol {
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn enrol(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     body: Result<web::Json<Enrol>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
@@ -465,7 +466,7 @@ pub(crate) async fn enrol(
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn revoke(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {

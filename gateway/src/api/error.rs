@@ -156,3 +156,19 @@ impl From<crate::access::AccessError> for ApiError {
         }
     }
 }
+
+impl From<crate::api::export::UnknownFormat> for ApiError {
+    fn from(e: crate::api::export::UnknownFormat) -> Self {
+        Self::bad_request("invalid_format", e.to_string())
+    }
+}
+
+impl From<crate::api::export::ExportError> for ApiError {
+    fn from(e: crate::api::export::ExportError) -> Self {
+        use crate::api::export::ExportError;
+        match e {
+            ExportError::Busy { retry_after_secs } => Self::TooManyExports { retry_after_secs },
+            ExportError::Failed(e) => e.into(),
+        }
+    }
+}

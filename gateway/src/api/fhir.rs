@@ -44,7 +44,7 @@ use super::cursor::Cursor;
 use super::error::ApiError;
 use super::AppState;
 use crate::access::{self, Resume, Search};
-use crate::auth::Principal;
+use crate::api::Caller;
 
 pub const OBSERVATION: &str = "/fhir/Observation";
 pub const METADATA: &str = "/fhir/metadata";
@@ -537,10 +537,10 @@ fn base_url(req: &HttpRequest) -> String {
     ))]
 pub(crate) async fn search(
     req: HttpRequest,
-    principal: Result<Principal, ApiError>,
+    caller: Result<Caller, ApiError>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, FhirApiError> {
-    let principal = principal?;
+    let Caller(principal) = caller?;
     let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map_err(|e| bad("invalid_query", e.to_string()))?
         .into_inner();

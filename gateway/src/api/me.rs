@@ -15,6 +15,7 @@ use super::blocking;
 use super::error::ApiError;
 use super::records::{self, RecordsQuery};
 use super::AppState;
+use crate::api::Caller;
 use crate::auth::Principal;
 use crate::store::audit::Logged;
 use crate::store::prelude::*;
@@ -28,8 +29,7 @@ pub const DATA: &str = "/api/v1/me/data";
 
 /// The JOSE `typ` of consent receipts.
 pub const RECEIPT_TYP: &str = "phr-consent-receipt+jwt";
-/// What `DELETE /api/v1/me/data` needs in `confirm`, so no stray call erases anyone.
-pub const ERASE_CONFIRMATION: &str = "erase-all-my-data";
+pub use crate::access::ERASE_CONFIRMATION;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(RECORDS, web::get().to(own_records))
@@ -69,7 +69,7 @@ fn require(p: &Principal, resource: &str, perms: &[char]) -> Result<(), ApiError
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn own_records(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     query: Result<web::Query<RecordsQuery>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
@@ -91,7 +91,7 @@ pub(crate) async fn own_records(
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn list_consents(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require(&principal, "Consent", &['r', 's'])?;
@@ -209,7 +209,7 @@ pub struct Receipt {
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn grant_consent(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     body: Result<web::Json<NewConsent>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
@@ -254,7 +254,7 @@ pub(crate) async fn grant_consent(
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn withdraw_consent(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -298,7 +298,7 @@ pub(crate) struct DisclosuresQuery {
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn disclosures(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     query: Result<web::Query<DisclosuresQuery>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
@@ -352,7 +352,7 @@ pub(crate) struct EraseQuery {
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn erase(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     query: Result<web::Query<EraseQuery>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {

@@ -27,7 +27,7 @@ pub mod devices;
 pub mod error;
 pub mod export;
 pub mod fhir;
-pub mod forwarded;
+pub use crate::access::forwarded;
 pub mod me;
 pub mod oauth;
 pub mod openapi;
@@ -197,8 +197,12 @@ pub fn bearer_token(headers: &actix_web::http::header::HeaderMap) -> Option<&str
 #[derive(Debug, Clone)]
 pub struct VerifiedCaller(pub Principal);
 
-/// The verified caller. Handlers that take a `Principal` cannot run without a valid token.
-impl FromRequest for Principal {
+/// The verified caller, as handlers take it: the [`Principal`] of a valid bearer token.
+/// Handlers that take a `Caller` cannot run without one.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl FromRequest for Caller {
     type Error = ApiError;
     type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, ApiError>>>>;
 
@@ -209,7 +213,7 @@ impl FromRequest for Principal {
             return Box::pin(ready(Err(ApiError::Internal)));
         };
         if let Some(VerifiedCaller(p)) = req.extensions().get::<VerifiedCaller>() {
-            return Box::pin(ready(Ok(p.clone())));
+            return Box::pin(ready(Ok(Caller(p.clone()))));
         }
         let Some(token) = bearer_token(req.headers()) else {
             return Box::pin(ready(Err(ApiError::Unauthorized)));
@@ -219,7 +223,7 @@ impl FromRequest for Principal {
                 state
                     .keys
                     .verify(token)
-                    .map(Principal::from_claims)
+                    .map(|c| Caller(Principal::from_claims(c)))
                     .map_err(|_| ApiError::Unauthorized),
             ));
         };
@@ -227,7 +231,7 @@ impl FromRequest for Principal {
         Box::pin(async move {
             let name = provider.name().to_owned();
             match web::block(move || provider.verify_access_token(&token, true)).await {
-                Ok(Ok(p)) => Ok(p),
+                Ok(Ok(p)) => Ok(Caller(p)),
                 Ok(Err(e)) => {
                     tracing::info!(provider = %name, error = %e, "refused a provider's access token");
                     Err(ApiError::Unauthorized)

@@ -21,7 +21,7 @@ use super::corrections::require_admin;
 use super::error::ApiError;
 use super::openapi::ErrorBody;
 use super::AppState;
-use crate::auth::Principal;
+use crate::api::Caller;
 use crate::oauth::{
     self, BasicCredentials, Failure, OAuthError, OAuthErrorCode, SmartConfiguration, TokenForm,
     TokenResponse,
@@ -265,7 +265,7 @@ pub(crate) struct ClientList {
         (status = 500, description = "Internal error", body = ErrorBody),
     ))]
 pub(crate) async fn create_client(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     body: Result<web::Json<NewClientBody>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
@@ -308,7 +308,7 @@ pub(crate) async fn create_client(
         (status = 500, description = "Internal error", body = ErrorBody),
     ))]
 pub(crate) async fn list_clients(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&principal)?;

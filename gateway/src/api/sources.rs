@@ -22,6 +22,7 @@ use phr_schema::RecordType;
 use super::blocking;
 use super::error::ApiError;
 use super::AppState;
+use crate::api::Caller;
 use crate::auth::Principal;
 use crate::store::prelude::*;
 use crate::store::source_view::TYPES;
@@ -62,7 +63,7 @@ fn require(p: &Principal, perm: char) -> Result<(), ApiError> {
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn list(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require(&principal, 'r')?;
@@ -101,7 +102,7 @@ pub(crate) struct SetOrder {
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn set(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: Result<web::Json<SetOrder>, actix_web::Error>,

@@ -8,7 +8,7 @@ use actix_web::{web, HttpResponse};
 use super::error::ApiError;
 use super::records::{self, RecordsQuery};
 use super::AppState;
-use crate::auth::Principal;
+use crate::api::Caller;
 
 pub const RECORDS: &str = "/api/v1/subjects/{person_id}/records";
 
@@ -36,7 +36,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         (status = 500, description = "Internal error", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn subject_records(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
     query: Result<web::Query<RecordsQuery>, actix_web::Error>,

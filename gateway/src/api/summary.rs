@@ -18,7 +18,7 @@ use super::error::ApiError;
 use super::openapi::ErrorBody;
 use super::AppState;
 use crate::access::{self, DailyQuery, SUMMARY_TYPES};
-use crate::auth::Principal;
+use crate::api::Caller;
 use crate::store::prelude::*;
 use crate::store::subjects::{DailySummary, Subject};
 
@@ -53,7 +53,7 @@ pub struct SubjectList {
         (status = 403, description = "The token is neither a company's (`system/Observation.rs`) nor a clinician's (`user/Observation.rs`) (`forbidden`)", body = ErrorBody),
     ))]
 pub(crate) async fn subjects(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let kind = access::party_kind(&principal).ok_or(ApiError::Forbidden)?;
@@ -136,7 +136,7 @@ fn parse_types(v: Option<&str>) -> Result<Option<Vec<RecordType>>, ApiError> {
         (status = 404, description = "No consent in force for this person and type (`not_found`), as for a person who does not exist", body = ErrorBody),
     ))]
 pub(crate) async fn daily(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
     query: Result<web::Query<DailyParams>, actix_web::Error>,

@@ -21,7 +21,7 @@ use super::cursor::{Cursor, FeedSeq};
 use super::error::ApiError;
 use super::AppState;
 use crate::access::{self, party_kind};
-use crate::auth::Principal;
+use crate::api::Caller;
 use crate::store::changes::FeedPage;
 
 pub const SYNC: &str = "/api/v1/sync";
@@ -98,7 +98,7 @@ pub(crate) struct SyncPage {
         (status = 429, description = "Rate limited; see Retry-After", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn sync(
-    principal: Principal,
+    Caller(principal): Caller,
     state: web::Data<AppState>,
     query: Result<web::Query<SyncQuery>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {

@@ -330,11 +330,7 @@ pub fn issue_token(
 
 // ----- encodings -----
 
-/// Base64url without padding (RFC 7515 §2).
-pub fn b64url_encode(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
+pub use crate::auth::b64url_encode;
 
 /// Decodes base64 in either alphabet (standard or URL-safe, even mixed), padded or not, as
 /// clients send it in Basic credentials and JWKs.

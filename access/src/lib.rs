@@ -1,4 +1,24 @@
-//! The data access layer. Every read of health data goes through this module, so no handler
+//! The gateway's access core, below its routes and its dashboards: who the caller is
+//! ([`auth`]: the gateway's own tokens; [`idp`]: trusted OpenID providers), what they may
+//! read (this module: scope AND consent AND object, and the disclosure log), what they may
+//! start (a [`pairing`] through a bridge's sealed [`channel`]) and a person's [`export`].
+//! The API (`phr-gateway`) and the server-rendered dashboards (`phr-dashboards`) both stand on
+//! it, so neither can read health data another way.
+//!
+//! # Layout
+//! - this module: the data access layer (below).
+//! - [`auth`]: the signing key, token issue and verification, the caller's [`auth::Principal`].
+//! - [`idp`]: trusted OpenID providers: discovery, JWKS, token verification.
+//! - [`config`]: the providers' configuration and the [`config::Secret`] wrapper.
+//! - [`channel`]: the gateway's channel key and the enrolled bridges' channels.
+//! - [`pairing`]: starting a pairing (a sealed request to the bridge over MQTT).
+//! - [`export`]: a person's whole export, streamed (FHIR, Open mHealth, CSV).
+//! - [`forwarded`]: the public origin of a request (behind a proxy or not).
+//! - [`Error`]: the gateway's error type.
+//!
+//! # The data access layer
+//!
+//! Every read of health data goes through this module, so no handler
 //! can forget a check: effective access is scope AND consent (checked now, at request time,
 //! not when the token was issued) AND the object itself (this person's records, clipped to
 //! the consented types and measured-time window). Every read by someone other than the
@@ -8,7 +28,7 @@
 //! across them, for FHIR search), [`read_daily_summary`] (per local day totals),
 //! [`read_patient_view`] (the dashboards' aggregates of one person) and [`read_changes`] (a
 //! page of the sync feed, logged per person it carries). All of them decide
-//! access with the same [`authorize`] and log with the same [`disclose`].
+//! access with the same `authorize` and log with the same `disclose`.
 //!
 //! Refusals do not say why beyond the status: 403 when the token's scopes do not allow the
 //! kind of read at all or the request lies wholly outside the consented window, 404 when
@@ -19,17 +39,33 @@
 /// to them; this layer decides everything else).
 pub use crate::store::visibility as feed;
 
-use chrono::{DateTime, NaiveDate, Utc};
+pub mod auth;
+pub mod channel;
+pub mod config;
+pub mod export;
+pub mod forwarded;
+pub mod idp;
+pub mod pairing;
+
+mod error;
+
+pub use error::{Error, Result};
+pub use phr_store as store;
+
+/// What `DELETE /api/v1/me/data` needs in `confirm` (and the owner dashboard's erase form),
+/// so no stray call erases anyone.
+pub const ERASE_CONFIRMATION: &str = "erase-all-my-data";
+
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 
 use phr_schema::RecordType;
 
 use crate::auth::Principal;
-use crate::dashboard::view::PatientView;
 use crate::store::audit::{Action, Entry, Outcome};
 use crate::store::changes::{FeedPage, Op};
+use crate::store::rollup::{Episode, RestingHeartRate};
 use crate::store::subjects::{self, DailySummary, DayWindow};
 use crate::store::{Backend, Consent, GranteeKind, Page, PageKey, StoredRecord};
-use crate::Error;
 
 /// The sync feed's next page for `principal` (a company or a clinician): the changes after
 /// `after` its consents let it see now, narrowed to the types its token allows, at most
@@ -580,6 +616,35 @@ pub struct ViewQuery {
     pub night: Option<NaiveDate>,
 }
 
+/// What [`read_patient_view`] read of one person: the aggregates a dashboard is drawn from
+/// (the dashboards' view model derives the rest).
+#[derive(Debug, Clone)]
+pub struct PatientRead {
+    pub person_id: String,
+    pub display_name: String,
+    /// The zone days are counted in (the summary's `time_zone` says which and whether it
+    /// fell back to UTC).
+    pub tz: chrono_tz::Tz,
+    /// The last local day shown ("today" for flags).
+    pub to: NaiveDate,
+    /// How many days the charts show, ending `to`.
+    pub days: u32,
+    /// The types the reader may see, in [`RecordType::ALL`] order.
+    pub types: Vec<RecordType>,
+    /// Steps and sleep per local day over every day read (`lookback_days` before `to` on).
+    pub summary: DailySummary,
+    /// The sleep episodes of the nights read, in night then start order.
+    pub episodes: Vec<Episode>,
+    /// Resting heart rate per day read, in day order.
+    pub resting: Vec<RestingHeartRate>,
+    /// When the gateway last stored a record the reader may see (of the days read).
+    pub last_sync: Option<DateTime<Utc>>,
+    /// The night asked for (its hypnogram); `None`: the latest with a staged main episode.
+    pub night: Option<NaiveDate>,
+    /// How many records the aggregates were made from.
+    pub records: u64,
+}
+
 /// The most days one dashboard view shows.
 pub const MAX_VIEW_DAYS: u32 = 366;
 
@@ -587,10 +652,9 @@ pub const MAX_VIEW_DAYS: u32 = 366;
 /// sleep (sums and episodes), daily resting heart rate and the last sync, with the same
 /// checks as [`read_records`]: scope, consent in force now and its window, every type that
 /// is consented (unconsented ones are left out, not refused; no consent for any type is 404,
-/// as for a person who does not exist). The days read are the `days` shown plus enough
-/// before them for the 7-day rolling mean and the triage flags
-/// ([`PatientView::read_from`]); under a consent, only records inside its window count, as in
-/// [`read_daily_summary`].
+/// as for a person who does not exist). The days read start `lookback_days` before `to` (at
+/// least the `days` shown: a view reads more for its rolling means and flags); under a
+/// consent, only records inside its window count, as in [`read_daily_summary`].
 ///
 /// Exactly one disclosure-log entry per call (per page view): the types shown, the window
 /// read, the consent's purpose and the number of records the aggregates were made from. The
@@ -599,14 +663,16 @@ pub fn read_patient_view(
     store: &dyn Backend,
     principal: &Principal,
     q: &ViewQuery,
+    lookback_days: u32,
     now: DateTime<Utc>,
-) -> Result<PatientView, AccessError> {
+) -> Result<PatientRead, AccessError> {
     let registered = store.person_time_zone(&q.person_id)?;
     let zone = subjects::Zone::resolve(registered.as_deref());
     let days_shown = q.days.clamp(1, MAX_VIEW_DAYS);
     let to =
         q.to.unwrap_or_else(|| now.with_timezone(&zone.tz).date_naive());
-    let from = PatientView::read_from(to, days_shown);
+    let back = TimeDelta::days(i64::from(lookback_days.max(days_shown - 1)));
+    let from = to.checked_sub_signed(back).unwrap_or(NaiveDate::MIN);
     let days = zone.days(from, to);
     let (Some(first), Some(last)) = (days.first(), days.last()) else {
         return Err(Error::Invalid("no local days in that range").into());
@@ -649,7 +715,7 @@ pub fn read_patient_view(
     let display_name = store
         .display_name(&q.person_id)?
         .unwrap_or_else(|| q.person_id.clone());
-    Ok(PatientView {
+    Ok(PatientRead {
         person_id: q.person_id.clone(),
         display_name,
         tz: zone.tz,

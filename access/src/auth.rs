@@ -1,6 +1,6 @@
 //! Tokens: the gateway signs and verifies JWTs (RFC 7519) with an Ed25519 key it generates on
 //! first start and keeps in the data dir (`keys/jwt-ed25519.pem`, PKCS#8 PEM, mode 0600; see
-//! [`load_or_create_key`] for the older `.pk8` files).
+//! `load_or_create_key` for the older `.pk8` files).
 //!
 //! Verification follows RFC 8725: the algorithm is pinned (EdDSA only, so `none` and
 //! HMAC-with-the-public-key confusion are refused), `typ` must be `at+jwt` (RFC 9068), `kid`
@@ -28,6 +28,12 @@ pub const OWNER_SCOPE: &str = "patient/*.cruds";
 pub const KEY_FILE: &str = "jwt-ed25519.pem";
 /// Where versions before the PEM file kept it (PKCS#8 v2 DER), still read.
 pub const LEGACY_KEY_FILE: &str = "jwt-ed25519.pk8";
+
+/// Base64url without padding (RFC 7515 §2).
+pub fn b64url_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
 
 /// Claims of an access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,11 +197,11 @@ impl Keys {
 
 /// Whether two secrets are equal in constant time: the store's comparison, the one every
 /// secret check of the gateway and the store uses.
-pub(crate) use crate::store::secret::same_secret;
+pub use crate::store::secret::same_secret;
 
 /// `N` bytes from the OS's generator as `2 N` lowercase hex characters: the one generator of
 /// hex secrets outside the store.
-pub(crate) fn random_hex<const N: usize>() -> String
+pub fn random_hex<const N: usize>() -> String
 where
     rand::distributions::Standard: rand::distributions::Distribution<[u8; N]>,
 {
@@ -697,7 +703,7 @@ mod tests {
     #[test]
     fn alg_none_and_hmac_confusion_are_refused() {
         let (_d, k) = keys();
-        let b64 = |s: &str| crate::oauth::b64url_encode(s.as_bytes());
+        let b64 = |s: &str| b64url_encode(s.as_bytes());
         let exp = Utc::now().timestamp() + 3600;
         let claims = format!(
             r#"{{"iss":"https://gw.test","sub":"a","aud":"phr-api","exp":{exp},"nbf":0,"iat":0,"jti":"x","scope":"patient/*.rs"}}"#

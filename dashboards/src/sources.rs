@@ -26,11 +26,11 @@ use phr_schema::RecordType;
 use super::owner::{blocking, either, owner_only};
 use super::session::check_csrf;
 use super::{not_found, respond, Viewer};
-use crate::api::AppState;
 use crate::store::prelude::*;
 use crate::store::source_view::{moved, Move, SourcesView, TypeSources, COUNTED_DAYS};
 #[cfg(doc)]
 use crate::store::Store;
+use crate::DashboardState;
 
 pub const ORDER: &str = "/dashboard/me/sources/{record_type}";
 
@@ -185,7 +185,7 @@ struct OrderForm {
 }
 
 async fn set_order(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     viewer: Viewer,
     path: web::Path<String>,
     form: Result<web::Form<OrderForm>, actix_web::Error>,
@@ -195,7 +195,7 @@ async fn set_order(
 }
 
 async fn set_order_now(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     v: Viewer,
     record_type: String,
     form: OrderForm,
@@ -247,7 +247,7 @@ mod tests {
     fn viewer() -> Viewer {
         Viewer {
             subject: "ana".into(),
-            role: super::super::Role::Owner,
+            role: crate::Role::Owner,
             csrf: "tok".into(),
         }
     }

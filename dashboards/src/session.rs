@@ -38,9 +38,9 @@ use maud::html;
 use serde::Deserialize;
 
 use super::{clinician, owner, respond, Role, Viewer};
-use crate::api::AppState;
 use crate::store::prelude::*;
 use crate::store::sessions::SignInOutcome;
+use crate::DashboardState;
 
 pub const SIGN_IN: &str = "/dashboard/signin";
 pub const SIGN_OUT: &str = "/dashboard/signout";
@@ -98,7 +98,7 @@ pub(super) fn request_cookie(req: &HttpRequest, wanted: &str) -> Option<String> 
 }
 
 fn secure(req: &HttpRequest) -> bool {
-    crate::api::forwarded::origin(req).is_https()
+    crate::forwarded::origin(req).is_https()
 }
 
 /// The `Set-Cookie` value that stores session `id` for `max_age`.
@@ -201,7 +201,7 @@ impl FromRequest for Viewer {
     type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let state = req.app_data::<web::Data<DashboardState>>().cloned();
         let id = session_cookie(req);
         let retry = (req.method() == actix_web::http::Method::GET)
             .then(|| req.uri().path_and_query().map(|p| p.as_str().to_owned()))
@@ -295,7 +295,7 @@ const USED_OR_EXPIRED: &str = "The link is invalid, has been used already, or ha
 /// what, and a button to agree; sets the pre-sign-in cookie that the agreeing form needs.
 async fn sign_in_page(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     query: Result<web::Query<SignInQuery>, actix_web::Error>,
 ) -> HttpResponse {
     let code = query.ok().and_then(|q| q.into_inner().code);
@@ -385,7 +385,7 @@ async fn sign_in_page(
 /// that opened the link, or with another form token: a 403 page, and nothing changes.
 async fn sign_in(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     form: Result<web::Form<SignInForm>, actix_web::Error>,
 ) -> HttpResponse {
     let form = form.map(web::Form::into_inner).unwrap_or_default();
@@ -462,7 +462,7 @@ fn not_this_browser() -> HttpResponse {
 /// the start page. Without a session there is nothing to end; the cookie is forgotten anyway.
 async fn sign_out(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     viewer: Option<Viewer>,
     form: Result<web::Form<CsrfForm>, actix_web::Error>,
 ) -> HttpResponse {

@@ -6,7 +6,7 @@
 //! one woke up; default the latest staged main sleep), `print=1` (the one-page visit summary:
 //! 30 days, flags, headline numbers, charts, weekly averages).
 //!
-//! The data comes from one [`access::read_patient_view`] per request: the same consent and
+//! The data comes from one [`crate::access::read_patient_view`] per request: the same consent and
 //! window checks as the API, one disclosure-log entry per page view (none for the owner).
 //! Each chart is an inline SVG ([`super::charts`]) in a `<figure>` with a caption and a data
 //! table holding exactly the chart's numbers (`table#daily-steps`, `#night-stages`,
@@ -24,13 +24,13 @@ use phr_schema::RecordType;
 use super::charts::{self, thousands, ChartError, NightBar, Span, Timing};
 use super::session::internal_error;
 use super::{not_found, page, respond, Role, Viewer};
-use crate::access::{self, AccessError, ViewQuery};
-use crate::api::AppState;
-use crate::dashboard::view::{
+use crate::access::{AccessError, ViewQuery};
+use crate::store::rollup::{Episode, StageSpan, RESTING_INTERVAL_MINUTES};
+use crate::view::{
     Flags, Night, PatientView, MIN_PRIOR_DAYS, NO_DATA_DAYS, PRIOR_DAYS, RECENT_DAYS,
     SHORT_SLEEP_HOURS, SLEEP_NIGHTS, STEPS_DOWN_PERCENT, STEP_GOAL,
 };
-use crate::store::rollup::{Episode, StageSpan, RESTING_INTERVAL_MINUTES};
+use crate::DashboardState;
 
 /// The spans a page offers, in days.
 pub const SPANS: [u32; 2] = [30, 90];
@@ -127,7 +127,7 @@ pub fn path_segment(s: &str) -> String {
 // ----- handlers -----
 
 async fn my_charts(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     viewer: Viewer,
     query: Result<web::Query<RawParams>, actix_web::Error>,
 ) -> HttpResponse {
@@ -149,7 +149,7 @@ async fn my_charts(
 /// Answers a patient page: parameters, the read, the page; 404 (the same page as for an
 /// unknown address) when the viewer has no consent of this person in force.
 pub(crate) async fn serve(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     viewer: Viewer,
     person_id: String,
     query: Result<web::Query<RawParams>, actix_web::Error>,
@@ -177,7 +177,7 @@ pub(crate) async fn serve(
     let principal = super::principal(&viewer);
     let store = state.store.clone();
     let read = web::block(move || {
-        let view = access::read_patient_view(&store, &principal, &q, Utc::now())?;
+        let view = PatientView::read(&store, &principal, &q, Utc::now())?;
         let body = render(&view, &opts);
         Ok::<_, AccessError>((title(&view, &opts), body))
     })
@@ -894,7 +894,7 @@ pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::dashboard::view::fixture::{self, day, doctor, owner, NIA};
+    use crate::view::fixture::{self, day, doctor, owner, NIA};
 
     /// The HTML of the table `id` (maud writes no newlines, so plain slicing will do).
     pub(crate) fn table<'a>(html: &'a str, id: &str) -> &'a str {
@@ -932,7 +932,7 @@ pub(crate) mod tests {
             to: Some(day("2026-03-10")),
             night: None,
         };
-        access::read_patient_view(store, who, &q, fixture::now()).unwrap()
+        PatientView::read(store, who, &q, fixture::now()).unwrap()
     }
 
     fn page(view: &PatientView, print: bool, own: bool) -> String {

@@ -1,7 +1,13 @@
 //! The dashboards: server-rendered HTML (maud) with SVG charts (plotters), no JavaScript, no
 //! external assets; every view of health data goes through the same data access layer as the
-//! API ([`crate::access`]) and lands in the person's disclosure log.
+//! API (`phr_access`) and lands in the person's disclosure log. The gateway mounts them
+//! ([`configure`]) with a [`DashboardState`] beside its own.
 //!
+//! This crate's folder also holds what is not Rust: `assets/` (the stylesheet, compiled in),
+//! `index.html` (the gateway's `/dashboard` landing page) and `grafana/` (the operators'
+//! Grafana dashboard of the gateway's metrics).
+//!
+//! # Layout
 //! - [`session`]: one-time sign-in links exchanged for an HttpOnly, SameSite=Strict session
 //!   cookie; CSRF tokens for forms; sign-out; the [`Viewer`] extractor.
 //! - [`oidc`]: sign-in through an OpenID provider (code flow with PKCE), ending in the same
@@ -38,7 +44,44 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use maud::{html, Markup, DOCTYPE};
 
+use std::sync::Arc;
+
+use phr_access::channel::Channels;
+use phr_access::export::ExportSlots;
+use phr_access::idp::Providers;
+use phr_store::Backend;
+
+// The layers below, under the names the pages use.
+use phr_access::{self as access, auth, export, forwarded, idp, Error, Result};
+use phr_store as store;
+
 use crate::auth::Principal;
+
+/// What the dashboards need from the running gateway (which builds it from the same parts as
+/// its API's state).
+#[derive(Clone)]
+pub struct DashboardState {
+    pub store: Arc<dyn Backend>,
+    /// The identity providers offered for sign-in.
+    pub idp: Arc<Providers>,
+    /// Channels to enrolled bridges and the MQTT client: pairing requests are sealed and sent.
+    pub channels: Arc<Channels>,
+    pub mqtt: rumqttc::AsyncClient,
+    pub topics: phr_schema::Topics,
+    /// Exports running (the owner's downloads share the API's limits).
+    pub exports: Arc<ExportSlots>,
+    /// The gateway's public origin when the operator set one (`auth.issuer`); otherwise the
+    /// request's.
+    pub public_base: Option<String>,
+}
+
+impl std::fmt::Debug for DashboardState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DashboardState")
+            .field("public_base", &self.public_base)
+            .finish_non_exhaustive()
+    }
+}
 
 pub const STYLE: &str = "/dashboard/assets/style.css";
 
@@ -102,7 +145,7 @@ async fn style() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/css; charset=utf-8")
         .insert_header(("Cache-Control", "max-age=3600"))
-        .body(include_str!("../../../dashboards/assets/style.css"))
+        .body(include_str!("../assets/style.css"))
 }
 
 /// A whole page: the layout around `body`, with the security headers.

@@ -4,13 +4,13 @@
 //!   with a consent to this clinician in force now (grantee kind practitioner, grantee = the
 //!   session's subject), and only them: last sync, days with data in the last 14, a sparkline
 //!   of the last 7 complete days' steps, mean sleep over the last 7 nights, and the triage
-//!   flags ([`crate::dashboard::view::Flags`]). `flags` (the default) puts the most flagged
+//!   flags ([`crate::view::Flags`]). `flags` (the default) puts the most flagged
 //!   first; `name` sorts by name; `last_sync` puts the longest silent first.
 //! - `GET /dashboard/clinician/patients/{person_id}?days=30|90&night=YYYY-MM-DD&print=1`: one
 //!   patient's charts ([`super::patient`]); without a consent in force, the same 404 page as
 //!   an unknown address.
 //!
-//! Each row of the panel is one [`access::read_patient_view`], so each is checked against the
+//! Each row of the panel is one [`crate::access::read_patient_view`], so each is checked against the
 //! consent as it stands now and writes one disclosure-log entry the person sees. Other roles
 //! get the 404 page.
 
@@ -24,12 +24,12 @@ use super::charts::{self, thousands};
 use super::patient::{self, flag_items, hours_minutes, path_segment, RawParams};
 use super::session::internal_error;
 use super::{not_found, page, respond, Role, Viewer};
-use crate::access::{self, AccessError, ViewQuery};
-use crate::api::AppState;
+use crate::access::{AccessError, ViewQuery};
 use crate::auth::Principal;
-use crate::dashboard::view::{Flags, PatientView, COVERAGE_DAYS, RECENT_DAYS, SLEEP_NIGHTS};
 use crate::store::prelude::*;
 use crate::store::GranteeKind;
+use crate::view::{Flags, PatientView, COVERAGE_DAYS, RECENT_DAYS, SLEEP_NIGHTS};
+use crate::DashboardState;
 
 pub const PANEL: &str = "/dashboard/clinician";
 pub const PATIENT: &str = "/dashboard/clinician/patients/{person_id}";
@@ -119,7 +119,7 @@ pub fn panel_rows(
             to: None,
             night: None,
         };
-        match access::read_patient_view(store, principal, &q, now) {
+        match PatientView::read(store, principal, &q, now) {
             Ok(view) => rows.push(PanelRow {
                 person_id: s.person_id,
                 display_name: view.display_name.clone(),
@@ -171,7 +171,7 @@ struct PanelParams {
 }
 
 async fn panel(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     viewer: Viewer,
     query: Result<web::Query<PanelParams>, actix_web::Error>,
 ) -> HttpResponse {
@@ -209,7 +209,7 @@ async fn panel(
 }
 
 async fn patient_page(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     viewer: Viewer,
     path: web::Path<String>,
     query: Result<web::Query<RawParams>, actix_web::Error>,
@@ -342,8 +342,8 @@ pub fn render_panel(rows: &[PanelRow], sort: Sort) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dashboard::patient::tests::table;
-    use crate::dashboard::view::fixture::{self, doctor, ANN, NIA, ZED};
+    use crate::patient::tests::table;
+    use crate::view::fixture::{self, doctor, ANN, NIA, ZED};
 
     #[test]
     fn the_panel_lists_consenting_patients_only_with_flags_first() {

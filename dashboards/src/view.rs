@@ -1,5 +1,6 @@
 //! The dashboards' view model: one read of a person's aggregates ([`PatientView`], made by
-//! [`crate::access::read_patient_view`], which checks consent and logs the disclosure) and
+//! [`PatientView::read`] through `phr_access::read_patient_view`, which checks consent and
+//! logs the disclosure) and
 //! what the pages derive from it: the 7-day rolling mean, nights, weekly averages and the
 //! triage [`Flags`]. Days without data are absent everywhere, never zeros. The aggregates
 //! themselves are the store's (`phr_store::rollup`).
@@ -7,13 +8,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Utc};
-use chrono_tz::Tz;
 
 use phr_schema::fhir::StageMinutes;
 use phr_schema::RecordType;
 
-use crate::store::rollup::{Episode, RestingHeartRate};
-use crate::store::subjects::{DailySummary, SleepDay};
+use crate::access::{self, AccessError, PatientRead, ViewQuery};
+use crate::auth::Principal;
+use crate::store::rollup::Episode;
+use crate::store::subjects::SleepDay;
+use crate::store::Backend;
 
 /// The daily step goal drawn on the steps chart: 8,000 steps, one constant for everyone (the
 /// person record has no goal of its own yet). Commonly cited as the count above which adults'
@@ -42,32 +45,18 @@ pub const COVERAGE_DAYS: i64 = 14;
 /// Days before the last day a view reads at least, so every flag can be computed.
 pub const LOOKBACK_DAYS: i64 = RECENT_DAYS + PRIOR_DAYS;
 
-/// One read of a person's aggregates for the dashboards, clipped to what the reader may see.
+/// One read of a person's aggregates for the dashboards, clipped to what the reader may see
+/// (the access layer's [`PatientRead`], its fields readable through this), and what the
+/// pages derive from it.
 #[derive(Debug, Clone)]
-pub struct PatientView {
-    pub person_id: String,
-    pub display_name: String,
-    /// The zone days are counted in (the summary's `time_zone` says which and whether it
-    /// fell back to UTC).
-    pub tz: Tz,
-    /// The last local day shown ("today" for flags).
-    pub to: NaiveDate,
-    /// How many days the charts show, ending `to`.
-    pub days: u32,
-    /// The types the reader may see, in [`RecordType::ALL`] order.
-    pub types: Vec<RecordType>,
-    /// Steps and sleep per local day over every day read (from [`PatientView::read_from`]).
-    pub summary: DailySummary,
-    /// The sleep episodes of the nights read, in night then start order.
-    pub episodes: Vec<Episode>,
-    /// Resting heart rate per day read, in day order.
-    pub resting: Vec<RestingHeartRate>,
-    /// When the gateway last stored a record the reader may see (of the days read).
-    pub last_sync: Option<DateTime<Utc>>,
-    /// The night asked for (its hypnogram); `None`: the latest with a staged main episode.
-    pub night: Option<NaiveDate>,
-    /// How many records the aggregates were made from.
-    pub records: u64,
+pub struct PatientView(pub PatientRead);
+
+impl std::ops::Deref for PatientView {
+    type Target = PatientRead;
+
+    fn deref(&self) -> &PatientRead {
+        &self.0
+    }
 }
 
 /// One night shown: the daily summary's sums and the main-sleep episode.
@@ -150,11 +139,28 @@ fn days_before(date: NaiveDate, n: i64) -> NaiveDate {
 }
 
 impl PatientView {
+    /// Reads `q` as `principal` through the access layer (scope, consent and its window,
+    /// one disclosure-log entry), with enough days before the first one shown for the
+    /// rolling mean and every flag ([`PatientView::read_from`]).
+    pub fn read(
+        store: &dyn Backend,
+        principal: &Principal,
+        q: &ViewQuery,
+        now: DateTime<Utc>,
+    ) -> Result<Self, AccessError> {
+        access::read_patient_view(store, principal, q, Self::lookback_days(q.days), now).map(Self)
+    }
+
+    /// How many days before the last day shown a view of `days` days reads from.
+    pub fn lookback_days(days: u32) -> u32 {
+        let shown = days.max(1) - 1;
+        (shown + ROLLING_DAYS as u32 - 1).max(LOOKBACK_DAYS as u32)
+    }
+
     /// The first local day read: enough before the first day shown for the rolling mean and
     /// every flag.
     pub fn read_from(to: NaiveDate, days: u32) -> NaiveDate {
-        let shown = i64::from(days.max(1)) - 1;
-        days_before(to, (shown + ROLLING_DAYS - 1).max(LOOKBACK_DAYS))
+        days_before(to, i64::from(Self::lookback_days(days)))
     }
 
     /// The first day shown.
@@ -435,8 +441,6 @@ pub(crate) mod fixture {
 mod tests {
     use super::fixture::{self, day, doctor, owner, principal, ANN, DOCTOR, NIA};
     use super::*;
-    use crate::access::{read_patient_view, AccessError, ViewQuery};
-    use crate::auth::Principal;
     use crate::store::audit::Outcome;
 
     fn view(store: &crate::store::Store, who: &Principal, person: &str, to: &str) -> PatientView {
@@ -446,7 +450,7 @@ mod tests {
             to: Some(day(to)),
             night: None,
         };
-        read_patient_view(store, who, &q, fixture::now()).unwrap()
+        PatientView::read(store, who, &q, fixture::now()).unwrap()
     }
 
     #[test]
@@ -531,7 +535,7 @@ mod tests {
             to: Some(day("2026-03-10")),
             night: Some(day("2026-03-08")),
         };
-        let asked = read_patient_view(&store, &owner(NIA), &q, fixture::now()).unwrap();
+        let asked = PatientView::read(&store, &owner(NIA), &q, fixture::now()).unwrap();
         let hyp = asked.hypnogram().unwrap();
         assert_eq!(hyp.night, day("2026-03-08"));
         let kinds: Vec<&str> = hyp.spans.iter().map(|s| s.stage.as_str()).collect();
@@ -639,7 +643,7 @@ mod tests {
             to: Some(day("2026-03-10")),
             night: None,
         };
-        let err = read_patient_view(&store, &stranger, &q, fixture::now()).unwrap_err();
+        let err = PatientView::read(&store, &stranger, &q, fixture::now()).unwrap_err();
         assert!(matches!(err, AccessError::NotFound), "{err:?}");
         let last = store.disclosures(NIA, 0, 1000).unwrap().pop().unwrap();
         assert_eq!(last.entry.outcome, Outcome::Denied);
@@ -647,10 +651,10 @@ mod tests {
             person_id: "nobody".into(),
             ..q
         };
-        let err = read_patient_view(&store, &doctor(), &q, fixture::now()).unwrap_err();
+        let err = PatientView::read(&store, &doctor(), &q, fixture::now()).unwrap_err();
         assert!(matches!(err, AccessError::NotFound), "{err:?}");
         // Days wholly before the window: refused as outside it.
-        let err = read_patient_view(
+        let err = PatientView::read(
             &store,
             &doctor(),
             &ViewQuery {

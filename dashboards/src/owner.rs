@@ -8,7 +8,7 @@
 //!   `POST` (CSRF) withdraws through [`Store::withdraw_consent`](crate::store::Store::withdraw_consent), as `DELETE
 //!   /api/v1/me/consents/{id}` does, and goes back to `/dashboard/me`.
 //! - `GET /dashboard/me/export?format=fhir|fhir-bundle|omh|csv`: the download of `GET
-//!   /api/v1/me/export` ([`crate::api::export::download`]), attached.
+//!   /api/v1/me/export` ([`crate::export::download`]), attached.
 //! - `POST /dashboard/me/erase` (CSRF, and `confirm` typed as `erase-all-my-data`): erases
 //!   through [`Store::erase_person`](crate::store::Store::erase_person) as `DELETE /api/v1/me/data` does, then ends the owner's
 //!   sessions and confirms.
@@ -26,9 +26,8 @@ use uuid::Uuid;
 use super::session::{self, check_csrf, internal_error, CsrfForm};
 use super::{not_found, page, respond, Role, Viewer};
 use super::{pairing, sources};
-use crate::api::export::{self, Format};
-use crate::api::me::ERASE_CONFIRMATION;
-use crate::api::AppState;
+use crate::access::ERASE_CONFIRMATION;
+use crate::export::{self, Format};
 use crate::store::audit::{Action, Logged, Outcome};
 use crate::store::pairing::BindingInterval;
 use crate::store::pairing_view::PairingSummary;
@@ -36,6 +35,7 @@ use crate::store::prelude::*;
 use crate::store::source_view::{SourcesView, TYPES};
 use crate::store::subjects::Zone;
 use crate::store::{Consent, ConsentStatus, GranteeKind};
+use crate::DashboardState;
 
 pub const HOME: &str = "/dashboard/me";
 /// The owner's charts (built in [`super::charts`]'s pages); linked from home.
@@ -202,11 +202,14 @@ fn latest_disclosures(store: &dyn Backend, person: &str, n: usize) -> crate::Res
     Ok(kept.into_iter().rev().collect())
 }
 
-async fn home(state: web::Data<AppState>, viewer: Viewer) -> HttpResponse {
+async fn home(state: web::Data<DashboardState>, viewer: Viewer) -> HttpResponse {
     either(home_page(state, viewer).await)
 }
 
-async fn home_page(state: web::Data<AppState>, v: Viewer) -> Result<HttpResponse, HttpResponse> {
+async fn home_page(
+    state: web::Data<DashboardState>,
+    v: Viewer,
+) -> Result<HttpResponse, HttpResponse> {
     owner_only(&v)?;
     let (store, person) = (state.store.clone(), v.subject.clone());
     let data = blocking(&v, move || {
@@ -400,7 +403,7 @@ async fn home_page(state: web::Data<AppState>, v: Viewer) -> Result<HttpResponse
 // ----- consents -----
 
 async fn find_consent(
-    state: &web::Data<AppState>,
+    state: &web::Data<DashboardState>,
     v: &Viewer,
     id: &str,
 ) -> Result<(Consent, Tz), HttpResponse> {
@@ -423,7 +426,7 @@ async fn find_consent(
 }
 
 async fn confirm_withdraw(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     viewer: Viewer,
     path: web::Path<String>,
 ) -> HttpResponse {
@@ -431,7 +434,7 @@ async fn confirm_withdraw(
 }
 
 async fn confirm_withdraw_page(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     v: Viewer,
     id: String,
 ) -> Result<HttpResponse, HttpResponse> {
@@ -472,7 +475,7 @@ async fn confirm_withdraw_page(
 }
 
 async fn withdraw(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     viewer: Viewer,
     path: web::Path<String>,
     form: Result<web::Form<CsrfForm>, actix_web::Error>,
@@ -482,7 +485,7 @@ async fn withdraw(
 }
 
 async fn withdraw_now(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     v: Viewer,
     id: String,
     form: CsrfForm,
@@ -514,7 +517,7 @@ struct ExportQuery {
 }
 
 async fn download(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     viewer: Viewer,
     query: Result<web::Query<ExportQuery>, actix_web::Error>,
 ) -> HttpResponse {
@@ -522,7 +525,7 @@ async fn download(
 }
 
 async fn download_now(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     v: Viewer,
     query: Result<web::Query<ExportQuery>, actix_web::Error>,
 ) -> Result<HttpResponse, HttpResponse> {
@@ -540,30 +543,36 @@ async fn download_now(
             },
         ));
     };
-    let mut resp = export::download(&state, v.subject.clone(), format)
-        .await
-        .map_err(|e| match e {
-            crate::api::error::ApiError::TooManyExports { retry_after_secs } => {
-                let mut page = respond(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "Downloads running",
-                    Some(&v),
-                    html! {
-                        h1 { "Your other downloads are still running" }
-                        p { "Wait for one to finish, then try again." }
-                        p { a href=(HOME) { "Back to my data" } }
-                    },
-                );
-                if let Ok(v) = header::HeaderValue::from_str(&retry_after_secs.to_string()) {
-                    page.headers_mut().insert(header::RETRY_AFTER, v);
-                }
-                page
+    let mut resp = export::download(
+        state.store.clone(),
+        &state.exports,
+        v.subject.clone(),
+        format,
+        Utc::now(),
+    )
+    .await
+    .map_err(|e| match e {
+        export::ExportError::Busy { retry_after_secs } => {
+            let mut page = respond(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Downloads running",
+                Some(&v),
+                html! {
+                    h1 { "Your other downloads are still running" }
+                    p { "Wait for one to finish, then try again." }
+                    p { a href=(HOME) { "Back to my data" } }
+                },
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&retry_after_secs.to_string()) {
+                page.headers_mut().insert(header::RETRY_AFTER, v);
             }
-            e => {
-                tracing::error!(error = %e, "owner dashboard: export failed");
-                internal_error(Some(&v))
-            }
-        })?;
+            page
+        }
+        e => {
+            tracing::error!(error = %e, "owner dashboard: export failed");
+            internal_error(Some(&v))
+        }
+    })?;
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -592,7 +601,7 @@ struct EraseForm {
 
 async fn erase(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     viewer: Viewer,
     form: Result<web::Form<EraseForm>, actix_web::Error>,
 ) -> HttpResponse {
@@ -602,7 +611,7 @@ async fn erase(
 
 async fn erase_now(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     v: Viewer,
     form: EraseForm,
 ) -> Result<HttpResponse, HttpResponse> {

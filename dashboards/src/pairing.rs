@@ -1,5 +1,5 @@
 //! Pairing and releasing bands from the owner's dashboard: the JSON API's pairing flow
-//! ([`crate::api::devices`]) as pages and forms, without JavaScript. The rules are the
+//! (the gateway's `/api/v1/me/devices` routes) as pages and forms, without JavaScript. The rules are the
 //! store's ([`crate::store::pairing`]); these handlers only call them.
 //!
 //! - The home page's "Pair a band" section ([`section`]): a start form (the bridge from a
@@ -11,7 +11,7 @@
 //!   marked "already yours"), each with its name, id, signal and the report's age, as radio
 //!   buttons of a start form for that bridge, which also takes a typed band id. A report
 //!   older than ten minutes lists nothing and says so.
-//! - `POST /dashboard/me/pairings` (CSRF): starts through [`crate::pairing::start`], as `POST
+//! - `POST /dashboard/me/pairings` (CSRF): starts through [`phr_access::pairing::start`], as `POST
 //!   /api/v1/me/devices/pairings` does, logs the start in the owner's disclosure log, and
 //!   goes to the pairing's page; a refusal is a page saying why (and, for too many pairings,
 //!   how long to wait).
@@ -41,11 +41,11 @@ use phr_schema::envelope::is_valid_id;
 use super::owner::{blocking, either, owner_only, time_zone, when, HOME};
 use super::session::{check_csrf, internal_error, CsrfForm};
 use super::{not_found, page, respond, Viewer};
-use crate::api::AppState;
 use crate::store::nearby::NearbyView;
 use crate::store::pairing::{BindingInterval, Refusal, StartRefusal, MAX_ATTEMPTS};
 use crate::store::pairing_view::PairingSummary;
 use crate::store::prelude::*;
+use crate::DashboardState;
 
 pub const PAIRINGS: &str = "/dashboard/me/pairings";
 pub const NEARBY: &str = "/dashboard/me/pairings/nearby";
@@ -288,7 +288,7 @@ struct StartForm {
 }
 
 async fn start(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     viewer: Viewer,
     form: Result<web::Form<StartForm>, actix_web::Error>,
 ) -> HttpResponse {
@@ -301,7 +301,7 @@ fn back_home() -> Markup {
 }
 
 async fn start_now(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     v: Viewer,
     form: StartForm,
 ) -> Result<HttpResponse, HttpResponse> {
@@ -326,7 +326,7 @@ async fn start_now(
     }
     let (st, person) = (state.clone(), v.subject.clone());
     let started = web::block(move || {
-        let cx = crate::pairing::Context {
+        let cx = phr_access::pairing::Context {
             store: &st.store,
             channels: &st.channels,
             mqtt: &st.mqtt,
@@ -334,7 +334,7 @@ async fn start_now(
         };
         let now = Utc::now();
         // The store logs the start, refusals and confirmations in the owner's log.
-        let started = crate::pairing::start(cx, &person, &bridge, &device, now)?;
+        let started = phr_access::pairing::start(cx, &person, &bridge, &device, now)?;
         Ok::<_, crate::Error>(started)
     })
     .await
@@ -398,7 +398,7 @@ async fn start_now(
 // ----- the bands near a bridge -----
 
 async fn nearby(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     viewer: Viewer,
     form: Result<web::Form<StartForm>, actix_web::Error>,
 ) -> HttpResponse {
@@ -420,7 +420,7 @@ fn nearby_of(
 }
 
 async fn nearby_page(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     v: Viewer,
     form: StartForm,
 ) -> Result<HttpResponse, HttpResponse> {
@@ -525,7 +525,7 @@ fn nearby_body(
 
 /// The owner's pairing `id` and their zone; the 404 page for anyone else's.
 async fn find_pairing(
-    state: &web::Data<AppState>,
+    state: &web::Data<DashboardState>,
     v: &Viewer,
     id: &str,
 ) -> Result<(PairingSummary, Tz), HttpResponse> {
@@ -579,12 +579,16 @@ fn pairing_body(v: &Viewer, p: &PairingSummary, tz: Tz, now: DateTime<Utc>) -> M
     }
 }
 
-async fn show(state: web::Data<AppState>, viewer: Viewer, path: web::Path<String>) -> HttpResponse {
+async fn show(
+    state: web::Data<DashboardState>,
+    viewer: Viewer,
+    path: web::Path<String>,
+) -> HttpResponse {
     either(show_page(state, viewer, path.into_inner()).await)
 }
 
 async fn show_page(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     v: Viewer,
     id: String,
 ) -> Result<HttpResponse, HttpResponse> {
@@ -606,7 +610,7 @@ struct ConfirmForm {
 }
 
 async fn confirm(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     viewer: Viewer,
     path: web::Path<String>,
     form: Result<web::Form<ConfirmForm>, actix_web::Error>,
@@ -616,7 +620,7 @@ async fn confirm(
 }
 
 async fn confirm_now(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     v: Viewer,
     id: String,
     form: ConfirmForm,
@@ -689,7 +693,7 @@ async fn confirm_now(
 
 /// The owner's open binding of `device`; the 404 page if they hold none.
 async fn open_binding(
-    state: &web::Data<AppState>,
+    state: &web::Data<DashboardState>,
     v: &Viewer,
     device: &str,
 ) -> Result<(BindingInterval, Tz), HttpResponse> {
@@ -709,7 +713,7 @@ async fn open_binding(
 }
 
 async fn confirm_release(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     viewer: Viewer,
     path: web::Path<String>,
 ) -> HttpResponse {
@@ -717,7 +721,7 @@ async fn confirm_release(
 }
 
 async fn confirm_release_page(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     v: Viewer,
     device: String,
 ) -> Result<HttpResponse, HttpResponse> {
@@ -745,7 +749,7 @@ async fn confirm_release_page(
 }
 
 async fn release(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     viewer: Viewer,
     path: web::Path<String>,
     form: Result<web::Form<CsrfForm>, actix_web::Error>,
@@ -755,7 +759,7 @@ async fn release(
 }
 
 async fn release_now(
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     v: Viewer,
     device: String,
     form: CsrfForm,
@@ -805,7 +809,7 @@ mod tests {
     fn viewer() -> Viewer {
         Viewer {
             subject: "ana".into(),
-            role: super::super::Role::Owner,
+            role: crate::Role::Owner,
             csrf: "tok".into(),
         }
     }

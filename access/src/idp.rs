@@ -1,10 +1,10 @@
 //! Identity providers: the OpenID providers (`[[auth.providers]]`) the gateway trusts besides
 //! its own key, for two things:
 //!
-//! - **Dashboard sign-in** ([`crate::dashboard::oidc`]): the authorization code flow with PKCE,
+//! - **Dashboard sign-in** (`phr_dashboards::oidc`): the authorization code flow with PKCE,
 //!   `state` and `nonce`; this module builds the authorization request, redeems the code at
 //!   the token endpoint and verifies the ID token ([`Provider::verify_id_token`]).
-//! - **API access tokens** ([`Providers::verify_access_token`]): a bearer token whose `iss` is a
+//! - **API access tokens** ([`Provider::verify_access_token`]): a bearer token whose `iss` is a
 //!   provider with an `audience` is verified against that provider's keys and mapped to a
 //!   [`Principal`]; what follows (scopes, consent, object checks, the disclosure log) is the
 //!   same as for the gateway's own tokens.
@@ -679,7 +679,7 @@ impl Provider {
             .as_deref()
             .ok_or_else(|| IdpError::Refused("no client_id for sign-in".into()))?;
         let m = self.metadata()?;
-        let challenge = crate::oauth::b64url_encode(&sha2::Sha256::digest(verifier.as_bytes()));
+        let challenge = crate::auth::b64url_encode(&sha2::Sha256::digest(verifier.as_bytes()));
         let scope = self.config.scopes.join(" ");
         let params = [
             ("response_type", "code"),
@@ -912,7 +912,7 @@ mod tests {
     fn ed_key(kid: &str) -> (EncodingKey, Value) {
         let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
         let der = signing.to_pkcs8_der().unwrap();
-        let x = crate::oauth::b64url_encode(&signing.verifying_key().to_bytes());
+        let x = crate::auth::b64url_encode(&signing.verifying_key().to_bytes());
         (
             EncodingKey::from_ed_der(der.as_bytes()),
             json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "use": "sig"}),

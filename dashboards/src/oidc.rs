@@ -38,9 +38,9 @@ use serde::Deserialize;
 
 use super::session::{self, home_of, internal_error, SESSION_TTL};
 use super::{respond, Role};
-use crate::api::AppState;
 use crate::idp::{IdpError, Kind, Provider, CALLBACK_PATH};
 use crate::store::prelude::*;
+use crate::DashboardState;
 
 /// Where a sign-in through a provider starts (`{provider}` is its name).
 pub const START: &str = "/dashboard/signin/oidc/{provider}";
@@ -58,7 +58,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The sign-in choices of the configured providers (for `GET /dashboard/signin`), if any.
-pub fn choices(state: &AppState) -> Option<maud::Markup> {
+pub fn choices(state: &DashboardState) -> Option<maud::Markup> {
     let providers: Vec<_> = state.idp.iter().filter(|p| p.signs_in()).collect();
     if providers.is_empty() {
         return None;
@@ -108,21 +108,21 @@ struct StartQuery {
 
 /// The redirect URI of `provider` for a request: configured, or the gateway's public origin
 /// (`auth.issuer`, else the request's) + the callback path.
-fn redirect_uri(req: &HttpRequest, state: &AppState, provider: &Provider) -> String {
+fn redirect_uri(req: &HttpRequest, state: &DashboardState, provider: &Provider) -> String {
     if let Some(uri) = &provider.config().redirect_uri {
         return uri.clone();
     }
     let base = state
         .public_base
         .clone()
-        .unwrap_or_else(|| crate::api::forwarded::origin(req).base_url());
+        .unwrap_or_else(|| crate::forwarded::origin(req).base_url());
     format!("{}{CALLBACK}", base.trim_end_matches('/'))
 }
 
 /// `GET /dashboard/signin/oidc/{provider}?as=owner|clinician`.
 async fn start(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     name: web::Path<String>,
     query: Result<web::Query<StartQuery>, actix_web::Error>,
 ) -> HttpResponse {
@@ -188,7 +188,7 @@ async fn start(
         }
         Err(_) => return internal_error(None),
     };
-    let secure = crate::api::forwarded::origin(&req).is_https();
+    let secure = crate::forwarded::origin(&req).is_https();
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, url))
         .insert_header((
@@ -223,7 +223,7 @@ enum Failure {
 /// `GET /dashboard/signin/oidc/callback`.
 async fn callback(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<DashboardState>,
     query: Result<web::Query<CallbackQuery>, actix_web::Error>,
 ) -> HttpResponse {
     let query = query.map(web::Query::into_inner).unwrap_or_default();
@@ -282,7 +282,7 @@ async fn callback(
         Ok(session)
     })
     .await;
-    let secure = crate::api::forwarded::origin(&req).is_https();
+    let secure = crate::forwarded::origin(&req).is_https();
     let failure = match finished {
         Ok(Ok(session)) => return signed_in(&session, secure),
         Ok(Err(f)) => f,
