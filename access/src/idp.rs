@@ -693,7 +693,7 @@ impl Provider {
         ];
         let query = params
             .iter()
-            .map(|(k, v)| format!("{k}={}", form_encode(v)))
+            .map(|(k, v)| format!("{k}={}", crate::uri::encode(v)))
             .collect::<Vec<_>>()
             .join("&");
         let sep = if m.authorization_endpoint.contains('?') {
@@ -729,7 +729,11 @@ impl Provider {
         match &self.client_secret {
             Some(secret) => {
                 // RFC 6749 §2.3.1: id and secret form-encoded, then Basic.
-                let pair = format!("{}:{}", form_encode(client_id), form_encode(&secret.0));
+                let pair = format!(
+                    "{}:{}",
+                    crate::uri::encode(client_id),
+                    crate::uri::encode(&secret.0)
+                );
                 let basic = base64::engine::general_purpose::STANDARD.encode(pair);
                 req = req.set("Authorization", &format!("Basic {basic}"));
             }
@@ -862,20 +866,6 @@ fn read_json(resp: ureq::Response) -> std::result::Result<Value, String> {
         return Err("the answer is too large".into());
     }
     serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))
-}
-
-/// `application/x-www-form-urlencoded` escaping of one value.
-pub fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1250,11 +1240,5 @@ mod tests {
         assert!(providers.for_access_token("a.b").is_none());
         assert!(providers.for_access_token("x.!!!.y").is_none());
         assert!(providers.for_access_token(&"a.".repeat(10_000)).is_none());
-    }
-
-    #[test]
-    fn form_encoding() {
-        assert_eq!(form_encode("a b/c?d=é"), "a%20b%2Fc%3Fd%3D%C3%A9");
-        assert_eq!(form_encode("AZaz09-._~"), "AZaz09-._~");
     }
 }

@@ -14,6 +14,7 @@
 //! - [`pairing`]: starting a pairing (a sealed request to the bridge over MQTT).
 //! - [`export`]: a person's whole export, streamed (FHIR, Open mHealth, CSV).
 //! - [`forwarded`]: the public origin of a request (behind a proxy or not).
+//! - [`uri`]: percent-encoding of query values, form values and path segments.
 //! - [`Error`]: the gateway's error type.
 //!
 //! # The data access layer
@@ -46,6 +47,7 @@ pub mod export;
 pub mod forwarded;
 pub mod idp;
 pub mod pairing;
+pub mod uri;
 
 mod error;
 

@@ -112,17 +112,7 @@ impl Options {
 }
 
 /// A path segment with everything but unreserved characters percent-encoded.
-pub fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use crate::access::uri::encode as path_segment;
 
 // ----- handlers -----
 

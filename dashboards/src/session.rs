@@ -85,15 +85,17 @@ pub fn session_cookie(req: &HttpRequest) -> Option<String> {
     request_cookie(req, COOKIE)
 }
 
-/// The value of cookie `wanted` in the request, if any (and not empty).
+/// The value of cookie `wanted` in the request, if any (and not empty). Each cookie of each
+/// `Cookie` header is parsed on its own (RFC 6265 §5.4), so a malformed one, say another
+/// application's on the same host, hides nothing else; the first `wanted` counts.
 pub(super) fn request_cookie(req: &HttpRequest, wanted: &str) -> Option<String> {
     req.headers()
         .get_all(header::COOKIE)
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| name.trim() == wanted)
-        .map(|(_, value)| value.trim().trim_matches('"').to_owned())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == wanted)
+        .map(|c| c.value_trimmed().to_owned())
         .filter(|v| !v.is_empty())
 }
 
@@ -500,6 +502,33 @@ pub fn signed_out_redirect(req: &HttpRequest) -> HttpResponse {
 mod tests {
     use super::*;
     use actix_web::test::TestRequest;
+
+    #[test]
+    fn the_session_cookie_is_found_among_others_and_malformed_ones() {
+        let with = |headers: &[&str]| {
+            let mut req = TestRequest::default();
+            for h in headers {
+                req = req.append_header((header::COOKIE, *h));
+            }
+            session_cookie(&req.to_http_request())
+        };
+        assert_eq!(with(&[]), None);
+        assert_eq!(with(&["phr_session=abc"]), Some("abc".into()));
+        // Other cookies around it, spaces, a quoted value, a second header.
+        assert_eq!(
+            with(&["theme=dark;  phr_session=\"abc\" ; lang=ja"]),
+            Some("abc".into())
+        );
+        assert_eq!(with(&["theme=dark", "phr_session=abc"]), Some("abc".into()));
+        // Another application's malformed cookie hides nothing; the first one counts.
+        assert_eq!(
+            with(&["=nameless; junk; phr_session=abc; phr_session=xyz"]),
+            Some("abc".into())
+        );
+        // A name is matched exactly; an empty value is no cookie.
+        assert_eq!(with(&["xphr_session=abc; phr_sessionx=abc"]), None);
+        assert_eq!(with(&["phr_session="]), None);
+    }
 
     #[test]
     fn cookie_header_has_the_flags() {

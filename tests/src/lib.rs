@@ -1180,15 +1180,7 @@ pub fn browse(
 
 /// `application/x-www-form-urlencoded` for one value (RFC 6749 Appendix B).
 pub fn form_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                char::from(b).to_string()
-            }
-            b' ' => "+".into(),
-            b => format!("%{b:02X}"),
-        })
-        .collect()
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 #[cfg(test)]

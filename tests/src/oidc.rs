@@ -567,11 +567,9 @@ impl OidcProvider {
     /// its redirects up to the request's `redirect_uri`; returns what arrived there.
     pub fn follow(&self, url: &str, account: &str) -> Result<Authorized> {
         let query = url.split_once('?').map_or("", |(_, q)| q);
-        let redirect_uri = query
-            .split('&')
-            .filter_map(|p| p.split_once('='))
-            .find(|(k, _)| *k == "redirect_uri")
-            .and_then(|(_, v)| percent_decode(v))
+        let redirect_uri = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "redirect_uri")
+            .map(|(_, v)| v.into_owned())
             .with_context(|| format!("no redirect_uri in {url}"))?;
         self.run_authorization(url.to_owned(), &redirect_uri, Some(account))
     }
@@ -779,13 +777,8 @@ impl OidcProvider {
 fn callback(url: &str) -> Result<Authorized> {
     let query = url.split_once('?').map_or("", |(_, q)| q);
     let query = query.split('#').next().unwrap_or_default();
-    let params: BTreeMap<String, String> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .filter_map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            Some((percent_decode(k)?, percent_decode(v)?))
-        })
+    let params: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
         .collect();
     if let Some(error) = params.get("error") {
         bail!(
@@ -845,45 +838,14 @@ fn form_action(html: &str) -> Option<String> {
 }
 
 fn form_urlencode(pairs: &[(&str, String)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", crate::form_encode(k), crate::form_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-/// Decodes `%XX` and `+`; `None` for a malformed escape or non-UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let mut byte = [0u8];
-                hex::decode_to_slice(bytes.get(i + 1..i + 3)?, &mut byte).ok()?;
-                out.push(byte[0]);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percent_decoding_round_trips_form_encoding() {
-        let s = "http://127.0.0.1:9/cb?x=a b&é";
-        assert_eq!(percent_decode(&crate::form_encode(s)).as_deref(), Some(s));
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%4"), None);
-    }
 
     #[test]
     fn the_callback_yields_code_state_and_issuer_or_the_error() {

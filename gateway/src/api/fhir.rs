@@ -479,27 +479,20 @@ fn parse_params(pairs: Vec<(String, String)>) -> Result<Params, FhirApiError> {
     })
 }
 
-/// Percent-encodes a query component (everything but RFC 3986 unreserved characters).
-fn encode_component(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// `{base}/fhir/Observation?` with `params` and, if given, `_cursor`.
 fn search_url(base: &str, params: &[(String, String)], cursor: Option<&str>) -> String {
     let mut query: Vec<String> = params
         .iter()
-        .map(|(k, v)| format!("{}={}", encode_component(k), encode_component(v)))
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                crate::access::uri::encode(k),
+                crate::access::uri::encode(v)
+            )
+        })
         .collect();
     if let Some(c) = cursor {
-        query.push(format!("_cursor={}", encode_component(c)));
+        query.push(format!("_cursor={}", crate::access::uri::encode(c)));
     }
     format!("{base}{OBSERVATION}?{}", query.join("&"))
 }

@@ -100,22 +100,24 @@ pub(super) fn client_auth<'a>(
     ))
 }
 
-/// Decodes one `application/x-www-form-urlencoded` value (`+` is a space, `%XX` a byte).
+/// Decodes one `application/x-www-form-urlencoded` value (`+` is a space, `%XX` a byte), as
+/// RFC 6749 §2.3.1 has client ids and secrets encoded in Basic credentials. A malformed
+/// escape (`%` not followed by two hex digits, which the decoder would pass through as it is)
+/// or bytes that are not UTF-8 refuse the credentials.
 fn form_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hi = char::from(bytes.next()?).to_digit(16)?;
-                let lo = char::from(bytes.next()?).to_digit(16)?;
-                out.push((hi * 16 + lo) as u8);
-            }
-            b => out.push(b),
-        }
+    let well_formed = s.split('%').skip(1).all(|rest| {
+        rest.as_bytes()
+            .get(..2)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(|v| v.into_owned())
 }
 
 #[cfg(test)]
