@@ -3,6 +3,7 @@
 //! Basic, or in the body), the tokens authenticate on the API, and every bad request is
 //! refused with the RFC 6749 error, the same stable `code`, and no token.
 
+use anyhow::Context as _;
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -601,4 +602,92 @@ fn invalid_clients_are_refused_before_the_store() {
             "{bad:?}"
         );
     }
+}
+
+/// The operator's path: `phr-gateway clients add` refuses what the API refuses, before the
+/// store sees it (nothing registered, a non-zero exit, the reason on stderr, no secret shown).
+#[test]
+fn the_cli_refuses_invalid_clients_and_registers_nothing() -> anyhow::Result<()> {
+    let bin = phr_e2e::binary("phr-gateway", "phr-gateway")?;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let run = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(std::process::Command::new(&bin)
+            .args(["clients"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()?)
+    };
+    let keys = dir.path().join("empty-jwks.json");
+    std::fs::write(&keys, r#"{"keys": []}"#)?;
+    let keys = keys.to_str().context("path")?;
+    let add = |id: &'static str, scope: &'static str, extra: &'static [&'static str]| {
+        let mut args = vec!["add", "--client-id", id, "--name", "Example PHR Co"];
+        args.extend(["--scope", scope]);
+        args.extend(extra);
+        args
+    };
+    // A good client first, so the store exists when the bad ones are tried.
+    let out = run(&add("co-0", "system/Observation.rs", &["--secret"]))?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("client_secret: "));
+    for (what, args, code) in [
+        (
+            "a malformed id",
+            add("bad id", "system/Observation.rs", &["--secret"]),
+            "invalid_client_id",
+        ),
+        (
+            "no credential",
+            add("co-1", "system/Observation.rs", &[]),
+            "invalid_credentials",
+        ),
+        (
+            "a patient scope",
+            add("co-2", "patient/Observation.rs", &["--secret"]),
+            "invalid_scope",
+        ),
+        (
+            "an unknown LOINC code",
+            add(
+                "co-3",
+                "system/Observation.rs?code=http://loinc.org|0000-0",
+                &["--secret"],
+            ),
+            "invalid_scope",
+        ),
+    ] {
+        let out = run(&args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: accepted");
+        assert!(stderr.contains(code), "{what}: {stderr}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("client_secret"),
+            "{what}: a secret was printed"
+        );
+    }
+    let mut empty_keys = add("co-4", "system/Observation.rs", &[]);
+    empty_keys.extend(["--jwks", keys]);
+    let out = run(&empty_keys)?;
+    assert!(!out.status.success(), "an empty key set: accepted");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_jwks"));
+
+    // Only the good client is registered.
+    let listed = run(&["list"])?;
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains("co-0"), "{listed}");
+    for id in ["bad id", "co-1", "co-2", "co-3", "co-4"] {
+        assert!(!listed.contains(id), "{id} was registered: {listed}");
+    }
+    Ok(())
 }
