@@ -246,8 +246,9 @@ pub async fn download(
         })?;
     let filename = format!("phr-export-{}.{}", file_safe(&person), format.extension());
     let store = state.store.clone();
+    let now = state.clock.now();
     let (producer, first) = blocking(move || -> crate::Result<_> {
-        let mut producer = Producer::new(store, &person, format, Utc::now())?;
+        let mut producer = Producer::new(store, &person, format, now)?;
         let first = producer.next_chunk();
         Ok((producer, first))
     })

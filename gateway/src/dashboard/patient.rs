@@ -175,9 +175,9 @@ pub(crate) async fn serve(
         night: params.night,
     };
     let principal = super::principal(&viewer);
-    let store = state.store.clone();
+    let (store, now) = (state.store.clone(), state.clock.now());
     let read = web::block(move || {
-        let view = access::read_patient_view(&store, &principal, &q, Utc::now())?;
+        let view = access::read_patient_view(&store, &principal, &q, now)?;
         let body = render(&view, &opts);
         Ok::<_, AccessError>((title(&view, &opts), body))
     })
