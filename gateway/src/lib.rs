@@ -28,15 +28,17 @@
 //! Every decision about time reads the gateway's clock, never the system's directly: token
 //! `exp`/`nbf`/`iat` (the gateway's own, providers', client assertions: jsonwebtoken's own
 //! time checks are off), consent validity, rate-limit refill, sign-in, session, pairing and
-//! export times, the nearby list's staleness, held records' expiry, the time stamped on what
-//! is stored. The binary always uses the system clock; tests pass one they move forward
+//! export times, the nearby list's staleness, held records' expiry, the ingest time stamped on
+//! records. The binary always uses the system clock; tests pass one they move forward
 //! instead of sleeping ([`store::OffsetClock`]). Left on `Instant` (or the system clock),
-//! because they measure or pace rather than decide: request latency and commit durations in
-//! [`metrics`]; the consumer's reconnect back-off, the broker's readiness probe and the front's
-//! retries; the hold sweeper's interval (what it expires is the clock's); the identity
-//! providers' key and discovery refetch pacing (a monotonic limit on requests to them); the
-//! channel-key cache's freshness; the front's one-refusal-line-a-second log throttle; the
-//! store's time budget for a sync page's scan; and the operator CLI (`main.rs`).
+//! because they measure, pace or only record rather than decide: request latency and commit
+//! durations in [`metrics`]; the consumer's reconnect back-off, the broker's readiness probe
+//! and the front's retries; the hold sweeper's interval (what it expires is the clock's; a
+//! test that moves the clock calls `expire_held` itself); the identity providers' key and
+//! discovery refetch pacing (a monotonic limit on requests to them); the channel-key cache's
+//! freshness; the front's one-refusal-line-a-second log throttle; the store's time budget for
+//! a sync page's scan and its `created_at` stamps on people, bridges, devices, bindings and
+//! clients; and the operator CLI (`main.rs`).
 
 pub mod access;
 pub mod api;
