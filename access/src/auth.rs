@@ -5,6 +5,12 @@
 //! Verification follows RFC 8725: the algorithm is pinned (EdDSA only, so `none` and
 //! HMAC-with-the-public-key confusion are refused), `typ` must be `at+jwt` (RFC 9068), `kid`
 //! must name our key, and `iss`, `aud`, `exp`, `nbf` and `sub` are required and checked.
+//!
+//! Time: `exp` and `nbf` are checked against the time the caller passes (the gateway's
+//! clock, [`crate::store::Clock`]) with [`LEEWAY_SECS`] of skew, by [`valid_at`], not against
+//! the system clock jsonwebtoken would read: its own time checks are off, while `exp` stays a
+//! claim it requires, so a token without one is still refused. Identity providers' tokens
+//! ([`crate::idp`]) follow the same rule.
 
 use std::path::Path;
 
@@ -96,8 +102,9 @@ impl Keys {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = 30;
+        // Checked by `verify` against the time it is given (`valid_at`), not the system's.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         Ok(Self {
             kid,
             public,
@@ -186,13 +193,31 @@ impl Keys {
         Ok(())
     }
 
-    /// Verifies a compact JWS and returns its claims.
-    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+    /// Verifies a compact JWS and returns its claims, if it is valid at `now` (the
+    /// gateway's clock).
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<Claims, TokenError> {
         self.check_header(token, ACCESS_TOKEN_TYP)?;
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|d| d.claims)
-            .map_err(|_| TokenError::Invalid)
+            .map_err(|_| TokenError::Invalid)?;
+        if !valid_at(claims.exp, Some(claims.nbf), now) {
+            return Err(TokenError::Invalid);
+        }
+        Ok(claims)
     }
+}
+
+/// Clock skew tolerated on `exp`, `nbf` and `iat` (seconds), for the gateway's tokens and
+/// identity providers' alike.
+pub const LEEWAY_SECS: i64 = 30;
+
+/// Whether a token with this `exp` and `nbf` (seconds since the epoch) is valid at `now`,
+/// allowing [`LEEWAY_SECS`] of skew either way: not expired before `now - leeway`, not valid
+/// only after `now + leeway`. jsonwebtoken's rule, read from the gateway's clock.
+pub fn valid_at(exp: i64, nbf: Option<i64>, now: DateTime<Utc>) -> bool {
+    let now = now.timestamp();
+    exp >= now.saturating_sub(LEEWAY_SECS)
+        && nbf.is_none_or(|nbf| nbf <= now.saturating_add(LEEWAY_SECS))
 }
 
 /// Whether two secrets are equal in constant time: the store's comparison, the one every
@@ -610,7 +635,7 @@ mod tests {
             .issue("a", "", chrono::Duration::hours(1), Utc::now())
             .unwrap();
         let again = Keys::load_or_create(dir.path(), "iss", "aud").unwrap();
-        assert!(again.verify(&token).is_ok());
+        assert!(again.verify(&token, Utc::now()).is_ok());
         // An operator's replaced PEM file wins over the old file.
         std::fs::remove_file(&pem).unwrap();
         let new = SigningKey::from_bytes(&[9; 32]);
@@ -643,14 +668,14 @@ mod tests {
                 Utc::now(),
             )
             .unwrap();
-        let claims = k.verify(&token).unwrap();
+        let claims = k.verify(&token, Utc::now()).unwrap();
         assert_eq!(
             (claims.sub.as_str(), claims.aud.as_str()),
             ("alice", "phr-api")
         );
         let again = Keys::load_or_create(dir.path(), "https://gw.test", "phr-api").unwrap();
         assert_eq!(again.kid(), k.kid());
-        assert!(again.verify(&token).is_ok());
+        assert!(again.verify(&token, Utc::now()).is_ok());
     }
 
     #[test]
@@ -665,7 +690,7 @@ mod tests {
                 now - chrono::Duration::hours(1),
             )
             .unwrap();
-        assert_eq!(k.verify(&expired), Err(TokenError::Invalid));
+        assert_eq!(k.verify(&expired, Utc::now()), Err(TokenError::Invalid));
         let not_yet = k
             .issue(
                 "a",
@@ -674,17 +699,73 @@ mod tests {
                 now + chrono::Duration::hours(1),
             )
             .unwrap();
-        assert_eq!(k.verify(&not_yet), Err(TokenError::Invalid));
+        assert_eq!(k.verify(&not_yet, Utc::now()), Err(TokenError::Invalid));
         let (_d2, other) = keys();
         let foreign = other
             .issue("a", "", chrono::Duration::hours(1), now)
             .unwrap();
-        assert_eq!(k.verify(&foreign), Err(TokenError::Invalid));
+        assert_eq!(k.verify(&foreign, Utc::now()), Err(TokenError::Invalid));
         let good = k.issue("a", "", chrono::Duration::hours(1), now).unwrap();
         let mut parts: Vec<&str> = good.split('.').collect();
         let forged_claims = format!("{}x", parts[1]);
         parts[1] = &forged_claims;
-        assert_eq!(k.verify(&parts.join(".")), Err(TokenError::Invalid));
+        assert_eq!(
+            k.verify(&parts.join("."), Utc::now()),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    /// Time is the clock's, not the system's: a token lives from `nbf` to `exp` on the
+    /// clock it is verified at, with 30 s of skew either side, and one without `exp` never
+    /// does.
+    #[test]
+    fn validity_is_decided_by_the_clock_with_its_leeway() {
+        use crate::store::{Clock, ManualClock};
+        let (_d, k) = keys();
+        // Years before the system's time: only a check against the clock accepts it.
+        let t0: DateTime<Utc> = "2020-02-29T12:00:00Z".parse().unwrap();
+        let clock = ManualClock::new(t0);
+        let token = k.issue("a", "", chrono::Duration::seconds(60), t0).unwrap();
+        let at = |secs: i64| {
+            clock.set(t0 + chrono::Duration::seconds(secs));
+            k.verify(&token, clock.now())
+        };
+        assert!(at(0).is_ok(), "valid when issued");
+        assert!(
+            at(60 + 30).is_ok(),
+            "exp plus the leeway is the last second"
+        );
+        assert_eq!(at(60 + 31), Err(TokenError::Invalid), "expired");
+        assert_eq!(at(3600), Err(TokenError::Invalid), "long expired");
+        assert!(at(-30).is_ok(), "nbf minus the leeway is the first second");
+        assert_eq!(at(-31), Err(TokenError::Invalid), "not valid yet (nbf)");
+        // Expired on the system's clock, valid on a clock that says so, and the reverse.
+        assert!(k.verify(&token, Utc::now()).is_err());
+        let fresh = k
+            .issue("a", "", chrono::Duration::seconds(60), Utc::now())
+            .unwrap();
+        assert!(k.verify(&fresh, Utc::now()).is_ok());
+        assert_eq!(
+            k.verify(&fresh, Utc::now() + chrono::Duration::seconds(91)),
+            Err(TokenError::Invalid)
+        );
+        // Without exp (or nbf), refused at any time.
+        for missing in ["exp", "nbf"] {
+            let mut claims = serde_json::json!({
+                "iss": "https://gw.test", "sub": "a", "aud": "phr-api",
+                "exp": t0.timestamp() + 60, "nbf": t0.timestamp(), "iat": t0.timestamp(),
+                "jti": "x", "scope": "patient/*.rs"});
+            claims.as_object_mut().unwrap().remove(missing);
+            let token = k.sign(ACCESS_TOKEN_TYP, &claims).unwrap();
+            for secs in [0, 30, -30] {
+                clock.set(t0 + chrono::Duration::seconds(secs));
+                assert_eq!(
+                    k.verify(&token, clock.now()),
+                    Err(TokenError::Invalid),
+                    "no {missing}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -695,9 +776,15 @@ mod tests {
             .issue("a", "", chrono::Duration::hours(1), Utc::now())
             .unwrap();
         let other_aud = Keys::load_or_create(dir.path(), "iss-a", "aud-b").unwrap();
-        assert_eq!(other_aud.verify(&token), Err(TokenError::Invalid));
+        assert_eq!(
+            other_aud.verify(&token, Utc::now()),
+            Err(TokenError::Invalid)
+        );
         let other_iss = Keys::load_or_create(dir.path(), "iss-b", "aud-a").unwrap();
-        assert_eq!(other_iss.verify(&token), Err(TokenError::Invalid));
+        assert_eq!(
+            other_iss.verify(&token, Utc::now()),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]
@@ -716,7 +803,7 @@ mod tests {
             )),
             b64(&claims)
         );
-        assert_eq!(k.verify(&none), Err(TokenError::Invalid));
+        assert_eq!(k.verify(&none, Utc::now()), Err(TokenError::Invalid));
         let hs = jsonwebtoken::encode(
             &Header {
                 alg: Algorithm::HS256,
@@ -728,7 +815,7 @@ mod tests {
             &EncodingKey::from_secret(b"public key bytes"),
         )
         .unwrap();
-        assert_eq!(k.verify(&hs), Err(TokenError::Invalid));
+        assert_eq!(k.verify(&hs, Utc::now()), Err(TokenError::Invalid));
     }
 
     /// Every (context, resource, letter) a scope grants, among the contexts, a few resources

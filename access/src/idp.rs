@@ -23,6 +23,12 @@
 //! - Checked on every token: the signature, `iss` (exact), `aud`, `exp` and `nbf` (30 s leeway),
 //!   `sub`. ID tokens also: `nonce`, `azp` when present or when there are several audiences,
 //!   `iat`. Access tokens: `typ` absent, `JWT` or `at+jwt`.
+//! - Time: `exp`, `nbf` and `iat` are read against the gateway's clock (given to
+//!   [`Providers::from_config`]), by the gateway's own rule ([`crate::auth::valid_at`]), never
+//!   the system clock jsonwebtoken would read; `exp` stays a claim jsonwebtoken requires. The
+//!   key and discovery caches' pacing ([`REFRESH_COOLDOWN`], [`KEYS_MAX_AGE`]) stays on
+//!   `Instant`: it paces requests to the provider, like a back-off, and must never run
+//!   backwards.
 //!
 //! Claim mapping ([`ClaimMapping`]): a token is for one of three kinds of caller. An **owner**
 //! acts as the person its `claims.person` claim names, a **clinician** as the practitioner
@@ -44,6 +50,7 @@ use serde_json::{Map, Value};
 
 use crate::auth::{Principal, Scope, ScopeContext};
 use crate::config::{ClaimMapping, ProviderConfig, Secret};
+use crate::store::SharedClock;
 use crate::{Error, Result};
 
 /// An unknown `kid` refetches a provider's keys at most this often.
@@ -54,8 +61,8 @@ pub const KEYS_MAX_AGE: Duration = Duration::from_secs(3600);
 const MAX_RESPONSE_BYTES: u64 = 512 * 1024;
 /// Tokens longer than this are not looked at.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
-/// Clock skew allowed on `exp`, `nbf` and `iat`.
-const LEEWAY_SECS: u64 = 30;
+/// Clock skew allowed on `exp`, `nbf` and `iat`: the gateway's own tokens'.
+const LEEWAY_SECS: i64 = crate::auth::LEEWAY_SECS;
 /// The path of the sign-in callback, under the gateway's public origin.
 pub const CALLBACK_PATH: &str = "/dashboard/signin/oidc/callback";
 
@@ -141,6 +148,8 @@ pub struct Provider {
     keys: RwLock<KeyCache>,
     /// Held while fetching keys, so concurrent refreshes make one request.
     fetching: Mutex<()>,
+    /// Where token times are checked against (the gateway's clock).
+    clock: SharedClock,
 }
 
 impl std::fmt::Debug for Provider {
@@ -173,8 +182,8 @@ fn is_https(url: &str) -> bool {
 
 impl Providers {
     /// Checks the configuration and prepares each provider (nothing is fetched yet: a
-    /// provider that is down does not stop the gateway).
-    pub fn from_config(configs: &[ProviderConfig]) -> Result<Self> {
+    /// provider that is down does not stop the gateway). Tokens are checked at `clock`'s time.
+    pub fn from_config(configs: &[ProviderConfig], clock: SharedClock) -> Result<Self> {
         let mut list = Vec::new();
         for c in configs {
             let bad = |why: &str| Error::Config(format!("auth.providers {:?}: {why}", c.name));
@@ -235,6 +244,7 @@ impl Providers {
                 metadata: Mutex::new((None, None)),
                 keys: RwLock::new(KeyCache::default()),
                 fetching: Mutex::new(()),
+                clock: clock.clone(),
             }));
         }
         Ok(Self { list })
@@ -610,11 +620,26 @@ impl Provider {
         v.set_issuer(&[&self.config.issuer]);
         v.set_audience(&[audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        v.validate_nbf = true;
-        v.leeway = LEEWAY_SECS;
-        jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &v)
+        // Checked below against the gateway's clock, not the system's.
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &v)
             .map(|d| d.claims)
-            .map_err(|e| IdpError::InvalidToken(e.to_string()))
+            .map_err(|e| IdpError::InvalidToken(e.to_string()))?;
+        // jsonwebtoken required `exp` as a NumericDate; `nbf` is optional but, present, must be
+        // one.
+        let exp = claims
+            .get("exp")
+            .and_then(numeric_date)
+            .ok_or_else(|| invalid("no exp"))?;
+        let nbf = match claims.get("nbf") {
+            None => None,
+            Some(v) => Some(numeric_date(v).ok_or_else(|| invalid("nbf is not a date"))?),
+        };
+        if !crate::auth::valid_at(exp, nbf, self.clock.now()) {
+            return Err(invalid("expired or not valid yet"));
+        }
+        Ok(claims)
     }
 
     /// Verifies an API access token and maps it to the caller it is for. Blocking when the
@@ -780,7 +805,7 @@ impl Provider {
             .get("iat")
             .and_then(Value::as_i64)
             .ok_or_else(|| invalid("no iat"))?;
-        if iat > chrono::Utc::now().timestamp() + LEEWAY_SECS as i64 {
+        if iat > self.clock.now().timestamp() + LEEWAY_SECS {
             return Err(invalid("issued in the future"));
         }
         let sent = claims.get("nonce").and_then(Value::as_str).unwrap_or("");
@@ -798,6 +823,16 @@ impl Provider {
     ) -> std::result::Result<String, IdpError> {
         identity(&self.config.claims, claims, kind)
     }
+}
+
+/// A JWT NumericDate as jsonwebtoken reads one: a non-negative integer, or a finite
+/// non-negative number rounded to the second.
+fn numeric_date(v: &Value) -> Option<i64> {
+    if let Some(n) = v.as_u64() {
+        return Some(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    let f = v.as_f64()?;
+    (f.is_finite() && f >= 0.0).then(|| f.round() as i64)
 }
 
 fn access_typ(typ: Option<&str>) -> bool {
@@ -871,6 +906,7 @@ fn read_json(resp: ureq::Response) -> std::result::Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{ManualClock, SystemClock};
     use ed25519_dalek::pkcs8::EncodePrivateKey;
     use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
@@ -911,7 +947,12 @@ mod tests {
 
     /// A provider whose key cache holds `jwks` (fetched "now"), so nothing is fetched.
     fn provider_with(config: ProviderConfig, jwks: &[Value]) -> Arc<Provider> {
-        let providers = Providers::from_config(&[config]).unwrap();
+        provider_at(config, jwks, SystemClock::shared())
+    }
+
+    /// [`provider_with`], checking token times at `clock`'s.
+    fn provider_at(config: ProviderConfig, jwks: &[Value], clock: SharedClock) -> Arc<Provider> {
+        let providers = Providers::from_config(&[config], clock).unwrap();
         let p = providers.list[0].clone();
         {
             let mut cache = p.keys.write().unwrap();
@@ -946,8 +987,12 @@ mod tests {
 
     #[test]
     fn the_configuration_is_checked() {
-        let refused = |c: ProviderConfig| Providers::from_config(&[c]).unwrap_err().to_string();
-        assert!(Providers::from_config(&[config()]).is_ok());
+        let refused = |c: ProviderConfig| {
+            Providers::from_config(&[c], SystemClock::shared())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(Providers::from_config(&[config()], SystemClock::shared()).is_ok());
         let mut c = config();
         c.issuer = "http://idp.test".into();
         assert!(refused(c).contains("https"));
@@ -966,7 +1011,8 @@ mod tests {
         c.client_id = None;
         c.audience = None;
         assert!(refused(c).contains("client_id"));
-        let twice = Providers::from_config(&[config(), config()]).unwrap_err();
+        let twice =
+            Providers::from_config(&[config(), config()], SystemClock::shared()).unwrap_err();
         assert!(twice.to_string().contains("two providers"), "{twice}");
     }
 
@@ -1226,16 +1272,95 @@ mod tests {
         assert!(p.verify_id_token(&at, "n-1").is_err());
     }
 
+    /// A provider's token lives from `nbf` to `exp` on the gateway's clock (30 s of skew),
+    /// never without `exp`; an ID token issued after the clock's now (plus skew) is refused.
+    #[test]
+    fn token_times_are_read_on_the_gateways_clock() {
+        let (key, jwk) = ed_key("k1");
+        // Years before the system's time: only a check against the clock accepts these.
+        let t0: chrono::DateTime<chrono::Utc> = "2020-02-29T12:00:00Z".parse().unwrap();
+        let t = t0.timestamp();
+        let clock = Arc::new(ManualClock::new(t0));
+        let p = provider_at(config(), &[jwk], clock.clone());
+        let at = |secs: i64| clock.set(t0 + chrono::TimeDelta::seconds(secs));
+        // `changes` applied to an owner's token from t0 to t0 + 60 s (a null removes a claim).
+        let token = |changes: Value| {
+            let mut c = access(
+                "s-1",
+                "patient/*.rs",
+                json!({"phr_person": "ana", "roles": ["owner"], "exp": t + 60, "iat": t, "nbf": t}),
+            );
+            for (k, v) in changes.as_object().unwrap() {
+                match v {
+                    Value::Null => c.as_object_mut().unwrap().remove(k),
+                    v => c.as_object_mut().unwrap().insert(k.clone(), v.clone()),
+                };
+            }
+            sign(&key, "k1", None, &c)
+        };
+        let valid = token(json!({}));
+        for (secs, ok, why) in [
+            (0, true, "when issued"),
+            (90, true, "exp plus the leeway"),
+            (91, false, "expired"),
+            (3600, false, "long expired"),
+            (-30, true, "nbf minus the leeway"),
+            (-31, false, "not valid yet"),
+        ] {
+            at(secs);
+            assert_eq!(
+                p.verify_access_token(&valid, false).is_ok(),
+                ok,
+                "{why} (clock at t0 + {secs} s)"
+            );
+        }
+        at(0);
+        assert!(
+            p.verify_access_token(&token(json!({"nbf": null})), false)
+                .is_ok(),
+            "nbf is optional"
+        );
+        for (why, changes) in [
+            ("no exp", json!({"exp": null})),
+            ("exp not a date", json!({"exp": "tomorrow"})),
+            ("exp negative", json!({"exp": -1})),
+            ("nbf not a date", json!({"nbf": "soon"})),
+        ] {
+            assert!(
+                matches!(
+                    p.verify_access_token(&token(changes), false),
+                    Err(IdpError::InvalidToken(_))
+                ),
+                "{why}"
+            );
+        }
+        // ID tokens: the same window, and `iat` no later than the clock's now plus the skew.
+        let id = |iat: i64| {
+            let c = json!({
+                "iss": ISSUER, "aud": CLIENT, "sub": "owner-ana", "exp": t + 300, "iat": iat,
+                "nonce": "n-1", "phr_person": "ana", "roles": ["owner"],
+            });
+            sign(&key, "k1", None, &c)
+        };
+        assert!(p.verify_id_token(&id(t + 30), "n-1").is_ok());
+        assert!(
+            p.verify_id_token(&id(t + 31), "n-1").is_err(),
+            "issued in the future"
+        );
+        at(331);
+        assert!(p.verify_id_token(&id(t), "n-1").is_err(), "expired");
+    }
+
     #[test]
     fn the_issuer_is_read_only_to_route_and_only_providers_trusted_for_the_api_are_routed() {
         let (key, jwk) = ed_key("k1");
         let _p = provider_with(config(), &[jwk]);
-        let providers = Providers::from_config(&[config()]).unwrap();
+        let providers = Providers::from_config(&[config()], SystemClock::shared()).unwrap();
         let token = sign(&key, "k1", None, &access("a", "patient/*.rs", json!({})));
         assert!(providers.for_access_token(&token).is_some());
         let mut c = config();
         c.audience = None;
-        let sign_in_only = Providers::from_config(&[c]).unwrap();
+        let sign_in_only = Providers::from_config(&[c], SystemClock::shared()).unwrap();
         assert!(sign_in_only.for_access_token(&token).is_none());
         assert!(providers.for_access_token("a.b").is_none());
         assert!(providers.for_access_token("x.!!!.y").is_none());

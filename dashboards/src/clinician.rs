@@ -191,9 +191,9 @@ async fn panel(
         );
     };
     let principal = super::principal(&viewer);
-    let store = state.store.clone();
+    let (store, now) = (state.store.clone(), state.clock.now());
     let rows = web::block(move || {
-        let mut rows = panel_rows(&store, &principal, Utc::now())?;
+        let mut rows = panel_rows(&store, &principal, now)?;
         sort_rows(&mut rows, sort);
         Ok::<_, AccessError>(render_panel(&rows, sort))
     })

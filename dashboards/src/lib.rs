@@ -73,6 +73,8 @@ pub struct DashboardState {
     /// The gateway's public origin when the operator set one (`auth.issuer`); otherwise the
     /// request's.
     pub public_base: Option<String>,
+    /// Where every decision about time reads it (the gateway's clock).
+    pub clock: phr_store::SharedClock,
 }
 
 impl std::fmt::Debug for DashboardState {

@@ -32,7 +32,7 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::{TimeDelta, Utc};
+use chrono::TimeDelta;
 use maud::html;
 use serde::Deserialize;
 
@@ -145,10 +145,10 @@ async fn start(
         }
     };
     let redirect = redirect_uri(&req, &state, &provider);
-    let store = state.store.clone();
+    let (store, now) = (state.store.clone(), state.clock.now());
     let begun = web::block(move || {
         let Some(pending) =
-            store.begin_oidc_signin(provider.name(), role, &redirect, PENDING_TTL, Utc::now())?
+            store.begin_oidc_signin(provider.name(), role, &redirect, PENDING_TTL, now)?
         else {
             return Ok(Err(None));
         };
@@ -230,9 +230,9 @@ async fn callback(
     let cookie_id = session::request_cookie(&req, COOKIE).unwrap_or_default();
     let previous = session::session_cookie(&req);
     let store = state.store.clone();
-    let idp = state.idp.clone();
+    let (idp, clock) = (state.idp.clone(), state.clock.clone());
     let finished = web::block(move || {
-        let now = Utc::now();
+        let now = clock.now();
         let pending = match store.take_oidc_signin(&cookie_id, now) {
             Ok(Some(p)) => p,
             Ok(None) => return Err(Failure::NotStarted),

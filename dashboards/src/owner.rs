@@ -211,9 +211,9 @@ async fn home_page(
     v: Viewer,
 ) -> Result<HttpResponse, HttpResponse> {
     owner_only(&v)?;
-    let (store, person) = (state.store.clone(), v.subject.clone());
+    let (store, person, clock) = (state.store.clone(), v.subject.clone(), state.clock.clone());
     let data = blocking(&v, move || {
-        let now = Utc::now();
+        let now = clock.now();
         Ok(Home {
             tz: time_zone(&store, &person)?,
             bindings: store.bindings_of(&person)?,
@@ -269,7 +269,7 @@ async fn home_page(
 
         (sources::section(&v, &data.sources))
 
-        (pairing::section(&v, tz, &data.bridges, &data.pairings, Utc::now()))
+        (pairing::section(&v, tz, &data.bridges, &data.pairings, state.clock.now()))
 
         section aria-labelledby="consents-h" {
             h2 id="consents-h" { "My consents" }
@@ -410,12 +410,9 @@ async fn find_consent(
     let Ok(id) = Uuid::parse_str(id) else {
         return Err(not_found(Some(v)));
     };
-    let (store, person) = (state.store.clone(), v.subject.clone());
+    let (store, person, now) = (state.store.clone(), v.subject.clone(), state.clock.now());
     let (consents, tz) = blocking(v, move || {
-        Ok((
-            store.consents(&person, Utc::now())?,
-            time_zone(&store, &person)?,
-        ))
+        Ok((store.consents(&person, now)?, time_zone(&store, &person)?))
     })
     .await?;
     consents
@@ -495,9 +492,9 @@ async fn withdraw_now(
     let Ok(id) = Uuid::parse_str(&id) else {
         return Err(not_found(Some(&v)));
     };
-    let (store, person) = (state.store.clone(), v.subject.clone());
+    let (store, person, now) = (state.store.clone(), v.subject.clone(), state.clock.now());
     let withdrawn = blocking(&v, move || {
-        Ok(store.withdraw_consent(&person, id, &person, Utc::now())?)
+        Ok(store.withdraw_consent(&person, id, &person, now)?)
     })
     .await?;
     if withdrawn.is_none() {
@@ -548,7 +545,7 @@ async fn download_now(
         &state.exports,
         v.subject.clone(),
         format,
-        Utc::now(),
+        state.clock.now(),
     )
     .await
     .map_err(|e| match e {
@@ -632,9 +629,9 @@ async fn erase_now(
             },
         ));
     }
-    let (store, person) = (state.store.clone(), v.subject.clone());
+    let (store, person, clock) = (state.store.clone(), v.subject.clone(), state.clock.clone());
     let erased = blocking(&v, move || {
-        let now = Utc::now();
+        let now = clock.now();
         let erased = store.erase_person(&person, &person, now)?;
         // Every session of the person ends with their data, this one included.
         store.end_sessions_of(&person, now)?;

@@ -332,7 +332,7 @@ async fn start_now(
             mqtt: &st.mqtt,
             topics: &st.topics,
         };
-        let now = Utc::now();
+        let now = st.clock.now();
         // The store logs the start, refusals and confirmations in the owner's log.
         let started = phr_access::pairing::start(cx, &person, &bridge, &device, now)?;
         Ok::<_, crate::Error>(started)
@@ -443,7 +443,7 @@ async fn nearby_page(
         ));
     }
     let (store, person, b) = (state.store.clone(), v.subject.clone(), bridge.clone());
-    let now = Utc::now();
+    let now = state.clock.now();
     let (view, tz) = blocking(&v, move || nearby_of(&store, &person, &b, now)).await?;
     Ok(page(
         "Bands near a bridge",
@@ -596,7 +596,7 @@ async fn show_page(
     let (p, tz) = find_pairing(&state, &v, &id).await?;
     let body = html! {
         h1 { "Pairing band " code { (p.device_id) } }
-        (pairing_body(&v, &p, tz, Utc::now()))
+        (pairing_body(&v, &p, tz, state.clock.now()))
     };
     Ok(page("Pairing", Some(&v), body))
 }
@@ -630,9 +630,9 @@ async fn confirm_now(
     let Ok(id) = Uuid::parse_str(&id) else {
         return Err(not_found(Some(&v)));
     };
-    let (store, person) = (state.store.clone(), v.subject.clone());
+    let (store, person, clock) = (state.store.clone(), v.subject.clone(), state.clock.clone());
     let (result, after, tz) = blocking(&v, move || {
-        let result = store.confirm_pairing(&person, id, &form.code, None, Utc::now())?;
+        let result = store.confirm_pairing(&person, id, &form.code, None, clock.now())?;
         Ok((
             result,
             store.pairing_summary(&person, id)?,
@@ -644,7 +644,7 @@ async fn confirm_now(
     let Some(p) = after else {
         return Err(not_found(Some(&v)));
     };
-    let now = Utc::now();
+    let now = state.clock.now();
     match result {
         Ok(_) => Ok(page(
             "Paired",
@@ -769,10 +769,11 @@ async fn release_now(
     if !is_valid_id(&device) {
         return Err(not_found(Some(&v)));
     }
-    let (store, person) = (state.store.clone(), v.subject.clone());
-    let released = blocking(&v, move || {
-        Ok(store.release_binding(&person, &device, Utc::now())?)
-    })
+    let (store, person, now) = (state.store.clone(), v.subject.clone(), state.clock.now());
+    let released = blocking(
+        &v,
+        move || Ok(store.release_binding(&person, &device, now)?),
+    )
     .await?;
     if !released {
         return Err(not_found(Some(&v)));

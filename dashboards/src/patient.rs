@@ -165,9 +165,9 @@ pub(crate) async fn serve(
         night: params.night,
     };
     let principal = super::principal(&viewer);
-    let store = state.store.clone();
+    let (store, now) = (state.store.clone(), state.clock.now());
     let read = web::block(move || {
-        let view = PatientView::read(&store, &principal, &q, Utc::now())?;
+        let view = PatientView::read(&store, &principal, &q, now)?;
         let body = render(&view, &opts);
         Ok::<_, AccessError>((title(&view, &opts), body))
     })

@@ -33,7 +33,7 @@ use std::pin::Pin;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
-use chrono::{TimeDelta, Utc};
+use chrono::TimeDelta;
 use maud::html;
 use serde::Deserialize;
 
@@ -215,8 +215,8 @@ impl FromRequest for Viewer {
                 retry: retry.clone(),
             };
             let id = id.ok_or_else(not_signed_in)?;
-            let store = state.store.clone();
-            web::block(move || store.session(&id, Utc::now()))
+            let (store, now) = (state.store.clone(), state.clock.now());
+            web::block(move || store.session(&id, now))
                 .await
                 .map_err(|_| SessionError::Unavailable)?
                 .map_err(|e| {
@@ -321,10 +321,10 @@ async fn sign_in_page(
         };
     };
     let previous = session_cookie(&req);
-    let store = state.store.clone();
+    let (store, clock) = (state.store.clone(), state.clock.clone());
     let form_code = code.clone();
     let begun = web::block(move || {
-        let now = Utc::now();
+        let now = clock.now();
         let pending = store.begin_signin(&code, PRE_SIGNIN_TTL, now)?;
         let current = match (&pending, previous) {
             (Some(_), Some(id)) => store.session(&id, now)?,
@@ -396,9 +396,9 @@ async fn sign_in(
     }
     let nonce = request_cookie(&req, SIGNIN_COOKIE).unwrap_or_default();
     let previous = session_cookie(&req);
-    let store = state.store.clone();
+    let (store, clock) = (state.store.clone(), state.clock.clone());
     let completed = web::block(move || {
-        let now = Utc::now();
+        let now = clock.now();
         let outcome = store.complete_signin(&form.code, &nonce, &form.csrf, SESSION_TTL, now)?;
         // A new sign-in replaces the session this browser had (a refused one leaves it be).
         if let (SignInOutcome::SignedIn(_), Some(old)) = (&outcome, previous) {
@@ -474,8 +474,8 @@ async fn sign_out(
             return refused;
         }
         if let Some(id) = session_cookie(&req) {
-            let store = state.store.clone();
-            match web::block(move || store.end_session(&id, Utc::now())).await {
+            let (store, now) = (state.store.clone(), state.clock.now());
+            match web::block(move || store.end_session(&id, now)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "sign-out failed");

@@ -17,7 +17,6 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpResponse};
-use chrono::Utc;
 use maud::{html, Markup};
 use serde::Deserialize;
 
@@ -206,9 +205,9 @@ async fn set_order_now(
         return Err(not_found(Some(&v)));
     };
     let order = parse_order(&form.order);
-    let (store, person) = (state.store.clone(), v.subject.clone());
+    let (store, person, now) = (state.store.clone(), v.subject.clone(), state.clock.now());
     let result = blocking(&v, move || {
-        match store.set_source_order(&person, t, &order, Utc::now()) {
+        match store.set_source_order(&person, t, &order, now) {
             Ok(()) => Ok(Ok(())),
             Err(crate::store::Error::Invalid(why)) => Ok(Err(why)),
             Err(e) => Err(e.into()),

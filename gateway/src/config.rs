@@ -410,7 +410,8 @@ mod tests {
         let mut checked = p.clone();
         checked.client_secret_file = None;
         checked.client_secret = Some(Secret("s".into()));
-        crate::idp::Providers::from_config(&[checked]).expect("and is valid");
+        crate::idp::Providers::from_config(&[checked], crate::store::SystemClock::shared())
+            .expect("and is valid");
     }
 
     #[test]

@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Utc;
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -26,7 +25,7 @@ use crate::ingest;
 use crate::metrics::Metrics;
 use crate::store::nearby::Recorded;
 use crate::store::prelude::*;
-use crate::store::RefusedBatch;
+use crate::store::{RefusedBatch, SharedClock};
 
 /// Largest number of messages committed in one transaction.
 const MAX_GROUP: usize = 64;
@@ -40,6 +39,9 @@ pub struct ConsumerConfig {
     pub credentials: Option<(String, String)>,
     /// The channels of enrolled bridges: batches and reports open with them, acks are sealed.
     pub channels: Arc<Channels>,
+    /// Where checks and commits read the time (the gateway's clock). The commit's duration
+    /// for the metrics stays on `Instant`: it is a measurement, not a decision.
+    pub clock: SharedClock,
 }
 
 /// The gateway's MQTT client and the event loop [`run`] will own. The client is shared with
@@ -200,8 +202,9 @@ async fn work(
         let topics = cfg.topics.clone();
         let limits = cfg.limits.clone();
         let channels = cfg.channels.clone();
+        let clock = cfg.clock.clone();
         let checked = tokio::task::spawn_blocking(move || {
-            let now = Utc::now();
+            let now = clock.now();
             let mut checked = Vec::with_capacity(group.len());
             let mut items = Vec::with_capacity(group.len());
             for p in group {
@@ -284,12 +287,14 @@ async fn commit(
             })
             .collect();
         let batches = checked.len();
+        let clock = cfg.clock.clone();
         let result = tokio::task::spawn_blocking(move || -> crate::Result<_> {
+            let now = clock.now();
             let route: Vec<String> = checked.iter().map(|c| c.bridge_id.clone()).collect();
             let acks = if checked.is_empty() {
                 Vec::new()
             } else {
-                store.ingest(checked, Utc::now())?
+                store.ingest(checked, now)?
             };
             let mut recorded = Vec::with_capacity(reports.len());
             for (bridge, r) in &reports {
@@ -297,7 +302,7 @@ async fn commit(
             }
             let mut seen_nearby = Vec::with_capacity(nearby.len());
             for (bridge, r) in &nearby {
-                let outcome = store.record_nearby(bridge, r, Utc::now())?;
+                let outcome = store.record_nearby(bridge, r, now)?;
                 match outcome {
                     // Enrolment revoked since the report opened.
                     Recorded::NotEnrolled => {
@@ -310,7 +315,7 @@ async fn commit(
                 }
                 seen_nearby.push(outcome);
             }
-            store.count_refused(&refused, Utc::now())?;
+            store.count_refused(&refused, now)?;
             Ok((acks, route, recorded, seen_nearby))
         })
         .await;

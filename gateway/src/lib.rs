@@ -21,6 +21,24 @@
 //! - [`limits`]: per-caller rate limits.
 //! - [`metrics`]: Prometheus counters.
 //! - [`oauth`]: client credentials for PHR companies (token endpoint logic, discovery).
+//! - time: one clock ([`Options::clock`], a [`store::Clock`]) given at start, held by the
+//!   API's and the dashboards' state, the consumer and the identity providers; see below.
+//!
+//! # Time
+//! Every decision about time reads the gateway's clock, never the system's directly: token
+//! `exp`/`nbf`/`iat` (the gateway's own, providers', client assertions: jsonwebtoken's own
+//! time checks are off), consent validity, rate-limit refill, sign-in, session, pairing and
+//! export times, the nearby list's staleness, held records' expiry, the ingest time stamped on
+//! records. The binary always uses the system clock; tests pass one they move forward
+//! instead of sleeping ([`store::OffsetClock`]). Left on `Instant` (or the system clock),
+//! because they measure, pace or only record rather than decide: request latency and commit
+//! durations in [`metrics`]; the consumer's reconnect back-off, the broker's readiness probe
+//! and the front's retries; the hold sweeper's interval (what it expires is the clock's; a
+//! test that moves the clock calls `expire_held` itself); the identity providers' key and
+//! discovery refetch pacing (a monotonic limit on requests to them); the channel-key cache's
+//! freshness; the front's one-refusal-line-a-second log throttle; the store's time budget for
+//! a sync page's scan and its `created_at` stamps on people, bridges, devices, bindings and
+//! clients; and the operator CLI (`main.rs`).
 
 pub mod api;
 pub mod broker;
@@ -31,6 +49,7 @@ pub mod metrics;
 pub mod oauth;
 
 use crate::store::prelude::*;
+use crate::store::SharedClock;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +88,8 @@ pub struct Gateway {
     /// The gateway's MQTT client (messages to bridges).
     pub client: rumqttc::AsyncClient,
     pub topics: Topics,
+    /// Where the gateway reads the time ([`Options::clock`]).
+    pub clock: SharedClock,
     subscribed: watch::Receiver<bool>,
     server: actix_web::dev::ServerHandle,
     /// Each task with its name for the log.
@@ -93,7 +114,7 @@ pub async fn start(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<Gateway> {
-    start_with_mqtt(config, http, None, shutdown).await
+    start_with(config, http, Options::default(), shutdown).await
 }
 
 /// As [`start`], with the embedded broker's front on `mqtt` when given (bound by the caller,
@@ -104,6 +125,41 @@ pub async fn start_with_mqtt(
     mqtt: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<Gateway> {
+    let options = Options {
+        mqtt,
+        ..Options::default()
+    };
+    start_with(config, http, options, shutdown).await
+}
+
+/// What a caller may hand [`start_with`] besides the configuration.
+#[derive(Debug)]
+pub struct Options {
+    /// Where the embedded broker's front listens (bound by the caller); `None`: on
+    /// `mqtt.listen`.
+    pub mqtt: Option<TcpListener>,
+    /// Where every decision about time reads it. The binary always uses the system clock;
+    /// tests give a clock they can move forward ([`store::OffsetClock`]).
+    pub clock: SharedClock,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            mqtt: None,
+            clock: store::SystemClock::shared(),
+        }
+    }
+}
+
+/// As [`start`], with [`Options`].
+pub async fn start_with(
+    config: &Config,
+    http: TcpListener,
+    options: Options,
+    shutdown: CancellationToken,
+) -> Result<Gateway> {
+    let Options { mqtt, clock } = options;
     // Configuration read from files first, so that a bad one starts nothing.
     let tls = config.http_tls()?;
     let metrics_token = config.metrics.bearer_token()?;
@@ -112,7 +168,7 @@ pub async fn start_with_mqtt(
     store.set_default_time_zone(config.default_time_zone()?)?;
     store.set_hold_without_consent_days(config.ingest.hold_without_consent_days);
     // Holds that ran out while the gateway was down end before anything is served.
-    expire_held(&store);
+    expire_held(&store, clock.now());
     // The issuer: as configured, else the address actually bound. Written down so that
     // `phr-gateway token issue` signs for the same issuer.
     let issuer = match http.local_addr() {
@@ -188,8 +244,12 @@ pub async fn start_with_mqtt(
                 .map(|p| (broker::GATEWAY_USER.to_owned(), p.expose().to_owned()))
         },
         channels: channels.clone(),
+        clock: clock.clone(),
     };
-    let idp = Arc::new(idp::Providers::from_config(&config.auth.providers)?);
+    let idp = Arc::new(idp::Providers::from_config(
+        &config.auth.providers,
+        clock.clone(),
+    )?);
     let (client, eventloop) = consumer::connect(&consumer_config);
     let consumer = tokio::spawn(consumer::run(
         consumer_config,
@@ -215,6 +275,7 @@ pub async fn start_with_mqtt(
             config.http.burst,
         )),
         exports: api::export::ExportSlots::new(config.export.per_subject, config.export.total),
+        clock: clock.clone(),
     };
     let dashboards = dashboard::DashboardState {
         store: state.store.clone(),
@@ -224,6 +285,7 @@ pub async fn start_with_mqtt(
         topics: state.topics.clone(),
         exports: state.exports.clone(),
         public_base: state.public_base.clone(),
+        clock: state.clock.clone(),
     };
     let http_addr = http
         .local_addr()
@@ -236,7 +298,7 @@ pub async fn start_with_mqtt(
     };
     let mut extra_tasks = vec![(
         "hold sweeper",
-        tokio::spawn(sweep_held(store.clone(), shutdown.clone())),
+        tokio::spawn(sweep_held(store.clone(), clock.clone(), shutdown.clone())),
     )];
     let metrics_addr = match config.metrics.listen {
         Some(addr) => {
@@ -330,6 +392,7 @@ pub async fn start_with_mqtt(
         metrics,
         client,
         topics,
+        clock,
         subscribed,
         server: server_handle,
         tasks,
@@ -340,9 +403,9 @@ pub async fn start_with_mqtt(
 /// start).
 pub const HOLD_SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
-/// Deletes expired held records ([`Store::expire_held`]), logging how many.
-fn expire_held(store: &dyn Backend) {
-    match store.expire_held(chrono::Utc::now()) {
+/// Deletes the held records expired at `now` ([`Store::expire_held`]), logging how many.
+fn expire_held(store: &dyn Backend, now: chrono::DateTime<chrono::Utc>) {
+    match store.expire_held(now) {
         Ok(0) => {}
         Ok(n) => tracing::info!(expired = n, "records held without storage consent expired"),
         Err(e) => {
@@ -351,8 +414,9 @@ fn expire_held(store: &dyn Backend) {
     }
 }
 
-/// Runs [`expire_held`] every [`HOLD_SWEEP_EVERY`] until `shutdown`.
-async fn sweep_held(store: Arc<dyn Backend>, shutdown: CancellationToken) {
+/// Runs [`expire_held`] every [`HOLD_SWEEP_EVERY`] until `shutdown`. The sweep's pace is
+/// tokio's (a timer), what it expires is decided at `clock`'s time.
+async fn sweep_held(store: Arc<dyn Backend>, clock: SharedClock, shutdown: CancellationToken) {
     let start = tokio::time::Instant::now() + HOLD_SWEEP_EVERY;
     let mut every = tokio::time::interval_at(start, HOLD_SWEEP_EVERY);
     loop {
@@ -360,8 +424,8 @@ async fn sweep_held(store: Arc<dyn Backend>, shutdown: CancellationToken) {
             _ = every.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let store = store.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || expire_held(&store)).await {
+        let (store, now) = (store.clone(), clock.now());
+        if let Err(e) = tokio::task::spawn_blocking(move || expire_held(&store, now)).await {
             tracing::warn!(error = %e, "the hold sweep stopped");
         }
     }

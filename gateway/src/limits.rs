@@ -4,11 +4,17 @@
 //! `/metrics` are not limited (probes and scrapers). Body sizes are bounded by the extractor
 //! configs in `lib.rs` (413 `payload_too_large`), query spans by the read routes (400
 //! `span_too_large`).
+//!
+//! Buckets refill by the gateway's clock (`AppState::clock`, so tests move time instead of
+//! waiting). A clock that steps back refills nothing: the time since a bucket's last use
+//! counts only when positive, and the bucket goes on from the new reading.
 
 use crate::auth::Principal;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -32,7 +38,12 @@ pub struct RateLimiter {
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
-    at: Instant,
+    at: DateTime<Utc>,
+}
+
+/// Seconds from `from` to `to`; none when `to` is earlier (a clock that stepped back).
+fn elapsed_secs(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).to_std().map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl RateLimiter {
@@ -45,21 +56,19 @@ impl RateLimiter {
     }
 
     /// Takes one request from `key`'s bucket at `now`; `Err(wait)` when it is empty.
-    pub fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
+    pub fn check(&self, key: &str, now: DateTime<Utc>) -> Result<(), Duration> {
         let Ok(mut buckets) = self.buckets.lock() else {
             return Ok(()); // A poisoned limiter must not take the API down.
         };
         if buckets.len() >= MAX_TRACKED && !buckets.contains_key(key) {
             let (rate, burst) = (self.per_second, self.burst);
-            buckets.retain(|_, b| {
-                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < burst
-            });
+            buckets.retain(|_, b| b.tokens + elapsed_secs(b.at, now) * rate < burst);
         }
         let b = buckets.entry(key.to_owned()).or_insert(Bucket {
             tokens: self.burst,
             at: now,
         });
-        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        let elapsed = elapsed_secs(b.at, now);
         b.tokens = (b.tokens + elapsed * self.per_second).min(self.burst);
         b.at = now;
         if b.tokens >= 1.0 {
@@ -86,7 +95,7 @@ pub async fn rate_limit(
     if !exempt {
         if let Some(state) = req.app_data::<web::Data<AppState>>() {
             let key = caller(&req, state);
-            if let Err(wait) = state.limiter.check(&key, Instant::now()) {
+            if let Err(wait) = state.limiter.check(&key, state.clock.now()) {
                 let e = ApiError::RateLimited {
                     retry_after_secs: retry_after_secs(wait),
                 };
@@ -105,7 +114,11 @@ fn caller(req: &ServiceRequest, state: &AppState) -> String {
     let caller =
         crate::api::bearer_token(req.headers()).and_then(|t| match state.idp.for_access_token(t) {
             Some(provider) => provider.verify_access_token(t, false).ok(),
-            None => state.keys.verify(t).ok().map(Principal::from_claims),
+            None => state
+                .keys
+                .verify(t, state.clock.now())
+                .ok()
+                .map(Principal::from_claims),
         });
     if let Some(caller) = caller {
         let key = format!("sub:{}", caller.subject);
@@ -127,7 +140,8 @@ mod tests {
     #[test]
     fn a_bucket_allows_its_burst_then_refills_at_the_rate() {
         let l = RateLimiter::new(60, 3); // one a second, three at once
-        let t0 = Instant::now();
+        let t0: DateTime<Utc> = "2026-03-08T01:59:59Z".parse().unwrap();
+        let ms = chrono::TimeDelta::milliseconds;
         for _ in 0..3 {
             assert_eq!(l.check("a", t0), Ok(()));
         }
@@ -135,14 +149,33 @@ mod tests {
         assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1));
         assert_eq!(retry_after_secs(wait), 1);
         assert_eq!(l.check("b", t0), Ok(()), "callers do not share a bucket");
-        assert!(l.check("a", t0 + Duration::from_millis(500)).is_err());
-        assert_eq!(l.check("a", t0 + Duration::from_millis(1001)), Ok(()));
+        assert!(l.check("a", t0 + ms(500)).is_err());
+        assert_eq!(l.check("a", t0 + ms(1001)), Ok(()));
         // Idle for long: back to the burst, not beyond it.
-        let later = t0 + Duration::from_secs(3600);
+        let later = t0 + chrono::TimeDelta::hours(1);
         for _ in 0..3 {
             assert_eq!(l.check("a", later), Ok(()));
         }
         assert!(l.check("a", later).is_err());
+    }
+
+    #[test]
+    fn a_clock_stepping_back_refills_nothing() {
+        let l = RateLimiter::new(60, 2); // one a second, two at once
+        let t0: DateTime<Utc> = "2026-03-08T02:00:00Z".parse().unwrap();
+        let s = chrono::TimeDelta::seconds;
+        assert_eq!(l.check("a", t0), Ok(()));
+        assert_eq!(l.check("a", t0), Ok(()));
+        // An hour back: no refill, however far.
+        assert!(l.check("a", t0 - s(3600)).is_err());
+        // From there on, the time since that reading counts: the bucket does not stall for
+        // the hour until the clock is back where it was.
+        assert_eq!(
+            l.check("a", t0 - s(3599)),
+            Ok(()),
+            "one second after the last reading"
+        );
+        assert!(l.check("a", t0 - s(3599)).is_err());
     }
 
     #[test]

@@ -32,6 +32,7 @@
 //! - [`subjects`]: people, local days (IANA zones, DST) and daily summaries.
 //! - [`sources`], [`source_view`]: one device per interval (the merged view) and its ranking.
 //! - [`rollup`]: the 5-minute rollup the dashboards and daily summaries read.
+//! - [`clock`]: where the time comes from (the system's, or a test's that moves on demand).
 //! - [`secret`]: random tokens and the constant-time comparison of secrets (the gateway's too).
 //! - [`export`]: exports and the re-import of a person's own export.
 //! - `conformance` (feature `conformance`): the tests every backend must pass.
@@ -52,6 +53,7 @@ use crate::ingest::{Binding, BridgePeriod, Checked, Decision, DeviceView, Rule};
 pub mod audit;
 pub mod changes;
 pub mod clients;
+pub mod clock;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod consent;
@@ -71,10 +73,13 @@ pub mod subjects;
 pub mod traits;
 pub mod visibility;
 
+pub use clock::{Clock, ManualClock, OffsetClock, SharedClock, SystemClock};
 pub use traits::{Accounts, Backend, ChangeFeed, Registry, SeriesStore};
 
-/// The backend traits, to call a `dyn Backend`'s methods: `use phr_store::prelude::*;`.
+/// The backend traits, to call a `dyn Backend`'s methods, and the [`Clock`] the time is read
+/// from: `use phr_store::prelude::*;`.
 pub mod prelude {
+    pub use crate::clock::Clock;
     pub use crate::traits::{Accounts, Backend, ChangeFeed, Registry, SeriesStore};
 }
 
@@ -640,7 +645,7 @@ impl Store {
                 let view = match views.get(&c.device_id) {
                     Some(v) => v,
                     None => {
-                        let v = device_view(tx, &c.device_id, without_consent)?;
+                        let v = device_view(tx, &c.device_id, without_consent, now)?;
                         views.entry(c.device_id.clone()).or_insert(v)
                     }
                 };
@@ -1091,11 +1096,12 @@ pub(crate) fn register_device_at(
 
 /// The registry's view of one device, read inside the ingest transaction: one query each
 /// for the device, its bindings, bridge periods, corrections and the fences of the people
-/// concerned, plus the storage consents of those people.
+/// concerned, plus the storage consents of those people in force at `now` (the ingest's).
 fn device_view(
     tx: &Transaction<'_>,
     device_id: &str,
     without_consent: ingest::WithoutConsent,
+    now: DateTime<Utc>,
 ) -> Result<DeviceView> {
     let bridge_id: Option<String> = tx
         .prepare_cached("SELECT bridge_id FROM devices WHERE device_id = ?1")?
@@ -1135,7 +1141,6 @@ fn device_view(
         .query_map([device_id], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<Vec<(String, i64)>>>()?;
     let mut storage_consent: Vec<(String, consent::Terms)> = Vec::new();
-    let now = Utc::now();
     let mut seen: Vec<&str> = Vec::new();
     // Everyone a record of the device may go to: its holders and the people corrections
     // gave its records to.

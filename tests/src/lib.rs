@@ -14,6 +14,7 @@ pub mod oidc;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use phr_bridge::identity::BridgeKey;
 use phr_bridge::mqtt::MqttUrl;
+use phr_gateway::store::{Clock, OffsetClock};
 use phr_gateway::{Config, Gateway};
 use phr_schema::channel::ChannelKey;
 use phr_schema::{Ack, RecordType, Topics};
@@ -116,6 +118,10 @@ pub struct TestGateway {
     pub config: Config,
     pub shutdown: CancellationToken,
     pub dir: tempfile::TempDir,
+    /// The gateway's clock: the system's time plus what the test moved it forward by
+    /// (`clock.advance(...)`), so a test waits for no deadline (a token's or consent's
+    /// expiry, a rate limit's refill) in real time.
+    pub clock: Arc<OffsetClock>,
 }
 
 impl TestGateway {
@@ -160,7 +166,8 @@ impl TestGateway {
         }
         configure(&mut config);
         let shutdown = CancellationToken::new();
-        let mut gateway = phr_gateway::start(&config, http, shutdown.clone()).await?;
+        let clock = Arc::new(OffsetClock::new());
+        let mut gateway = start_in_process(&config, http, &clock, shutdown.clone()).await?;
         if !gateway.wait_subscribed(Duration::from_secs(10)).await {
             bail!("gateway did not subscribe to {}", gateway.mqtt);
         }
@@ -173,6 +180,7 @@ impl TestGateway {
             config,
             shutdown,
             dir,
+            clock,
         })
     }
 
@@ -199,7 +207,7 @@ impl TestGateway {
     pub fn owner_token(&self, person: &str) -> String {
         self.gateway
             .keys
-            .issue(person, OWNER_SCOPE, TimeDelta::hours(1), Utc::now())
+            .issue(person, OWNER_SCOPE, TimeDelta::hours(1), self.clock.now())
             .expect("token")
     }
 
@@ -209,6 +217,21 @@ impl TestGateway {
         self.gateway.stopped().await;
         self.dir
     }
+}
+
+/// Starts a gateway in this process ([`phr_gateway::start_with`]) on `http`, reading the time
+/// from `clock` (a restart passes the same clock: the time it was moved to stays).
+pub async fn start_in_process(
+    config: &Config,
+    http: TcpListener,
+    clock: &Arc<OffsetClock>,
+    shutdown: CancellationToken,
+) -> Result<Gateway> {
+    let options = phr_gateway::Options {
+        mqtt: None,
+        clock: clock.clone(),
+    };
+    Ok(phr_gateway::start_with(config, http, options, shutdown).await?)
 }
 
 /// Registers `person` with storage consent and binds `devices` to them from `from` on.

@@ -177,9 +177,9 @@ pub(crate) async fn confirm(
         why
     };
     let store = state.store.clone();
+    let now = state.clock.now();
     let c =
-        blocking(move || store.confirm_quarantine(&range, &principal.subject, &why, Utc::now()))
-            .await??;
+        blocking(move || store.confirm_quarantine(&range, &principal.subject, &why, now)).await??;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "correction": c })))
 }
 
@@ -215,8 +215,8 @@ pub(crate) async fn unlink(
         return Err(ApiError::bad_request("invalid_why", "say why in `why`"));
     }
     let store = state.store.clone();
-    let c =
-        blocking(move || store.unlink_own(&range, &principal.subject, &why, Utc::now())).await??;
+    let now = state.clock.now();
+    let c = blocking(move || store.unlink_own(&range, &principal.subject, &why, now)).await??;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "correction": c })))
 }
 
@@ -304,12 +304,13 @@ pub(crate) async fn admin(
     }
     .split()?;
     let store = state.store.clone();
+    let now = state.clock.now();
     let by = principal.subject.clone();
     let c = match (b.kind, b.to_person) {
         (Kind::Reattribute, Some(to)) => {
-            blocking(move || store.reattribute(&range, &b.from_person, &to, &why, &by, Utc::now())).await
+            blocking(move || store.reattribute(&range, &b.from_person, &to, &why, &by, now)).await
         }
-        (Kind::Unlink, None) => blocking(move || store.unlink(&range, &b.from_person, &why, &by, Utc::now())).await,
+        (Kind::Unlink, None) => blocking(move || store.unlink(&range, &b.from_person, &why, &by, now)).await,
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_correction",

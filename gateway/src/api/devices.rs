@@ -16,7 +16,6 @@
 //!    ([`crate::store::nearby`]).
 
 use actix_web::{web, HttpResponse};
-use chrono::Utc;
 use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -137,6 +136,7 @@ pub(crate) async fn start(
         ));
     }
     let state = state.clone();
+    let now = state.clock.now();
     let person = principal.subject.clone();
     let started = blocking(move || {
         let cx = crate::pairing::Context {
@@ -145,12 +145,12 @@ pub(crate) async fn start(
             mqtt: &state.mqtt,
             topics: &state.topics,
         };
-        crate::pairing::start(cx, &person, &body.bridge_id, &body.device_id, Utc::now()).map_err(
-            |e| match e {
+        crate::pairing::start(cx, &person, &body.bridge_id, &body.device_id, now).map_err(|e| {
+            match e {
                 crate::Error::Broker(_) => ApiError::Unavailable,
                 e => e.into(),
-            },
-        )
+            }
+        })
     })
     .await?;
     let pairing = started.map_err(|r| match r {
@@ -231,7 +231,8 @@ pub(crate) async fn nearby(
         ));
     }
     let store = state.store.clone();
-    let view = blocking(move || store.nearby_for_owner(&principal.subject, &bridge, Utc::now()))
+    let now = state.clock.now();
+    let view = blocking(move || store.nearby_for_owner(&principal.subject, &bridge, now))
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok().json(view))
@@ -280,13 +281,14 @@ pub(crate) async fn confirm(
         .map_err(|e| ApiError::from_body_error(&e))?
         .into_inner();
     let store = state.store.clone();
+    let now = state.clock.now();
     let result = blocking(move || {
         store.confirm_pairing(
             &principal.subject,
             id,
             &body.code,
             body.serial_number.as_deref(),
-            Utc::now(),
+            now,
         )
     })
     .await?;
@@ -325,7 +327,7 @@ pub(crate) async fn release(
         return Err(ApiError::NotFound);
     }
     let store = state.store.clone();
-    let now = Utc::now();
+    let now = state.clock.now();
     let id = device.clone();
     let released = blocking(move || store.release_binding(&principal.subject, &id, now)).await?;
     if released {
@@ -381,7 +383,7 @@ pub(crate) async fn operator_release(
         return Err(ApiError::NotFound);
     }
     let store = state.store.clone();
-    let now = Utc::now();
+    let now = state.clock.now();
     let id = device.clone();
     let owner = blocking(move || store.operator_release(&id, &principal.subject, &reason, now))
         .await?

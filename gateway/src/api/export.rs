@@ -6,7 +6,6 @@ pub use phr_access::export::*;
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
-use chrono::Utc;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -111,7 +110,7 @@ pub(crate) async fn export(
         &state.exports,
         principal.subject,
         format,
-        Utc::now(),
+        state.clock.now(),
     )
     .await?)
 }

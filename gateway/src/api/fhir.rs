@@ -30,7 +30,7 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate};
 use serde::Serialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -547,7 +547,7 @@ pub(crate) async fn search(
         limit: p.count,
     };
     let store = state.store.clone();
-    let now = Utc::now();
+    let now = state.clock.now();
     let page = blocking(move || access::search_records(&store, &principal, &search, now)).await?;
     let patient_ref = format!("Patient/{}", p.patient);
     let mut resources = Vec::with_capacity(page.records.len());
@@ -652,6 +652,7 @@ pub fn capability_statement(base: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
 
     fn ms(s: &str) -> i64 {
         s.parse::<DateTime<Utc>>().unwrap().timestamp_millis()

@@ -96,7 +96,8 @@ pub(crate) async fn list_consents(
 ) -> Result<HttpResponse, ApiError> {
     require(&principal, "Consent", &['r', 's'])?;
     let store = state.store.clone();
-    let consents = blocking(move || store.consents(&principal.subject, Utc::now())).await?;
+    let now = state.clock.now();
+    let consents = blocking(move || store.consents(&principal.subject, now)).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "consents": consents })))
 }
 
@@ -217,7 +218,7 @@ pub(crate) async fn grant_consent(
     let body = body
         .map_err(|e| ApiError::from_body_error(&e))?
         .into_inner();
-    let now = Utc::now();
+    let now = state.clock.now();
     let terms = body.into_terms(now)?;
     let store = state.store.clone();
     let person = principal.subject.clone();
@@ -261,11 +262,11 @@ pub(crate) async fn withdraw_consent(
     require(&principal, "Consent", &['u', 'd'])?;
     let id = Uuid::parse_str(&path.into_inner()).map_err(|_| ApiError::NotFound)?;
     let store = state.store.clone();
-    let consent = blocking(move || {
-        store.withdraw_consent(&principal.subject, id, &principal.subject, Utc::now())
-    })
-    .await?
-    .ok_or(ApiError::NotFound)?;
+    let now = state.clock.now();
+    let consent =
+        blocking(move || store.withdraw_consent(&principal.subject, id, &principal.subject, now))
+            .await?
+            .ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "consent": consent })))
 }
 
@@ -369,9 +370,9 @@ pub(crate) async fn erase(
         ));
     }
     let store = state.store.clone();
+    let now = state.clock.now();
     let erased =
-        blocking(move || store.erase_person(&principal.subject, &principal.subject, Utc::now()))
-            .await?;
+        blocking(move || store.erase_person(&principal.subject, &principal.subject, now)).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "erased": erased })))
 }
 

@@ -88,6 +88,8 @@ pub struct AppState {
     /// The gateway's public origin when the operator set one (`auth.issuer`); otherwise the
     /// request's (see [`forwarded`]).
     pub public_base: Option<String>,
+    /// Where every handler reads the time (the gateway's one clock, see `crate::Options`).
+    pub clock: crate::store::SharedClock,
 }
 
 /// Mounts every route.
@@ -222,7 +224,7 @@ impl FromRequest for Caller {
             return Box::pin(ready(
                 state
                     .keys
-                    .verify(token)
+                    .verify(token, state.clock.now())
                     .map(|c| Caller(Principal::from_claims(c)))
                     .map_err(|_| ApiError::Unauthorized),
             ));

@@ -135,6 +135,7 @@ pub(crate) async fn token(
         ));
     };
     let (store, keys) = (state.store.clone(), state.keys.clone());
+    let now = state.clock.now();
     // The endpoint answers its refusals itself, so the outcome comes back whole.
     let result = blocking(move || {
         Ok::<_, ApiError>(oauth::issue_token(
@@ -142,7 +143,7 @@ pub(crate) async fn token(
             &keys,
             &form,
             basic.as_ref(),
-            Utc::now(),
+            now,
         ))
     })
     .await?;

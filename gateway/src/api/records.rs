@@ -136,6 +136,7 @@ pub(super) async fn respond(
         })
         .transpose()?;
     let store = state.store.clone();
+    let now = state.clock.now();
     let query = access::Query {
         person_id,
         record_type,
@@ -144,8 +145,7 @@ pub(super) async fn respond(
         after,
         limit,
     };
-    let page =
-        blocking(move || access::read_records(&store, &principal, &query, Utc::now())).await?;
+    let page = blocking(move || access::read_records(&store, &principal, &query, now)).await?;
     let next_cursor = page.next.as_ref().map(PageKey::encode);
     match q.format {
         Format::Record => {

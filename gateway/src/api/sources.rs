@@ -13,7 +13,6 @@
 //!   nothing changes.
 
 use actix_web::{web, HttpResponse};
-use chrono::Utc;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -68,7 +67,8 @@ pub(crate) async fn list(
 ) -> Result<HttpResponse, ApiError> {
     require(&principal, 'r')?;
     let store = state.store.clone();
-    let view = blocking(move || store.sources_view(&principal.subject, &TYPES, Utc::now())).await?;
+    let now = state.clock.now();
+    let view = blocking(move || store.sources_view(&principal.subject, &TYPES, now)).await?;
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -113,8 +113,8 @@ pub(crate) async fn set(
         .map_err(|e| ApiError::from_body_error(&e))?
         .into_inner();
     let store = state.store.clone();
+    let now = state.clock.now();
     let view = blocking(move || {
-        let now = Utc::now();
         match store.set_source_order(&principal.subject, t, &body.order, now) {
             Ok(()) => {}
             Err(crate::store::Error::Invalid(why)) => {

@@ -7,7 +7,7 @@
 //!   `patient/Observation.rs`.
 
 use actix_web::{web, HttpResponse};
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -58,7 +58,8 @@ pub(crate) async fn subjects(
 ) -> Result<HttpResponse, ApiError> {
     let kind = access::party_kind(&principal).ok_or(ApiError::Forbidden)?;
     let store = state.store.clone();
-    let subjects = blocking(move || store.subjects(&principal.subject, kind, Utc::now())).await?;
+    let now = state.clock.now();
+    let subjects = blocking(move || store.subjects(&principal.subject, kind, now)).await?;
     Ok(HttpResponse::Ok().json(SubjectList { subjects }))
 }
 
@@ -166,9 +167,9 @@ pub(crate) async fn daily(
         to,
     };
     let store = state.store.clone();
+    let now = state.clock.now();
     let summary: DailySummary =
-        blocking(move || access::read_daily_summary(&store, &principal, &query, Utc::now()))
-            .await?;
+        blocking(move || access::read_daily_summary(&store, &principal, &query, now)).await?;
     Ok(HttpResponse::Ok().json(summary))
 }
 

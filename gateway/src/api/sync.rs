@@ -11,7 +11,6 @@
 //! one disclosure-log entry, written before the page is returned.
 
 use actix_web::{web, HttpResponse};
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
@@ -129,14 +128,9 @@ pub(crate) async fn sync(
         return Err(ApiError::Forbidden);
     }
     let store = state.store.clone();
+    let now = state.clock.now();
     let page = blocking(move || -> Result<FeedPage, ApiError> {
-        Ok(access::read_changes(
-            &store,
-            &principal,
-            after,
-            limit,
-            Utc::now(),
-        )?)
+        Ok(access::read_changes(&store, &principal, after, limit, now)?)
     })
     .await?;
     let changes = page

@@ -329,6 +329,40 @@ mod tests {
         assert!(with(&|c| c["nbf"] = json!(t - 10)).is_ok());
     }
 
+    /// The window is read at the `now` given (the gateway's clock), never the system's:
+    /// an assertion of years ago is accepted on a clock of that time, up to its `exp` plus
+    /// 30 s, not before its `nbf` or `iat` less 30 s, and never without `exp`.
+    #[test]
+    fn the_window_is_the_clocks() {
+        use crate::store::{Clock, ManualClock};
+        let t0: DateTime<Utc> = "2020-02-29T12:00:00Z".parse().unwrap();
+        let t = t0.timestamp();
+        let clock = ManualClock::new(t0);
+        let (ed, _) = ed_key("ed");
+        let set = jwks(&[&ed]);
+        let with = |secs: i64, f: &dyn Fn(&mut Value)| {
+            clock.set(t0 + TimeDelta::seconds(secs));
+            let mut c = claims(t0);
+            c["exp"] = json!(t + 60);
+            f(&mut c);
+            verify(&sign(&ed, &c), &set, clock.now())
+        };
+        let same = |_: &mut Value| {};
+        assert!(with(0, &same).is_ok());
+        assert!(
+            with(90, &same).is_ok(),
+            "exp plus the skew is the last second"
+        );
+        assert!(refused(with(91, &same)).contains("expired"));
+        assert!(with(-30, &|c| c["nbf"] = json!(t)).is_ok());
+        assert!(refused(with(-31, &|c| c["nbf"] = json!(t))).contains("nbf"));
+        assert!(refused(with(-31, &|c| c["iat"] = json!(t))).contains("iat"));
+        assert!(refused(with(0, &|c| {
+            c.as_object_mut().unwrap().remove("exp");
+        }))
+        .contains("exp"));
+    }
+
     #[test]
     fn none_hmac_unknown_kids_and_foreign_keys_are_refused() {
         let now = Utc::now();

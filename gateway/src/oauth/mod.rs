@@ -387,7 +387,7 @@ mod tests {
             t.scope,
             "system/Observation.rs?code=http://loinc.org|55423-8"
         );
-        let claims = s.keys.verify(&t.access_token).unwrap();
+        let claims = s.keys.verify(&t.access_token, now).unwrap();
         assert_eq!(
             (claims.sub.as_str(), claims.exp - claims.iat),
             (CLIENT, 300)

@@ -3,6 +3,7 @@
 use chrono::{TimeDelta, Utc};
 
 use phr_e2e::{get_json, TestGateway};
+use phr_gateway::store::Clock;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_queries_are_checked() -> anyhow::Result<()> {
@@ -72,6 +73,38 @@ async fn tokens_and_queries_are_checked() -> anyhow::Result<()> {
         serde_json::json!({"records": [], "next_cursor": null})
     );
     other.stop().await;
+    gw.stop().await;
+    Ok(())
+}
+
+/// The gateway's own tokens live by the gateway's clock, not the system's: a token that is
+/// valid on the system clock is refused once the gateway's clock is past its `exp` and the
+/// 30 s leeway; one issued for the clock's future is refused until the clock gets there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_live_by_the_gateways_clock() -> anyhow::Result<()> {
+    let gw = TestGateway::start().await?;
+    let url = gw.url("/api/v1/me/records?type=step-count");
+    let issue = |ttl: TimeDelta, at| {
+        gw.gateway
+            .keys
+            .issue("alice", "patient/Observation.rs", ttl, at)
+    };
+    let minute = issue(TimeDelta::minutes(1), Utc::now())?;
+    let tomorrow = issue(TimeDelta::hours(1), gw.clock.now() + TimeDelta::days(1))?;
+    assert_eq!(get_json(&url, Some(&minute))?.0, 200);
+    assert_eq!(get_json(&url, Some(&tomorrow))?.0, 401, "not valid yet");
+    gw.clock.advance(TimeDelta::seconds(60 + 31));
+    assert_eq!(
+        get_json(&url, Some(&minute))?.0,
+        401,
+        "expired on the gateway's clock"
+    );
+    gw.clock.advance(TimeDelta::days(1));
+    assert_eq!(
+        get_json(&url, Some(&tomorrow))?.0,
+        200,
+        "valid on the gateway's clock"
+    );
     gw.stop().await;
     Ok(())
 }

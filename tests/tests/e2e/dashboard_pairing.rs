@@ -440,16 +440,10 @@ async fn an_expired_code_is_said_plainly_and_cannot_pair() -> anyhow::Result<()>
     let csrf = ana.csrf()?;
     let id = ana.start(&csrf, BRIDGE, BAND)?;
     let code = bridge_answers(&gw, &raw, id, BAND).await?;
-    // The code's five minutes pass: its expiry moved into the past in the real file (the
-    // gateway compares it with its clock on every read and confirmation).
-    let conn = rusqlite::Connection::open(gw.config.data_dir.join("phr.sqlite"))?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    let past = (Utc::now() - chrono::TimeDelta::seconds(1)).timestamp_millis();
-    let n = conn.execute(
-        "UPDATE pairings SET expires_at_ms = ?2 WHERE pairing_id = ?1",
-        rusqlite::params![id.to_string(), past],
-    )?;
-    assert_eq!(n, 1);
+    // The code's five minutes pass on the gateway's clock (which it compares the expiry
+    // with on every read and confirmation).
+    gw.clock
+        .advance(phr_gateway::store::pairing::TTL + chrono::TimeDelta::seconds(1));
 
     let page = ana.get(&pairing::pairing_path(id))?;
     assert_eq!(page.status, 200, "{}", page.body);

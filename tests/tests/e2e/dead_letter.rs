@@ -40,6 +40,7 @@ async fn restart(
         mut config,
         shutdown,
         dir,
+        clock,
     } = gw;
     shutdown.cancel();
     gateway.stopped().await;
@@ -48,8 +49,8 @@ async fn restart(
     }
     configure(&mut config);
     let shutdown = CancellationToken::new();
-    let mut gateway =
-        phr_gateway::start(&config, TcpListener::bind("127.0.0.1:0")?, shutdown.clone()).await?;
+    let http = TcpListener::bind("127.0.0.1:0")?;
+    let mut gateway = phr_e2e::start_in_process(&config, http, &clock, shutdown.clone()).await?;
     anyhow::ensure!(
         gateway.wait_subscribed(Duration::from_secs(10)).await,
         "restarted gateway did not subscribe"
@@ -59,6 +60,7 @@ async fn restart(
         config,
         shutdown,
         dir,
+        clock,
     })
 }
 

@@ -9,13 +9,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use phr_e2e::{call, grant_consent, minute_steps, night, send, TestGateway};
+use phr_gateway::store::Clock;
 use phr_schema::record::{HeartRate, PointFrame, Provenance, UnitValue, BEATS_PER_MINUTE};
 use phr_schema::{Body, Record};
 
 fn token(gw: &TestGateway, subject: &str, scope: &str) -> String {
     gw.gateway
         .keys
-        .issue(subject, scope, TimeDelta::hours(1), Utc::now())
+        .issue(subject, scope, TimeDelta::hours(1), gw.clock.now())
         .expect("token")
 }
 
@@ -212,8 +213,8 @@ async fn subjects_lists_exactly_the_people_consenting_now() -> anyhow::Result<()
         json!({"grantee": "acme", "grantee_kind": "practitioner", "purpose": "treatment",
                "data_types": ["step-count"]}),
     )?;
-    // Dee's consent lapses by itself in a moment.
-    let lapse = Utc::now() + TimeDelta::seconds(2);
+    // Dee's consent lapses by itself in ten minutes (of the gateway's clock).
+    let lapse = gw.clock.now() + TimeDelta::minutes(10);
     grant_consent(
         &gw,
         "dee",
@@ -272,9 +273,10 @@ async fn subjects_lists_exactly_the_people_consenting_now() -> anyhow::Result<()
     }
     assert_eq!(call("GET", &gw.url("/api/v1/subjects"), None, None)?.0, 401);
 
-    // Expiry and withdrawal take effect on the next request.
-    let wait = (lapse - Utc::now()).to_std().unwrap_or_default();
-    tokio::time::sleep(wait + std::time::Duration::from_millis(200)).await;
+    // Expiry and withdrawal take effect on the next request: the clock moves past the lapse.
+    assert_eq!(list(&acme)?, ["ana", "ben", "dee"], "in force until then");
+    gw.clock
+        .advance(lapse - gw.clock.now() + TimeDelta::milliseconds(200));
     assert_eq!(list(&acme)?, ["ana", "ben"]);
     let (s, _) = call(
         "DELETE",

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use phr_e2e::{b64url, call, form_encode, get_json, std_b64, TestGateway};
 use phr_gateway::store::clients::NewClient;
+use phr_gateway::store::Clock;
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 const STEPS_SCOPE: &str = "system/Observation.rs?code=http://loinc.org|55423-8";
@@ -252,7 +253,7 @@ async fn companies_get_tokens_by_signed_assertion_or_secret() -> anyhow::Result<
     assert_eq!(a.body["scope"], STEPS_SCOPE);
     assert_eq!(a.cache_control.as_deref(), Some("no-store"));
     assert_eq!(a.pragma.as_deref(), Some("no-cache"));
-    let claims = gw.gateway.keys.verify(&token).unwrap();
+    let claims = gw.gateway.keys.verify(&token, gw.clock.now()).unwrap();
     assert_eq!(
         (claims.sub.as_str(), claims.scope.as_str()),
         ("ed-co", STEPS_SCOPE)

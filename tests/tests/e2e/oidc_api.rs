@@ -19,7 +19,6 @@
 //! Needs `node` and `tests/oidc/node_modules` (`.ci/run` installs them and runs ignored tests).
 
 use std::net::TcpListener;
-use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -29,6 +28,7 @@ use phr_e2e::oidc::{
 };
 use phr_e2e::{b64url, call, grant_consent, minute_steps, send, TestGateway};
 use phr_gateway::api::me::ERASE_CONFIRMATION;
+use phr_gateway::store::Clock;
 use serde_json::{json, Value};
 
 const BRIDGE: &str = "br-ana";
@@ -73,7 +73,7 @@ impl Setup {
         self.gw
             .gateway
             .keys
-            .issue(subject, scope, TimeDelta::hours(1), Utc::now())
+            .issue(subject, scope, TimeDelta::hours(1), self.gw.clock.now())
             .expect("token")
     }
 
@@ -443,8 +443,8 @@ async fn forged_foreign_and_expired_provider_tokens_are_refused() -> anyhow::Res
         "the gateway fetched a key from a URL in a token's header"
     );
 
-    // Expired (2 s lifetime, 30 s leeway).
-    std::thread::sleep(Duration::from_secs(34));
+    // Expired (2 s lifetime, 30 s leeway): the gateway's clock moves past both.
+    s.gw.clock.advance(TimeDelta::seconds(34));
     assert_eq!(s.status("GET", me, &good, None), 401, "expired");
     assert_eq!(s.steps_of(OWNER_PERSON), 3, "nothing erased by any of them");
     Ok(())

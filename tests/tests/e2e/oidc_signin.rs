@@ -14,7 +14,6 @@
 //! Needs `node` and `tests/oidc/node_modules` (`.ci/run` installs them and runs ignored tests).
 
 use std::net::TcpListener;
-use std::time::Duration;
 
 use phr_e2e::oidc::{
     trusting, OidcConfig, OidcProvider, API_CLIENT, CLINICIAN_SUB, OWNER_PERSON, OWNER_SUB,
@@ -22,6 +21,7 @@ use phr_e2e::oidc::{
 };
 use phr_e2e::{browse, Page, TestGateway};
 use phr_gateway::idp::{IdpError, Providers, CALLBACK_PATH};
+use phr_gateway::store::OffsetClock;
 
 const START_OWNER: &str = "/dashboard/signin/oidc/test?as=owner";
 const START_CLINICIAN: &str = "/dashboard/signin/oidc/test?as=clinician";
@@ -259,7 +259,9 @@ async fn id_tokens_of_another_issuer_another_client_or_expired_are_refused() -> 
     let provider =
         OidcProvider::start(OidcConfig::phr("http://127.0.0.1:9/cb").with_ttl("IdToken", 1))?;
     let other = OidcProvider::start(OidcConfig::phr("http://127.0.0.1:9/cb"))?;
-    let gateway_side = Providers::from_config(&[trusting(&provider)])?;
+    // The gateway's verifier, on a clock the test moves (the provider's tokens stay real).
+    let clock = std::sync::Arc::new(OffsetClock::new());
+    let gateway_side = Providers::from_config(&[trusting(&provider)], clock.clone())?;
     let verifier = gateway_side.by_name("test").expect("the provider");
 
     // The web client's own ID token, with its nonce, verifies (the baseline).
@@ -292,7 +294,7 @@ async fn id_tokens_of_another_issuer_another_client_or_expired_are_refused() -> 
         .is_err());
 
     // Expired: the ID token lives 1 s; past the 30 s leeway it is refused.
-    tokio::time::sleep(Duration::from_secs(32)).await;
+    clock.advance(chrono::TimeDelta::seconds(32));
     assert!(matches!(
         verifier.verify_id_token(&id_token, &req.nonce),
         Err(IdpError::InvalidToken(_))

@@ -502,7 +502,7 @@ async fn a_device_released_and_paired_by_a_new_owner_splits_its_records() -> any
 }
 
 /// The code's lifetime at the API, on the real gateway binary whose wall clock the test sets
-/// (libfaketime; the gateway takes no injected clock): a pairing started at T answers
+/// (libfaketime: the binary always reads the system clock): a pairing started at T answers
 /// `expires_at` T + 5 min; its code is accepted at T + 5 min − 1 s, and another pairing's,
 /// started at the same T, is refused at T + 5 min + 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
