@@ -20,7 +20,8 @@
 //! pure functions kept here, beside the SQL, so every backend applies the same ones.
 //!
 //! # Layout
-//! - [`traits`]: `Registry`, `SeriesStore`, `ChangeFeed`: what a backend provides.
+//! - [`traits`]: `Registry`, `Accounts`, `SeriesStore`, `ChangeFeed` (together `Backend`):
+//!   what a backend provides.
 //! - [`error`]: the store's error type.
 //! - [`ingest`]: pure planning every backend applies: validate, attribute, consent-check.
 //! - `lib.rs` (here): the SQLite [`Store`]: opening, the registry, ingest, erasure, reads.
