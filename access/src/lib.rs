@@ -655,7 +655,8 @@ pub const MAX_VIEW_DAYS: u32 = 366;
 /// checks as [`read_records`]: scope, consent in force now and its window, every type that
 /// is consented (unconsented ones are left out, not refused; no consent for any type is 404,
 /// as for a person who does not exist). The days read start `lookback_days` before `to` (at
-/// least the `days` shown: a view reads more for its rolling means and flags); under a
+/// least the `days` shown, at most `2 * MAX_VIEW_DAYS`: a view reads more for its rolling
+/// means and flags); under a
 /// consent, only records inside its window count, as in [`read_daily_summary`].
 ///
 /// Exactly one disclosure-log entry per call (per page view): the types shown, the window
@@ -673,7 +674,9 @@ pub fn read_patient_view(
     let days_shown = q.days.clamp(1, MAX_VIEW_DAYS);
     let to =
         q.to.unwrap_or_else(|| now.with_timezone(&zone.tz).date_naive());
-    let back = TimeDelta::days(i64::from(lookback_days.max(days_shown - 1)));
+    // At least the days shown, at most two years back (a view's means and flags need weeks).
+    let back = lookback_days.clamp(days_shown - 1, 2 * MAX_VIEW_DAYS);
+    let back = TimeDelta::days(i64::from(back));
     let from = to.checked_sub_signed(back).unwrap_or(NaiveDate::MIN);
     let days = zone.days(from, to);
     let (Some(first), Some(last)) = (days.first(), days.last()) else {

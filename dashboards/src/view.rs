@@ -151,9 +151,10 @@ impl PatientView {
         access::read_patient_view(store, principal, q, Self::lookback_days(q.days), now).map(Self)
     }
 
-    /// How many days before the last day shown a view of `days` days reads from.
+    /// How many days before the last day shown a view of `days` days reads from (`days`
+    /// clamped as the access layer clamps it, to 1..=[`access::MAX_VIEW_DAYS`]).
     pub fn lookback_days(days: u32) -> u32 {
-        let shown = days.max(1) - 1;
+        let shown = days.clamp(1, access::MAX_VIEW_DAYS) - 1;
         (shown + ROLLING_DAYS as u32 - 1).max(LOOKBACK_DAYS as u32)
     }
 
@@ -451,6 +452,21 @@ mod tests {
             night: None,
         };
         PatientView::read(store, who, &q, fixture::now()).unwrap()
+    }
+
+    #[test]
+    fn a_view_reads_enough_days_for_its_means_and_flags_and_no_more() {
+        // The flags look back 35 days; a 90-day chart's first rolling mean needs 6 more.
+        assert_eq!(PatientView::lookback_days(1), 35);
+        assert_eq!(PatientView::lookback_days(30), 35);
+        assert_eq!(PatientView::lookback_days(90), 95);
+        // Clamped as the access layer clamps the days shown: never more, never an overflow.
+        assert_eq!(PatientView::lookback_days(0), 35);
+        assert_eq!(PatientView::lookback_days(u32::MAX), 366 + 5);
+        assert_eq!(
+            PatientView::read_from(day("2026-03-10"), 30),
+            day("2026-02-03")
+        );
     }
 
     #[test]
