@@ -820,10 +820,14 @@ impl Store {
                 Some(k) => (k.start_ms, k.device_id.as_str(), k.end_ms),
                 None => (i64::MIN, "", i64::MIN),
             };
+            // The index range starts at the cursor: SQLite bounds the range by `start_ms >= ?3`
+            // only (the row-value comparison is a filter), so with `from_ms` there each page
+            // would walk every record before it again (quadratic over a pull).
+            let range_from = from_ms.max(a_start);
             let mut rows = stmt.query(params![
                 person_id,
                 record_type.as_str(),
-                from_ms,
+                range_from,
                 to_ms,
                 a_start,
                 a_dev,
