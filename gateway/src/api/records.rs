@@ -7,7 +7,6 @@
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use phr_schema::{Record, RecordType};
 
@@ -17,7 +16,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::access;
 use crate::auth::Principal;
-use crate::store::PageKey;
+use crate::store::{PageKey, StoredRecord};
 
 /// Records per page unless `limit` says otherwise, and the most a page may hold.
 pub const DEFAULT_LIMIT: usize = 500;
@@ -148,18 +147,9 @@ pub(super) async fn respond(
     let page = blocking(move || access::read_records(&store, &principal, &query, now)).await?;
     let next_cursor = page.next.as_ref().map(PageKey::encode);
     match q.format {
-        Format::Record => {
-            let records = page
-                .records
-                .into_iter()
-                .map(|r| RawValue::from_string(r.json))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| ApiError::Internal)?;
-            Ok(HttpResponse::Ok().json(RecordsPage {
-                records,
-                next_cursor,
-            }))
-        }
+        Format::Record => Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body(records_body(&page.records, next_cursor.as_deref()))),
         Format::Omh => {
             let mut data_points = Vec::with_capacity(page.records.len());
             for stored in page.records {
@@ -179,9 +169,94 @@ pub(super) async fn respond(
     }
 }
 
-/// A page of records, written straight from the stored JSON.
+/// A page of records, `{"records":[...],"next_cursor":...}`, with each record's stored JSON
+/// spliced in as it is (the store keeps it as `serde_json` wrote it: compact, valid), neither
+/// parsed nor re-serialised. The bytes are those `serde_json` wrote for the page as a struct
+/// of `RawValue`s before (the test below checks it).
+fn records_body(records: &[StoredRecord], next_cursor: Option<&str>) -> String {
+    let cursor = serde_json::to_string(&next_cursor).unwrap_or_else(|_| "null".into());
+    let len = records.iter().map(|r| r.json.len() + 1).sum::<usize>() + cursor.len() + 32;
+    let mut body = String::with_capacity(len);
+    body.push_str("{\"records\":[");
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&r.json);
+    }
+    body.push_str("],\"next_cursor\":");
+    body.push_str(&cursor);
+    body.push('}');
+    body
+}
+
+/// A page of records as it was written before [`records_body`] spliced it: the reference
+/// the splice is checked against.
+#[cfg(test)]
 #[derive(Debug, serde::Serialize)]
 struct RecordsPage {
-    records: Vec<Box<RawValue>>,
+    records: Vec<Box<serde_json::value::RawValue>>,
     next_cursor: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeDelta;
+    use phr_schema::record::{IntervalFrame, Provenance, StepCount};
+    use phr_schema::Body;
+    use serde_json::value::RawValue;
+
+    fn stored(minute: i64, steps: i64) -> StoredRecord {
+        let start = DateTime::from_timestamp(1_780_000_000 + minute * 60, 0)
+            .expect("time")
+            .fixed_offset();
+        let end = start + TimeDelta::minutes(1);
+        let record = Record::new(
+            "band-1",
+            "bridge-1",
+            end,
+            Provenance::sensed("test/1"),
+            Body::StepCount(StepCount {
+                effective_time_frame: IntervalFrame::new(start, end),
+                step_count: steps,
+            }),
+        );
+        StoredRecord {
+            json: serde_json::to_string(&record).expect("json"),
+            stored_at_ms: 0,
+        }
+    }
+
+    /// What the handler wrote before the splice: `HttpResponse::json` of a [`RecordsPage`].
+    fn serialised(records: &[StoredRecord], next_cursor: Option<&str>) -> String {
+        let page = RecordsPage {
+            records: records
+                .iter()
+                .map(|r| RawValue::from_string(r.json.clone()).expect("raw"))
+                .collect(),
+            next_cursor: next_cursor.map(str::to_owned),
+        };
+        serde_json::to_string(&page).expect("json")
+    }
+
+    #[test]
+    fn the_spliced_page_is_byte_for_byte_the_serialised_one() {
+        let many: Vec<StoredRecord> = (0..50).map(|m| stored(m, m * 7 % 181)).collect();
+        let key = PageKey {
+            start_ms: 1_780_000_000_000,
+            device_id: "band-1".into(),
+            end_ms: 1_780_000_060_000,
+        };
+        let cursor = key.encode();
+        for (records, next) in [
+            (&many[..0], None),
+            (&many[..1], None),
+            (&many[..], None),
+            (&many[..], Some(cursor.as_str())),
+            (&many[..0], Some("a\"quote\\and\u{1}control")),
+        ] {
+            assert_eq!(records_body(records, next), serialised(records, next));
+        }
+    }
 }
