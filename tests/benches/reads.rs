@@ -391,10 +391,11 @@ fn sql_pull(conn: &Connection, page: usize) -> anyhow::Result<(Vec<f64>, usize, 
     let (mut page_ms, mut rows_read, mut bytes) = (Vec::new(), 0, 0);
     loop {
         let started = Instant::now();
+        // As `Store::records`: the index range starts at the cursor's start.
         let mut rows = stmt.query(params![
             PERSON,
             "step-count",
-            i64::MIN,
+            after.0,
             i64::MAX,
             after.0,
             after.1,
