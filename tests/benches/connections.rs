@@ -12,7 +12,7 @@
 //!    (RSS sampled every second, the highest reported).
 //! 2. **Idle clients** are a minimal hand-written MQTT 3.1.1 client on tokio sockets: CONNECT
 //!    as the bridge (its signed password, keep-alive 60 s, clean session), SUBSCRIBE to its
-//!    ack topic as a bridge does, then a PINGREQ every 50 s. The senders use rumqttc.
+//!    ack topic as a bridge does, then a PINGREQ every 50 s. The senders are the harness's `RawBridge` (rumqttc).
 //! 3. **References**, in the same run and with the same idle clients: a private Mosquitto
 //!    (`spawn_mosquitto`) and a bare rumqttd with the gateway's broker settings
 //!    (`phr_gateway::broker::start_on_free_port`, in a helper process: this bench binary with
@@ -39,10 +39,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use chrono::{DurationRound, TimeDelta, Utc};
-use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -50,8 +49,8 @@ use uuid::Uuid;
 use phr_bridge::identity::BridgeKey;
 use phr_bridge::mqtt::MqttUrl;
 use phr_bridge::simulate::SimulateConfig;
-use phr_e2e::{any_port, binary, spawn_gateway, spawn_mosquitto, Process};
-use phr_schema::{Ack, Batch, RecordType, Topics};
+use phr_e2e::{any_port, binary, spawn_gateway, spawn_mosquitto, thousands, Process, RawBridge};
+use phr_schema::{Batch, RecordType, Topics};
 
 /// Sending bridges (one band each).
 const SENDERS: usize = 100;
@@ -391,18 +390,12 @@ fn check_idle(state: &IdleState, n: usize, what: &str) -> anyhow::Result<()> {
 
 /// One sending bridge's sealed batches, in order.
 struct Sender {
+    /// Which sender (its key's seed).
+    index: usize,
     bridge_id: String,
     key: BridgeKey,
     device_id: String,
     messages: Vec<(String, Vec<u8>)>,
-}
-
-/// What the senders' acks said.
-#[derive(Debug, Default)]
-struct Acked {
-    batches: AtomicU64,
-    stored: AtomicU64,
-    other: AtomicU64,
 }
 
 fn build_senders(
@@ -440,6 +433,7 @@ fn build_senders(
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             Ok(Sender {
+                index: i,
                 bridge_id,
                 key,
                 device_id,
@@ -449,70 +443,29 @@ fn build_senders(
         .collect()
 }
 
-/// Connects a sender (rumqttc; keep-alive 60 s), subscribed to its acks, which `acked` counts.
-async fn connect_sender(
-    url: &MqttUrl,
-    topics: &Topics,
-    s: &Sender,
-    gateway_key: &ed25519_dalek::VerifyingKey,
-    acked: Arc<Acked>,
-) -> anyhow::Result<(AsyncClient, JoinHandle<()>)> {
-    let id = format!("send-{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let mut options = url.options(&id);
-    options.set_keep_alive(Duration::from_secs(u64::from(KEEP_ALIVE_SECS)));
-    options.set_credentials(
-        s.bridge_id.clone(),
-        s.key.connect_password(&s.bridge_id, &id),
-    );
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
-    let channel = s.key.channel(gateway_key)?;
-    let filter = topics.acks(&s.bridge_id);
-    let (ready_tx, mut ready) = watch::channel(false);
-    let sub = client.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = sub.try_subscribe(filter.clone(), QoS::AtLeastOnce);
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    ready_tx.send_replace(true);
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let plain = channel.open(&p.topic, &p.payload).unwrap_or_default();
-                    match serde_json::from_slice::<Ack>(&plain) {
-                        Ok(a) => {
-                            acked
-                                .stored
-                                .fetch_add(u64::from(a.stored), Ordering::SeqCst);
-                            let other = u64::from(a.duplicate)
-                                + u64::from(a.quarantined)
-                                + a.rejected.len() as u64
-                                + u64::from(a.batch_error.is_some());
-                            acked.other.fetch_add(other, Ordering::SeqCst);
-                        }
-                        Err(_) => {
-                            acked.other.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                    acked.batches.fetch_add(1, Ordering::SeqCst);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    eprintln!("  (sender: MQTT connection error: {e}; retrying)");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
+/// What the senders' acks said so far: batches acked, records stored, anything else (a
+/// duplicate, a refusal, a batch error).
+#[derive(Debug, Default)]
+struct Acked {
+    batches: u64,
+    stored: u64,
+    other: u64,
+}
+
+impl Acked {
+    /// Counts the acks that have arrived at `bridges` (without waiting for more).
+    async fn drain(&mut self, bridges: &mut [RawBridge]) {
+        for b in bridges {
+            while let Some(a) = b.ack_within(Duration::ZERO).await {
+                self.batches += 1;
+                self.stored += u64::from(a.stored);
+                self.other += u64::from(a.duplicate)
+                    + u64::from(a.quarantined)
+                    + a.rejected.len() as u64
+                    + u64::from(a.batch_error.is_some());
             }
         }
-    });
-    let connected = tokio::time::timeout(Duration::from_secs(30), ready.wait_for(|r| *r))
-        .await
-        .is_ok_and(|r| r.is_ok());
-    if !connected {
-        task.abort();
-        bail!("sending bridge {}: no connection within 30 s", s.bridge_id);
     }
-    Ok((client, task))
 }
 
 fn seed(kind: u8, i: usize) -> [u8; 32] {
@@ -541,18 +494,6 @@ impl Report {
     }
 }
 
-fn fmt_n(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--rumqttd-helper") {
         return rumqttd_helper();
@@ -578,7 +519,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "connections benchmark: {} idle bridges + {} sending ({} batches of {BATCH_RECORDS} \
          step records each, one every {} s); file-descriptor limit {}",
-        fmt_n(plan.idle),
+        thousands(plan.idle as u64),
         plan.senders,
         plan.batches,
         plan.interval.as_secs(),
@@ -707,16 +648,24 @@ async fn run(plan: Plan, report: &mut Report) -> anyhow::Result<Vec<String>> {
     let idle_mem = mem(pid)?;
     report.row(
         "gateway, idle bridges",
-        fmt_n(plan.idle),
+        thousands(plan.idle as u64),
         idle_mem,
         String::new(),
     );
 
     eprintln!("gateway: {} sending bridges", plan.senders);
-    let acked = Arc::new(Acked::default());
+    // The harness's bridge client: keep-alive 60 s (rumqttc's default), subscribed to its
+    // acks, which it opens with its channel.
+    let mut acked = Acked::default();
     let mut clients = Vec::new();
     for s in &senders {
-        clients.push(connect_sender(&gw.broker, &topics, s, &gateway_key, acked.clone()).await?);
+        let key = BridgeKey::from_seed(&seed(1, s.index));
+        let channel = key.channel(&gateway_key)?;
+        let bridge =
+            RawBridge::connect_as(&gw.broker, topics.clone(), &s.bridge_id, key, Some(channel))
+                .await
+                .with_context(|| format!("sending bridge {}", s.bridge_id))?;
+        clients.push(bridge);
     }
     // The 10-band bridge runs alongside.
     let bridge_log = dir.path().join("bridge.log");
@@ -755,9 +704,9 @@ async fn run(plan: Plan, report: &mut Report) -> anyhow::Result<Vec<String>> {
     while next < plan.batches {
         tokio::select! {
             _ = tick.tick() => {
-                for ((client, _), s) in clients.iter().zip(&senders) {
+                for (bridge, s) in clients.iter().zip(&senders) {
                     let (topic, payload) = s.messages[next].clone();
-                    client.publish(topic, QoS::AtLeastOnce, false, payload).await?;
+                    bridge.publish_to(topic, payload).await?;
                 }
                 next += 1;
             }
@@ -769,9 +718,10 @@ async fn run(plan: Plan, report: &mut Report) -> anyhow::Result<Vec<String>> {
     }
     // Every ack in (stalling for 30 s at most).
     let want = (plan.senders * plan.batches) as u64;
-    let mut last = (acked.batches.load(Ordering::SeqCst), Instant::now());
-    while acked.batches.load(Ordering::SeqCst) < want {
-        let c = acked.batches.load(Ordering::SeqCst);
+    acked.drain(&mut clients).await;
+    let mut last = (acked.batches, Instant::now());
+    while acked.batches < want {
+        let c = acked.batches;
         if c != last.0 {
             last = (c, Instant::now());
         } else if last.1.elapsed() > Duration::from_secs(30) {
@@ -780,6 +730,7 @@ async fn run(plan: Plan, report: &mut Report) -> anyhow::Result<Vec<String>> {
         let m = mem(pid)?;
         peak.rss_kb = peak.rss_kb.max(m.rss_kb);
         tokio::time::sleep(Duration::from_millis(200)).await;
+        acked.drain(&mut clients).await;
     }
     let send_secs = send_started.elapsed().as_secs_f64();
     let sending = mem(pid)?;
@@ -787,7 +738,7 @@ async fn run(plan: Plan, report: &mut Report) -> anyhow::Result<Vec<String>> {
     peak.hwm_kb = sending.hwm_kb;
     report.row(
         "gateway, idle + sending bridges (RSS: highest sampled)",
-        format!("{} + {} + 1", fmt_n(plan.idle), plan.senders),
+        format!("{} + {} + 1", thousands(plan.idle as u64), plan.senders),
         peak,
         format!("goal < {GATEWAY_GOAL_MB:.0} MB (10,000 idle + 100 sending)"),
     );
@@ -811,18 +762,15 @@ async fn run(plan: Plan, report: &mut Report) -> anyhow::Result<Vec<String>> {
             plan.bridge_secs
         ),
     );
-    let (batches, stored, other) = (
-        acked.batches.load(Ordering::SeqCst),
-        acked.stored.load(Ordering::SeqCst),
-        acked.other.load(Ordering::SeqCst),
-    );
+    let Acked {
+        batches,
+        stored,
+        other,
+    } = acked;
     // Idle connections must all still be up.
     check_idle(&state, plan.idle, "gateway (after sending)")?;
     stop.cancel();
-    for (client, task) in clients {
-        let _ = client.disconnect().await;
-        task.abort();
-    }
+    drop(clients);
     for t in idle_tasks {
         let _ = t.await;
     }
@@ -877,7 +825,7 @@ async fn run(plan: Plan, report: &mut Report) -> anyhow::Result<Vec<String>> {
         let m = mem(pid)?;
         report.row(
             &format!("{name}, idle bridges"),
-            fmt_n(plan.idle),
+            thousands(plan.idle as u64),
             m,
             "reference".into(),
         );
@@ -900,7 +848,7 @@ async fn run(plan: Plan, report: &mut Report) -> anyhow::Result<Vec<String>> {
     for (name, kb) in per_conn {
         lines.push(format!(
             "{name}: {kb:.1} kB of RSS per idle connection (idle minus before, over {})",
-            fmt_n(plan.idle)
+            thousands(plan.idle as u64)
         ));
     }
     let judge = |ok: bool| {
@@ -917,7 +865,7 @@ async fn run(plan: Plan, report: &mut Report) -> anyhow::Result<Vec<String>> {
         "goal gateway < {GATEWAY_GOAL_MB:.0} MB with 10,000 idle + 100 sending: {} \
          (VmHWM {gateway_mb:.1} MB with {} idle + {} sending)",
         judge(gateway_mb < GATEWAY_GOAL_MB && plan.idle >= 10_000 && plan.senders >= SENDERS),
-        fmt_n(plan.idle),
+        thousands(plan.idle as u64),
         plan.senders
     ));
     lines.push(format!(

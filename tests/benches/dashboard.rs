@@ -36,6 +36,7 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use rusqlite::{params, Connection};
 use uuid::Uuid;
 
+use phr_e2e::stats;
 use phr_gateway::access::ViewQuery;
 use phr_gateway::auth::Principal;
 use phr_gateway::dashboard::view::PatientView;
@@ -313,19 +314,6 @@ fn time(plan: Plan, mut f: impl FnMut() -> anyhow::Result<usize>) -> anyhow::Res
     Ok(out)
 }
 
-/// Median and p95 (nearest rank) of `ms`.
-fn stats(ms: &[f64]) -> (f64, f64, f64, f64) {
-    let mut v = ms.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-    let median = if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    };
-    (median, rank(0.95), v[0], v[v.len() - 1])
-}
-
 fn page(store: &Store, who: &Principal, days: u32, print: bool) -> anyhow::Result<String> {
     let q = ViewQuery {
         person_id: PERSON.into(),
@@ -567,7 +555,7 @@ fn main() -> anyhow::Result<()> {
     println!("| --- | --- | --- | --- |");
     let mut medians = Vec::new();
     for (what, ms) in &rows {
-        let (median, p95, min, max) = stats(ms);
+        let (median, p95, min, max) = stats(ms, 0.95);
         medians.push(median);
         println!("| {what} | {median:.1} | {p95:.1} | {min:.1} .. {max:.1} |");
     }
@@ -597,7 +585,7 @@ fn main() -> anyhow::Result<()> {
         without.push(ingest_rate(ingest_days, false, now)?.0);
         n = records;
     }
-    let (w, wo) = (stats(&with).0, stats(&without).0);
+    let (w, wo) = (stats(&with, 0.95).0, stats(&without, 0.95).0);
     println!(
         "\n| `Store::ingest`, {n} records ({ingest_days} days), 64 batches per tx \
          | rows/s (median of 3) |\n| --- | --- |"
@@ -605,7 +593,7 @@ fn main() -> anyhow::Result<()> {
     println!("| with the rollup's triggers | {w:.0} |");
     println!("| without them | {wo:.0} |");
     println!("| ratio | {:.2} |", w / wo);
-    let (_, p95, _, _) = stats(&rows[0].1);
+    let (_, p95, _, _) = stats(&rows[0].1, 0.95);
     println!();
     let verdict = if plan.reps < 30 {
         "not judged (smoke run)"

@@ -746,16 +746,7 @@ fn fmt_rate(r: f64) -> String {
     if !r.is_finite() {
         return "-".into();
     }
-    let n = r.round() as u64;
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    phr_e2e::thousands(r.round() as u64)
 }
 
 fn main() -> anyhow::Result<()> {

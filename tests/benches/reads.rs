@@ -47,7 +47,7 @@ use rusqlite::{params, Connection};
 use serde_json::Value;
 use uuid::Uuid;
 
-use phr_e2e::TestGateway;
+use phr_e2e::{stats, TestGateway};
 use phr_gateway::api::{fhir, records, sync};
 use phr_gateway::ingest;
 use phr_gateway::store::{Clock as _, GranteeKind, Terms};
@@ -365,19 +365,6 @@ fn time(
     Ok((whole, pages, last))
 }
 
-/// Median, p99 (nearest rank), min and max of `ms`.
-fn stats(ms: &[f64]) -> (f64, f64, f64, f64) {
-    let mut v = ms.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-    let median = if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    };
-    (median, rank(0.99), v[0], v[v.len() - 1])
-}
-
 /// The storage floor: the store's page query on a bare connection, all pages.
 fn sql_pull(conn: &Connection, page: usize) -> anyhow::Result<(Vec<f64>, usize, usize)> {
     let mut stmt = conn.prepare_cached(
@@ -641,7 +628,7 @@ fn main() -> anyhow::Result<()> {
             println!("| {what} | {records} | — | — | — | — | — |");
             return f64::NAN;
         }
-        let (median, p99, min, max) = stats(ms);
+        let (median, p99, min, max) = stats(ms, 0.99);
         let (per_s, us) = rate(records, median);
         println!(
             "| {what} | {records} | {median:.1} | {p99:.1} | {min:.1} .. {max:.1} | {per_s:.0} | {us:.2} |"
@@ -710,8 +697,8 @@ fn main() -> anyhow::Result<()> {
             "| {} | {} | {:.1} | {:.1} |",
             i + 1,
             i * records::MAX_LIMIT,
-            stats(&nth(&owner_pages)).0,
-            stats(&nth(&sql_pages)).0
+            stats(&nth(&owner_pages), 0.99).0,
+            stats(&nth(&sql_pages), 0.99).0
         );
     }
 
@@ -737,7 +724,7 @@ fn main() -> anyhow::Result<()> {
 
     println!("\n| goal (issue 17) | p99 ms | goal ms | verdict |\n| --- | --- | --- | --- |");
     let verdict = |ms: &[f64], records: usize, full: usize| -> (f64, String) {
-        let p99 = stats(ms).1;
+        let p99 = stats(ms, 0.99).1;
         let v = if plan.quick {
             "not judged (smoke run)".to_owned()
         } else if records < full {

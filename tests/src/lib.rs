@@ -1099,6 +1099,34 @@ pub async fn can_connect(broker: &MqttUrl, credentials: Option<(&str, &str)>) ->
     answer
 }
 
+/// A benchmark's figures: the median, the `q` quantile (nearest rank), the minimum and the
+/// maximum of `values` (not empty).
+pub fn stats(values: &[f64], q: f64) -> (f64, f64, f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    let median = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    (median, rank(q), v[0], v[v.len() - 1])
+}
+
+/// `n` with a comma between each group of three digits (`1,234,567`), as benchmark reports
+/// print counts and rates.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The machine a benchmark ran on, as rows for its report: cores, CPU, kernel, compiler,
 /// SQLite and the temp dir (where the benchmarks' stores live).
 pub fn machine() -> Vec<(String, String)> {
